@@ -1,0 +1,7 @@
+"""``python -m deepfm`` is the ``deepfm`` command."""
+
+import sys
+
+from deepfm.cli import main
+
+sys.exit(main())

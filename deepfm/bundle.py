@@ -1,0 +1,159 @@
+"""A trained model folder: everything needed to use the model, and nothing executable.
+
+    config.json       schema, model, training and reading settings, input layout
+    pipeline.json     fitted preprocessing (offsets, numeric statistics, bin edges)
+    vocab.arrow       vocabularies (Arrow IPC)
+    model.safetensors weights
+    metrics.json      what training measured
+    manifest.json     sha256 of every file above, checked on load
+
+Loading never unpickles anything: JSON, Arrow and safetensors only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from deepfm.config import RunConfig
+from deepfm.dataset import Batch
+from deepfm.errors import BundleError
+from deepfm.features import FeaturePipeline
+from deepfm.io import TableSource, as_table
+from deepfm.model import DeepFM, InputLayout
+
+FORMAT_VERSION = 1
+REQUIRED = ("config.json", "pipeline.json", "vocab.arrow", "model.safetensors")
+
+
+class Bundle:
+    """A fitted FeaturePipeline + a DeepFM model + the config and metrics that go with them."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        pipeline: FeaturePipeline,
+        model: DeepFM,
+        metrics: dict[str, Any] | None = None,
+        path: Path | None = None,
+    ) -> None:
+        self.config, self.pipeline, self.model = config, pipeline, model
+        self.metrics = metrics or {}
+        self.path = path
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ------------------------------------------------------------ save / load
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        config = {
+            "format_version": FORMAT_VERSION,
+            **self.config.to_dict(),
+            "layout": self.model.layout.to_dict(),
+        }
+        _write_atomic(folder / "config.json", json.dumps(config, indent=1).encode())
+        files = list(self.pipeline.save(folder))
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        save_file(state, str(folder / "model.safetensors"), metadata={"format": "deepfm", "version": str(FORMAT_VERSION)})
+        _write_atomic(folder / "metrics.json", json.dumps(_jsonable(self.metrics), indent=1).encode())
+        files += ["config.json", "model.safetensors", "metrics.json"]
+        manifest = {"format_version": FORMAT_VERSION, "sha256": {f: _sha256(folder / f) for f in sorted(files)}}
+        _write_atomic(folder / "manifest.json", json.dumps(manifest, indent=1).encode())
+        self.path = folder
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> Bundle:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise BundleError(f"{folder}: not a model folder (it does not exist or is not a directory)")
+        missing = [f for f in REQUIRED if not (folder / f).is_file()]
+        if missing:
+            raise BundleError(f"{folder}: not a complete model folder; missing {missing} (expected {list(REQUIRED)})")
+        manifest_path = folder / "manifest.json"
+        if manifest_path.is_file():
+            manifest = json.loads(manifest_path.read_text())
+            for name, digest in manifest.get("sha256", {}).items():
+                if not (folder / name).is_file():
+                    raise BundleError(f"{folder}: {name} is listed in manifest.json but missing")
+                if _sha256(folder / name) != digest:
+                    raise BundleError(f"{folder}: {name} does not match its sha256 in manifest.json (changed or truncated)")
+        try:
+            raw = json.loads((folder / "config.json").read_text())
+        except json.JSONDecodeError as exc:
+            raise BundleError(f"{folder}/config.json: not valid JSON ({exc})") from None
+        if raw.get("format_version") != FORMAT_VERSION:
+            raise BundleError(f"{folder}: bundle format {raw.get('format_version')!r}, this deepfm reads {FORMAT_VERSION}")
+        layout = InputLayout.from_dict(raw.pop("layout"))
+        raw.pop("format_version")
+        config = RunConfig.from_dict(raw, where=f"{folder}/config.json")
+        pipeline = FeaturePipeline.load(folder)
+        model = DeepFM(layout, config.model)
+        try:
+            state = load_file(str(folder / "model.safetensors"))
+            model.load_state_dict(state, strict=True)
+        except (RuntimeError, OSError) as exc:
+            raise BundleError(f"{folder}/model.safetensors: weights do not fit the model in config.json ({exc})") from None
+        model.to(device).eval()
+        metrics_path = folder / "metrics.json"
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+        return cls(config, pipeline, model, metrics, folder)
+
+    # ------------------------------------------------------------ predict
+    @torch.no_grad()
+    def predict(self, data: object, batch_size: int = 65536) -> np.ndarray:
+        """Click probabilities for records (list of dicts), a pandas/polars DataFrame or an
+        Arrow table. Missing fields count as missing values, unseen values as OOV. -> (N,)"""
+        schema = self.config.schema
+        numeric = {f.name for f in schema.fields if f.kind == "numeric"}
+        multi = {f.name: f.separator for f in schema.fields if f.kind == "multi_hot"}
+        table = as_table(data, numeric=numeric, multi_hot=multi)
+        source = TableSource(table)
+        out = [self.predict_encoded(self.pipeline.encode(c, with_labels=False)) for c in source.chunks(schema.names, batch_size)]
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.float64)
+
+    @torch.no_grad()
+    def predict_encoded(self, chunk: Any) -> np.ndarray:
+        """Probabilities for an EncodedChunk. -> (N,) float64"""
+        self.model.eval()
+        batch = Batch.from_chunk(chunk).to(self.device)
+        return torch.sigmoid(self.model(batch)).double().cpu().numpy()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return None if not np.isfinite(obj) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj

@@ -1,0 +1,231 @@
+"""The ``deepfm`` command line: a thin layer over the library.
+
+    deepfm demo
+    deepfm synth --rows 1000000 --out clicks.tsv
+    deepfm train --data clicks.tsv --preset criteo --split 0.8,0.1,0.1 --out runs/criteo
+    deepfm evaluate runs/criteo --data test.tsv
+    deepfm predict runs/criteo --data new.tsv --out scores.csv
+
+Bad input ends with one line naming the file, line and field, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from deepfm.errors import DeepFMError
+
+log = logging.getLogger("deepfm")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
+        format="%(asctime)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except DeepFMError as exc:
+        print(f"deepfm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deepfm", description="DeepFM click-through-rate models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="generate data, train, and compare with the Bayes-optimal model")
+    p.add_argument("--rows", type=int, default=300_000, help="rows to generate (default 300000)")
+    p.add_argument("--out", type=Path, default=None, help="keep the generated data and model here")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("synth", help="write Criteo-layout data with known click probabilities")
+    p.add_argument("--rows", type=int, required=True)
+    p.add_argument("--out", type=Path, required=True, help="TSV to write; true probabilities go to <stem>.truth.csv")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("train", help="train a model and save it to a folder")
+    p.add_argument("--data", type=Path, required=True, help="training file (CSV/TSV, Parquet or libFM)")
+    p.add_argument("--valid", type=Path, help="validation file (early stopping)")
+    p.add_argument("--test", type=Path, help="test file (reported in metrics.json)")
+    p.add_argument("--split", help="split --data by row order: train,valid[,test] fractions, e.g. 0.8,0.1,0.1")
+    p.add_argument("--config", type=Path, help="YAML config: fields, model, train, data")
+    p.add_argument("--preset", choices=["criteo"], help="a ready schema (criteo: label, I1..I13, C1..C26)")
+    p.add_argument("--label", default=None, help="label column when the schema is inferred (default: label)")
+    p.add_argument("--out", type=Path, default=Path("runs/model"), help="output folder (default runs/model)")
+    _add_read_options(p)
+    g = p.add_argument_group("model and training (override the config)")
+    g.add_argument("--model", dest="kind", choices=["deepfm", "fm", "lr", "dnn", "wide_deep", "dcn"])
+    g.add_argument("--embedding-dim", type=int)
+    g.add_argument("--hidden", help="MLP sizes, e.g. 400,400,400")
+    g.add_argument("--dropout", type=float)
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--lr", type=float)
+    g.add_argument("--embedding-lr", type=float)
+    g.add_argument("--l2-embedding", type=float)
+    g.add_argument("--patience", type=int)
+    g.add_argument("--min-count", type=int, help="for every categorical field")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--device", help="auto, cpu or cuda")
+    g.add_argument("--threads", type=int, help="torch threads (default: one per core)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="AUC and logloss of a saved model on a labelled file (JSON)")
+    p.add_argument("model", type=Path)
+    p.add_argument("--data", type=Path, required=True)
+    _add_read_options(p, defaults_from_model=True)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="write click probabilities for a file")
+    p.add_argument("model", type=Path)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="CSV with a 'probability' column, one row per input row")
+    p.add_argument("--keep", default="", help="input columns to copy into the output, e.g. id")
+    _add_read_options(p, defaults_from_model=True)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def _add_read_options(p: argparse.ArgumentParser, defaults_from_model: bool = False) -> None:
+    g = p.add_argument_group("reading" + (" (default: as in training)" if defaults_from_model else ""))
+    g.add_argument("--format", choices=["auto", "text", "parquet", "libfm"])
+    g.add_argument("--delimiter", help="for text files; default: guessed from the first line")
+    g.add_argument("--header", choices=["auto", "yes", "no"])
+    g.add_argument("--on-bad-row", choices=["error", "skip"], help="skip rows with the wrong column count and report how many")
+
+
+def _read_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    delimiter = args.delimiter
+    if delimiter in ("\\t", "tab"):
+        delimiter = "\t"
+    return {"format": args.format, "delimiter": delimiter, "header": args.header, "on_bad_row": args.on_bad_row}
+
+
+# ---------------------------------------------------------------- commands
+def cmd_train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from deepfm.config import RunConfig, infer_schema, load_config, with_overrides
+    from deepfm.io import ReadOptions, Reader
+    from deepfm.schema import PRESETS
+    from deepfm.train import train
+
+    if args.config and args.preset:
+        raise _usage("give --config or --preset, not both")
+    if args.config:
+        config = RunConfig.from_dict(load_config(args.config), where=str(args.config))
+    elif args.preset:
+        config = RunConfig(schema=PRESETS[args.preset]())
+    else:
+        options = ReadOptions(**{k: v for k, v in _read_overrides(args).items() if v is not None})
+        config = RunConfig(schema=infer_schema(Reader(args.data, options), args.label or "label"), data=options)
+        log.info("inferred the schema: %s", ", ".join(f"{f.name}:{f.kind}" for f in config.schema.fields))
+    if args.min_count is not None:
+        fields = tuple(replace(f, min_count=args.min_count) for f in config.schema.fields)
+        config = replace(config, schema=replace(config.schema, fields=fields))
+    hidden = tuple(int(h) for h in args.hidden.split(",")) if args.hidden else None
+    config = with_overrides(
+        config,
+        model={"kind": args.kind, "embedding_dim": args.embedding_dim, "hidden": hidden, "dropout": args.dropout},
+        train={
+            "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "embedding_lr": args.embedding_lr,
+            "l2_embedding": args.l2_embedding, "patience": args.patience, "seed": args.seed, "device": args.device,
+            "threads": args.threads, "progress": False if args.quiet else None,
+        },
+        data=_read_overrides(args),
+    )  # fmt: skip
+    bundle = train(config, args.data, args.out, valid=args.valid, test=args.test, split=args.split)
+    m = bundle.metrics
+    summary = {k: m[k] for k in ("valid_auc", "valid_logloss", "test_auc", "test_logloss", "epochs", "train_samples_per_s") if k in m}
+    print(json.dumps({"out": str(args.out), **summary}))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from deepfm.bundle import Bundle
+    from deepfm.predict import evaluate
+
+    bundle = Bundle.load(args.model)
+    result = evaluate(bundle, args.data, _model_read_options(bundle, args))
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from deepfm.bundle import Bundle
+    from deepfm.predict import predict_file
+
+    bundle = Bundle.load(args.model)
+    keep = [k for k in args.keep.split(",") if k]
+    rows = predict_file(bundle, args.data, args.out, keep=keep, options=_model_read_options(bundle, args))
+    log.info("wrote %d probabilities to %s", rows, args.out)
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from deepfm.synth import write_synth
+
+    t0 = time.perf_counter()
+    result = write_synth(args.rows, args.out, seed=args.seed)
+    print(
+        json.dumps(
+            {
+                "out": str(result.path),
+                "truth": str(result.truth_path),
+                "rows": result.rows,
+                "positive_rate": result.positive_rate,
+                "seconds": round(time.perf_counter() - t0, 2),
+            }
+        )
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from deepfm.demo import run_demo
+
+    if args.out is not None:
+        report = run_demo(args.rows, Path(args.out), seed=args.seed)
+    else:
+        with tempfile.TemporaryDirectory(prefix="deepfm-demo-") as tmp:
+            report = run_demo(args.rows, Path(tmp), seed=args.seed)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+def _model_read_options(bundle: Any, args: argparse.Namespace) -> Any:
+    from dataclasses import replace
+
+    overrides = {k: v for k, v in _read_overrides(args).items() if v is not None}
+    return replace(bundle.config.data, **overrides)
+
+
+def _usage(message: str) -> DeepFMError:
+    from deepfm.errors import ConfigError
+
+    return ConfigError(message)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

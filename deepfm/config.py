@@ -1,0 +1,191 @@
+"""Typed run configuration: schema + model + training + reading options, from YAML or flags.
+
+A config file looks like::
+
+    label: label
+    columns: [label, I1, C1, genres]     # only for files without a header
+    fields:
+      - {name: I1, kind: numeric, mode: bucketized, binning: log}
+      - {name: C1, kind: categorical, min_count: 2}
+      - {name: genres, kind: multi_hot, separator: "|", pooling: mean}
+    model: {embedding_dim: 16, hidden: [400, 400, 400], dropout: 0.2}
+    train: {batch_size: auto, epochs: 10, lr: 0.001, patience: 2}
+    data:  {delimiter: "\\t", header: auto}
+
+or ``preset: criteo`` in place of label/columns/fields. Every key is checked once, here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from deepfm.errors import ConfigError
+from deepfm.io import ReadOptions, Reader, to_float
+from deepfm.model import ModelConfig
+from deepfm.schema import PRESETS, FieldSpec, Schema
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training settings. The defaults work untuned from ~10k to millions of rows."""
+
+    batch_size: int | str = "auto"  # auto: ~1/64 of the training rows, clipped to [64, 4096]
+    epochs: int = 10  # the most; early stopping usually ends sooner
+    lr: float = 1e-3  # Adam, dense parameters
+    embedding_lr: float = 1e-3  # sparse Adam, the embedding table
+    l2_embedding: float = 1e-5  # on the table rows each batch uses
+    weight_decay: float = 0.0  # dense parameters
+    patience: int = 2  # epochs without a better valid AUC before stopping
+    lr_decay: float = 0.1  # multiply both learning rates by this when valid AUC stalls
+    seed: int = 2024
+    device: str = "auto"  # auto | cpu | cuda
+    threads: int = 0  # torch intra-op threads; 0 = one per core
+    eval_batch_size: int = 16384
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size != "auto" and (not isinstance(self.batch_size, int) or self.batch_size < 1):
+            raise ConfigError(f"train.batch_size must be a positive integer or 'auto', got {self.batch_size!r}")
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ConfigError(f"train.epochs must be a positive integer, got {self.epochs!r}")
+        for name in ("lr", "embedding_lr"):
+            if not float(getattr(self, name)) > 0:
+                raise ConfigError(f"train.{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("l2_embedding", "weight_decay"):
+            if float(getattr(self, name)) < 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)!r}")
+        if not 0 < float(self.lr_decay) <= 1:
+            raise ConfigError(f"train.lr_decay must be in (0, 1], got {self.lr_decay!r}")
+        if not isinstance(self.patience, int) or self.patience < 1:
+            raise ConfigError(f"train.patience must be an integer >= 1, got {self.patience!r}")
+        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            raise ConfigError(f"train.device must be auto, cpu or cuda, got {self.device!r}")
+
+    def resolve_batch_size(self, n_train: int) -> int:
+        """'auto': about 64 steps per epoch on small data, 4096 from ~260k rows up. Small data
+        with a CTR-sized batch would get two steps an epoch and never learn."""
+        if self.batch_size != "auto":
+            return int(self.batch_size)
+        target = max(n_train // 64, 1)
+        return int(min(4096, max(64, 2 ** int(np.floor(np.log2(target))))))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    schema: Schema
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: ReadOptions = field(default_factory=ReadOptions)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.schema.to_dict(),
+            "model": self.model.to_dict(),
+            "train": asdict(self.train),
+            "data": asdict(self.data),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "config") -> RunConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: expected a mapping at the top level")
+        known = {"preset", "label", "columns", "fields", "label_values", "model", "train", "data"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
+        try:
+            if "preset" in data:
+                if data["preset"] not in PRESETS:
+                    raise ConfigError(f"preset must be one of {sorted(PRESETS)}, got {data['preset']!r}")
+                if "fields" in data:
+                    raise ConfigError("give either 'preset' or 'fields', not both")
+                schema = PRESETS[data["preset"]]()
+            else:
+                schema = Schema.from_dict({k: data[k] for k in ("label", "columns", "fields", "label_values") if k in data})
+            return cls(
+                schema=schema,
+                model=ModelConfig.from_dict(_mapping(data, "model")),
+                train=_build(TrainConfig, _mapping(data, "train"), "train"),
+                data=_build(ReadOptions, _mapping(data, "data"), "data"),
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a YAML (or JSON) config file into a mapping; errors name the file and line."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{p}:{line} is not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of keys (label, fields, model, train, data)")
+    return data
+
+
+def infer_schema(reader: Reader, label: str = "label") -> Schema:
+    """Guess field kinds from the first chunk: columns that parse as numbers are numeric
+    (log bins for integer counts, quantile bins otherwise); everything else categorical."""
+    if label not in reader.columns:
+        raise ConfigError(
+            f"{reader.path}: no label column {label!r} among {reader.columns}; name it with --label "
+            "or describe the file with --config / --preset"
+        )
+    chunk = next(reader.chunks(reader.columns))
+    specs = []
+    for name in reader.columns:
+        if name == label:
+            continue
+        if reader.format == "libfm":
+            specs.append(FieldSpec(name=name, kind="categorical"))
+            continue
+        try:
+            x = to_float(chunk, name)
+        except Exception:  # text, not numbers: a categorical column
+            specs.append(FieldSpec(name=name, kind="categorical"))
+            continue
+        finite = x[~np.isnan(x)]
+        integral = finite.size > 0 and bool(np.all(finite == np.round(finite)))
+        specs.append(FieldSpec(name=name, kind="numeric", mode="bucketized", binning="log" if integral else "quantile"))
+    return Schema(label=label, fields=tuple(specs), label_values=(-1.0, 1.0) if reader.format == "libfm" else (0.0, 1.0))
+
+
+def with_overrides(config: RunConfig, model: dict[str, Any], train: dict[str, Any], data: dict[str, Any]) -> RunConfig:
+    """Apply command-line overrides (None values are ignored)."""
+    def clean(d: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in d.items() if v is not None}
+
+    try:
+        return replace(
+            config,
+            model=replace(config.model, **clean(model)),
+            train=replace(config.train, **clean(train)),
+            data=replace(config.data, **clean(data)),
+        )
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _mapping(data: dict[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key) or {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"'{key}' must be a mapping, got {value!r}")
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    allowed = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+    return cls(**values)

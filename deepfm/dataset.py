@@ -1,0 +1,183 @@
+"""EncodedDataset: encoded rows in memory-mapped files, and the batch iterator.
+
+A dataset folder holds raw little-endian arrays plus ``meta.json``:
+
+- ``ids.bin``     (N, S) int64   one id per single-valued field, already offset
+- ``values.bin``  (N, V) float32 the values of scaled numeric fields
+- ``labels.bin``  (N,)   float32 0/1
+- ``mh{k}.offsets.bin`` (N+1,) int64 and ``mh{k}.ids.bin`` (nnz,) int64 per multi-hot field
+
+Batches are tensors sliced from these arrays: no per-row Python and no DataLoader of dicts.
+Shuffling permutes blocks of rows and then rows inside each block, so reading stays local
+even when the data is larger than memory.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deepfm.features import EncodedChunk
+
+SHUFFLE_BLOCK = 1 << 18  # rows per shuffle block
+
+
+@dataclass
+class Batch:
+    """Model inputs for B rows. ids (B, S) int64, values (B, V) float32, labels (B,) float32;
+    multi_hot[k] = (offsets (B,) int64 bag starts, ids (nnz,) int64) as embedding_bag wants."""
+
+    ids: torch.Tensor
+    values: torch.Tensor
+    multi_hot: list[tuple[torch.Tensor, torch.Tensor]]
+    labels: torch.Tensor | None
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+    def to(self, device: torch.device | str) -> Batch:
+        if torch.device(device).type == "cpu":
+            return self
+        return Batch(
+            ids=self.ids.to(device, non_blocking=True),
+            values=self.values.to(device, non_blocking=True),
+            multi_hot=[(o.to(device, non_blocking=True), i.to(device, non_blocking=True)) for o, i in self.multi_hot],
+            labels=None if self.labels is None else self.labels.to(device, non_blocking=True),
+        )
+
+    @classmethod
+    def from_chunk(cls, chunk: EncodedChunk) -> Batch:
+        return cls(
+            ids=torch.from_numpy(chunk.ids),
+            values=torch.from_numpy(chunk.values),
+            multi_hot=[(torch.from_numpy(o[:-1]), torch.from_numpy(i)) for o, i in chunk.multi_hot],
+            labels=None if chunk.labels is None else torch.from_numpy(chunk.labels),
+        )
+
+
+class EncodedDataset:
+    """Encoded rows of one data part (train, valid or test), memory-mapped from a folder."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        meta = json.loads((self.folder / "meta.json").read_text())
+        self.rows: int = meta["rows"]
+        self.n_single: int = meta["n_single"]
+        self.n_values: int = meta["n_values"]
+        self.n_multi_hot: int = meta["n_multi_hot"]
+        n = self.rows
+        self.ids = _map(self.folder / "ids.bin", np.int64, (n, self.n_single))
+        self.values = _map(self.folder / "values.bin", np.float32, (n, self.n_values))
+        self.labels = _map(self.folder / "labels.bin", np.float32, (n,))
+        self.multi_hot = []
+        for k in range(self.n_multi_hot):
+            offsets = _map(self.folder / f"mh{k}.offsets.bin", np.int64, (n + 1,))
+            ids = _map(self.folder / f"mh{k}.ids.bin", np.int64, (int(offsets[-1]),))
+            self.multi_hot.append((offsets, ids))
+
+    def __len__(self) -> int:
+        return self.rows
+
+    @property
+    def positive_rate(self) -> float:
+        return float(self.labels.mean()) if self.rows else float("nan")
+
+    def batch(self, index: np.ndarray | slice) -> Batch:
+        """Gather rows (a sorted or shuffled index array, or a slice) into one Batch."""
+        # np.array copies: memory-mapped pages are read-only and torch wants writable memory.
+        ids = torch.from_numpy(np.array(self.ids[index]))
+        values = torch.from_numpy(np.array(self.values[index]))
+        labels = torch.from_numpy(np.array(self.labels[index]))
+        multi = []
+        for offsets, flat in self.multi_hot:
+            if isinstance(index, slice):
+                start, stop = index.start or 0, min(index.stop, self.rows)
+                starts, ends = offsets[start:stop], offsets[start + 1 : stop + 1]
+            else:
+                starts, ends = offsets[index], offsets[index + 1]
+            lens = ends - starts
+            bag_starts = np.zeros(len(lens), dtype=np.int64)
+            np.cumsum(lens[:-1], out=bag_starts[1:])
+            # Position of every gathered element in the flat array: its bag's start + rank.
+            pos = np.repeat(starts - bag_starts, lens) + np.arange(int(lens.sum()), dtype=np.int64)
+            multi.append((torch.from_numpy(bag_starts), torch.from_numpy(np.array(flat[pos]))))
+        return Batch(ids=ids, values=values, multi_hot=multi, labels=labels)
+
+    def batches(
+        self, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False
+    ) -> Iterator[Batch]:
+        """Yield batches in order, or shuffled by blocks (deterministic for ``seed``)."""
+        n = self.rows
+        if not shuffle:
+            for start in range(0, n, batch_size):
+                if drop_last and start + batch_size > n:
+                    break
+                yield self.batch(slice(start, min(start + batch_size, n)))
+            return
+        order = shuffled_order(n, seed)
+        for start in range(0, n, batch_size):
+            if drop_last and start + batch_size > n:
+                break
+            idx = np.sort(order[start : start + batch_size])  # sorted gathers read memory in order
+            yield self.batch(idx)
+
+
+def shuffled_order(n: int, seed: int, block: int = SHUFFLE_BLOCK) -> np.ndarray:
+    """A permutation of range(n): blocks in random order, rows shuffled inside each block."""
+    rng = np.random.default_rng(seed)
+    if n <= block:
+        return rng.permutation(n)
+    starts = rng.permutation(np.arange(0, n, block))
+    return np.concatenate([s + rng.permutation(min(block, n - s)) for s in starts])
+
+
+class DatasetWriter:
+    """Appends encoded chunks to the files of a dataset folder, then writes ``meta.json``."""
+
+    def __init__(self, folder: str | Path, n_single: int, n_values: int, n_multi_hot: int) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.meta = {"rows": 0, "n_single": n_single, "n_values": n_values, "n_multi_hot": n_multi_hot}
+        self._ids = open(self.folder / "ids.bin", "wb")
+        self._values = open(self.folder / "values.bin", "wb")
+        self._labels = open(self.folder / "labels.bin", "wb")
+        self._mh = [
+            (open(self.folder / f"mh{k}.offsets.bin", "wb"), open(self.folder / f"mh{k}.ids.bin", "wb"))
+            for k in range(n_multi_hot)
+        ]
+        self._mh_nnz = [0] * n_multi_hot
+        for offsets_file, _ in self._mh:
+            offsets_file.write(np.zeros(1, dtype=np.int64).tobytes())
+
+    def append(self, chunk: EncodedChunk, rows: slice | None = None) -> None:
+        """Append all rows of ``chunk`` (or the contiguous ``rows`` slice of it)."""
+        sl = rows or slice(0, len(chunk))
+        if sl.stop <= sl.start:
+            return
+        assert chunk.labels is not None, "training data needs labels"
+        self._ids.write(np.ascontiguousarray(chunk.ids[sl]).tobytes())
+        self._values.write(np.ascontiguousarray(chunk.values[sl]).tobytes())
+        self._labels.write(np.ascontiguousarray(chunk.labels[sl]).tobytes())
+        for k, (offsets, ids) in enumerate(chunk.multi_hot):
+            lo, hi = offsets[sl.start], offsets[sl.stop]
+            self._mh[k][0].write((offsets[sl.start + 1 : sl.stop + 1] - lo + self._mh_nnz[k]).tobytes())
+            self._mh[k][1].write(ids[lo:hi].tobytes())
+            self._mh_nnz[k] += int(hi - lo)
+        self.meta["rows"] += sl.stop - sl.start
+
+    def close(self) -> EncodedDataset:
+        for f in [self._ids, self._values, self._labels, *[f for pair in self._mh for f in pair]]:
+            f.close()
+        (self.folder / "meta.json").write_text(json.dumps(self.meta))
+        return EncodedDataset(self.folder)
+
+
+def _map(path: Path, dtype: type, shape: tuple[int, ...]) -> np.ndarray:
+    if int(np.prod(shape)) == 0:
+        return np.zeros(shape, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", shape=shape)

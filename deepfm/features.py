@@ -1,0 +1,379 @@
+"""FeaturePipeline: fit vocabularies and numeric statistics on the training rows, then encode.
+
+All fields share one id space (one embedding table). Field ``f`` owns rows
+``offset_f .. offset_f + size_f - 1`` and within them:
+
+- row 0: OOV (values unseen in training, or seen fewer than ``min_count`` times);
+- row 1: missing (an empty field; for multi-hot also an empty list);
+- rows 2..: the vocabulary, most frequent first.
+
+A scaled numeric field owns two rows: row 0 is the vector its value multiplies, row 1 the
+vector used when the value is missing (so "missing" is learned, not imputed as 0).
+
+Encoded rows are int64 ids already offset into the shared space (the model does one
+lookup), float32 values for scaled numerics, and multi-hot fields as CSR (offsets, ids).
+Fitted state is plain JSON plus one Arrow file of vocabularies: nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.ipc as ipc
+
+from deepfm.errors import BundleError, DataError
+from deepfm.io import Chunk, to_float, to_label, to_strings
+from deepfm.schema import FieldSpec, Schema
+
+log = logging.getLogger(__name__)
+
+OOV, MISSING, FIRST_VALUE = 0, 1, 2
+_RESERVOIR = 200_000  # values kept per field to place quantile bin edges
+_COMPACT_EVERY = 8  # merge per-chunk value counts this often to bound memory
+
+
+@dataclass
+class EncodedChunk:
+    """Encoded rows. Shapes: ids (N, S) int64, values (N, V) float32, labels (N,) float32;
+    multi_hot[k] = (offsets (N+1,) int64, ids (nnz,) int64) for the k-th multi-hot field."""
+
+    ids: np.ndarray
+    values: np.ndarray
+    multi_hot: list[tuple[np.ndarray, np.ndarray]]
+    labels: np.ndarray | None
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+
+@dataclass
+class FieldState:
+    """What was fitted for one field."""
+
+    spec: FieldSpec
+    offset: int = 0
+    size: int = 2
+    vocab: pa.Array | None = None  # keys, most frequent first (strings, or int64 bin keys)
+    counts: np.ndarray | None = None
+    mean: float = 0.0  # scaled numerics: standardization after the transform
+    std: float = 1.0
+    edges: list[float] = field(default_factory=list)  # quantile bins
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.spec.name,
+            "offset": self.offset,
+            "size": self.size,
+            "mean": self.mean,
+            "std": self.std,
+            "edges": self.edges,
+            "vocab_size": 0 if self.vocab is None else len(self.vocab),
+        }
+
+
+class FeaturePipeline:
+    """Turns raw columns into model inputs. ``fit`` once on training rows, then ``encode``."""
+
+    def __init__(self, schema: Schema) -> None:
+        self.schema = schema
+        self.states = {f.name: FieldState(spec=f) for f in schema.fields}
+        self.fitted = False
+
+    # ------------------------------------------------------------ layout
+    @property
+    def single_fields(self) -> list[FieldSpec]:
+        """Fields with one id per row (categorical, numeric), in schema order."""
+        return [f for f in self.schema.fields if f.kind != "multi_hot"]
+
+    @property
+    def multi_hot_fields(self) -> list[FieldSpec]:
+        return [f for f in self.schema.fields if f.kind == "multi_hot"]
+
+    @property
+    def scaled_positions(self) -> list[int]:
+        """Columns of ``ids`` whose rows are multiplied by a value (scaled numerics)."""
+        return [i for i, f in enumerate(self.single_fields) if f.is_scaled]
+
+    @property
+    def num_embeddings(self) -> int:
+        return sum(s.size for s in self.states.values())
+
+    @property
+    def input_columns(self) -> list[str]:
+        return [f.name for f in self.schema.fields]
+
+    # ------------------------------------------------------------ fit
+    def fit(self, chunks: Iterable[Chunk]) -> FeaturePipeline:
+        """One streamed pass over the training rows: counts, numeric stats, bin samples."""
+        counts: dict[str, list[tuple[pa.Array, pa.Array]]] = {n: [] for n in self.states}
+        moments = {n: np.zeros(3) for n in self.states}  # count, sum, sum of squares
+        samples: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        rng = np.random.default_rng(0)
+        rows = 0
+        for chunk in chunks:
+            rows += chunk.table.num_rows
+            for spec in self.schema.fields:
+                name = spec.name
+                if spec.kind == "categorical":
+                    _add_counts(counts[name], to_strings(chunk, name))
+                elif spec.kind == "multi_hot":
+                    _add_counts(counts[name], _tokens(to_strings(chunk, name), spec.separator).values)
+                elif spec.mode == "bucketized" and spec.binning == "log":
+                    keys = _log_bin_keys(to_float(chunk, name))
+                    _add_counts(counts[name], pa.array(keys[~np.isnan(keys)].astype(np.int64)))
+                elif spec.mode == "bucketized":  # quantile: sample values now, place edges later
+                    x = to_float(chunk, name)
+                    x = x[~np.isnan(x)]
+                    samples[name] = _reservoir(samples.get(name), x, rng)
+                else:  # scaled
+                    x = _transform(to_float(chunk, name), spec.transform)
+                    x = x[~np.isnan(x)]
+                    moments[name] += (x.size, x.sum(), np.square(x).sum())
+        if rows == 0:
+            raise DataError("no training rows to fit the features on")
+        offset = 0
+        for spec in self.schema.fields:
+            st = self.states[spec.name]
+            if spec.is_scaled:
+                n, s, ss = moments[spec.name]
+                if "standardize" in spec.transform and n > 0:
+                    st.mean = float(s / n)
+                    st.std = float(math.sqrt(max(ss / n - st.mean**2, 0.0))) or 1.0
+                st.size = 2
+            elif spec.kind == "numeric" and spec.binning == "quantile":
+                values = samples.get(spec.name, (np.empty(0), np.empty(0)))[0]
+                st.edges = _quantile_edges(values, spec.bins)
+                st.vocab = pa.array(np.arange(len(st.edges) + 1, dtype=np.int64))
+                st.counts = np.zeros(len(st.edges) + 1, dtype=np.int64)
+                st.size = FIRST_VALUE + len(st.vocab)
+            else:
+                keys, cnt = _merge_counts(counts[spec.name])
+                keep = cnt >= spec.min_count
+                # Most frequent first; ties broken by the key so the order is deterministic.
+                order = np.lexsort((_sort_keys(keys), -cnt))
+                order = order[keep[order]]
+                st.vocab = keys.take(pa.array(order))
+                st.counts = cnt[order]
+                st.size = FIRST_VALUE + len(st.vocab)
+                if spec.kind == "numeric":
+                    st.vocab = pc.cast(st.vocab, pa.int64())
+            st.offset = offset
+            offset += st.size
+        self.fitted = True
+        log.info("fitted %d fields on %d rows: %d embedding rows", len(self.states), rows, offset)
+        return self
+
+    # ------------------------------------------------------------ encode
+    def encode(self, chunk: Chunk, with_labels: bool = True) -> EncodedChunk:
+        """Encode one chunk. Never fails on unseen values: they go to the field's OOV row."""
+        if not self.fitted:
+            raise RuntimeError("FeaturePipeline.encode called before fit")
+        n = chunk.table.num_rows
+        singles = self.single_fields
+        ids = np.empty((n, len(singles)), dtype=np.int64)
+        values = np.empty((n, len(self.scaled_positions)), dtype=np.float32)
+        v = 0
+        for j, spec in enumerate(singles):
+            st = self.states[spec.name]
+            if spec.is_scaled:
+                x = _transform(to_float(chunk, spec.name), spec.transform)
+                missing = np.isnan(x)
+                ids[:, j] = st.offset + missing.astype(np.int64)  # row 0 value vector, row 1 missing
+                values[:, v] = np.where(missing, 1.0, (x - st.mean) / st.std)
+                v += 1
+                continue
+            if spec.kind == "numeric":
+                x = to_float(chunk, spec.name)
+                keys = _log_bin_keys(x) if spec.binning == "log" else _quantile_keys(x, st.edges)
+                null = np.isnan(keys)
+                keys_arr = pa.array(np.where(null, 0, keys).astype(np.int64), mask=null)
+            else:
+                keys_arr = to_strings(chunk, spec.name)
+            ids[:, j] = st.offset + _lookup(keys_arr, st.vocab)
+        multi = []
+        for spec in self.multi_hot_fields:
+            st = self.states[spec.name]
+            multi.append(_encode_multi_hot(to_strings(chunk, spec.name), spec.separator, st))
+        labels = None
+        if with_labels:
+            labels = to_label(chunk, self.schema.label, libfm=chunk.reader.format == "libfm")
+        return EncodedChunk(ids=ids, values=values, multi_hot=multi, labels=labels)
+
+    # ------------------------------------------------------------ save/load
+    def save(self, folder: Path) -> list[str]:
+        """Write ``pipeline.json`` (schema, offsets, stats) and ``vocab.arrow``. Returns file names."""
+        folder = Path(folder)
+        state = {
+            "schema": self.schema.to_dict(),
+            "fields": [self.states[f.name].to_json() for f in self.schema.fields],
+            "num_embeddings": self.num_embeddings,
+        }
+        (folder / "pipeline.json").write_text(json.dumps(state, indent=1))
+        names, keys, cnts = [], [], []
+        for f in self.schema.fields:
+            st = self.states[f.name]
+            if st.vocab is None:
+                continue
+            names.append(np.full(len(st.vocab), f.name, dtype=object))
+            keys.append(pc.cast(st.vocab, pa.string()))
+            cnts.append(st.counts)
+        table = pa.table(
+            {
+                "field": pa.array(np.concatenate(names) if names else [], pa.string()),
+                "key": pa.concat_arrays([k for k in keys]) if keys else pa.array([], pa.string()),
+                "count": pa.array(np.concatenate(cnts) if cnts else [], pa.int64()),
+            }
+        )
+        with ipc.new_file(folder / "vocab.arrow", table.schema) as writer:
+            writer.write_table(table)
+        return ["pipeline.json", "vocab.arrow"]
+
+    @classmethod
+    def load(cls, folder: Path) -> FeaturePipeline:
+        folder = Path(folder)
+        try:
+            state = json.loads((folder / "pipeline.json").read_text())
+            with ipc.open_file(folder / "vocab.arrow") as reader:
+                vocab = reader.read_all()
+        except (OSError, json.JSONDecodeError, pa.ArrowInvalid) as exc:
+            raise BundleError(f"{folder}: cannot read the fitted features ({exc})") from exc
+        pipe = cls(Schema.from_dict(state["schema"]))
+        field_col = vocab.column("field")
+        for saved in state["fields"]:
+            st = pipe.states[saved["name"]]
+            st.offset, st.size = saved["offset"], saved["size"]
+            st.mean, st.std, st.edges = saved["mean"], saved["std"], saved["edges"]
+            if st.spec.has_vocabulary:
+                rows = vocab.filter(pc.equal(field_col, saved["name"]))
+                keys = rows.column("key").combine_chunks()
+                st.vocab = pc.cast(keys, pa.int64()) if st.spec.kind == "numeric" else keys
+                st.counts = rows.column("count").to_numpy()
+                if len(st.vocab) != saved["vocab_size"]:
+                    raise BundleError(f"{folder}: vocab.arrow does not match pipeline.json for {saved['name']!r}")
+        pipe.fitted = True
+        return pipe
+
+
+# ---------------------------------------------------------------- helpers
+def _transform(x: np.ndarray, transform: str) -> np.ndarray:
+    """Numeric transform before scaling. log1p is signed: sign(x)·log(1+|x|), so negatives work."""
+    if "log1p" in transform:
+        return np.sign(x) * np.log1p(np.abs(x))
+    return x
+
+
+def _log_bin_keys(x: np.ndarray) -> np.ndarray:
+    """Log bins as the Criteo winners used: small values keep their integer part, larger ones
+    fall into floor(log(|x|)^2), with offsets so negative, small and large keys never collide.
+    NaN stays NaN (missing)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ax = np.abs(x)
+        big = np.floor(np.log(np.maximum(ax, 1.0)) ** 2)
+        keys = np.where(ax <= 2, np.floor(x), np.sign(x) * (100 + big))
+    return keys
+
+
+def _quantile_keys(x: np.ndarray, edges: list[float]) -> np.ndarray:
+    keys = np.searchsorted(np.asarray(edges), x, side="right").astype(np.float64)
+    keys[np.isnan(x)] = np.nan
+    return keys
+
+
+def _quantile_edges(values: np.ndarray, bins: int) -> list[float]:
+    if values.size == 0:
+        return []
+    qs = np.quantile(values, np.linspace(0, 1, bins + 1)[1:-1])
+    return [float(e) for e in np.unique(qs)]
+
+
+def _reservoir(
+    current: tuple[np.ndarray, np.ndarray] | None, x: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Uniform sample of at most _RESERVOIR values: keep those with the smallest random keys."""
+    keys = rng.random(x.size)
+    if current is not None:
+        x = np.concatenate([current[0], x])
+        keys = np.concatenate([current[1], keys])
+    if x.size > _RESERVOIR:
+        keep = np.argpartition(keys, _RESERVOIR)[:_RESERVOIR]
+        x, keys = x[keep], keys[keep]
+    return x, keys
+
+
+def _add_counts(acc: list[tuple[pa.Array, pa.Array]], values: pa.Array | pa.ChunkedArray) -> None:
+    vc = pc.value_counts(values)
+    keys, cnt = vc.field("values"), vc.field("counts")
+    valid = pc.is_valid(keys)
+    acc.append((keys.filter(valid), cnt.filter(valid)))
+    if len(acc) >= _COMPACT_EVERY:
+        keys, cnt = _merge_counts(acc)
+        acc[:] = [(keys, pa.array(cnt))]
+
+
+def _merge_counts(acc: list[tuple[pa.Array, pa.Array]]) -> tuple[pa.Array, np.ndarray]:
+    if not acc:
+        return pa.array([], pa.string()), np.zeros(0, dtype=np.int64)
+    keys = pa.chunked_array([k for k, _ in acc]).combine_chunks()
+    cnt = pa.chunked_array([pc.cast(c, pa.int64()) for _, c in acc]).combine_chunks()
+    if len(acc) == 1:
+        return keys, cnt.to_numpy()
+    grouped = pa.table({"k": keys, "c": cnt}).group_by("k").aggregate([("c", "sum")])
+    return grouped.column("k").combine_chunks(), grouped.column("c_sum").to_numpy()
+
+
+def _sort_keys(keys: pa.Array) -> np.ndarray:
+    """Keys as something np.lexsort can order (ties in counts break by key)."""
+    if pa.types.is_integer(keys.type):
+        return keys.to_numpy()
+    return pc.rank(keys, sort_keys="ascending", tiebreaker="first").to_numpy()
+
+
+def _lookup(keys: pa.Array | pa.ChunkedArray, vocab: pa.Array) -> np.ndarray:
+    """Local ids: FIRST_VALUE + position in vocab, OOV for unseen, MISSING for nulls."""
+    pos = pc.index_in(keys, value_set=vocab)
+    null = pc.is_null(keys).to_numpy(zero_copy_only=False)
+    filled = pc.fill_null(pc.add(pc.cast(pos, pa.int64()), FIRST_VALUE), OOV)
+    out = np.array(filled.to_numpy(zero_copy_only=False), dtype=np.int64)  # writable copy
+    out[null] = MISSING
+    return out
+
+
+def _tokens(strings: pa.ChunkedArray, separator: str) -> _TokenLists:
+    """Split lists like "Action|Comedy"; empty tokens ("a||b", trailing "|") are dropped."""
+    combined = strings.combine_chunks() if isinstance(strings, pa.ChunkedArray) else strings
+    parts = pc.split_pattern(combined, separator)
+    flat = pc.list_flatten(parts)
+    parents = pc.list_parent_indices(parts)
+    trimmed = pc.utf8_trim_whitespace(flat)
+    keep = pc.not_equal(trimmed, "")
+    return _TokenLists(values=trimmed.filter(keep), parents=parents.filter(keep).to_numpy(), rows=len(combined))
+
+
+@dataclass
+class _TokenLists:
+    values: pa.Array
+    parents: np.ndarray  # row index of each token (non-decreasing)
+    rows: int
+
+
+def _encode_multi_hot(strings: pa.ChunkedArray, separator: str, st: FieldState) -> tuple[np.ndarray, np.ndarray]:
+    tokens = _tokens(strings, separator)
+    local = _lookup(tokens.values, st.vocab) if len(tokens.values) else np.zeros(0, dtype=np.int64)
+    counts = np.bincount(tokens.parents, minlength=tokens.rows)
+    empty = np.flatnonzero(counts == 0)
+    # An empty or missing list gets the field's MISSING row, so it is learned, not a zero vector.
+    rows = np.concatenate([tokens.parents, empty])
+    ids = np.concatenate([local, np.full(empty.size, MISSING, dtype=np.int64)])
+    order = np.argsort(rows, kind="stable")
+    offsets = np.zeros(tokens.rows + 1, dtype=np.int64)
+    np.cumsum(np.maximum(counts, 1), out=offsets[1:])
+    return offsets, st.offset + ids[order]

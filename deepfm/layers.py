@@ -1,0 +1,116 @@
+"""Pure tensor maths: the shared field embedding, the FM interaction, the MLP.
+
+Notation: B batch, S single-valued fields, M multi-hot fields, F = S + M fields, D embedding
+size. The table has D + 1 columns: the first D are the field vector v, the last is the
+first-order weight w of the same row, so one lookup serves both FM terms.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "silu": nn.SiLU}
+
+
+class FieldEmbedding(nn.Module):
+    """One table for every field, indexed by ids already offset per field (pytorch-fm's trick:
+    one lookup per batch instead of a dict of tables).
+
+    forward(ids (B,S) int64, values (B,V) float32, multi_hot [(offsets (B,), ids (nnz,))])
+      -> (B, F, D+1): row vectors, scaled numerics multiplied by their value, multi-hot pooled.
+    """
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        dim: int,
+        scaled_positions: list[int],
+        poolings: list[str],
+        init_std: float = 0.01,
+        sparse: bool = True,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.sparse = sparse
+        self.weight = nn.Parameter(torch.empty(num_embeddings, dim + 1))
+        self.register_buffer("scaled", torch.tensor(scaled_positions, dtype=torch.long), persistent=False)
+        self.poolings = list(poolings)
+        self.init_std = init_std
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            nn.init.normal_(self.weight[:, : self.dim], std=self.init_std)
+            self.weight[:, self.dim].zero_()  # first-order weights start at zero, as in LR
+
+    def forward(
+        self, ids: torch.Tensor, values: torch.Tensor, multi_hot: list[tuple[torch.Tensor, torch.Tensor]]
+    ) -> torch.Tensor:
+        e = F.embedding(ids, self.weight, sparse=self.sparse)  # (B, S, D+1)
+        if self.scaled.numel():
+            # x_i * v_i and x_i * w_i for scaled numerics; missing ones carry value 1.
+            factor = torch.ones(e.shape[:2], dtype=e.dtype, device=e.device)
+            factor = factor.index_copy(1, self.scaled, values.to(e.dtype))
+            e = e * factor.unsqueeze(-1)
+        if self.poolings:
+            bags = [
+                F.embedding_bag(mh_ids, self.weight, mh_offsets, mode=mode, sparse=self.sparse)
+                for (mh_offsets, mh_ids), mode in zip(multi_hot, self.poolings)
+            ]
+            e = torch.cat([e, torch.stack(bags, dim=1)], dim=1)
+        return e
+
+
+def fm_pairwise(v: torch.Tensor) -> torch.Tensor:
+    """sum_{i<j} <v_i, v_j> in O(F·D) as 0.5 * sum_d((sum_i v_id)^2 - sum_i v_id^2).
+    (B, F, D) -> (B,)"""
+    square_of_sum = v.sum(dim=1).square()
+    sum_of_square = v.square().sum(dim=1)
+    return 0.5 * (square_of_sum - sum_of_square).sum(dim=1)
+
+
+class MLP(nn.Module):
+    """Linear -> [BatchNorm] -> activation -> [Dropout], repeated, then Linear -> 1.
+    (B, in_dim) -> (B,)"""
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden: list[int],
+        activation: str = "relu",
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        prev = in_dim
+        for width in hidden:
+            layers.append(nn.Linear(prev, width))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(width))
+            layers.append(ACTIVATIONS[activation]())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            prev = width
+        layers.append(nn.Linear(prev, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(-1)
+
+
+class CrossNetwork(nn.Module):
+    """DCN's cross layers: x_{l+1} = x_0 * (w_l^T x_l) + b_l + x_l.  (B, d) -> (B, d)"""
+
+    def __init__(self, dim: int, layers: int) -> None:
+        super().__init__()
+        self.w = nn.ParameterList([nn.Parameter(torch.randn(dim) * dim**-0.5) for _ in range(layers)])
+        self.b = nn.ParameterList([nn.Parameter(torch.zeros(dim)) for _ in range(layers)])
+
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        x = x0
+        for w, b in zip(self.w, self.b):
+            x = x0 * (x @ w).unsqueeze(-1) + b + x
+        return x

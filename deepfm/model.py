@@ -1,0 +1,163 @@
+"""DeepFM (Guo et al., IJCAI 2017) and its ablations, composed from layers.py.
+
+    e      = embedding(ids, values, multi_hot)            (B, F, D+1)
+    v, w   = e[..., :D], e[..., D]                         field vectors, first-order weights
+    y_FM   = bias + sum_i w_i + sum_{i<j} <v_i, v_j>       (x_i is already folded into e)
+    y_DNN  = MLP(flatten(v))
+    logit  = y_FM + y_DNN                                  sigmoid only at prediction
+
+The ablations switch parts off on the same code: ``lr`` (bias + first order), ``fm`` (FM),
+``dnn`` (MLP only), ``wide_deep`` (first order + MLP), ``dcn`` (cross network + MLP),
+``deepfm`` (everything).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from deepfm.dataset import Batch
+from deepfm.errors import ConfigError
+from deepfm.layers import ACTIVATIONS, MLP, CrossNetwork, FieldEmbedding, fm_pairwise
+
+MODEL_KINDS = ("deepfm", "fm", "lr", "dnn", "wide_deep", "dcn")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    kind: str = "deepfm"
+    embedding_dim: int = 16
+    hidden: tuple[int, ...] = (400, 400, 400)
+    activation: str = "relu"
+    dropout: float = 0.2
+    batch_norm: bool = False
+    cross_layers: int = 3  # dcn only
+    init_std: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.kind not in MODEL_KINDS:
+            raise ConfigError(f"model.kind must be one of {list(MODEL_KINDS)}, got {self.kind!r}")
+        if not isinstance(self.embedding_dim, int) or self.embedding_dim < 1:
+            raise ConfigError(f"model.embedding_dim must be a positive integer, got {self.embedding_dim!r}")
+        object.__setattr__(self, "hidden", tuple(self.hidden))
+        if any(not isinstance(h, int) or h < 1 for h in self.hidden):
+            raise ConfigError(f"model.hidden must be a list of positive integers, got {list(self.hidden)}")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"model.activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
+
+    @property
+    def uses_first_order(self) -> bool:
+        return self.kind in ("deepfm", "fm", "lr", "wide_deep")
+
+    @property
+    def uses_pairwise(self) -> bool:
+        return self.kind in ("deepfm", "fm")
+
+    @property
+    def uses_dnn(self) -> bool:
+        return self.kind in ("deepfm", "dnn", "wide_deep", "dcn")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        allowed = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise ConfigError(f"model: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class InputLayout:
+    """What the model needs to know about the encoded inputs (from the FeaturePipeline)."""
+
+    num_embeddings: int
+    n_single: int
+    scaled_positions: tuple[int, ...] = ()
+    poolings: tuple[str, ...] = field(default=())
+
+    @property
+    def n_fields(self) -> int:
+        return self.n_single + len(self.poolings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "num_embeddings": self.num_embeddings,
+            "n_single": self.n_single,
+            "scaled_positions": list(self.scaled_positions),
+            "poolings": list(self.poolings),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> InputLayout:
+        return cls(
+            num_embeddings=int(data["num_embeddings"]),
+            n_single=int(data["n_single"]),
+            scaled_positions=tuple(data["scaled_positions"]),
+            poolings=tuple(data["poolings"]),
+        )
+
+
+class DeepFM(nn.Module):
+    """forward(batch) -> logits (B,). Parts: ``embedding``, ``bias`` (FM), ``dnn``, ``cross``."""
+
+    def __init__(self, layout: InputLayout, config: ModelConfig = ModelConfig()) -> None:
+        super().__init__()
+        self.layout, self.config = layout, config
+        d = config.embedding_dim
+        self.embedding = FieldEmbedding(
+            layout.num_embeddings, d, list(layout.scaled_positions), list(layout.poolings), config.init_std
+        )
+        self.bias = nn.Parameter(torch.zeros(1))
+        in_dim = layout.n_fields * d
+        self.cross = CrossNetwork(in_dim, config.cross_layers) if config.kind == "dcn" else None
+        if config.uses_dnn:
+            mlp_in = in_dim * 2 if self.cross is not None else in_dim
+            self.dnn: MLP | None = MLP(mlp_in, list(config.hidden), config.activation, config.dropout, config.batch_norm)
+        else:
+            self.dnn = None
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.logits(batch.ids, batch.values, batch.multi_hot)
+
+    def logits(
+        self, ids: torch.Tensor, values: torch.Tensor, multi_hot: list[tuple[torch.Tensor, torch.Tensor]]
+    ) -> torch.Tensor:
+        """(B,S) int64, (B,V) float32, [(offsets, ids)] -> (B,) logits."""
+        return self._forward(ids, values, multi_hot)[0]
+
+    def logits_and_penalty(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B,) and the mean squared norm of the embedding rows the batch used (a scalar):
+        an L2 penalty that keeps the table's gradient sparse, as FuxiCTR/DeepCTR regularize."""
+        logit, e = self._forward(batch.ids, batch.values, batch.multi_hot)
+        return logit, e.square().sum() / max(e.shape[0], 1)
+
+    def _forward(
+        self, ids: torch.Tensor, values: torch.Tensor, multi_hot: list[tuple[torch.Tensor, torch.Tensor]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        e = self.embedding(ids, values, multi_hot)  # (B, F, D+1)
+        d = self.config.embedding_dim
+        v = e[..., :d]
+        logit = self.bias.expand(e.shape[0])
+        if self.config.uses_first_order:
+            logit = logit + e[..., d].sum(dim=1)
+        if self.config.uses_pairwise:
+            logit = logit + fm_pairwise(v)
+        if self.dnn is not None:
+            flat = v.reshape(v.shape[0], -1)
+            if self.cross is not None:
+                flat = torch.cat([self.cross(flat), flat], dim=1)
+            logit = logit + self.dnn(flat)
+        return logit, e
+
+    def dense_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if not n.startswith("embedding.")]

@@ -1,0 +1,343 @@
+"""Training: from files to a saved Bundle.
+
+``train()`` is the whole job: read and split the data, fit the FeaturePipeline on the
+training part only, encode every part to memory-mapped arrays, fit the model with the
+Trainer (early stopping on validation AUC, best weights restored), evaluate, save.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from deepfm.bundle import Bundle
+from deepfm.config import RunConfig, TrainConfig
+from deepfm.dataset import DatasetWriter, EncodedDataset
+from deepfm.errors import ConfigError, DataError
+from deepfm.features import FeaturePipeline
+from deepfm.io import Chunk, Reader
+from deepfm.metrics import auc, logloss
+from deepfm.model import DeepFM, InputLayout
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------- data preparation
+@dataclass
+class Parts:
+    """Encoded data parts. valid/test may be absent."""
+
+    train: EncodedDataset
+    valid: EncodedDataset | None = None
+    test: EncodedDataset | None = None
+    skipped_rows: int = 0
+    encode_seconds: float = 0.0
+
+
+def parse_split(text: str | tuple[float, ...] | None) -> tuple[float, float, float] | None:
+    """'0.8,0.1,0.1' -> (0.8, 0.1, 0.1); two numbers mean no test part."""
+    if text is None:
+        return None
+    parts = [float(x) for x in text.split(",")] if isinstance(text, str) else [float(x) for x in text]
+    if len(parts) == 2:
+        parts.append(0.0)
+    if len(parts) != 3 or any(p < 0 for p in parts) or parts[0] <= 0:
+        raise ConfigError(f"--split wants 'train,valid[,test]' fractions like 0.8,0.1,0.1, got {text!r}")
+    if abs(sum(parts) - 1.0) > 1e-6:
+        raise ConfigError(f"--split fractions must add up to 1, got {text!r} (sum {sum(parts):g})")
+    return parts[0], parts[1], parts[2]
+
+
+def prepare(
+    config: RunConfig,
+    data: str | Path,
+    workdir: Path,
+    valid: str | Path | None = None,
+    test: str | Path | None = None,
+    split: tuple[float, float, float] | None = None,
+) -> tuple[FeaturePipeline, Parts]:
+    """Fit the pipeline on the training rows and encode every part into ``workdir``."""
+    schema = config.schema
+    columns = [schema.label, *schema.names]
+    reader = Reader(data, config.data, column_names=schema.columns)
+    reader.check_columns(columns)
+    if split is not None and (valid is not None or test is not None):
+        raise ConfigError("give either --split or --valid/--test files, not both")
+    bounds: dict[str, tuple[int, int]] = {}
+    if split is not None:
+        n = reader.count_rows()
+        n_train = int(round(split[0] * n))
+        n_valid = int(round(split[1] * n))
+        bounds = {"train": (0, n_train), "valid": (n_train, n_train + n_valid), "test": (n_train + n_valid, n)}
+        if n_train == 0:
+            raise DataError(f"the training part of --split is empty ({n} rows)", path=str(data))
+        log.info("split %s by row order: train %d, valid %d, test %d rows", data, n_train, n_valid, n - n_train - n_valid)
+        pipeline = FeaturePipeline(schema).fit(_rows(reader.chunks(columns), 0, n_train))
+    else:
+        pipeline = FeaturePipeline(schema).fit(reader.chunks(columns))
+    t0 = time.perf_counter()
+    n_single, n_values, n_multi = len(pipeline.single_fields), len(pipeline.scaled_positions), len(pipeline.multi_hot_fields)
+
+    def writer(name: str) -> DatasetWriter:
+        return DatasetWriter(workdir / name, n_single, n_values, n_multi)
+
+    parts: dict[str, EncodedDataset | None] = {"train": None, "valid": None, "test": None}
+    if split is not None:
+        writers = {k: writer(k) for k, (lo, hi) in bounds.items() if hi > lo}
+        for chunk in reader.chunks(columns):
+            enc = pipeline.encode(chunk)
+            lo_c, hi_c = chunk.row0, chunk.row0 + len(enc)
+            for name, (lo, hi) in bounds.items():
+                a, b = max(lo, lo_c), min(hi, hi_c)
+                if b > a and name in writers:
+                    writers[name].append(enc, slice(a - lo_c, b - lo_c))
+        parts.update({k: w.close() for k, w in writers.items()})
+    else:
+        w = writer("train")
+        for chunk in reader.chunks(columns):
+            w.append(pipeline.encode(chunk))
+        parts["train"] = w.close()
+    skipped = reader.skipped
+    for name, path in (("valid", valid), ("test", test)):
+        if path is None:
+            continue
+        r = Reader(path, config.data, column_names=schema.columns)
+        r.check_columns(columns)
+        w = writer(name)
+        for chunk in r.chunks(columns):
+            w.append(pipeline.encode(chunk))
+        parts[name] = w.close()
+        skipped += r.skipped
+    if skipped:
+        log.warning("skipped %d bad rows (on_bad_row=skip)", skipped)
+    train_part = parts["train"]
+    assert train_part is not None
+    return pipeline, Parts(train_part, parts["valid"], parts["test"], skipped, time.perf_counter() - t0)
+
+
+def _rows(chunks: Iterator[Chunk], start: int, stop: int) -> Iterator[Chunk]:
+    """Only rows [start, stop) of a chunk stream (stops reading once past ``stop``)."""
+    for chunk in chunks:
+        n = chunk.table.num_rows
+        if chunk.row0 >= stop:
+            return
+        a, b = max(start - chunk.row0, 0), min(stop - chunk.row0, n)
+        if b > a:
+            yield Chunk(chunk.table.slice(a, b - a), chunk.row0 + a, chunk.reader)
+
+
+# ---------------------------------------------------------------- trainer
+@dataclass
+class History:
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    train_seconds: float = 0.0
+    train_samples: int = 0
+
+
+class Trainer:
+    """Fits a DeepFM: Adam for dense parameters, sparse Adam for the embedding table (only the
+    rows in a batch are touched), L2 on the rows used, early stopping on validation AUC with
+    the best weights restored, learning-rate decay when validation AUC stalls."""
+
+    def __init__(self, model: DeepFM, config: TrainConfig, device: torch.device) -> None:
+        self.model, self.config, self.device = model.to(device), config, device
+        self.dense_opt = torch.optim.Adam(model.dense_parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.sparse_opt = torch.optim.SparseAdam([model.embedding.weight], lr=config.embedding_lr)
+
+    def fit(self, train: EncodedDataset, valid: EncodedDataset | None, batch_size: int) -> History:
+        cfg = self.config
+        history = History()
+        best_auc, best_state, bad = -math.inf, None, 0
+        for epoch in range(1, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            loss_sum, labels, logits = self._epoch(train, batch_size, epoch)
+            seconds = time.perf_counter() - t0
+            history.train_seconds += seconds
+            history.train_samples += len(train)
+            probs = _sigmoid(logits)
+            row: dict[str, float] = {
+                "epoch": epoch,
+                "train_loss": loss_sum / max(len(train), 1),
+                "train_auc": auc(labels, probs),
+                "train_logloss": logloss(labels, probs),
+                "lr": self.dense_opt.param_groups[0]["lr"],
+                "seconds": seconds,
+                "samples_per_s": len(train) / seconds,
+            }
+            if valid is not None and len(valid):
+                vp = self.predict(valid)
+                row["valid_auc"], row["valid_logloss"] = auc(valid.labels, vp), logloss(valid.labels, vp)
+            history.epochs.append(row)
+            log.info(
+                "epoch %d: train loss %.4f auc %.4f | valid auc %s logloss %s | %.0f samples/s",
+                epoch, row["train_loss"], row["train_auc"], _fmt(row.get("valid_auc")),
+                _fmt(row.get("valid_logloss")), row["samples_per_s"],
+            )  # fmt: skip
+            if valid is None or not len(valid):
+                history.best_epoch = epoch
+                continue
+            if row["valid_auc"] > best_auc + 1e-6:
+                best_auc, bad, history.best_epoch = row["valid_auc"], 0, epoch
+                best_state = copy.deepcopy(self.model.state_dict())
+            else:
+                bad += 1
+                if bad >= cfg.patience:
+                    log.info("valid AUC has not improved for %d epoch(s): stopping", bad)
+                    break
+                for opt in (self.dense_opt, self.sparse_opt):
+                    for group in opt.param_groups:
+                        group["lr"] *= cfg.lr_decay
+        if best_state is not None:
+            self.model.load_state_dict(best_state)
+            log.info("restored the weights of epoch %d (valid AUC %.4f)", history.best_epoch, best_auc)
+        return history
+
+    def _epoch(self, data: EncodedDataset, batch_size: int, epoch: int) -> tuple[float, np.ndarray, np.ndarray]:
+        cfg = self.config
+        self.model.train()
+        labels, logits = [], []
+        loss_sum, seen = 0.0, 0
+        bar = tqdm(total=len(data), unit="row", unit_scale=True, desc=f"epoch {epoch}", disable=not cfg.progress, leave=False)
+        t0 = time.perf_counter()
+        # Each epoch has its own order, derived from the seed: runs are reproducible.
+        for batch in data.batches(batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch):
+            batch = batch.to(self.device)
+            logit, penalty = self.model.logits_and_penalty(batch)
+            loss = F.binary_cross_entropy_with_logits(logit, batch.labels)
+            total = loss + cfg.l2_embedding * penalty if cfg.l2_embedding > 0 else loss
+            self.dense_opt.zero_grad(set_to_none=True)
+            self.sparse_opt.zero_grad(set_to_none=True)
+            total.backward()
+            self.dense_opt.step()
+            self.sparse_opt.step()
+            n = len(batch)
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"training loss became {loss_value} in epoch {epoch}; lower the learning rate")
+            loss_sum += loss_value * n
+            seen += n
+            labels.append(batch.labels.cpu().numpy())
+            logits.append(logit.detach().cpu().numpy())
+            bar.update(n)
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", rows_s=f"{seen / (time.perf_counter() - t0):.0f}")
+        bar.close()
+        return loss_sum, np.concatenate(labels), np.concatenate(logits)
+
+    @torch.no_grad()
+    def predict(self, data: EncodedDataset) -> np.ndarray:
+        """Probabilities for every row, in order. -> (N,) float64"""
+        self.model.eval()
+        out = [
+            torch.sigmoid(self.model(b.to(self.device))).double().cpu().numpy()
+            for b in data.batches(self.config.eval_batch_size)
+        ]
+        return np.concatenate(out) if out else np.zeros(0)
+
+
+# ---------------------------------------------------------------- the whole job
+def train(
+    config: RunConfig,
+    data: str | Path,
+    out: str | Path,
+    valid: str | Path | None = None,
+    test: str | Path | None = None,
+    split: str | tuple[float, float, float] | None = None,
+) -> Bundle:
+    """Train a model on ``data`` and save it to ``out``. Returns the Bundle (metrics attached).
+
+    Without ``valid`` or ``split`` the file is split 0.9/0.1 by row order so that early
+    stopping has validation rows.
+    """
+    t_start = time.perf_counter()
+    cfg = config.train
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    split_parts = parse_split(split) if not isinstance(split, tuple) else split
+    if split_parts is None and valid is None:
+        split_parts = (0.9, 0.1, 0.0)
+        log.info("no --valid or --split given: using the last 10%% of %s for validation", data)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".encoded-", dir=out) as tmp:
+        t0 = time.perf_counter()
+        pipeline, parts = prepare(config, data, Path(tmp), valid=valid, test=test, split=split_parts)
+        prep_seconds = time.perf_counter() - t0
+        layout = InputLayout(
+            num_embeddings=pipeline.num_embeddings,
+            n_single=len(pipeline.single_fields),
+            scaled_positions=tuple(pipeline.scaled_positions),
+            poolings=tuple(f.pooling for f in pipeline.multi_hot_fields),
+        )
+        # Seed here, at the top of the job (not in constructors): init, dropout and shuffling
+        # all follow from train.seed.
+        torch.manual_seed(cfg.seed)
+        model = DeepFM(layout, config.model)
+        batch_size = cfg.resolve_batch_size(len(parts.train))
+        log.info(
+            "training %s on %d rows (%d fields, %d embedding rows), batch %d on %s",
+            config.model.kind, len(parts.train), layout.n_fields, layout.num_embeddings, batch_size, device,
+        )  # fmt: skip
+        trainer = Trainer(model, cfg, device)
+        history = trainer.fit(parts.train, parts.valid, batch_size)
+        metrics: dict[str, Any] = {
+            "model": config.model.kind,
+            "epochs": len(history.epochs),
+            "best_epoch": history.best_epoch,
+            "batch_size": batch_size,
+            "train_rows": len(parts.train),
+            "train_samples_per_s": history.train_samples / max(history.train_seconds, 1e-9),
+            "train_seconds": history.train_seconds,
+            "preprocess_seconds": prep_seconds,
+            "skipped_rows": parts.skipped_rows,
+            "device": str(device),
+            "history": history.epochs,
+        }
+        for name, part in (("valid", parts.valid), ("test", parts.test)):
+            if part is not None and len(part):
+                p = trainer.predict(part)
+                metrics[f"{name}_auc"] = auc(part.labels, p)
+                metrics[f"{name}_logloss"] = logloss(part.labels, p)
+                metrics[f"{name}_rows"] = len(part)
+                metrics[f"{name}_ctr"] = float(np.mean(part.labels))
+                metrics[f"{name}_mean_prediction"] = float(np.mean(p))
+        del parts  # release the memory maps before the folder goes
+    metrics["total_seconds"] = time.perf_counter() - t_start
+    bundle = Bundle(config, pipeline, model.cpu().eval(), metrics)
+    bundle.save(out)
+    log.info("saved the model to %s", out)
+    return bundle
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda asked for, but PyTorch sees no CUDA device")
+    return torch.device(name)
+
+
+def default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
