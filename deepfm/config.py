@@ -34,7 +34,7 @@ from deepfm.schema import PRESETS, FieldSpec, Schema
 class TrainConfig:
     """Training settings. The defaults work untuned from ~10k to millions of rows."""
 
-    batch_size: int | str = "auto"  # auto: ~1/64 of the training rows, clipped to [64, 4096]
+    batch_size: int | str = "auto"  # auto: ~1/32 of the training rows, clipped to [64, 4096]
     epochs: int = 10  # the most; early stopping usually ends sooner
     lr: float = 1e-3  # Adam, dense parameters
     embedding_lr: float = 1e-3  # sparse Adam, the embedding table
@@ -67,12 +67,12 @@ class TrainConfig:
             raise ConfigError(f"train.device must be auto, cpu or cuda, got {self.device!r}")
 
     def resolve_batch_size(self, n_train: int) -> int:
-        """'auto': about 64 steps per epoch on small data, 4096 from ~260k rows up. Small data
-        with a CTR-sized batch would get two steps an epoch and never learn."""
+        """'auto': about 32 steps per epoch on small data (a power of two), 4096 from ~100k rows
+        up. Small data with a CTR-sized batch would get two steps an epoch and never learn."""
         if self.batch_size != "auto":
             return int(self.batch_size)
-        target = max(n_train // 64, 1)
-        return int(min(4096, max(64, 2 ** int(np.floor(np.log2(target))))))
+        target = max(n_train / 32, 1.0)
+        return int(min(4096, max(64, 2 ** int(round(np.log2(target))))))
 
 
 @dataclass(frozen=True)

@@ -211,7 +211,11 @@ class Trainer:
         self.model.train()
         labels, logits = [], []
         loss_sum, seen = 0.0, 0
-        bar = tqdm(total=len(data), unit="row", unit_scale=True, desc=f"epoch {epoch}", disable=not cfg.progress, leave=False)
+        # disable=None: a bar on a terminal, nothing in a log file.
+        bar = tqdm(
+            total=len(data), unit="row", unit_scale=True, desc=f"epoch {epoch}",
+            disable=None if cfg.progress else True, leave=False, mininterval=0.5,
+        )  # fmt: skip
         t0 = time.perf_counter()
         # Each epoch has its own order, derived from the seed: runs are reproducible.
         for batch in data.batches(batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch):

@@ -1,0 +1,226 @@
+"""Tests for deepfm.synth: Criteo layout, determinism, and realism of the synthetic logs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from deepfm import synth
+from deepfm.synth import CRITEO_COLUMNS, SynthResult, generate_table, write_synth
+
+SPECS = {s.name: s for s in (*synth.NUMERIC_SPECS, *synth.CATEGORICAL_SPECS)}
+HEX8 = re.compile(r"^[0-9a-f]{8}$")
+INT_OR_EMPTY = re.compile(r"^(-?[0-9]+)?$")
+
+
+@pytest.fixture(scope="module")
+def big() -> tuple[pa.Table, np.ndarray]:
+    """50k rows of seed 0, shared by the statistical tests."""
+    return generate_table(50_000, seed=0)
+
+
+def _lines(path: Path) -> list[bytes]:
+    data = path.read_bytes()
+    assert data.endswith(b"\n") and b"\r" not in data
+    return data[:-1].split(b"\n")
+
+
+# ---- shape ---------------------------------------------------------------------------------
+
+def test_columns_and_types() -> None:
+    assert len(CRITEO_COLUMNS) == 40
+    assert CRITEO_COLUMNS[:3] == ["label", "I1", "I2"] and CRITEO_COLUMNS[-1] == "C26"
+    table, p = generate_table(3_000, seed=0)
+    assert table.column_names == CRITEO_COLUMNS
+    assert table.num_rows == 3_000
+    assert pa.types.is_integer(table.schema.field("label").type)
+    assert set(np.unique(table.column("label").to_numpy())) <= {0, 1}
+    for name in CRITEO_COLUMNS[1:14]:
+        assert pa.types.is_integer(table.schema.field(name).type), name
+    for name in CRITEO_COLUMNS[14:]:
+        assert pa.types.is_string(table.schema.field(name).type), name
+    assert p.shape == (3_000,) and p.dtype == np.float64
+    assert np.all((p > 0) & (p < 1))
+
+
+def test_written_layout_matches_table(tmp_path: Path) -> None:
+    rows = 3_000
+    res = write_synth(rows, tmp_path / "train.txt", seed=0)
+    assert isinstance(res, SynthResult)
+    assert res.path == tmp_path / "train.txt"
+    assert res.truth_path == tmp_path / "train.truth.csv"
+    assert res.rows == rows
+    assert not list(tmp_path.glob("*.partial"))
+
+    lines = _lines(res.path)
+    assert len(lines) == rows
+    fields = [line.decode("ascii").split("\t") for line in lines]
+    assert all(len(f) == 40 for f in fields)
+    assert fields[0][0] in {"0", "1"}  # no header line
+    for f in fields:
+        assert f[0] in {"0", "1"}
+        assert all(INT_OR_EMPTY.match(v) for v in f[1:14]), f[1:14]  # no ".0", no "nan"
+        assert all(v == "" or HEX8.match(v) for v in f[14:]), f[14:]
+
+    table, p = generate_table(rows, seed=0)
+    labels = np.array([int(f[0]) for f in fields])
+    np.testing.assert_array_equal(labels, table.column("label").to_numpy())
+    assert res.positive_rate == pytest.approx(labels.mean())
+    # Nulls are written as empty fields, values as-is.
+    i12 = [f[12] for f in fields]
+    assert [v == "" for v in i12] == table.column("I12").is_null().to_pylist()
+    assert [f[14 + 2] or None for f in fields] == table.column("C3").to_pylist()
+
+    truth = _lines(res.truth_path)
+    assert truth[0] == b"p_true"
+    p_file = np.array([float(v) for v in truth[1:]])
+    assert p_file.shape == (rows,)
+    assert np.all((p_file >= 0) & (p_file <= 1))
+    np.testing.assert_array_equal(p_file, p)  # exact round trip of the float64 truth
+
+
+def test_zero_rows_and_bad_arguments(tmp_path: Path) -> None:
+    res = write_synth(0, tmp_path / "empty.tsv")
+    assert res.path.read_bytes() == b""
+    assert res.truth_path.read_bytes() == b"p_true\n"
+    table, p = generate_table(0)
+    assert table.column_names == CRITEO_COLUMNS and table.num_rows == 0 and p.size == 0
+    with pytest.raises(ValueError):
+        generate_table(-1)
+    with pytest.raises(ValueError):
+        write_synth(10, tmp_path / "x.tsv", chunk_rows=0)
+
+
+# ---- determinism ---------------------------------------------------------------------------
+
+def test_same_seed_is_byte_identical_and_seeds_differ(tmp_path: Path) -> None:
+    a = write_synth(4_000, tmp_path / "a.txt", seed=0)
+    b = write_synth(4_000, tmp_path / "b.txt", seed=0)
+    c = write_synth(4_000, tmp_path / "c.txt", seed=1)
+    assert a.path.read_bytes() == b.path.read_bytes()
+    assert a.truth_path.read_bytes() == b.truth_path.read_bytes()
+    assert a.path.read_bytes() != c.path.read_bytes()
+    # A different seed also means different vocabularies, not just different draws.
+    assert not set(_lines(a.path)[0].split(b"\t")[14:]) & set(_lines(c.path)[0].split(b"\t")[14:]) - {b""}
+
+
+def test_smaller_run_is_prefix_of_larger(tmp_path: Path) -> None:
+    small = write_synth(2_000, tmp_path / "small.txt", seed=0)
+    large = write_synth(5_000, tmp_path / "large.txt", seed=0)
+    assert _lines(large.path)[:2_000] == _lines(small.path)
+    assert _lines(large.truth_path)[:2_001] == _lines(small.truth_path)
+
+
+def test_prefix_across_internal_block_boundary() -> None:
+    n_small, n_large = synth.BLOCK_ROWS + 100, synth.BLOCK_ROWS + 900
+    t_small, p_small = generate_table(n_small, seed=0)
+    t_large, p_large = generate_table(n_large, seed=0)
+    assert t_large.slice(0, n_small).equals(t_small)
+    np.testing.assert_array_equal(p_large[:n_small], p_small)
+
+
+def test_chunk_rows_does_not_change_output(tmp_path: Path) -> None:
+    rows = synth.BLOCK_ROWS + 3_000  # spans a block boundary; 7_000 does not divide a block
+    ref = write_synth(rows, tmp_path / "ref.txt", seed=0)
+    ref_bytes, ref_truth = ref.path.read_bytes(), ref.truth_path.read_bytes()
+    out = write_synth(rows, tmp_path / "c7000.txt", seed=0, chunk_rows=7_000)
+    assert out.path.read_bytes() == ref_bytes
+    assert out.truth_path.read_bytes() == ref_truth
+    small = [write_synth(5_000, tmp_path / f"s{c}.txt", chunk_rows=c).path.read_bytes()
+             for c in (777, 5_000)]
+    assert small[0] == small[1]
+
+
+# ---- realism -------------------------------------------------------------------------------
+
+def test_categoricals_are_hex_and_vocabularies_distinct(big: tuple[pa.Table, np.ndarray]) -> None:
+    table, _ = big
+    for name in CRITEO_COLUMNS[14:]:
+        col = table.column(name).drop_null()
+        assert pc.all(pc.match_substring_regex(col, r"^[0-9a-f]{8}$")).as_py(), name
+    # The largest vocabulary has one distinct string per rank, and it is reproducible.
+    spec = synth.CATEGORICAL_SPECS[2]
+    vocab = synth._hex_vocab(0, 2, spec.cardinality)
+    assert len(pc.unique(vocab)) == spec.cardinality
+    assert vocab.equals(synth._hex_vocab(0, 2, spec.cardinality))
+    assert not vocab.slice(0, 1000).equals(synth._hex_vocab(0, 3, 1000))
+
+
+def test_missing_rates_follow_configuration(big: tuple[pa.Table, np.ndarray]) -> None:
+    table, _ = big
+    for name in ("I1", "I2", "I12", "I5", "C1", "C3", "C19", "C22", "C26"):
+        rate = table.column(name).null_count / table.num_rows
+        assert rate == pytest.approx(SPECS[name].missing, abs=0.015), name
+    # Spread like real Criteo: fields range from never missing to mostly missing.
+    rates = [table.column(n).null_count / table.num_rows for n in CRITEO_COLUMNS[1:]]
+    assert min(rates) == 0.0 and max(rates) > 0.7
+
+
+def test_numeric_values_are_count_like(big: tuple[pa.Table, np.ndarray]) -> None:
+    table, _ = big
+    for name in CRITEO_COLUMNS[1:14]:
+        v = table.column(name).drop_null().to_numpy()
+        if name == "I2":
+            assert v.min() >= -3 and 0 < (v < 0).mean() < 0.1
+        else:
+            assert v.min() >= 0, name
+        assert (v == 0).mean() < 0.9, name
+    i5 = table.column("I5").drop_null().to_numpy()
+    assert np.median(i5) > 100 and i5.max() > 10 * np.median(i5)  # heavy right tail
+
+
+def test_zipf_skew_in_high_cardinality_field(big: tuple[pa.Table, np.ndarray]) -> None:
+    table, _ = big
+    counts = pc.value_counts(table.column("C3").drop_null()).field("counts").to_numpy()
+    share = np.sort(counts)[::-1] / counts.sum()
+    assert share[0] > 50 * np.median(share)
+    assert (counts == 1).sum() > 0.5 * counts.size  # most seen values are seen once
+    assert share[:100].sum() > 0.3  # and a handful of values dominate the traffic
+    # Low-cardinality fields are also skewed but use most of their vocabulary.
+    c9 = pc.value_counts(table.column("C9")).field("counts").to_numpy()
+    assert c9.size == SPECS["C9"].cardinality and c9.max() > 2 * c9.min()
+
+
+def test_click_rate_and_bayes_auc(big: tuple[pa.Table, np.ndarray]) -> None:
+    table, p = big
+    labels = table.column("label").to_numpy()
+    assert 0.15 <= labels.mean() <= 0.35
+    assert abs(labels.mean() - p.mean()) < 0.01  # labels are drawn from p_true
+    auc = roc_auc_score(labels, p)
+    assert 0.72 <= auc <= 0.9
+    # Labels carry real information but not everything: shuffled truth is at chance.
+    shuffled = np.random.default_rng(0).permutation(p)
+    assert abs(roc_auc_score(labels, shuffled) - 0.5) < 0.02
+
+
+def test_teacher_signal_lives_in_frequent_values() -> None:
+    for spec in synth.CATEGORICAL_SPECS:
+        if spec.cardinality <= 20_000:
+            continue
+        norms = synth._teacher_value_norms(spec.name, seed=0)
+        assert norms.shape == (spec.cardinality,)
+        assert norms[:100].mean() > 10 * norms[10_000:].mean(), spec.name
+
+
+def test_rare_values_barely_move_the_click_probability() -> None:
+    # Behavioural check on the teacher: resetting a high-cardinality field to other frequent
+    # values moves p_true far more than resetting it to other rare values.
+    world = synth._world(0)
+    rng = np.random.default_rng(123)
+    x = world.sample(rng, 4_000)
+    x.cat_missing[:] = False
+    moves = {}
+    for label, lo, hi in (("head", 0, 100), ("tail", 10_000, 100_000)):
+        ps = []
+        for _ in range(2):
+            x.cat_idx[:, 2] = rng.integers(lo, hi, size=x.cat_idx.shape[0])  # C3
+            x.cat_idx[:, 3] = rng.integers(lo, hi, size=x.cat_idx.shape[0])  # C4
+            ps.append(world.p_true(x))
+        moves[label] = np.abs(ps[0] - ps[1]).mean()
+    assert moves["head"] > 5 * moves["tail"]
