@@ -44,7 +44,7 @@ class Parts:
     valid: EncodedDataset | None = None
     test: EncodedDataset | None = None
     skipped_rows: int = 0
-    encode_seconds: float = 0.0
+    rows_read: int = 0  # rows of every input file, fitted and encoded
 
 
 def parse_split(text: str | tuple[float, ...] | None) -> tuple[float, float, float] | None:
@@ -88,7 +88,6 @@ def prepare(
         pipeline = FeaturePipeline(schema).fit(_rows(reader.chunks(columns), 0, n_train))
     else:
         pipeline = FeaturePipeline(schema).fit(reader.chunks(columns))
-    t0 = time.perf_counter()
     n_single, n_values, n_multi = len(pipeline.single_fields), len(pipeline.scaled_positions), len(pipeline.multi_hot_fields)
 
     def writer(name: str) -> DatasetWriter:
@@ -125,7 +124,8 @@ def prepare(
         log.warning("skipped %d bad rows (on_bad_row=skip)", skipped)
     train_part = parts["train"]
     assert train_part is not None
-    return pipeline, Parts(train_part, parts["valid"], parts["test"], skipped, time.perf_counter() - t0)
+    rows_read = sum(len(p) for p in parts.values() if p is not None) + skipped
+    return pipeline, Parts(train_part, parts["valid"], parts["test"], skipped, rows_read)
 
 
 def _rows(chunks: Iterator[Chunk], start: int, stop: int) -> Iterator[Chunk]:
@@ -198,9 +198,14 @@ class Trainer:
                 if bad >= cfg.patience:
                     log.info("valid AUC has not improved for %d epoch(s): stopping", bad)
                     break
+                # CTR models overfit fast: go back to the best weights and continue with a
+                # smaller step, which usually finds a little more than pressing on would.
+                if best_state is not None:
+                    self.model.load_state_dict(best_state)
                 for opt in (self.dense_opt, self.sparse_opt):
                     for group in opt.param_groups:
                         group["lr"] *= cfg.lr_decay
+                log.info("valid AUC did not improve: back to epoch %d, learning rates x%g", history.best_epoch, cfg.lr_decay)
         if best_state is not None:
             self.model.load_state_dict(best_state)
             log.info("restored the weights of epoch %d (valid AUC %.4f)", history.best_epoch, best_auc)
@@ -311,9 +316,12 @@ def train(
             "device": str(device),
             "history": history.epochs,
         }
+        metrics["preprocess_rows_per_s"] = parts.rows_read / max(prep_seconds, 1e-9)
         for name, part in (("valid", parts.valid), ("test", parts.test)):
             if part is not None and len(part):
+                t_pred = time.perf_counter()
                 p = trainer.predict(part)
+                metrics[f"{name}_predict_samples_per_s"] = len(part) / max(time.perf_counter() - t_pred, 1e-9)
                 metrics[f"{name}_auc"] = auc(part.labels, p)
                 metrics[f"{name}_logloss"] = logloss(part.labels, p)
                 metrics[f"{name}_rows"] = len(part)
