@@ -83,6 +83,7 @@ class Reader:
         self.options = options
         self.skipped = 0  # bad rows skipped under on_bad_row=skip
         self.skipped_examples: list[str] = []
+        self._skipped_lines: list[int] = []  # libFM: 1-based lines skipped, ascending
         if not self.path.exists():
             raise DataError("file not found", path=str(self.path))
         if self.path.is_dir():
@@ -168,28 +169,29 @@ class Reader:
             bad.append(row)
             return "error"
 
-        reader = pacsv.open_csv(
-            str(self.path),
-            read_options=pacsv.ReadOptions(
-                column_names=self.columns,
-                skip_rows=1 if self.has_header else 0,
-                block_size=self.options.block_size,
-                use_threads=True,
-            ),
-            parse_options=pacsv.ParseOptions(
-                delimiter=self.delimiter,
-                ignore_empty_lines=False,
-                invalid_row_handler=on_invalid,
-            ),
-            convert_options=pacsv.ConvertOptions(
-                include_columns=columns,
-                column_types={c: pa.string() for c in columns},
-                strings_can_be_null=True,
-                null_values=[""],
-                quoted_strings_can_be_null=False,
-            ),
-        )
         try:
+            # open_csv reads the first block at once: bad rows there raise here.
+            reader = pacsv.open_csv(
+                str(self.path),
+                read_options=pacsv.ReadOptions(
+                    column_names=self.columns,
+                    skip_rows=1 if self.has_header else 0,
+                    block_size=self.options.block_size,
+                    use_threads=True,
+                ),
+                parse_options=pacsv.ParseOptions(
+                    delimiter=self.delimiter,
+                    ignore_empty_lines=False,
+                    invalid_row_handler=on_invalid,
+                ),
+                convert_options=pacsv.ConvertOptions(
+                    include_columns=columns,
+                    column_types={c: pa.string() for c in columns},
+                    strings_can_be_null=True,
+                    null_values=[""],
+                    quoted_strings_can_be_null=False,
+                ),
+            )
             yield from reader
         except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
             if bad:
@@ -216,7 +218,11 @@ class Reader:
             return f"row {row + 1}"
         if self.format == "text" and self.skipped:
             return self._scan_for_row(row)
-        return f"line {row + 1 + (1 if self.has_header else 0)}"
+        line = row + 1 + (1 if self.has_header else 0)
+        for skipped in self._skipped_lines:  # libFM: count the lines skipped before this one
+            if skipped <= line:
+                line += 1
+        return f"line {line}"
 
     def _scan_for_row(self, row: int) -> str:
         """Error path only: find the line of a data row when bad rows were skipped before it."""
@@ -268,6 +274,7 @@ class Reader:
                     )
                 keep = lengths == width + 1
                 self.skipped += int((~keep).sum())
+                self._skipped_lines.extend((row0 + np.flatnonzero(~keep) + 1).tolist())
                 parts = parts.filter(pa.array(keep))
             flat = pc.list_flatten(parts).to_numpy(zero_copy_only=False).reshape(-1, width + 1)
             labels = flat[:, 0]
@@ -308,6 +315,8 @@ class Reader:
     def chunks(self, columns: list[str]) -> Iterator[Chunk]:
         """Stream the file as chunks holding ``columns`` (text columns as strings)."""
         self.check_columns(columns)
+        # Counts are per pass: training reads a file twice (fit, then encode).
+        self.skipped, self.skipped_examples, self._skipped_lines = 0, [], []
         row0 = 0
         if self.format == "parquet":
             batch_rows = max(1024, self.options.block_size // 256)
@@ -374,10 +383,13 @@ def to_float(chunk: Chunk, name: str) -> np.ndarray:
 def to_strings(chunk: Chunk, name: str) -> pa.ChunkedArray:
     """A column as strings (nulls kept): categoricals compare by their text."""
     col = chunk.table.column(name)
-    if pa.types.is_string(col.type):
-        return col
     if pa.types.is_large_string(col.type) or pa.types.is_dictionary(col.type):
-        return pc.cast(col, pa.string())
+        col = pc.cast(col, pa.string())
+    if pa.types.is_string(col.type):
+        if chunk.reader.format == "text":
+            return col  # the CSV reader already made empty fields null
+        # An empty string is a missing value, as an empty field in a text file is.
+        return pc.if_else(pc.equal(col, ""), pa.scalar(None, pa.string()), col)
     if pa.types.is_floating(col.type):
         # 5.0 and 5 are the same category: write integral floats without ".0".
         as_int = pc.cast(col, pa.int64(), safe=False)

@@ -153,7 +153,7 @@ class DeepFM(nn.Module):
         if self.config.uses_pairwise:
             logit = logit + fm_pairwise(v)
         if self.dnn is not None:
-            flat = v.reshape(v.shape[0], -1)
+            flat = v.flatten(1)  # (B, F*D); works for B = 0 too
             if self.cross is not None:
                 flat = torch.cat([self.cross(flat), flat], dim=1)
             logit = logit + self.dnn(flat)

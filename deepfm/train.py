@@ -74,8 +74,10 @@ def prepare(
     columns = [schema.label, *schema.names]
     reader = Reader(data, config.data, column_names=schema.columns)
     reader.check_columns(columns)
-    if split is not None and (valid is not None or test is not None):
-        raise ConfigError("give either --split or --valid/--test files, not both")
+    if split is not None and valid is not None:
+        raise ConfigError("give either --split or a --valid file, not both")
+    if split is not None and split[2] > 0 and test is not None:
+        raise ConfigError("--split already makes a test part; leave out --test or give two fractions")
     bounds: dict[str, tuple[int, int]] = {}
     if split is not None:
         n = reader.count_rows()
