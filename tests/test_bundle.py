@@ -1,0 +1,194 @@
+"""Bundle: train a tiny model, save, reload in a fresh process, predict bit-identically;
+refuse incomplete or tampered folders; never pickle."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.csv as pacsv
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import SIMPLE_FIELDS, simple_records, simple_schema, small_config, write_records_csv
+from deepfm.bundle import Bundle
+from deepfm.cli import main
+from deepfm.errors import BundleError
+from deepfm.train import train
+
+N = 3000
+EXPECTED_FILES = {"config.json", "pipeline.json", "vocab.arrow", "model.safetensors", "metrics.json", "manifest.json"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("bundle")
+    records = simple_records(N, seed=11)
+    data = write_records_csv(tmp / "train.csv", records)
+    bundle = train(small_config(simple_schema()), data, tmp / "model", split="0.8,0.1,0.1")
+    return tmp, records, bundle
+
+
+def score_rows(records: list[dict]) -> list[dict]:
+    return [{k: r[k] for k in SIMPLE_FIELDS} for r in records]
+
+
+def test_training_learned_the_signal(trained) -> None:
+    _, _, bundle = trained
+    m = bundle.metrics
+    assert m["test_rows"] == 300 and m["valid_rows"] == 300 and m["train_rows"] == 2400
+    assert m["epochs"] == 2
+    assert m["test_auc"] > 0.65, m["test_auc"]
+
+
+def test_folder_contents_no_pickle(trained) -> None:
+    tmp, _, _ = trained
+    folder = tmp / "model"
+    names = {p.name for p in folder.iterdir()}
+    assert names == EXPECTED_FILES  # no .pt/.pkl, no leftover encoded data
+    for p in folder.iterdir():
+        head = p.read_bytes()[:16]
+        assert not head.startswith(b"\x80"), p.name  # pickle protocol 2+ header
+        assert not head.startswith(b"PK"), p.name  # torch.save zip archive
+    for name in ("config.json", "pipeline.json", "metrics.json", "manifest.json"):
+        json.loads((folder / name).read_text())
+    raw = (folder / "model.safetensors").read_bytes()
+    (header_len,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + header_len])
+    assert "embedding.weight" in header
+    assert (folder / "vocab.arrow").read_bytes()[:6] == b"ARROW1"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert set(manifest["sha256"]) == EXPECTED_FILES - {"manifest.json"}
+
+
+def test_reload_has_identical_weights(trained) -> None:
+    tmp, _, bundle = trained
+    loaded = Bundle.load(tmp / "model")
+    saved = load_file(str(tmp / "model" / "model.safetensors"))
+    live = bundle.model.state_dict()
+    assert set(saved) == set(live)
+    for k in saved:
+        assert torch.equal(saved[k], live[k]), k
+        assert torch.equal(loaded.model.state_dict()[k], live[k]), k
+    assert loaded.metrics["test_auc"] == bundle.metrics["test_auc"]
+
+
+def test_fresh_process_and_cli_predictions_bit_identical(trained, tmp_path: Path) -> None:
+    tmp, records, bundle = trained
+    rows = score_rows(records[-300:])
+    here = bundle.predict(rows)
+    assert here.shape == (300,) and here.dtype == np.float64
+    assert np.all((here > 0) & (here < 1))
+    assert np.unique(here).size > 10
+
+    # the same rows, loaded and scored in a fresh Python process
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    code = (
+        "import json, sys\n"
+        "import numpy as np\n"
+        "from deepfm.bundle import Bundle\n"
+        "rows = json.load(open(sys.argv[1]))\n"
+        "np.save(sys.argv[3], Bundle.load(sys.argv[2]).predict(rows))\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "rows.json"), str(tmp / "model"), str(tmp_path / "p.npy")],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    fresh = np.load(tmp_path / "p.npy")
+    assert np.array_equal(fresh, here)
+
+    # and through `deepfm predict` on a file holding the same rows
+    csv = write_records_csv(tmp_path / "score.csv", records[-300:])
+    out = tmp_path / "scores.csv"
+    script = Path(sys.executable).parent / "deepfm"
+    command = [str(script)] if script.is_file() else [sys.executable, "-m", "deepfm"]
+    subprocess.run([*command, "predict", str(tmp / "model"), "--data", str(csv), "--out", str(out), "--quiet"],
+                   check=True, capture_output=True, timeout=120)  # fmt: skip
+    table = pacsv.read_csv(out)
+    assert table.column_names == ["probability"]
+    from_cli = table.column("probability").to_numpy()
+    assert np.array_equal(from_cli, here)
+    # the in-process CLI writes the same file
+    assert main(["predict", str(tmp / "model"), "--data", str(csv), "--out", str(tmp_path / "again.csv"), "--quiet"]) == 0
+    assert (tmp_path / "again.csv").read_bytes() == out.read_bytes()
+
+    # evaluate on the test rows agrees with what training measured on them
+    result = __import__("deepfm").evaluate(Bundle.load(tmp / "model"), csv)
+    assert result["rows"] == 300
+    assert result["auc"] == pytest.approx(bundle.metrics["test_auc"], abs=1e-6)
+    assert result["logloss"] == pytest.approx(bundle.metrics["test_logloss"], abs=1e-6)
+
+
+def test_predict_missing_field_and_unseen_value(trained) -> None:
+    tmp, records, _ = trained
+    bundle = Bundle.load(tmp / "model")
+    base = {"user": "u1", "item": "item3", "price": 10.0, "tags": "red|big"}
+    cases = [
+        base,
+        {k: v for k, v in base.items() if k != "item"},  # field absent
+        {**base, "item": None},  # explicitly missing
+        {**base, "item": "item-never-seen"},
+        {**base, "item": "another-unseen"},
+        {**base, "tags": ["red", "big"]},  # a list for a multi-hot field
+        {**base, "tags": "unseen|tokens"},
+        {"price": 3.0},  # almost everything missing
+        {},
+    ]
+    p = bundle.predict(cases)
+    assert p.shape == (len(cases),)
+    assert np.all(np.isfinite(p)) and np.all((p > 0) & (p < 1))
+    assert p[1] == p[2]  # an absent field is a missing value
+    assert p[3] == p[4]  # every unseen value shares the OOV row
+    assert p[3] != p[0] and p[1] != p[3]  # OOV and missing are different rows from a known value and each other
+    assert p[5] == p[0]  # ["red", "big"] == "red|big"
+    assert bundle.predict(base)[0] == p[0]  # a single dict works too
+
+
+def test_predict_dataframe(trained) -> None:
+    import pandas as pd
+
+    tmp, records, bundle = trained
+    rows = score_rows(records[:50])
+    df = pd.DataFrame(rows)
+    assert np.array_equal(bundle.predict(df), bundle.predict(rows))
+
+
+@pytest.mark.parametrize("missing", ["model.safetensors", "pipeline.json"])
+def test_load_refuses_missing_files(trained, tmp_path: Path, missing: str) -> None:
+    tmp, _, _ = trained
+    folder = tmp_path / "m"
+    shutil.copytree(tmp / "model", folder)
+    (folder / missing).unlink()
+    with pytest.raises(BundleError, match=missing.replace(".", r"\.")):
+        Bundle.load(folder)
+
+
+@pytest.mark.parametrize("victim", ["model.safetensors", "vocab.arrow", "pipeline.json", "config.json"])
+def test_load_refuses_tampered_files(trained, tmp_path: Path, victim: str) -> None:
+    tmp, _, _ = trained
+    folder = tmp_path / "m"
+    shutil.copytree(tmp / "model", folder)
+    Bundle.load(folder)  # intact copy loads
+    raw = bytearray((folder / victim).read_bytes())
+    i = len(raw) - 5 if victim.endswith(".json") else len(raw) // 2
+    raw[i] ^= 0x01  # one flipped bit, same length
+    (folder / victim).write_bytes(bytes(raw))
+    with pytest.raises(BundleError) as info:
+        Bundle.load(folder)
+    assert victim in str(info.value) and "sha256" in str(info.value)
+
+
+def test_predict_no_records(trained) -> None:
+    """Scoring an empty list (an empty request, an empty DataFrame) gives an empty result."""
+    tmp, records, _ = trained
+    bundle = Bundle.load(tmp / "model")
+    out = bundle.predict([])
+    assert isinstance(out, np.ndarray) and out.shape == (0,)

@@ -1,0 +1,118 @@
+"""EncodedDataset: rows written in slices of chunks read back exactly (multi-hot CSR included);
+shuffled batches are a deterministic permutation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from deepfm.dataset import DatasetWriter, shuffled_order
+from deepfm.features import FeaturePipeline
+from deepfm.io import TableSource
+from deepfm.schema import FieldSpec, Schema
+
+
+def _pipeline_and_chunks(n: int = 500, batch_rows: int = 70):
+    rng = np.random.default_rng(0)
+    schema = Schema(
+        label="label",
+        fields=(
+            FieldSpec("c", min_count=1),
+            FieldSpec("x", kind="numeric", mode="scaled", transform="none"),
+            FieldSpec("m", kind="multi_hot", min_count=1),
+            FieldSpec("m2", kind="multi_hot", min_count=1, pooling="sum"),
+        ),
+    )
+    def bag() -> str | None:
+        k = int(rng.integers(0, 4))
+        return None if k == 0 else "|".join(f"t{int(t)}" for t in rng.integers(0, 20, k))
+    table = pa.table(
+        {
+            "label": rng.integers(0, 2, n).astype(float),
+            "c": [f"v{int(v)}" for v in rng.integers(0, 9, n)],
+            "x": np.arange(n, dtype=float),
+            "m": [bag() for _ in range(n)],
+            "m2": [bag() for _ in range(n)],
+        }
+    )
+    cols = ["label", *schema.names]
+    pipe = FeaturePipeline(schema).fit(TableSource(table).chunks(cols))
+    chunks = [pipe.encode(c) for c in TableSource(table).chunks(cols, batch_rows=batch_rows)]
+    whole = pipe.encode(next(TableSource(table).chunks(cols, batch_rows=n)))
+    return chunks, whole
+
+
+def _bags(offsets: np.ndarray, ids: np.ndarray, rows) -> list[list[int]]:
+    return [ids[offsets[r] : offsets[r + 1]].tolist() for r in rows]
+
+
+def test_writer_slices_round_trip(tmp_path: Path) -> None:
+    chunks, whole = _pipeline_and_chunks()
+    n = len(whole)
+    # split at rows 333/420, boundaries that fall inside chunks of 70
+    bounds = {"a": (0, 333), "b": (333, 420), "c": (420, n)}
+    writers = {k: DatasetWriter(tmp_path / k, whole.ids.shape[1], whole.values.shape[1], 2) for k in bounds}
+    row0 = 0
+    for enc in chunks:
+        for k, (lo, hi) in bounds.items():
+            a, b = max(lo, row0), min(hi, row0 + len(enc))
+            if b > a:
+                writers[k].append(enc, slice(a - row0, b - row0))
+        row0 += len(enc)
+    parts = {k: w.close() for k, w in writers.items()}
+    for k, (lo, hi) in bounds.items():
+        ds = parts[k]
+        assert len(ds) == hi - lo
+        assert np.array_equal(np.asarray(ds.ids), whole.ids[lo:hi])
+        assert np.array_equal(np.asarray(ds.values), whole.values[lo:hi])
+        assert np.array_equal(np.asarray(ds.labels), whole.labels[lo:hi])
+        for j in range(2):
+            offsets, ids = ds.multi_hot[j]
+            wo, wi = whole.multi_hot[j]
+            assert _bags(offsets, ids, range(hi - lo)) == _bags(wo, wi, range(lo, hi))
+        # gathering arbitrary rows rebuilds the bags as embedding_bag wants them
+        idx = np.array([0, 3, 4, 10, hi - lo - 1])
+        batch = ds.batch(idx)
+        assert np.array_equal(batch.ids.numpy(), whole.ids[lo + idx])
+        for j in range(2):
+            starts, flat = (t.numpy() for t in batch.multi_hot[j])
+            ends = np.r_[starts[1:], flat.size]
+            got = [flat[s:e].tolist() for s, e in zip(starts, ends)]
+            wo, wi = whole.multi_hot[j]
+            assert got == _bags(wo, wi, lo + idx)
+        # and a slice batch
+        sl = ds.batch(slice(5, 9))
+        assert np.array_equal(sl.values.numpy(), whole.values[lo + 5 : lo + 9])
+
+
+def test_batches_cover_every_row_once(tmp_path: Path) -> None:
+    _, whole = _pipeline_and_chunks(n=300)
+    w = DatasetWriter(tmp_path / "d", whole.ids.shape[1], whole.values.shape[1], 2)
+    w.append(whole)
+    ds = w.close()
+    in_order = np.concatenate([b.values[:, 0].numpy() for b in ds.batches(64)])
+    assert np.array_equal(in_order, np.arange(300))
+    def shuffled(seed: int) -> np.ndarray:
+        return np.concatenate([b.values[:, 0].numpy() for b in ds.batches(64, shuffle=True, seed=seed)])
+    s1, s2, s3 = shuffled(1), shuffled(1), shuffled(2)
+    assert np.array_equal(np.sort(s1), np.arange(300))
+    assert np.array_equal(s1, s2) and not np.array_equal(s1, s3) and not np.array_equal(s1, in_order)
+    assert sum(len(b) for b in ds.batches(64, drop_last=True)) == 256
+
+
+def test_shuffled_order_blocks() -> None:
+    order = shuffled_order(1000, seed=3, block=128)
+    assert np.array_equal(np.sort(order), np.arange(1000))
+    # rows stay within their block of 128: consecutive runs of 128 (or the short last block)
+    # hold the rows of one block
+    pos = 0
+    seen_blocks = []
+    while pos < 1000:
+        blk = order[pos] // 128
+        size = min(128, 1000 - blk * 128)
+        assert np.all(order[pos : pos + size] // 128 == blk)
+        seen_blocks.append(blk)
+        pos += size
+    assert sorted(seen_blocks) == list(range(8))

@@ -1,0 +1,99 @@
+"""Training: same seed -> identical weights on CPU; early stopping keeps the best epoch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import simple_records, simple_schema, small_config, write_criteo_tsv, write_records_csv
+from deepfm.config import TrainConfig
+from deepfm.errors import ConfigError
+from deepfm.schema import criteo_schema
+from deepfm.train import train
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_same_seed_same_weights(tmp_path: Path) -> None:
+    data = write_records_csv(tmp_path / "d.csv", simple_records(1500, seed=2))
+    config = small_config(simple_schema(), seed=123, epochs=2)
+    train(config, data, tmp_path / "a", split="0.8,0.2")
+    train(config, data, tmp_path / "b", split="0.8,0.2")
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert set(a) == set(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # the check has teeth: another seed gives other weights
+    train(small_config(simple_schema(), seed=124, epochs=2), data, tmp_path / "c", split="0.8,0.2")
+    c = weights(tmp_path / "c")
+    assert not torch.equal(a["embedding.weight"], c["embedding.weight"])
+
+
+def test_same_seed_same_weights_criteo_layout(tmp_path: Path) -> None:
+    data = write_criteo_tsv(tmp_path / "c.tsv", 800, seed=5)
+    config = small_config(criteo_schema(), epochs=1, batch_size=32)
+    train(config, data, tmp_path / "a", split="0.8,0.1,0.1")
+    train(config, data, tmp_path / "b", split="0.8,0.1,0.1")
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ma = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    mb = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert ma["test_auc"] == mb["test_auc"] and ma["test_logloss"] == mb["test_logloss"]
+
+
+def test_best_epoch_weights_are_restored(tmp_path: Path) -> None:
+    """With a learning rate high enough to overfit, valid AUC peaks early; the saved model is
+    that epoch's (its valid AUC recomputed after training equals the one logged then)."""
+    data = write_records_csv(tmp_path / "d.csv", simple_records(800, seed=4))
+    config = small_config(simple_schema(), epochs=6, patience=10, lr=0.05, embedding_lr=0.05, seed=1, batch_size=16,
+                          model={"hidden": (64, 64)})  # fmt: skip
+    bundle = train(config, data, tmp_path / "m", split="0.7,0.3")
+    m = bundle.metrics
+    history = m["history"]
+    assert len(history) == 6
+    best = int(np.argmax([h["valid_auc"] for h in history])) + 1
+    assert m["best_epoch"] == best
+    assert best < 6, "the data should make the last epoch worse than the best one"
+    assert m["valid_auc"] == pytest.approx(history[best - 1]["valid_auc"], abs=1e-9)
+    assert m["valid_auc"] > history[-1]["valid_auc"]
+
+
+def test_early_stopping_patience(tmp_path: Path) -> None:
+    data = write_records_csv(tmp_path / "d.csv", simple_records(800, seed=4))
+    config = small_config(simple_schema(), epochs=30, patience=1, lr=0.05, embedding_lr=0.05, seed=1, batch_size=16,
+                          model={"hidden": (64, 64)})  # fmt: skip
+    m = train(config, data, tmp_path / "m", split="0.7,0.3").metrics
+    aucs = [h["valid_auc"] for h in m["history"]]
+    assert len(aucs) < 30
+    assert aucs[-1] <= max(aucs[:-1]) + 1e-6  # stopped on the first epoch without improvement
+    assert all(b > a + 1e-6 for a, b in zip(aucs[:-2], aucs[1:-1]))  # improved until then
+    # stopped after a worse epoch, yet the saved model is the best epoch's
+    assert m["best_epoch"] == len(aucs) - 1
+    assert m["valid_auc"] == pytest.approx(max(aucs), abs=1e-9)
+
+
+def test_default_split_and_batch_size(tmp_path: Path) -> None:
+    data = write_records_csv(tmp_path / "d.csv", simple_records(1000, seed=9))
+    m = train(small_config(simple_schema(), epochs=1), data, tmp_path / "m").metrics
+    assert (m["train_rows"], m["valid_rows"]) == (900, 100)
+    assert "test_auc" not in m
+    assert m["batch_size"] == TrainConfig().resolve_batch_size(900)
+    # 'auto' stays a power of two in [64, 4096] and grows with the data; a number is kept
+    sizes = [TrainConfig().resolve_batch_size(n) for n in (10, 1000, 10**5, 10**6, 10**8)]
+    assert all(64 <= s <= 4096 and s & (s - 1) == 0 for s in sizes)
+    assert sizes == sorted(sizes) and sizes[-1] == 4096 and sizes[0] == 64
+    assert TrainConfig(batch_size=100).resolve_batch_size(10**6) == 100
+
+
+def test_bad_train_config_values() -> None:
+    for bad in ({"epochs": 0}, {"lr": 0}, {"batch_size": "big"}, {"device": "tpu"}, {"patience": 0}):
+        with pytest.raises(ConfigError):
+            TrainConfig(**bad)
