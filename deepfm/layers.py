@@ -48,7 +48,30 @@ class FieldEmbedding(nn.Module):
     def forward(
         self, ids: torch.Tensor, values: torch.Tensor, multi_hot: list[tuple[torch.Tensor, torch.Tensor]]
     ) -> torch.Tensor:
-        e = F.embedding(ids, self.weight, sparse=self.sparse)  # (B, S, D+1)
+        rows = F.embedding(ids, self.weight, sparse=self.sparse)  # (B, S, D+1)
+        bag_rows = [F.embedding(mh_ids, self.weight, sparse=self.sparse) for _, mh_ids in multi_hot]
+        return self.combine(rows, values, bag_rows, [offsets for offsets, _ in multi_hot])
+
+    @torch.no_grad()
+    def lookup(
+        self, ids: torch.Tensor, multi_hot: list[tuple[torch.Tensor, torch.Tensor]]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The table rows a batch uses, outside autograd: (B, S, D+1) and [(nnz_k, D+1)].
+        Training makes them leaves and hands their gradients to a row-wise optimizer, which
+        is cheaper than building a sparse gradient of the whole table."""
+        w = self.weight.detach()
+        return w[ids], [w[mh_ids] for _, mh_ids in multi_hot]
+
+    def combine(
+        self,
+        rows: torch.Tensor,
+        values: torch.Tensor,
+        bag_rows: list[torch.Tensor],
+        bag_offsets: list[torch.Tensor],
+    ) -> torch.Tensor:
+        """Field vectors from looked-up rows: scaled numerics times their value, multi-hot bags
+        pooled. (B,S,D+1), (B,V), [(nnz_k, D+1)], [(B,)] -> (B, F, D+1)"""
+        e = rows
         if self.scaled.numel():
             # x_i * v_i and x_i * w_i for scaled numerics; missing ones carry value 1.
             factor = torch.ones(e.shape[:2], dtype=e.dtype, device=e.device)
@@ -56,8 +79,9 @@ class FieldEmbedding(nn.Module):
             e = e * factor.unsqueeze(-1)
         if self.poolings:
             bags = [
-                F.embedding_bag(mh_ids, self.weight, mh_offsets, mode=mode, sparse=self.sparse)
-                for (mh_offsets, mh_ids), mode in zip(multi_hot, self.poolings)
+                # Each bag's rows are their own little table: position i is row i.
+                F.embedding_bag(torch.arange(r.shape[0], device=r.device), r, offsets, mode=mode)
+                for r, offsets, mode in zip(bag_rows, bag_offsets, self.poolings)
             ]
             e = torch.cat([e, torch.stack(bags, dim=1)], dim=1)
         return e

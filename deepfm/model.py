@@ -133,18 +133,10 @@ class DeepFM(nn.Module):
         self, ids: torch.Tensor, values: torch.Tensor, multi_hot: list[tuple[torch.Tensor, torch.Tensor]]
     ) -> torch.Tensor:
         """(B,S) int64, (B,V) float32, [(offsets, ids)] -> (B,) logits."""
-        return self._forward(ids, values, multi_hot)[0]
+        return self.head(self.embedding(ids, values, multi_hot))
 
-    def logits_and_penalty(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits (B,) and the mean squared norm of the embedding rows the batch used (a scalar):
-        an L2 penalty that keeps the table's gradient sparse, as FuxiCTR/DeepCTR regularize."""
-        logit, e = self._forward(batch.ids, batch.values, batch.multi_hot)
-        return logit, e.square().sum() / max(e.shape[0], 1)
-
-    def _forward(
-        self, ids: torch.Tensor, values: torch.Tensor, multi_hot: list[tuple[torch.Tensor, torch.Tensor]]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        e = self.embedding(ids, values, multi_hot)  # (B, F, D+1)
+    def head(self, e: torch.Tensor) -> torch.Tensor:
+        """Everything after the embedding: FM and deep parts. (B, F, D+1) -> (B,) logits"""
         d = self.config.embedding_dim
         v = e[..., :d]
         logit = self.bias.expand(e.shape[0])
@@ -157,7 +149,7 @@ class DeepFM(nn.Module):
             if self.cross is not None:
                 flat = torch.cat([self.cross(flat), flat], dim=1)
             logit = logit + self.dnn(flat)
-        return logit, e
+        return logit
 
     def dense_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if not n.startswith("embedding.")]

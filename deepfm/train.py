@@ -25,12 +25,13 @@ from tqdm import tqdm
 
 from deepfm.bundle import Bundle
 from deepfm.config import RunConfig, TrainConfig
-from deepfm.dataset import DatasetWriter, EncodedDataset
+from deepfm.dataset import Batch, DatasetWriter, EncodedDataset
 from deepfm.errors import ConfigError, DataError
 from deepfm.features import FeaturePipeline
 from deepfm.io import Chunk, Reader
 from deepfm.metrics import auc, logloss
 from deepfm.model import DeepFM, InputLayout
+from deepfm.optim import RowAdam
 
 log = logging.getLogger(__name__)
 
@@ -151,14 +152,16 @@ class History:
 
 
 class Trainer:
-    """Fits a DeepFM: Adam for dense parameters, sparse Adam for the embedding table (only the
-    rows in a batch are touched), L2 on the rows used, early stopping on validation AUC with
-    the best weights restored, learning-rate decay when validation AUC stalls."""
+    """Fits a DeepFM: Adam for dense parameters, a row-wise Adam for the embedding table (only
+    the rows in a batch are touched), L2 on the rows used, early stopping on validation AUC
+    with the best weights restored, learning-rate decay when validation AUC stalls."""
 
     def __init__(self, model: DeepFM, config: TrainConfig, device: torch.device) -> None:
         self.model, self.config, self.device = model.to(device), config, device
-        self.dense_opt = torch.optim.Adam(model.dense_parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        self.sparse_opt = torch.optim.SparseAdam([model.embedding.weight], lr=config.embedding_lr)
+        self.dense_opt = torch.optim.Adam(
+            model.dense_parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True
+        )
+        self.row_opt = RowAdam(model.embedding.weight.data, lr=config.embedding_lr, l2=config.l2_embedding)
 
     def fit(self, train: EncodedDataset, valid: EncodedDataset | None, batch_size: int) -> History:
         cfg = self.config
@@ -204,9 +207,9 @@ class Trainer:
                 # smaller step, which usually finds a little more than pressing on would.
                 if best_state is not None:
                     self.model.load_state_dict(best_state)
-                for opt in (self.dense_opt, self.sparse_opt):
-                    for group in opt.param_groups:
-                        group["lr"] *= cfg.lr_decay
+                for group in self.dense_opt.param_groups:
+                    group["lr"] *= cfg.lr_decay
+                self.row_opt.lr *= cfg.lr_decay
                 log.info("valid AUC did not improve: back to epoch %d, learning rates x%g", history.best_epoch, cfg.lr_decay)
         if best_state is not None:
             self.model.load_state_dict(best_state)
@@ -227,14 +230,7 @@ class Trainer:
         # Each epoch has its own order, derived from the seed: runs are reproducible.
         for batch in data.batches(batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch):
             batch = batch.to(self.device)
-            logit, penalty = self.model.logits_and_penalty(batch)
-            loss = F.binary_cross_entropy_with_logits(logit, batch.labels)
-            total = loss + cfg.l2_embedding * penalty if cfg.l2_embedding > 0 else loss
-            self.dense_opt.zero_grad(set_to_none=True)
-            self.sparse_opt.zero_grad(set_to_none=True)
-            total.backward()
-            self.dense_opt.step()
-            self.sparse_opt.step()
+            logit, loss = self._step(batch)
             n = len(batch)
             loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
@@ -247,6 +243,28 @@ class Trainer:
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", rows_s=f"{seen / (time.perf_counter() - t0):.0f}")
         bar.close()
         return loss_sum, np.concatenate(labels), np.concatenate(logits)
+
+    def _step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step. The table rows are looked up outside autograd and made leaves;
+        their gradients go to RowAdam, everything else to Adam. Returns (logits, loss)."""
+        emb = self.model.embedding
+        rows, bag_rows = emb.lookup(batch.ids, batch.multi_hot)
+        leaves = [rows.requires_grad_(), *(r.requires_grad_() for r in bag_rows)]
+        e = emb.combine(rows, batch.values, bag_rows, [offsets for offsets, _ in batch.multi_hot])
+        logit = self.model.head(e)
+        loss = F.binary_cross_entropy_with_logits(logit, batch.labels)
+        self.dense_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.dense_opt.step()
+        width = rows.shape[-1]
+        if bag_rows:
+            ids = torch.cat([batch.ids.reshape(-1), *(mh_ids for _, mh_ids in batch.multi_hot)])
+            grads = torch.cat([leaf.grad.reshape(-1, width) for leaf in leaves])  # type: ignore[union-attr]
+            used = torch.cat([leaf.detach().reshape(-1, width) for leaf in leaves])
+        else:
+            ids, grads, used = batch.ids.reshape(-1), rows.grad.reshape(-1, width), rows.detach().reshape(-1, width)  # type: ignore[union-attr]
+        self.row_opt.step(ids, grads, used, batch_size=len(batch))
+        return logit, loss
 
     @torch.no_grad()
     def predict(self, data: EncodedDataset) -> np.ndarray:

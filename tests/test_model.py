@@ -147,8 +147,9 @@ def test_shapes_and_dtypes() -> None:
     assert out.shape == (11,)
     assert out.dtype == torch.float32
     assert batch.ids.dtype == torch.int64
-    logit, penalty = model.logits_and_penalty(batch)
-    assert torch.equal(logit, out) and penalty.ndim == 0
+    e = model.embedding(batch.ids, batch.values, batch.multi_hot)
+    assert e.shape == (11, LAYOUT.n_fields, 5)
+    assert torch.equal(model.head(e), out)
 
 
 def test_ids_stay_int64_through_dataset(tmp_path) -> None:

@@ -1,0 +1,60 @@
+"""RowAdam: Adam for an embedding table that touches only the rows a batch used.
+
+Training looks rows up outside autograd, makes them leaves, and hands their gradients here:
+one (ids, grads) pair per occurrence. Occurrences of the same row are summed, then Adam's
+moments and the weights of just those rows are updated ("lazy" Adam, as torch's SparseAdam).
+Doing it directly avoids building and coalescing a sparse COO gradient of the whole table,
+which cost a fifth of a training step on CPU.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class RowAdam:
+    """Lazy Adam over the rows of ``weight`` (N, C). L2 on the rows used is folded in as
+    ``grad += 2 * l2 * row / B`` per occurrence: the gradient of ``l2 * sum(rows_used**2) / B``,
+    the penalty FuxiCTR and DeepCTR put on the embeddings a batch uses."""
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        l2: float = 0.0,
+    ) -> None:
+        self.weight = weight
+        self.lr, self.betas, self.eps, self.l2 = lr, betas, eps, l2
+        self.exp_avg = torch.zeros_like(weight, memory_format=torch.contiguous_format)
+        self.exp_avg_sq = torch.zeros_like(weight, memory_format=torch.contiguous_format)
+        self.steps = 0
+
+    @torch.no_grad()
+    def step(self, ids: torch.Tensor, grads: torch.Tensor, rows: torch.Tensor | None = None, batch_size: int = 1) -> None:
+        """ids (K,) int64, grads (K, C): one row per occurrence; rows (K, C) the values that
+        were looked up (for L2), or None; batch_size B scales the L2 term."""
+        if self.l2 and rows is not None:
+            grads = grads.add(rows, alpha=2.0 * self.l2 / max(batch_size, 1))
+        uniq, inverse = torch.unique(ids, return_inverse=True)
+        g = torch.zeros((uniq.shape[0], grads.shape[1]), dtype=grads.dtype, device=grads.device)
+        g.index_add_(0, inverse, grads)
+        self.steps += 1
+        b1, b2 = self.betas
+        m = self.exp_avg.index_select(0, uniq).lerp_(g, 1 - b1)
+        v = self.exp_avg_sq.index_select(0, uniq).mul_(b2).addcmul_(g, g, value=1 - b2)
+        self.exp_avg.index_copy_(0, uniq, m)
+        self.exp_avg_sq.index_copy_(0, uniq, v)
+        bias1 = 1 - b1**self.steps
+        bias2 = 1 - b2**self.steps
+        denom = v.div_(bias2).sqrt_().add_(self.eps)
+        self.weight.index_add_(0, uniq, m.div_(denom), alpha=-self.lr / bias1)
+
+    def state_dict(self) -> dict[str, torch.Tensor | int | float]:
+        return {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq, "steps": self.steps, "lr": self.lr}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor | int | float]) -> None:
+        self.exp_avg.copy_(state["exp_avg"])  # type: ignore[arg-type]
+        self.exp_avg_sq.copy_(state["exp_avg_sq"])  # type: ignore[arg-type]
+        self.steps, self.lr = int(state["steps"]), float(state["lr"])  # type: ignore[arg-type]
