@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 
 OOV, MISSING, FIRST_VALUE = 0, 1, 2
 _RESERVOIR = 200_000  # values kept per field to place quantile bin edges
-_COMPACT_EVERY = 8  # merge per-chunk value counts this often to bound memory
 
 
 @dataclass
@@ -114,63 +113,71 @@ class FeaturePipeline:
     # ------------------------------------------------------------ fit
     def fit(self, chunks: Iterable[Chunk]) -> FeaturePipeline:
         """One streamed pass over the training rows: counts, numeric stats, bin samples."""
-        counts: dict[str, list[tuple[pa.Array, pa.Array]]] = {n: [] for n in self.states}
-        moments = {n: np.zeros(3) for n in self.states}  # count, sum, sum of squares
-        samples: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        rng = np.random.default_rng(0)
-        rows = 0
+        fitter = _Fitter(self.schema, spill=None)
         for chunk in chunks:
-            rows += chunk.table.num_rows
-            for spec in self.schema.fields:
-                name = spec.name
-                if spec.kind == "categorical":
-                    _add_counts(counts[name], to_strings(chunk, name))
-                elif spec.kind == "multi_hot":
-                    _add_counts(counts[name], _tokens(to_strings(chunk, name), spec.separator).values)
-                elif spec.mode == "bucketized" and spec.binning == "log":
-                    keys = _log_bin_keys(to_float(chunk, name))
-                    _add_counts(counts[name], pa.array(keys[~np.isnan(keys)].astype(np.int64)))
-                elif spec.mode == "bucketized":  # quantile: sample values now, place edges later
-                    x = to_float(chunk, name)
-                    x = x[~np.isnan(x)]
-                    samples[name] = _reservoir(samples.get(name), x, rng)
-                else:  # scaled
-                    x = _transform(to_float(chunk, name), spec.transform)
-                    x = x[~np.isnan(x)]
-                    moments[name] += (x.size, x.sum(), np.square(x).sum())
-        if rows == 0:
+            fitter.add(chunk, count_rows=chunk.table.num_rows)
+        self._finish_fit(fitter)
+        return self
+
+    def fit_encode(self, chunks: Iterable[Chunk], n_fit: int, spill_dir: Path) -> Iterator[tuple[int, EncodedChunk]]:
+        """Fit on the first ``n_fit`` rows and encode every row, parsing the input once.
+
+        The parse pass dictionary-encodes each column chunk (Arrow) and spills the small
+        per-chunk indices to ``spill_dir``; after fitting, each chunk's dictionary is mapped to
+        vocabulary ids once and the rows are encoded by NumPy gathers. Yields (first row,
+        encoded chunk) in order. Same result as ``fit`` on those rows, then ``encode``.
+        """
+        spill = _Spill(spill_dir)
+        try:
+            fitter = _Fitter(self.schema, spill=spill)
+            for chunk in chunks:
+                fitter.add(chunk, count_rows=min(max(n_fit - chunk.row0, 0), chunk.table.num_rows))
+            remaps = self._finish_fit(fitter)
+            for i, (row0, n) in enumerate(fitter.chunk_rows):
+                yield row0, fitter.encode_spilled(i, n, self, remaps)
+        finally:
+            spill.close()
+
+    def _finish_fit(self, fitter: _Fitter) -> dict[str, np.ndarray]:
+        """Vocabularies, statistics and offsets from what the fitter gathered. Returns, for
+        each vocabulary field, the map from its unified dictionary to local ids."""
+        if fitter.rows_counted == 0:
             raise DataError("no training rows to fit the features on")
+        remaps: dict[str, np.ndarray] = {}
         offset = 0
         for spec in self.schema.fields:
             st = self.states[spec.name]
             if spec.is_scaled:
-                n, s, ss = moments[spec.name]
+                n, s, ss = fitter.moments[spec.name]
                 if "standardize" in spec.transform and n > 0:
                     st.mean = float(s / n)
                     st.std = float(math.sqrt(max(ss / n - st.mean**2, 0.0))) or 1.0
                 st.size = 2
             elif spec.kind == "numeric" and spec.binning == "quantile":
-                values = samples.get(spec.name, (np.empty(0), np.empty(0)))[0]
+                values = fitter.samples.get(spec.name, (np.empty(0), np.empty(0)))[0]
                 st.edges = _quantile_edges(values, spec.bins)
                 st.vocab = pa.array(np.arange(len(st.edges) + 1, dtype=np.int64))
                 st.counts = np.zeros(len(st.edges) + 1, dtype=np.int64)
                 st.size = FIRST_VALUE + len(st.vocab)
             else:
-                keys, cnt = _merge_counts(counts[spec.name])
+                keys, cnt = fitter.dictionaries[spec.name].finish()
                 keep = cnt >= spec.min_count
                 # Most frequent first; ties broken by the key so the order is deterministic.
                 order = np.lexsort((_sort_keys(keys), -cnt))
                 order = order[keep[order]]
-                st.vocab = keys.take(pa.array(order))
+                st.vocab = keys.take(pa.array(order, pa.int64()))
                 st.counts = cnt[order]
                 st.size = FIRST_VALUE + len(st.vocab)
                 if spec.kind == "numeric":
                     st.vocab = pc.cast(st.vocab, pa.int64())
+                remap = np.full(len(keys), OOV, dtype=np.int64)
+                remap[order] = FIRST_VALUE + np.arange(len(order), dtype=np.int64)
+                remaps[spec.name] = remap
             st.offset = offset
             offset += st.size
         self.fitted = True
-        log.info("fitted %d fields on %d rows: %d embedding rows", len(self.states), rows, offset)
-        return self
+        log.info("fitted %d fields on %d rows: %d embedding rows", len(self.states), fitter.rows_counted, offset)
+        return remaps
 
     # ------------------------------------------------------------ encode
     def encode(self, chunk: Chunk, with_labels: bool = True) -> EncodedChunk:
@@ -185,10 +192,7 @@ class FeaturePipeline:
         for j, spec in enumerate(singles):
             st = self.states[spec.name]
             if spec.is_scaled:
-                x = _transform(to_float(chunk, spec.name), spec.transform)
-                missing = np.isnan(x)
-                ids[:, j] = st.offset + missing.astype(np.int64)  # row 0 value vector, row 1 missing
-                values[:, v] = np.where(missing, 1.0, (x - st.mean) / st.std)
+                ids[:, j], values[:, v] = _encode_scaled(to_float(chunk, spec.name), spec, st)
                 v += 1
                 continue
             if spec.kind == "numeric":
@@ -309,27 +313,6 @@ def _reservoir(
     return x, keys
 
 
-def _add_counts(acc: list[tuple[pa.Array, pa.Array]], values: pa.Array | pa.ChunkedArray) -> None:
-    vc = pc.value_counts(values)
-    keys, cnt = vc.field("values"), vc.field("counts")
-    valid = pc.is_valid(keys)
-    acc.append((keys.filter(valid), cnt.filter(valid)))
-    if len(acc) >= _COMPACT_EVERY:
-        keys, cnt = _merge_counts(acc)
-        acc[:] = [(keys, pa.array(cnt))]
-
-
-def _merge_counts(acc: list[tuple[pa.Array, pa.Array]]) -> tuple[pa.Array, np.ndarray]:
-    if not acc:
-        return pa.array([], pa.string()), np.zeros(0, dtype=np.int64)
-    keys = pa.chunked_array([k for k, _ in acc]).combine_chunks()
-    cnt = pa.chunked_array([pc.cast(c, pa.int64()) for _, c in acc]).combine_chunks()
-    if len(acc) == 1:
-        return keys, cnt.to_numpy()
-    grouped = pa.table({"k": keys, "c": cnt}).group_by("k").aggregate([("c", "sum")])
-    return grouped.column("k").combine_chunks(), grouped.column("c_sum").to_numpy()
-
-
 def _sort_keys(keys: pa.Array) -> np.ndarray:
     """Keys as something np.lexsort can order (ties in counts break by key)."""
     if pa.types.is_integer(keys.type):
@@ -368,12 +351,191 @@ class _TokenLists:
 def _encode_multi_hot(strings: pa.ChunkedArray, separator: str, st: FieldState) -> tuple[np.ndarray, np.ndarray]:
     tokens = _tokens(strings, separator)
     local = _lookup(tokens.values, st.vocab) if len(tokens.values) else np.zeros(0, dtype=np.int64)
-    counts = np.bincount(tokens.parents, minlength=tokens.rows)
+    return _bags(local, tokens.parents, tokens.rows, st.offset)
+
+
+def _bags(local: np.ndarray, parents: np.ndarray, rows: int, offset: int) -> tuple[np.ndarray, np.ndarray]:
+    """CSR bags from token ids and their (non-decreasing) rows: (offsets (rows+1,), ids)."""
+    counts = np.bincount(parents, minlength=rows)
     empty = np.flatnonzero(counts == 0)
     # An empty or missing list gets the field's MISSING row, so it is learned, not a zero vector.
-    rows = np.concatenate([tokens.parents, empty])
-    ids = np.concatenate([local, np.full(empty.size, MISSING, dtype=np.int64)])
-    order = np.argsort(rows, kind="stable")
-    offsets = np.zeros(tokens.rows + 1, dtype=np.int64)
+    order = np.argsort(np.concatenate([parents, empty]), kind="stable")
+    ids = np.concatenate([local, np.full(empty.size, MISSING, dtype=np.int64)])[order]
+    offsets = np.zeros(rows + 1, dtype=np.int64)
     np.cumsum(np.maximum(counts, 1), out=offsets[1:])
-    return offsets, st.offset + ids[order]
+    return offsets, offset + ids
+
+
+def _encode_scaled(x: np.ndarray, spec: FieldSpec, st: FieldState) -> tuple[np.ndarray, np.ndarray]:
+    """A scaled numeric's ids (row 0: the value vector, row 1: missing) and values (1 if missing)."""
+    t = _transform(x, spec.transform)
+    missing = np.isnan(t)
+    return st.offset + missing.astype(np.int64), np.where(missing, 1.0, (t - st.mean) / st.std)
+
+
+# ---------------------------------------------------------------- single-pass fitting
+class _Dictionary:
+    """The distinct values of one field across chunks, merged by Arrow's dictionary unifier,
+    with their counts over the rows being fitted."""
+
+    COMPACT_EVERY = 16  # chunk dictionaries merged into the global one this often
+
+    def __init__(self, keep_maps: bool) -> None:
+        self.values: pa.Array | None = None
+        self.counts = np.zeros(0, dtype=np.int64)
+        self.pending: list[tuple[pa.Array, np.ndarray]] = []
+        self.maps: list[np.ndarray] = []  # per chunk: position in its dictionary -> global position
+        self.keep_maps = keep_maps
+
+    def add(self, values: pa.Array, count_items: int) -> np.ndarray:
+        """Dictionary-encode a chunk's values; the first ``count_items`` count towards the
+        vocabulary. Returns the chunk-local index of each value (-1 for null). (n,) int32"""
+        encoded = pc.dictionary_encode(values)
+        idx = np.asarray(pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False), dtype=np.int32)
+        counted = idx[:count_items]
+        cnt = np.bincount(counted[counted >= 0], minlength=len(encoded.dictionary)).astype(np.int64)
+        self.pending.append((encoded.dictionary, cnt))
+        if len(self.pending) >= self.COMPACT_EVERY:
+            self._compact()
+        return idx
+
+    def _compact(self) -> None:
+        if not self.pending:
+            return
+        arrays = ([self.values] if self.values is not None else []) + [d for d, _ in self.pending]
+        as_dicts = [pa.DictionaryArray.from_arrays(pa.array(np.arange(len(a), dtype=np.int32)), a) for a in arrays]
+        unified = pa.chunked_array(as_dicts).unify_dictionaries()
+        values = unified.chunk(0).dictionary
+        counts = np.zeros(len(values), dtype=np.int64)
+        counts[: len(self.counts)] = self.counts  # the unifier keeps the first dictionary's order
+        first = 1 if self.values is not None else 0
+        for i, (_, cnt) in enumerate(self.pending):
+            positions = unified.chunk(first + i).indices.to_numpy()
+            counts[positions] += cnt  # positions are distinct: dictionary entries are
+            if self.keep_maps:
+                self.maps.append(positions.astype(np.int64))
+        self.values, self.counts, self.pending = values, counts, []
+
+    def finish(self) -> tuple[pa.Array, np.ndarray]:
+        self._compact()
+        if self.values is None:
+            return pa.array([], pa.string()), np.zeros(0, dtype=np.int64)
+        return self.values, self.counts
+
+
+class _Spill:
+    """Append-only arrays on disk, one file per name, read back chunk by chunk."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.files: dict[str, Any] = {}
+        self.where: dict[str, list[tuple[int, int, np.dtype]]] = {}
+
+    def put(self, name: str, array: np.ndarray) -> None:
+        f = self.files.get(name)
+        if f is None:
+            f = self.files[name] = open(self.folder / f"{name}.bin", "w+b")
+            self.where[name] = []
+        self.where[name].append((f.tell(), array.size, array.dtype))
+        f.write(np.ascontiguousarray(array).tobytes())
+
+    def get(self, name: str, i: int) -> np.ndarray:
+        offset, count, dtype = self.where[name][i]
+        f = self.files[name]
+        f.flush()
+        return np.fromfile(f.name, dtype=dtype, count=count, offset=offset)
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+
+
+class _Fitter:
+    """Gathers what fitting needs in one pass: dictionaries and counts, numeric moments and
+    samples. With a spill, it also keeps each chunk's per-row indices and values on disk."""
+
+    def __init__(self, schema: Schema, spill: _Spill | None) -> None:
+        self.schema, self.spill = schema, spill
+        self.dictionaries = {f.name: _Dictionary(spill is not None) for f in schema.fields if _uses_dictionary(f)}
+        self.moments = {f.name: np.zeros(3) for f in schema.fields}  # count, sum, sum of squares
+        self.samples: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.rng = np.random.default_rng(0)
+        self.rows_counted = 0
+        self.chunk_rows: list[tuple[int, int]] = []
+
+    def add(self, chunk: Chunk, count_rows: int) -> None:
+        n = chunk.table.num_rows
+        self.rows_counted += count_rows
+        self.chunk_rows.append((chunk.row0, n))
+        spill = self.spill
+        for spec in self.schema.fields:
+            name = spec.name
+            if spec.kind == "multi_hot":
+                tokens = _tokens(to_strings(chunk, name), spec.separator)
+                counted = int(np.searchsorted(tokens.parents, count_rows))
+                idx = self.dictionaries[name].add(tokens.values, counted)
+                if spill is not None:
+                    spill.put(f"{name}.idx", idx)
+                    spill.put(f"{name}.len", np.bincount(tokens.parents, minlength=n).astype(np.int32))
+            elif _uses_dictionary(spec):
+                if spec.kind == "numeric":
+                    keys = _log_bin_keys(to_float(chunk, name))
+                    null = np.isnan(keys)
+                    values = pa.array(np.where(null, 0, keys).astype(np.int64), mask=null)
+                else:
+                    values = to_strings(chunk, name).combine_chunks()
+                idx = self.dictionaries[name].add(values, count_rows)
+                if spill is not None:
+                    spill.put(name, idx)
+            else:  # scaled or quantile-binned numerics: keep the values themselves
+                x = to_float(chunk, name)
+                fit_x = x[:count_rows]
+                fit_x = fit_x[~np.isnan(fit_x)]
+                if spec.is_scaled:
+                    t = _transform(fit_x, spec.transform)
+                    self.moments[name] += (t.size, t.sum(), np.square(t).sum())
+                elif fit_x.size:
+                    self.samples[name] = _reservoir(self.samples.get(name), fit_x, self.rng)
+                if spill is not None:
+                    spill.put(name, x)
+        if spill is not None:
+            spill.put("label", to_label(chunk, self.schema.label, libfm=chunk.reader.format == "libfm"))
+
+    def encode_spilled(self, i: int, n: int, pipe: FeaturePipeline, remaps: dict[str, np.ndarray]) -> EncodedChunk:
+        """Encode chunk ``i`` from the spill, as ``pipe.encode`` would encode its rows."""
+        assert self.spill is not None
+        spill = self.spill
+        singles = pipe.single_fields
+        ids = np.empty((n, len(singles)), dtype=np.int64)
+        values = np.empty((n, len(pipe.scaled_positions)), dtype=np.float32)
+        v = 0
+        for j, spec in enumerate(singles):
+            st = pipe.states[spec.name]
+            if spec.is_scaled:
+                ids[:, j], values[:, v] = _encode_scaled(spill.get(spec.name, i), spec, st)
+                v += 1
+            elif _uses_dictionary(spec):
+                local = self._local_ids(spec.name, spill.get(spec.name, i), i, remaps)
+                ids[:, j] = st.offset + local
+            else:  # quantile bins: the vocabulary is every bin, in order
+                keys = _quantile_keys(spill.get(spec.name, i), st.edges)
+                null = np.isnan(keys)
+                ids[:, j] = st.offset + np.where(null, MISSING, FIRST_VALUE + np.nan_to_num(keys)).astype(np.int64)
+        multi = []
+        for spec in pipe.multi_hot_fields:
+            st = pipe.states[spec.name]
+            local = self._local_ids(spec.name, spill.get(f"{spec.name}.idx", i), i, remaps)
+            lengths = spill.get(f"{spec.name}.len", i)
+            parents = np.repeat(np.arange(n, dtype=np.int64), lengths)
+            multi.append(_bags(local, parents, n, st.offset))
+        return EncodedChunk(ids=ids, values=values, multi_hot=multi, labels=spill.get("label", i))
+
+    def _local_ids(self, name: str, idx: np.ndarray, i: int, remaps: dict[str, np.ndarray]) -> np.ndarray:
+        to_local = remaps[name][self.dictionaries[name].maps[i]]  # chunk dictionary -> local id
+        return np.where(idx >= 0, to_local[np.maximum(idx, 0)] if to_local.size else OOV, MISSING)
+
+
+def _uses_dictionary(spec: FieldSpec) -> bool:
+    """Fields whose values are counted into a vocabulary (not scaled or quantile numerics)."""
+    return spec.kind != "numeric" or (spec.mode == "bucketized" and spec.binning == "log")

@@ -10,6 +10,8 @@ in :func:`to_float` / :func:`to_label`, which know how to point at a bad line.
 from __future__ import annotations
 
 import csv
+import queue
+import threading
 import io as _io
 import re
 from collections.abc import Iterator
@@ -157,7 +159,24 @@ class Reader:
         if dupes:
             raise DataError(f"the header names columns more than once: {dupes}", path=str(self.path), line=1)
 
-    def _text_batches(self, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    def _text_batches(self, columns: list[str], numeric: set[str]) -> Iterator[pa.RecordBatch]:
+        """Numeric columns are parsed as float64 by Arrow (fast). If a value does not parse,
+        the rest of the file is read with those columns as text from the first unread row,
+        so :func:`to_float` can name the line and field of the bad value."""
+        done = 0
+        try:
+            for batch in self._text_reader(columns, numeric):
+                yield batch
+                done += batch.num_rows
+        except _NumericConversion:
+            for batch in self._text_reader(columns, set()):
+                if done >= batch.num_rows:
+                    done -= batch.num_rows
+                    continue
+                yield batch.slice(done)
+                done = 0
+
+    def _text_reader(self, columns: list[str], numeric: set[str]) -> Iterator[pa.RecordBatch]:
         bad: list[pacsv.InvalidRow] = []
 
         def on_invalid(row: pacsv.InvalidRow) -> str:
@@ -186,7 +205,7 @@ class Reader:
                 ),
                 convert_options=pacsv.ConvertOptions(
                     include_columns=columns,
-                    column_types={c: pa.string() for c in columns},
+                    column_types={c: pa.float64() if c in numeric else pa.string() for c in columns},
                     strings_can_be_null=True,
                     null_values=[""],
                     quoted_strings_can_be_null=False,
@@ -194,6 +213,8 @@ class Reader:
             )
             yield from reader
         except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+            if not bad and numeric and "conversion error" in str(exc):
+                raise _NumericConversion() from exc
             if bad:
                 row = bad[0]
                 line = self._find_line_with_text(row.text)
@@ -312,8 +333,9 @@ class Reader:
                 path=str(self.path),
             )
 
-    def chunks(self, columns: list[str]) -> Iterator[Chunk]:
-        """Stream the file as chunks holding ``columns`` (text columns as strings)."""
+    def chunks(self, columns: list[str], numeric: set[str] | frozenset[str] = frozenset()) -> Iterator[Chunk]:
+        """Stream the file as chunks holding ``columns``. In text files, ``numeric`` columns
+        arrive as float64 and the others as strings."""
         self.check_columns(columns)
         # Counts are per pass: training reads a file twice (fit, then encode).
         self.skipped, self.skipped_examples, self._skipped_lines = 0, [], []
@@ -324,8 +346,8 @@ class Reader:
         elif self.format == "libfm":
             source = self._libfm_batches()
         else:
-            source = self._text_batches(columns)
-        for batch in source:
+            source = self._text_batches(columns, set(numeric) & set(columns))
+        for batch in _prefetch(source):
             if batch.num_rows == 0:
                 continue
             table = pa.Table.from_batches([batch]).select(columns)
@@ -410,7 +432,9 @@ def to_label(chunk: Chunk, name: str, libfm: bool = False) -> np.ndarray:
         i = int(np.flatnonzero(~ok)[0])
         raw = chunk.table.column(name)[i].as_py()
         expect = "1, 0 or -1" if libfm else "0 or 1"
-        got = "an empty value" if raw is None else repr(raw)
+        if isinstance(raw, float) and raw.is_integer():
+            raw = str(int(raw))  # parsed as a number: show it as it was written
+        got = "an empty value" if raw is None else repr(str(raw))
         raise chunk.error(i, f"label must be {expect}, got {got}", field=name)
     return (values > 0).astype(np.float32)
 
@@ -452,6 +476,46 @@ def _all_floats(values: pa.Array) -> bool:
         return True
     except pa.ArrowInvalid:
         return False
+
+
+class _NumericConversion(Exception):
+    """A numeric column held text: read again with text columns to point at it."""
+
+
+def _prefetch(batches: Iterator[pa.RecordBatch], depth: int = 2) -> Iterator[pa.RecordBatch]:
+    """Parse the next batches in a background thread while the caller works on this one:
+    Arrow releases the GIL, so parsing and encoding share the two cores."""
+    q: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        q.put(("batch", batch), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(("end", None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            q.put(("error", exc))
+
+    thread = threading.Thread(target=produce, name="deepfm-read", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, item = q.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item  # type: ignore[misc]
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        thread.join()
 
 
 class TableSource:

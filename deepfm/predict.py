@@ -35,7 +35,7 @@ def evaluate(bundle: Bundle, path: str | Path, options: ReadOptions | None = Non
     reader = open_input(bundle, path, options, need_label=True)
     schema = bundle.config.schema
     labels, probs = [], []
-    for chunk in reader.chunks([schema.label, *schema.names]):
+    for chunk in reader.chunks([schema.label, *schema.names], schema.numeric_columns):
         enc = bundle.pipeline.encode(chunk)
         labels.append(enc.labels)
         probs.append(bundle.predict_encoded(enc))
@@ -64,7 +64,7 @@ def predict_file(
     out_schema = pa.schema([*(pa.field(k, pa.string()) for k in keep), pa.field("probability", pa.float64())])
     rows = 0
     with pacsv.CSVWriter(str(out), out_schema, write_options=pacsv.WriteOptions(quoting_style="needed")) as writer:
-        for chunk in reader.chunks(columns):
+        for chunk in reader.chunks(columns, schema.numeric_columns):
             enc = bundle.pipeline.encode(chunk, with_labels=False)
             p = bundle.predict_encoded(enc)
             cols = [chunk.table.column(k).cast(pa.string()) for k in keep]

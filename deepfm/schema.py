@@ -122,6 +122,11 @@ class Schema:
     def names(self) -> list[str]:
         return [f.name for f in self.fields]
 
+    @property
+    def numeric_columns(self) -> frozenset[str]:
+        """Columns to parse as numbers: the label and the numeric fields."""
+        return frozenset([self.label, *(f.name for f in self.fields if f.kind == "numeric")])
+
     def field(self, name: str) -> FieldSpec:
         for f in self.fields:
             if f.name == name:

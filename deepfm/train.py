@@ -11,6 +11,7 @@ import copy
 import logging
 import math
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -79,39 +80,32 @@ def prepare(
         raise ConfigError("give either --split or a --valid file, not both")
     if split is not None and split[2] > 0 and test is not None:
         raise ConfigError("--split already makes a test part; leave out --test or give two fractions")
-    bounds: dict[str, tuple[int, int]] = {}
+    n = reader.count_rows()
     if split is not None:
-        n = reader.count_rows()
         n_train = int(round(split[0] * n))
         n_valid = int(round(split[1] * n))
         bounds = {"train": (0, n_train), "valid": (n_train, n_train + n_valid), "test": (n_train + n_valid, n)}
         if n_train == 0:
             raise DataError(f"the training part of --split is empty ({n} rows)", path=str(data))
         log.info("split %s by row order: train %d, valid %d, test %d rows", data, n_train, n_valid, n - n_train - n_valid)
-        pipeline = FeaturePipeline(schema).fit(_rows(reader.chunks(columns), 0, n_train))
     else:
-        pipeline = FeaturePipeline(schema).fit(reader.chunks(columns))
+        n_train, bounds = n, {"train": (0, n)}
+    pipeline = FeaturePipeline(schema)
     n_single, n_values, n_multi = len(pipeline.single_fields), len(pipeline.scaled_positions), len(pipeline.multi_hot_fields)
 
     def writer(name: str) -> DatasetWriter:
         return DatasetWriter(workdir / name, n_single, n_values, n_multi)
 
+    # One parse of the file: fit on the training rows, encode every row into its part.
+    writers = {k: writer(k) for k, (lo, hi) in bounds.items() if hi > lo}
+    for row0, enc in pipeline.fit_encode(reader.chunks(columns, schema.numeric_columns), n_train, workdir / "spill"):
+        for name, (lo, hi) in bounds.items():
+            a, b = max(lo, row0), min(hi, row0 + len(enc))
+            if b > a and name in writers:
+                writers[name].append(enc, slice(a - row0, b - row0))
+    shutil.rmtree(workdir / "spill", ignore_errors=True)
     parts: dict[str, EncodedDataset | None] = {"train": None, "valid": None, "test": None}
-    if split is not None:
-        writers = {k: writer(k) for k, (lo, hi) in bounds.items() if hi > lo}
-        for chunk in reader.chunks(columns):
-            enc = pipeline.encode(chunk)
-            lo_c, hi_c = chunk.row0, chunk.row0 + len(enc)
-            for name, (lo, hi) in bounds.items():
-                a, b = max(lo, lo_c), min(hi, hi_c)
-                if b > a and name in writers:
-                    writers[name].append(enc, slice(a - lo_c, b - lo_c))
-        parts.update({k: w.close() for k, w in writers.items()})
-    else:
-        w = writer("train")
-        for chunk in reader.chunks(columns):
-            w.append(pipeline.encode(chunk))
-        parts["train"] = w.close()
+    parts.update({k: w.close() for k, w in writers.items()})
     skipped = reader.skipped
     for name, path in (("valid", valid), ("test", test)):
         if path is None:
@@ -119,7 +113,7 @@ def prepare(
         r = Reader(path, config.data, column_names=schema.columns)
         r.check_columns(columns)
         w = writer(name)
-        for chunk in r.chunks(columns):
+        for chunk in r.chunks(columns, schema.numeric_columns):
             w.append(pipeline.encode(chunk))
         parts[name] = w.close()
         skipped += r.skipped
