@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=["criteo"], help="a ready schema (criteo: label, I1..I13, C1..C26)")
     p.add_argument("--label", default=None, help="label column when the schema is inferred (default: label)")
     p.add_argument("--out", type=Path, default=Path("runs/model"), help="output folder (default runs/model)")
+    p.add_argument("--cache-dir", type=Path, help="keep encoded data here for later runs (default $DEEPFM_CACHE_DIR or ~/.cache/deepfm/encoded)")
+    p.add_argument("--no-cache", action="store_true", help="encode into a temporary folder and throw it away")
     _add_read_options(p)
     g = p.add_argument_group("model and training (override the config)")
     g.add_argument("--model", dest="kind", choices=["deepfm", "fm", "lr", "dnn", "wide_deep", "dcn"])
@@ -155,7 +157,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         },
         data=_read_overrides(args),
     )  # fmt: skip
-    bundle = train(config, args.data, args.out, valid=args.valid, test=args.test, split=args.split)
+    bundle = train(
+        config, args.data, args.out, valid=args.valid, test=args.test, split=args.split,
+        cache=not args.no_cache, cache_dir=args.cache_dir,
+    )  # fmt: skip
     m = bundle.metrics
     summary = {k: m[k] for k in ("valid_auc", "valid_logloss", "test_auc", "test_logloss", "epochs", "train_samples_per_s") if k in m}
     print(json.dumps({"out": str(args.out), **summary}))

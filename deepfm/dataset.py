@@ -160,9 +160,10 @@ class DatasetWriter:
         if sl.stop <= sl.start:
             return
         assert chunk.labels is not None, "training data needs labels"
-        self._ids.write(np.ascontiguousarray(chunk.ids[sl]).tobytes())
-        self._values.write(np.ascontiguousarray(chunk.values[sl]).tobytes())
-        self._labels.write(np.ascontiguousarray(chunk.labels[sl]).tobytes())
+        # memoryview: write the array's memory without another copy
+        self._ids.write(memoryview(np.ascontiguousarray(chunk.ids[sl])))
+        self._values.write(memoryview(np.ascontiguousarray(chunk.values[sl])))
+        self._labels.write(memoryview(np.ascontiguousarray(chunk.labels[sl])))
         for k, (offsets, ids) in enumerate(chunk.multi_hot):
             lo, hi = offsets[sl.start], offsets[sl.stop]
             self._mh[k][0].write((offsets[sl.start + 1 : sl.stop + 1] - lo + self._mh_nnz[k]).tobytes())

@@ -161,10 +161,10 @@ class FeaturePipeline:
                 st.size = FIRST_VALUE + len(st.vocab)
             else:
                 keys, cnt = fitter.dictionaries[spec.name].finish()
-                keep = cnt >= spec.min_count
-                # Most frequent first; ties broken by the key so the order is deterministic.
-                order = np.lexsort((_sort_keys(keys), -cnt))
-                order = order[keep[order]]
+                kept = np.flatnonzero(cnt >= spec.min_count)
+                # Most frequent first; ties broken by the key so the order does not depend on
+                # how the file was cut into chunks.
+                order = kept[np.lexsort((_sort_keys(keys.take(pa.array(kept))), -cnt[kept]))]
                 st.vocab = keys.take(pa.array(order, pa.int64()))
                 st.counts = cnt[order]
                 st.size = FIRST_VALUE + len(st.vocab)
@@ -438,7 +438,7 @@ class _Spill:
             f = self.files[name] = open(self.folder / f"{name}.bin", "w+b")
             self.where[name] = []
         self.where[name].append((f.tell(), array.size, array.dtype))
-        f.write(np.ascontiguousarray(array).tobytes())
+        f.write(memoryview(np.ascontiguousarray(array)))
 
     def get(self, name: str, i: int) -> np.ndarray:
         offset, count, dtype = self.where[name][i]
@@ -507,33 +507,35 @@ class _Fitter:
         assert self.spill is not None
         spill = self.spill
         singles = pipe.single_fields
-        ids = np.empty((n, len(singles)), dtype=np.int64)
+        ids_t = np.empty((len(singles), n), dtype=np.int64)  # field-major while filling
         values = np.empty((n, len(pipe.scaled_positions)), dtype=np.float32)
         v = 0
         for j, spec in enumerate(singles):
             st = pipe.states[spec.name]
             if spec.is_scaled:
-                ids[:, j], values[:, v] = _encode_scaled(spill.get(spec.name, i), spec, st)
+                ids_t[j], values[:, v] = _encode_scaled(spill.get(spec.name, i), spec, st)
                 v += 1
             elif _uses_dictionary(spec):
-                local = self._local_ids(spec.name, spill.get(spec.name, i), i, remaps)
-                ids[:, j] = st.offset + local
+                np.take(self._id_map(spec.name, i, remaps, st.offset), spill.get(spec.name, i), out=ids_t[j])
             else:  # quantile bins: the vocabulary is every bin, in order
                 keys = _quantile_keys(spill.get(spec.name, i), st.edges)
                 null = np.isnan(keys)
-                ids[:, j] = st.offset + np.where(null, MISSING, FIRST_VALUE + np.nan_to_num(keys)).astype(np.int64)
+                ids_t[j] = st.offset + np.where(null, MISSING, FIRST_VALUE + np.nan_to_num(keys)).astype(np.int64)
+        ids = np.ascontiguousarray(ids_t.T)
         multi = []
         for spec in pipe.multi_hot_fields:
             st = pipe.states[spec.name]
-            local = self._local_ids(spec.name, spill.get(f"{spec.name}.idx", i), i, remaps)
+            local = self._id_map(spec.name, i, remaps, 0)[spill.get(f"{spec.name}.idx", i)]
             lengths = spill.get(f"{spec.name}.len", i)
             parents = np.repeat(np.arange(n, dtype=np.int64), lengths)
             multi.append(_bags(local, parents, n, st.offset))
         return EncodedChunk(ids=ids, values=values, multi_hot=multi, labels=spill.get("label", i))
 
-    def _local_ids(self, name: str, idx: np.ndarray, i: int, remaps: dict[str, np.ndarray]) -> np.ndarray:
-        to_local = remaps[name][self.dictionaries[name].maps[i]]  # chunk dictionary -> local id
-        return np.where(idx >= 0, to_local[np.maximum(idx, 0)] if to_local.size else OOV, MISSING)
+    def _id_map(self, name: str, i: int, remaps: dict[str, np.ndarray], offset: int) -> np.ndarray:
+        """Chunk ``i``'s dictionary position -> id (offset + local id), with one extra entry
+        at the end for index -1 (null): the MISSING row. Encoding is then one gather."""
+        to_local = remaps[name][self.dictionaries[name].maps[i]]
+        return offset + np.append(to_local, MISSING)
 
 
 def _uses_dictionary(spec: FieldSpec) -> bool:

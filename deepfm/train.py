@@ -8,6 +8,9 @@ Trainer (early stopping on validation AUC, best weights restored), evaluate, sav
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
+import json
 import logging
 import math
 import os
@@ -35,6 +38,7 @@ from deepfm.model import DeepFM, InputLayout
 from deepfm.optim import RowAdam
 
 log = logging.getLogger(__name__)
+CACHE_FORMAT = 1  # bump when the encoded layout changes
 
 
 # ---------------------------------------------------------------- data preparation
@@ -80,8 +84,8 @@ def prepare(
         raise ConfigError("give either --split or a --valid file, not both")
     if split is not None and split[2] > 0 and test is not None:
         raise ConfigError("--split already makes a test part; leave out --test or give two fractions")
-    n = reader.count_rows()
     if split is not None:
+        n = reader.count_rows()
         n_train = int(round(split[0] * n))
         n_valid = int(round(split[1] * n))
         bounds = {"train": (0, n_train), "valid": (n_train, n_train + n_valid), "test": (n_train + n_valid, n)}
@@ -89,7 +93,8 @@ def prepare(
             raise DataError(f"the training part of --split is empty ({n} rows)", path=str(data))
         log.info("split %s by row order: train %d, valid %d, test %d rows", data, n_train, n_valid, n - n_train - n_valid)
     else:
-        n_train, bounds = n, {"train": (0, n)}
+        n_train = n = 1 << 62  # every row is a training row
+        bounds = {"train": (0, n)}
     pipeline = FeaturePipeline(schema)
     n_single, n_values, n_multi = len(pipeline.single_fields), len(pipeline.scaled_positions), len(pipeline.multi_hot_fields)
 
@@ -134,6 +139,70 @@ def _rows(chunks: Iterator[Chunk], start: int, stop: int) -> Iterator[Chunk]:
         a, b = max(start - chunk.row0, 0), min(stop - chunk.row0, n)
         if b > a:
             yield Chunk(chunk.table.slice(a, b - a), chunk.row0 + a, chunk.reader)
+
+
+def default_cache_dir() -> Path:
+    """Where encoded data is kept between runs: $DEEPFM_CACHE_DIR or ~/.cache/deepfm/encoded."""
+    env = os.environ.get("DEEPFM_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "deepfm" / "encoded"
+
+
+def prepare_cached(
+    config: RunConfig,
+    data: str | Path,
+    cache_dir: Path,
+    valid: str | Path | None = None,
+    test: str | Path | None = None,
+    split: tuple[float, float, float] | None = None,
+) -> tuple[FeaturePipeline, Parts, bool]:
+    """``prepare``, reusing the encoded data of an earlier run on the same files (path, size,
+    modification time), schema, reading options and split. Returns (pipeline, parts, hit)."""
+    files = [Path(p) for p in (data, valid, test) if p is not None]
+    for p in files:
+        if not p.is_file():
+            raise DataError("file not found", path=str(p))
+    identity = {
+        "format": CACHE_FORMAT,
+        "files": [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files],
+        "roles": [valid is not None, test is not None],
+        "schema": config.schema.to_dict(),
+        "data": dataclasses.asdict(config.data),
+        "split": split,
+    }
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+    folder = cache_dir / key
+    if (folder / "complete.json").is_file():
+        try:
+            return (*_load_prepared(folder), True)
+        except Exception as exc:  # a damaged cache entry is rebuilt, never trusted
+            log.warning("cache entry %s is unreadable (%s): encoding again", folder, exc)
+            shutil.rmtree(folder, ignore_errors=True)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_dir))
+    try:
+        pipeline, parts = prepare(config, data, tmp, valid=valid, test=test, split=split)
+        pipeline.save(tmp)
+        done = {"skipped_rows": parts.skipped_rows, "rows_read": parts.rows_read, "identity": identity}
+        (tmp / "complete.json").write_text(json.dumps(done))
+        del parts
+        try:
+            os.replace(tmp, folder)  # atomic: a reader sees a whole entry or none
+        except OSError:  # another run finished the same entry first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("encoded data cached in %s", folder)
+    return (*_load_prepared(folder), False)
+
+
+def _load_prepared(folder: Path) -> tuple[FeaturePipeline, Parts]:
+    done = json.loads((folder / "complete.json").read_text())
+    parts = {k: EncodedDataset(folder / k) if (folder / k / "meta.json").is_file() else None for k in ("train", "valid", "test")}
+    train_part = parts["train"]
+    if train_part is None:
+        raise DataError(f"cache entry {folder} has no training part")
+    return FeaturePipeline.load(folder), Parts(train_part, parts["valid"], parts["test"], done["skipped_rows"], done["rows_read"])
 
 
 # ---------------------------------------------------------------- trainer
@@ -279,11 +348,15 @@ def train(
     valid: str | Path | None = None,
     test: str | Path | None = None,
     split: str | tuple[float, float, float] | None = None,
+    cache: bool = True,
+    cache_dir: str | Path | None = None,
 ) -> Bundle:
     """Train a model on ``data`` and save it to ``out``. Returns the Bundle (metrics attached).
 
     Without ``valid`` or ``split`` the file is split 0.9/0.1 by row order so that early
-    stopping has validation rows.
+    stopping has validation rows. With ``cache`` the encoded data is kept in ``cache_dir``
+    (default: :func:`default_cache_dir`) and reused by later runs on the same files and
+    config; without it, it lives in a temporary folder inside ``out``.
     """
     t_start = time.perf_counter()
     cfg = config.train
@@ -298,7 +371,14 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".encoded-", dir=out) as tmp:
         t0 = time.perf_counter()
-        pipeline, parts = prepare(config, data, Path(tmp), valid=valid, test=test, split=split_parts)
+        if cache:
+            where = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+            pipeline, parts, hit = prepare_cached(config, data, where, valid=valid, test=test, split=split_parts)
+            if hit:
+                log.info("reusing encoded data from %s", parts.train.folder.parent)
+        else:
+            pipeline, parts = prepare(config, data, Path(tmp), valid=valid, test=test, split=split_parts)
+            hit = False
         prep_seconds = time.perf_counter() - t0
         layout = InputLayout(
             num_embeddings=pipeline.num_embeddings,
@@ -326,11 +406,13 @@ def train(
             "train_samples_per_s": history.train_samples / max(history.train_seconds, 1e-9),
             "train_seconds": history.train_seconds,
             "preprocess_seconds": prep_seconds,
+            "preprocess_cache": "hit" if hit else ("miss" if cache else "off"),
             "skipped_rows": parts.skipped_rows,
             "device": str(device),
             "history": history.epochs,
         }
-        metrics["preprocess_rows_per_s"] = parts.rows_read / max(prep_seconds, 1e-9)
+        if not hit:  # a cache hit read nothing: no throughput to report
+            metrics["preprocess_rows_per_s"] = parts.rows_read / max(prep_seconds, 1e-9)
         for name, part in (("valid", parts.valid), ("test", parts.test)):
             if part is not None and len(part):
                 t_pred = time.perf_counter()

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -188,3 +190,15 @@ def random_inputs(rng: np.random.Generator, b: int, n_rows: int, s: int, scaled:
         flat = rng.integers(0, n_rows, size=int(lens.sum())).astype(np.int64)
         bags.append((offsets, flat, lens))
     return ids, values, bags
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Encoded-data cache of the test session, never the user's ~/.cache."""
+    old = os.environ.get("DEEPFM_CACHE_DIR")
+    os.environ["DEEPFM_CACHE_DIR"] = str(tmp_path_factory.mktemp("encoded-cache"))
+    yield
+    if old is None:
+        os.environ.pop("DEEPFM_CACHE_DIR", None)
+    else:
+        os.environ["DEEPFM_CACHE_DIR"] = old
