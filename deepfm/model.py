@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from deepfm.dataset import Batch
 from deepfm.errors import ConfigError
@@ -143,12 +144,14 @@ class DeepFM(nn.Module):
         if self.config.uses_first_order:
             logit = logit + e[..., d].sum(dim=1)
         if self.config.uses_pairwise:
-            logit = logit + fm_pairwise(v)
+            with record_function("fm"):
+                logit = logit + fm_pairwise(v)
         if self.dnn is not None:
-            flat = v.flatten(1)  # (B, F*D); works for B = 0 too
-            if self.cross is not None:
-                flat = torch.cat([self.cross(flat), flat], dim=1)
-            logit = logit + self.dnn(flat)
+            with record_function("mlp"):
+                flat = v.flatten(1)  # (B, F*D); works for B = 0 too
+                if self.cross is not None:
+                    flat = torch.cat([self.cross(flat), flat], dim=1)
+                logit = logit + self.dnn(flat)
         return logit
 
     def dense_parameters(self) -> list[nn.Parameter]:

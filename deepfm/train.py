@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 from tqdm import tqdm
 
 from deepfm.bundle import Bundle
@@ -311,14 +312,19 @@ class Trainer:
         """One optimizer step. The table rows are looked up outside autograd and made leaves;
         their gradients go to RowAdam, everything else to Adam. Returns (logits, loss)."""
         emb = self.model.embedding
-        rows, bag_rows = emb.lookup(batch.ids, batch.multi_hot)
-        leaves = [rows.requires_grad_(), *(r.requires_grad_() for r in bag_rows)]
-        e = emb.combine(rows, batch.values, bag_rows, [offsets for offsets, _ in batch.multi_hot])
+        # record_function labels cost nothing unless a profiler listens (benchmarks/profile_step.py).
+        with record_function("embedding lookup"):
+            rows, bag_rows = emb.lookup(batch.ids, batch.multi_hot)
+            leaves = [rows.requires_grad_(), *(r.requires_grad_() for r in bag_rows)]
+            e = emb.combine(rows, batch.values, bag_rows, [offsets for offsets, _ in batch.multi_hot])
         logit = self.model.head(e)
-        loss = F.binary_cross_entropy_with_logits(logit, batch.labels)
-        self.dense_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.dense_opt.step()
+        with record_function("loss"):
+            loss = F.binary_cross_entropy_with_logits(logit, batch.labels)
+        with record_function("backward"):
+            self.dense_opt.zero_grad(set_to_none=True)
+            loss.backward()
+        with record_function("dense optimizer"):
+            self.dense_opt.step()
         width = rows.shape[-1]
         if bag_rows:
             ids = torch.cat([batch.ids.reshape(-1), *(mh_ids for _, mh_ids in batch.multi_hot)])
@@ -326,7 +332,8 @@ class Trainer:
             used = torch.cat([leaf.detach().reshape(-1, width) for leaf in leaves])
         else:
             ids, grads, used = batch.ids.reshape(-1), rows.grad.reshape(-1, width), rows.detach().reshape(-1, width)  # type: ignore[union-attr]
-        self.row_opt.step(ids, grads, used, batch_size=len(batch))
+        with record_function("embedding optimizer"):
+            self.row_opt.step(ids, grads, used, batch_size=len(batch))
         return logit, loss
 
     @torch.no_grad()

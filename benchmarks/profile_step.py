@@ -1,0 +1,129 @@
+"""Where one training step's time goes, and what the FP32 roofline says is left.
+
+    python benchmarks/profile_step.py --rows 300000
+
+Generates Criteo-layout data with ``deepfm synth`` (cached in --workdir), encodes it, then
+profiles training steps of the benchmark model (embedding 10, MLP 400-400-400, batch 4096,
+dropout 0) with torch.profiler, grouped by the labels the trainer puts on each stage. The
+machine's FP32 matrix-multiply peak is measured in the same run, so the roofline is this
+machine's, not a datasheet's. Prints Markdown and writes JSON next to this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from deepfm.config import RunConfig, TrainConfig
+from deepfm.model import DeepFM, InputLayout, ModelConfig
+from deepfm.schema import criteo_schema
+from deepfm.train import Trainer, default_cache_dir, prepare_cached
+
+LABELS = ["data", "embedding lookup", "fm", "mlp", "loss", "backward", "dense optimizer", "embedding optimizer"]
+
+
+def matmul_peak(seconds: float = 2.0) -> float:
+    """FP32 GFLOP/s of a large square-ish matrix multiply, the best this CPU does."""
+    a, b = torch.randn(4096, 1024), torch.randn(1024, 1024)
+    for _ in range(3):
+        a @ b
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        n += 1
+    return 2 * 4096 * 1024 * 1024 * n / (time.perf_counter() - t0) / 1e9
+
+
+def mlp_flops_per_sample(in_dim: int, hidden: list[int]) -> float:
+    """Forward + backward FLOPs of the MLP's matrix multiplies for one sample (3 x forward:
+    forward, gradient of the input, gradient of the weights)."""
+    dims = [in_dim, *hidden, 1]
+    return 3 * sum(2 * a * b for a, b in zip(dims[:-1], dims[1:]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=300_000)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--batch-size", type=int, default=4096)
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/deepfm-bench"))
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = ap.parse_args()
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    data = args.workdir / f"synth-{args.rows}.tsv"
+    if not data.exists():
+        subprocess.run([sys.executable, "-m", "deepfm", "synth", "--rows", str(args.rows), "--out", str(data), "--quiet"], check=True)
+    config = RunConfig(schema=criteo_schema())
+    pipeline, parts, _ = prepare_cached(config, data, default_cache_dir(), split=(0.8, 0.1, 0.1))
+    model_cfg = ModelConfig(embedding_dim=10, hidden=(400, 400, 400), dropout=0.0)
+    layout = InputLayout(pipeline.num_embeddings, len(pipeline.single_fields))
+    torch.manual_seed(0)
+    model = DeepFM(layout, model_cfg)
+    trainer = Trainer(model, replace(TrainConfig(), l2_embedding=1e-5, progress=False), torch.device("cpu"))
+    batches = parts.train.batches(args.batch_size, shuffle=True, seed=0, drop_last=True)
+
+    def step() -> None:
+        with torch.profiler.record_function("data"):
+            batch = next(batches)
+        trainer._step(batch)
+
+    for _ in range(5):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    step_s = (time.perf_counter() - t0) / args.steps
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(args.steps):
+            step()
+    # Wall time of each labelled range, averaged per step.
+    by_label = {k: 0.0 for k in LABELS}
+    for evt in prof.events():
+        if evt.name in by_label:
+            by_label[evt.name] += evt.cpu_time_total / 1e3 / args.steps  # us -> ms
+    profiled_total = sum(by_label.values())
+
+    peak = matmul_peak()
+    flops = mlp_flops_per_sample(layout.n_fields * model_cfg.embedding_dim, list(model_cfg.hidden))
+    samples_s = args.batch_size / step_s
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "batch_size": args.batch_size,
+        "step_ms": step_s * 1e3,
+        "train_samples_per_s": samples_s,
+        "ms_per_step": by_label,
+        "other_ms": max(step_s * 1e3 - profiled_total, 0.0),
+        "matmul_peak_gflops": peak,
+        "mlp_flops_per_sample": flops,
+        "roofline_samples_per_s": peak * 1e9 / flops,
+    }
+    print(f"| stage | ms per step | share |\n|---|---:|---:|")
+    for k, v in by_label.items():
+        print(f"| {k} | {v:.1f} | {100 * v / (step_s * 1e3):.0f}% |")
+    print(f"| step (unprofiled) | {step_s * 1e3:.1f} | 100% |")
+    print(
+        f"\n{samples_s:,.0f} samples/s; MLP needs {flops / 1e6:.2f} MFLOP per sample; measured FP32 matmul peak "
+        f"{peak:.0f} GFLOP/s -> roofline {result['roofline_samples_per_s']:,.0f} samples/s "
+        f"({100 * samples_s / result['roofline_samples_per_s']:.0f}% of it)."
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"profile-{result['date']}.json"
+    path.write_text(json.dumps(result, indent=1))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
