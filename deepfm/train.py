@@ -418,8 +418,8 @@ def train(
             "device": str(device),
             "history": history.epochs,
         }
-        if not hit:  # a cache hit read nothing: no throughput to report
-            metrics["preprocess_rows_per_s"] = parts.rows_read / max(prep_seconds, 1e-9)
+        # A cache hit parsed nothing: no throughput to report (null, so the key is always there).
+        metrics["preprocess_rows_per_s"] = None if hit else parts.rows_read / max(prep_seconds, 1e-9)
         for name, part in (("valid", parts.valid), ("test", parts.test)):
             if part is not None and len(part):
                 t_pred = time.perf_counter()
