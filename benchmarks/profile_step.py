@@ -70,7 +70,13 @@ def main() -> None:
     torch.manual_seed(0)
     model = DeepFM(layout, model_cfg)
     trainer = Trainer(model, replace(TrainConfig(), l2_embedding=1e-5, progress=False), torch.device("cpu"))
-    batches = parts.train.batches(args.batch_size, shuffle=True, seed=0, drop_last=True)
+    def forever():  # epochs back to back, so any --steps fits
+        epoch = 0
+        while True:
+            yield from parts.train.batches(args.batch_size, shuffle=True, seed=epoch, drop_last=True)
+            epoch += 1
+
+    batches = forever()
 
     def step() -> None:
         with torch.profiler.record_function("data"):
