@@ -114,7 +114,9 @@ class MLP(nn.Module):
             layers.append(nn.Linear(prev, width))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(width))
-            layers.append(ACTIVATIONS[activation]())
+            # In place: the activation overwrites the Linear's output instead of allocating.
+            act = ACTIVATIONS[activation]
+            layers.append(act(inplace=True) if act in (nn.ReLU, nn.SiLU) else act())
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             prev = width

@@ -30,6 +30,8 @@ class RowAdam:
         self.exp_avg = torch.zeros_like(weight, memory_format=torch.contiguous_format)
         self.exp_avg_sq = torch.zeros_like(weight, memory_format=torch.contiguous_format)
         self.steps = 0
+        self._seen: torch.Tensor | None = None  # scratch for _unique
+        self._position: torch.Tensor | None = None
 
     @torch.no_grad()
     def step(self, ids: torch.Tensor, grads: torch.Tensor, rows: torch.Tensor | None = None, batch_size: int = 1) -> None:
@@ -37,7 +39,7 @@ class RowAdam:
         were looked up (for L2), or None; batch_size B scales the L2 term."""
         if self.l2 and rows is not None:
             grads = grads.add(rows, alpha=2.0 * self.l2 / max(batch_size, 1))
-        uniq, inverse = torch.unique(ids, return_inverse=True)
+        uniq, inverse = self._unique(ids)
         g = torch.zeros((uniq.shape[0], grads.shape[1]), dtype=grads.dtype, device=grads.device)
         g.index_add_(0, inverse, grads)
         self.steps += 1
@@ -50,6 +52,22 @@ class RowAdam:
         bias2 = 1 - b2**self.steps
         denom = v.div_(bias2).sqrt_().add_(self.eps)
         self.weight.index_add_(0, uniq, m.div_(denom), alpha=-self.lr / bias1)
+
+    def _unique(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Distinct ids (ascending) and each occurrence's position among them. When the table
+        is small next to the batch, a mark-and-scan over the table beats sorting the ids."""
+        n = self.weight.shape[0]
+        if n > 16 * ids.numel():
+            return torch.unique(ids, return_inverse=True)
+        if self._seen is None:
+            self._seen = torch.zeros(n, dtype=torch.bool, device=ids.device)
+            self._position = torch.empty(n, dtype=torch.int64, device=ids.device)
+        seen, position = self._seen, self._position
+        seen[ids] = True
+        uniq = seen.nonzero().squeeze(1)
+        seen[uniq] = False  # clean for the next step: O(distinct ids), not O(table)
+        position[uniq] = torch.arange(uniq.numel(), device=ids.device)
+        return uniq, position[ids]
 
     def state_dict(self) -> dict[str, torch.Tensor | int | float]:
         return {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq, "steps": self.steps, "lr": self.lr}

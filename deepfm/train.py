@@ -222,9 +222,7 @@ class Trainer:
 
     def __init__(self, model: DeepFM, config: TrainConfig, device: torch.device) -> None:
         self.model, self.config, self.device = model.to(device), config, device
-        self.dense_opt = torch.optim.Adam(
-            model.dense_parameters(), lr=config.lr, weight_decay=config.weight_decay, foreach=True
-        )
+        self.dense_opt = _adam(model.dense_parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.row_opt = RowAdam(model.embedding.weight.data, lr=config.embedding_lr, l2=config.l2_embedding)
 
     def fit(self, train: EncodedDataset, valid: EncodedDataset | None, batch_size: int) -> History:
@@ -436,6 +434,14 @@ def train(
     bundle.save(out)
     log.info("saved the model to %s", out)
     return bundle
+
+
+def _adam(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Adam:
+    """Adam with the fused kernel where this torch has it (one pass over each tensor)."""
+    try:
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -49,3 +49,16 @@ def test_row_adam_l2_is_the_gradient_of_the_penalty() -> None:
     dense.step()
     torch.testing.assert_close(w, ref.detach())
     assert torch.equal(w[1], torch.ones(2))
+
+
+def test_distinct_ids_by_marking_equal_torch_unique() -> None:
+    """Small tables find distinct ids by mark-and-scan instead of sorting: same answer, and
+    the marks are cleared for the next step."""
+    torch.manual_seed(2)
+    opt = RowAdam(torch.randn(20, 3))
+    for _ in range(5):
+        ids = torch.randint(0, 20, (16,))  # 20 rows <= 16 x 16 ids: the marking path
+        expected = torch.unique(ids, return_inverse=True)
+        got = opt._unique(ids)
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+        assert opt._seen is not None and not opt._seen.any()
