@@ -1,0 +1,160 @@
+"""What the peer runners share: arguments, the split, the pandas + LabelEncoder
+preprocessing, metrics and the one JSON line each runner prints.
+
+Runs inside the peers' virtual environment (benchmarks/.venv-peers), never in deepfm's.
+The preprocessing here is the pandas path DeepCTR-Torch documents (read_csv, fillna,
+one sklearn LabelEncoder per sparse field), tightened to the benchmark's common rules so
+that every library sees the same inputs as deepfm --preset criteo:
+
+- all 39 fields are categorical; I1..I13 are bucketized with the Criteo log trick;
+- vocabularies are fitted on the training rows only (the docs fit on everything, which
+  leaks the test vocabulary into training);
+- values seen fewer than min_count times in training, and values never seen there, share
+  one OOV index per field; a missing value is a value of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+NUMERIC = [f"I{i}" for i in range(1, 14)]
+CATEGORICAL = [f"C{i}" for i in range(1, 27)]
+FIELDS = NUMERIC + CATEGORICAL
+COLUMNS = ["label", *FIELDS]
+MISSING_NUMBER = -1_000_000  # bucket key of a missing count: far from every real key
+MISSING_STRING = "-1"  # DeepCTR-Torch's docs fill missing sparse values with '-1'
+
+
+def parse_args(description: str) -> argparse.Namespace:
+    """The same flags for every runner; speed.py passes one set of hyperparameters to all."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--data", required=True, help="raw Criteo-layout TSV (no header)")
+    p.add_argument("--workdir", required=True, help="scratch folder for this run")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=4096)
+    p.add_argument("--predict-batch", type=int, default=16384)
+    p.add_argument("--embedding-dim", type=int, default=10)
+    p.add_argument("--hidden", default="400,400,400")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--min-count", type=int, default=2)
+    p.add_argument("--split", default="0.8,0.1,0.1")
+    p.add_argument("--seed", type=int, default=2024)
+    args = p.parse_args()
+    args.hidden = [int(h) for h in args.hidden.split(",")]
+    args.split = [float(s) for s in args.split.split(",")]
+    os.makedirs(args.workdir, exist_ok=True)
+    return args
+
+
+def split_bounds(n: int, split: list[float]) -> dict[str, tuple[int, int]]:
+    """Row ranges of train/valid/test, rounded exactly as deepfm's --split rounds them."""
+    n_train = int(round(split[0] * n))
+    n_valid = int(round(split[1] * n))
+    return {"train": (0, n_train), "valid": (n_train, n_train + n_valid), "test": (n_train + n_valid, n)}
+
+
+def log_bucket(x: np.ndarray) -> np.ndarray:
+    """The Criteo winners' trick for counts: v > 2 -> floor(log(v)^2), else v itself.
+
+    The two ranges would collide (log(3)^2 floors to 1); the winners kept them apart by
+    prefixing small values, here the bins are shifted by 100 instead (deepfm does the same).
+    NaN (missing) becomes its own key.
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        keys = np.where(x > 2, 100 + np.floor(np.log(np.where(x > 2, x, 1.0)) ** 2), np.floor(x))
+    keys[np.isnan(x)] = MISSING_NUMBER
+    return keys.astype(np.int64)
+
+
+@dataclass
+class Encoded:
+    """Per-field indices in [0, vocab_sizes[f]); the last index of a field is its OOV."""
+
+    x: dict[str, np.ndarray]  # part -> (rows, 39) int64
+    y: dict[str, np.ndarray]  # part -> (rows,) float32
+    vocab_sizes: list[int]
+    rows: int
+    seconds: float
+
+
+def pandas_label_encode(path: str, split: list[float], min_count: int) -> Encoded:
+    """Raw TSV -> encoded train/valid/test with pandas and sklearn's LabelEncoder (timed)."""
+    import pandas as pd
+    from sklearn.preprocessing import LabelEncoder
+
+    t0 = time.perf_counter()
+    # Hashes are read as strings: a hash made only of digits (or like '8e123456') must not
+    # turn into a number in one chunk and stay a string in another.
+    dtypes = {c: str for c in CATEGORICAL} | {c: "float64" for c in NUMERIC}
+    df = pd.read_csv(path, sep="\t", header=None, names=COLUMNS, dtype=dtypes)
+    bounds = split_bounds(len(df), split)
+    lo, hi = bounds["train"]
+    columns = []
+    vocab_sizes = []
+    for name in FIELDS:
+        if name in NUMERIC:
+            values = log_bucket(df[name].to_numpy(dtype=np.float64))
+        else:
+            values = df[name].fillna(MISSING_STRING).to_numpy(dtype=object)
+        column = pd.Series(values)
+        counts = column.iloc[lo:hi].value_counts()
+        kept = counts.index[counts >= min_count].to_numpy()
+        encoder = LabelEncoder().fit(kept)
+        # Everything else (rare in training, or unseen) goes to one OOV index at the end.
+        known = column.isin(kept).to_numpy()
+        ids = np.full(len(values), len(encoder.classes_), dtype=np.int64)
+        ids[known] = encoder.transform(values[known])
+        columns.append(ids)
+        vocab_sizes.append(len(encoder.classes_) + 1)
+    matrix = np.stack(columns, axis=1)
+    labels = df["label"].to_numpy(dtype=np.float32)
+    x = {part: matrix[a:b] for part, (a, b) in bounds.items()}
+    y = {part: labels[a:b] for part, (a, b) in bounds.items()}
+    return Encoded(x, y, vocab_sizes, len(df), time.perf_counter() - t0)
+
+
+def auc_logloss(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    p = np.clip(np.asarray(p, dtype=np.float64).reshape(-1), 1e-7, 1 - 1e-7)
+    return float(roc_auc_score(y, p)), float(log_loss(y, p, labels=[0, 1]))
+
+
+def peak_rss_mib() -> float:
+    """Peak RSS of this process (the driver also reads it for the whole process tree)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def emit(result: dict, stdout=sys.__stdout__) -> None:
+    """The runner's one line of output for speed.py (libraries print to stderr meanwhile)."""
+    import torch
+
+    result.setdefault("threads", torch.get_num_threads())
+    result.setdefault("self_peak_rss_mib", peak_rss_mib())
+    stdout.write(json.dumps(result) + "\n")
+    stdout.flush()
+
+
+class Timer:
+    """Adds up the time spent in a wrapped callable (used to take evaluation out of fit)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def wrap(self, fn):
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - t0
+
+        return timed

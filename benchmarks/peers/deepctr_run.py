@@ -1,0 +1,100 @@
+"""DeepCTR-Torch (deepctr-torch 0.3.0): one benchmark run, one JSON line on stdout.
+
+The documented path: pandas + LabelEncoder, SparseFeat columns, deepctr_torch.models.DeepFM,
+model.compile('adam', 'binary_crossentropy'), model.fit(...), model.predict(...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+
+# deepctr_torch asks PyPI for its newest version in a thread at import time. Send that
+# request to a closed local port so that a benchmark run makes no network traffic.
+os.environ["HTTPS_PROXY"] = os.environ["HTTP_PROXY"] = "http://127.0.0.1:9"
+
+import common  # noqa: E402
+
+
+def main() -> None:
+    args = common.parse_args(__doc__)
+    # The library prints (device, epoch lines); keep stdout for the one JSON line.
+    with contextlib.redirect_stdout(sys.stderr):
+        result = run(args)
+    common.emit(result)
+
+
+def run(args) -> dict:
+    import deepctr_torch
+    import torch
+    from deepctr_torch.inputs import SparseFeat, get_feature_names
+    from deepctr_torch.models import DeepFM
+
+    t_start = time.perf_counter()
+    data = common.pandas_label_encode(args.data, args.split, args.min_count)
+
+    columns = [
+        SparseFeat(name, vocabulary_size=size, embedding_dim=args.embedding_dim)
+        for name, size in zip(common.FIELDS, data.vocab_sizes)
+    ]
+    names = get_feature_names(columns)
+
+    def model_input(part: str) -> dict:
+        return {name: data.x[part][:, i] for i, name in enumerate(names)}
+
+    # Same model as everywhere: FM + MLP 400-400-400 ReLU, no dropout, no batch norm, L2 0
+    # (DeepCTR's defaults put 1e-5 on the embeddings and the linear part).
+    model = DeepFM(
+        linear_feature_columns=columns, dnn_feature_columns=columns,
+        dnn_hidden_units=tuple(args.hidden), dnn_activation="relu", dnn_dropout=0, dnn_use_bn=False,
+        l2_reg_linear=0, l2_reg_embedding=0, l2_reg_dnn=0, seed=args.seed, task="binary", device="cpu",
+    )  # fmt: skip
+    # 'adam' is torch.optim.Adam with its default lr, 1e-3: the benchmark's lr.
+    assert args.lr == 1e-3, "compile('adam') fixes the learning rate at 1e-3"
+    model.compile("adam", "binary_crossentropy")
+
+    # fit() evaluates the validation part at the end of every epoch; time that separately so
+    # that train samples/s counts the training loop only.
+    eval_timer = common.Timer()
+    model.evaluate = eval_timer.wrap(model.evaluate)
+    t_fit = time.perf_counter()
+    model.fit(
+        model_input("train"), data.y["train"], batch_size=args.batch_size, epochs=args.epochs, verbose=2,
+        validation_data=(model_input("valid"), data.y["valid"]), shuffle=True,
+    )  # fmt: skip
+    fit_seconds = time.perf_counter() - t_fit
+    train_seconds = fit_seconds - eval_timer.seconds
+
+    test_input = model_input("test")
+    t_pred = time.perf_counter()
+    scores = model.predict(test_input, batch_size=args.predict_batch)
+    predict_seconds = time.perf_counter() - t_pred
+    test_auc, test_logloss = common.auc_logloss(data.y["test"], scores)
+    total_seconds = time.perf_counter() - t_start
+
+    n_train, n_test = len(data.y["train"]), len(data.y["test"])
+    return {
+        "library": "deepctr-torch",
+        "version": deepctr_torch.__version__,
+        "torch": torch.__version__,
+        "rows": data.rows,
+        "train_rows": n_train,
+        "test_rows": n_test,
+        "embedding_rows": sum(data.vocab_sizes),
+        "parameters": sum(w.numel() for w in model.parameters()),
+        "preprocess_seconds": data.seconds,
+        "preprocess_rows_per_s": data.rows / data.seconds,
+        "train_seconds": train_seconds,
+        "train_samples_per_s": n_train * args.epochs / train_seconds,
+        "predict_seconds": predict_seconds,
+        "test_predict_samples_per_s": n_test / predict_seconds,
+        "total_seconds": total_seconds,
+        "test_auc": test_auc,
+        "test_logloss": test_logloss,
+    }
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""pytorch-fm (torchfm 0.7.0): one benchmark run, one JSON line on stdout.
+
+torchfm is a model zoo without a trainer: its examples build
+torchfm.model.dfm.DeepFactorizationMachineModel and train it with a plain PyTorch loop
+(DataLoader, BCELoss on the sigmoid output, Adam), evaluating AUC after each epoch.
+That is what this runner does, on the pandas + LabelEncoder preprocessing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+
+import common
+
+
+def main() -> None:
+    args = common.parse_args(__doc__)
+    with contextlib.redirect_stdout(sys.stderr):
+        result = run(args)
+    common.emit(result)
+
+
+def run(args) -> dict:
+    import numpy as np
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+    from torchfm.model.dfm import DeepFactorizationMachineModel
+
+    torch.manual_seed(args.seed)
+    t_start = time.perf_counter()
+    data = common.pandas_label_encode(args.data, args.split, args.min_count)
+
+    model = DeepFactorizationMachineModel(
+        field_dims=data.vocab_sizes, embed_dim=args.embedding_dim, mlp_dims=tuple(args.hidden), dropout=0.0
+    )
+    # torchfm's MultiLayerPerceptron always puts BatchNorm1d after each Linear; the benchmark
+    # model has no batch norm, so those layers become identities (nothing else changes).
+    for i, layer in enumerate(model.mlp.mlp):
+        if isinstance(layer, torch.nn.BatchNorm1d):
+            model.mlp.mlp[i] = torch.nn.Identity()
+
+    def loader(part: str, batch_size: int, shuffle: bool) -> DataLoader:
+        dataset = TensorDataset(torch.from_numpy(data.x[part]), torch.from_numpy(data.y[part]))
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle)
+
+    @torch.no_grad()
+    def predict(batches: DataLoader) -> np.ndarray:
+        model.eval()
+        return torch.cat([model(fields) for fields, _ in batches]).numpy()
+
+    train_batches = loader("train", args.batch_size, shuffle=True)
+    valid_batches = loader("valid", args.predict_batch, shuffle=False)
+    criterion = torch.nn.BCELoss()
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=0.0)
+    train_seconds = 0.0
+    for epoch in range(args.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        for fields, target in train_batches:
+            loss = criterion(model(fields), target)
+            model.zero_grad()
+            loss.backward()
+            optimizer.step()
+        train_seconds += time.perf_counter() - t0
+        # Validation each epoch, as the examples do (outside the timed training loop).
+        valid_auc, _ = common.auc_logloss(data.y["valid"], predict(valid_batches))
+        print(f"epoch {epoch + 1}: valid auc {valid_auc:.4f}")
+
+    test_batches = loader("test", args.predict_batch, shuffle=False)
+    t_pred = time.perf_counter()
+    scores = predict(test_batches)
+    predict_seconds = time.perf_counter() - t_pred
+    test_auc, test_logloss = common.auc_logloss(data.y["test"], scores)
+    total_seconds = time.perf_counter() - t_start
+
+    n_train, n_test = len(data.y["train"]), len(data.y["test"])
+    return {
+        "library": "torchfm",
+        "version": _version("torchfm"),
+        "torch": torch.__version__,
+        "rows": data.rows,
+        "train_rows": n_train,
+        "test_rows": n_test,
+        "embedding_rows": sum(data.vocab_sizes),
+        "parameters": sum(w.numel() for w in model.parameters()),
+        "preprocess_seconds": data.seconds,
+        "preprocess_rows_per_s": data.rows / data.seconds,
+        "train_seconds": train_seconds,
+        "train_samples_per_s": n_train * args.epochs / train_seconds,
+        "predict_seconds": predict_seconds,
+        "test_predict_samples_per_s": n_test / predict_seconds,
+        "total_seconds": total_seconds,
+        "test_auc": test_auc,
+        "test_logloss": test_logloss,
+    }
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import version
+
+    return version(dist)
+
+
+if __name__ == "__main__":
+    main()
