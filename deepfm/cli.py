@@ -5,6 +5,7 @@
     deepfm train --data clicks.tsv --preset criteo --split 0.8,0.1,0.1 --out runs/criteo
     deepfm evaluate runs/criteo --data test.tsv
     deepfm predict runs/criteo --data new.tsv --out scores.csv
+    deepfm compare --data clicks.tsv --preset criteo --split 0.8,0.1,0.1 --models lr,fm,deepfm --seeds 3
 
 Bad input ends with one line naming the file, line and field, and exit status 2.
 """
@@ -62,34 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("train", help="train a model and save it to a folder")
-    p.add_argument("--data", type=Path, required=True, help="training file (CSV/TSV, Parquet or libFM)")
-    p.add_argument("--valid", type=Path, help="validation file (early stopping)")
-    p.add_argument("--test", type=Path, help="test file (reported in metrics.json)")
-    p.add_argument("--split", help="split --data by row order: train,valid[,test] fractions, e.g. 0.8,0.1,0.1")
-    p.add_argument("--config", type=Path, help="YAML config: fields, model, train, data")
-    p.add_argument("--preset", choices=["criteo"], help="a ready schema (criteo: label, I1..I13, C1..C26)")
-    p.add_argument("--label", default=None, help="label column when the schema is inferred (default: label)")
+    _add_run_args(p)
     p.add_argument("--out", type=Path, default=Path("runs/model"), help="output folder (default runs/model)")
-    p.add_argument("--cache-dir", type=Path, help="keep encoded data here for later runs (default $DEEPFM_CACHE_DIR or ~/.cache/deepfm/encoded)")
     p.add_argument("--no-cache", action="store_true", help="encode into a temporary folder and throw it away")
-    _add_read_options(p)
-    g = p.add_argument_group("model and training (override the config)")
-    g.add_argument("--model", dest="kind", choices=["deepfm", "fm", "lr", "dnn", "wide_deep", "dcn"])
-    g.add_argument("--embedding-dim", type=int)
-    g.add_argument("--hidden", help="MLP sizes, e.g. 400,400,400")
-    g.add_argument("--dropout", type=float)
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--batch-size", type=int)
-    g.add_argument("--lr", type=float)
-    g.add_argument("--embedding-lr", type=float)
-    g.add_argument("--l2-embedding", type=float)
-    g.add_argument("--patience", type=int)
-    g.add_argument("--min-count", type=int, help="for every categorical field")
-    g.add_argument("--seed", type=int)
-    g.add_argument("--device", help="auto, cpu or cuda")
-    g.add_argument("--threads", type=int, help="torch threads (default: one per core)")
-    p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("compare", help="train several model kinds with several seeds on the same split")
+    _add_run_args(p)
+    p.add_argument("--models", default="lr,fm,dnn,wide_deep,dcn,deepfm", help="model kinds, comma-separated")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per model (train.seed, +1, ...)")
+    p.add_argument("--out", type=Path, default=Path("runs/compare"), help="compare.md, compare.json and the runs")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("evaluate", help="AUC and logloss of a saved model on a labelled file (JSON)")
     p.add_argument("model", type=Path)
@@ -109,6 +93,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    """Data, schema, reading and model/training overrides: shared by train and compare."""
+    p.add_argument("--data", type=Path, required=True, help="training file (CSV/TSV, Parquet or libFM)")
+    p.add_argument("--valid", type=Path, help="validation file (early stopping)")
+    p.add_argument("--test", type=Path, help="test file (reported in metrics.json)")
+    p.add_argument("--split", help="split --data by row order: train,valid[,test] fractions, e.g. 0.8,0.1,0.1")
+    p.add_argument("--config", type=Path, help="YAML config: fields, model, train, data")
+    p.add_argument("--preset", choices=["criteo"], help="a ready schema (criteo: label, I1..I13, C1..C26)")
+    p.add_argument("--label", default=None, help="label column when the schema is inferred (default: label)")
+    p.add_argument("--cache-dir", type=Path, help="keep encoded data here for later runs (default $DEEPFM_CACHE_DIR or ~/.cache/deepfm/encoded)")
+    _add_read_options(p)
+    g = p.add_argument_group("model and training (override the config)")
+    g.add_argument("--model", dest="kind", choices=["deepfm", "fm", "lr", "dnn", "wide_deep", "dcn"])
+    g.add_argument("--embedding-dim", type=int)
+    g.add_argument("--hidden", help="MLP sizes, e.g. 400,400,400")
+    g.add_argument("--dropout", type=float)
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--lr", type=float)
+    g.add_argument("--embedding-lr", type=float)
+    g.add_argument("--l2-embedding", type=float)
+    g.add_argument("--patience", type=int)
+    g.add_argument("--min-count", type=int, help="for every categorical field")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--device", help="auto, cpu or cuda")
+    g.add_argument("--threads", type=int, help="torch threads (default: one per core)")
+    p.add_argument("--quiet", action="store_true")
+
+
 def _add_read_options(p: argparse.ArgumentParser, defaults_from_model: bool = False) -> None:
     g = p.add_argument_group("reading" + (" (default: as in training)" if defaults_from_model else ""))
     g.add_argument("--format", choices=["auto", "text", "parquet", "libfm"])
@@ -125,13 +138,13 @@ def _read_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- commands
-def cmd_train(args: argparse.Namespace) -> int:
+def _run_config(args: argparse.Namespace) -> Any:
+    """The RunConfig of train/compare: --config, --preset or an inferred schema, then flags."""
     from dataclasses import replace
 
     from deepfm.config import RunConfig, infer_schema, load_config, with_overrides
     from deepfm.io import ReadOptions, Reader
     from deepfm.schema import PRESETS
-    from deepfm.train import train
 
     if args.config and args.preset:
         raise _usage("give --config or --preset, not both")
@@ -147,7 +160,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         fields = tuple(replace(f, min_count=args.min_count) for f in config.schema.fields)
         config = replace(config, schema=replace(config.schema, fields=fields))
     hidden = tuple(int(h) for h in args.hidden.split(",")) if args.hidden else None
-    config = with_overrides(
+    return with_overrides(
         config,
         model={"kind": args.kind, "embedding_dim": args.embedding_dim, "hidden": hidden, "dropout": args.dropout},
         train={
@@ -157,6 +170,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         },
         data=_read_overrides(args),
     )  # fmt: skip
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from deepfm.train import train
+
+    config = _run_config(args)
     bundle = train(
         config, args.data, args.out, valid=args.valid, test=args.test, split=args.split,
         cache=not args.no_cache, cache_dir=args.cache_dir,
@@ -164,6 +183,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     m = bundle.metrics
     summary = {k: m[k] for k in ("valid_auc", "valid_logloss", "test_auc", "test_logloss", "epochs", "train_samples_per_s") if k in m}
     print(json.dumps({"out": str(args.out), **summary}))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from deepfm.compare import compare, to_markdown
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    summary = compare(
+        _run_config(args), args.data, args.out, models, seeds=args.seeds,
+        valid=args.valid, test=args.test, split=args.split, cache_dir=args.cache_dir,
+    )  # fmt: skip
+    print(to_markdown(summary))
     return 0
 
 

@@ -30,7 +30,8 @@ def run_demo(rows: int, folder: Path, seed: int = 0, config: RunConfig | None = 
     folder.mkdir(parents=True, exist_ok=True)
     data = write_synth(rows, folder / "clicks.tsv", seed=seed)
     log.info("generated %d rows in %.1f s: %s", rows, time.perf_counter() - t0, data.path)
-    bundle = train(config or RunConfig(schema=criteo_schema()), data.path, folder / "model", split=SPLIT)
+    # No cache: the demo data is thrown away with its folder, so an entry would be an orphan.
+    bundle = train(config or RunConfig(schema=criteo_schema()), data.path, folder / "model", split=SPLIT, cache=False)
     m = bundle.metrics
     p_true = pacsv.read_csv(data.truth_path).column("p_true").to_numpy()
     # The test part is the last rows of the file (split by row order).
