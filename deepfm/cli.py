@@ -75,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/compare"), help="compare.md, compare.json and the runs")
     p.set_defaults(func=cmd_compare)
 
+    p = sub.add_parser("tune", help="hyperparameter search with Optuna; writes best.yaml")
+    _add_run_args(p)
+    p.add_argument("--trials", type=int, default=50, help="the most trials (default 50)")
+    p.add_argument("--minutes", type=float, help="time budget; no new trial starts after it")
+    p.add_argument("--keep-trials", action="store_true", help="keep every trial's model folder")
+    p.add_argument("--out", type=Path, default=Path("runs/tune"), help="best.yaml, trials.md, trials.json")
+    p.set_defaults(func=cmd_tune)
+
     p = sub.add_parser("evaluate", help="AUC and logloss of a saved model on a labelled file (JSON)")
     p.add_argument("model", type=Path)
     p.add_argument("--data", type=Path, required=True)
@@ -195,6 +203,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
         valid=args.valid, test=args.test, split=args.split, cache_dir=args.cache_dir,
     )  # fmt: skip
     print(to_markdown(summary))
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from deepfm.tune import tune
+
+    summary = tune(
+        _run_config(args), args.data, args.out, trials=args.trials,
+        timeout=args.minutes * 60 if args.minutes else None, valid=args.valid, test=args.test,
+        split=args.split, cache_dir=args.cache_dir, keep_trials=args.keep_trials,
+    )  # fmt: skip
+    keys = ("trials", "pruned", "best_trial", "best_valid_auc", "best", "default")
+    print(json.dumps({"best_config": str(args.out / "best.yaml"), **{k: summary[k] for k in keys}}, default=str))
     return 0
 
 

@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -225,7 +225,15 @@ class Trainer:
         self.dense_opt = _adam(model.dense_parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.row_opt = RowAdam(model.embedding.weight.data, lr=config.embedding_lr, l2=config.l2_embedding)
 
-    def fit(self, train: EncodedDataset, valid: EncodedDataset | None, batch_size: int) -> History:
+    def fit(
+        self,
+        train: EncodedDataset,
+        valid: EncodedDataset | None,
+        batch_size: int,
+        on_epoch: Callable[[dict[str, float]], None] | None = None,
+    ) -> History:
+        """Train until early stopping. ``on_epoch`` sees each epoch's row of metrics (a tuner
+        reports it and may raise to stop the run)."""
         cfg = self.config
         history = History()
         best_auc, best_state, bad = -math.inf, None, 0
@@ -249,6 +257,8 @@ class Trainer:
                 vp = self.predict(valid)
                 row["valid_auc"], row["valid_logloss"] = auc(valid.labels, vp), logloss(valid.labels, vp)
             history.epochs.append(row)
+            if on_epoch is not None:
+                on_epoch(row)
             log.info(
                 "epoch %d: train loss %.4f auc %.4f | valid auc %s logloss %s | %.0f samples/s",
                 epoch, row["train_loss"], row["train_auc"], _fmt(row.get("valid_auc")),
@@ -355,6 +365,7 @@ def train(
     split: str | tuple[float, float, float] | None = None,
     cache: bool = True,
     cache_dir: str | Path | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> Bundle:
     """Train a model on ``data`` and save it to ``out``. Returns the Bundle (metrics attached).
 
@@ -401,7 +412,7 @@ def train(
             config.model.kind, len(parts.train), layout.n_fields, layout.num_embeddings, batch_size, device,
         )  # fmt: skip
         trainer = Trainer(model, cfg, device)
-        history = trainer.fit(parts.train, parts.valid, batch_size)
+        history = trainer.fit(parts.train, parts.valid, batch_size, on_epoch=on_epoch)
         metrics: dict[str, Any] = {
             "model": config.model.kind,
             "epochs": len(history.epochs),
