@@ -82,17 +82,14 @@ class Bundle:
             raise BundleError(f"{folder}: not a complete model folder; missing {missing} (expected {list(REQUIRED)})")
         manifest_path = folder / "manifest.json"
         if manifest_path.is_file():
-            manifest = json.loads(manifest_path.read_text())
+            manifest = _read_json(manifest_path)
             for name, digest in manifest.get("sha256", {}).items():
                 if not (folder / name).is_file():
                     raise BundleError(f"{folder}: {name} is listed in manifest.json but missing")
                 if _sha256(folder / name) != digest:
                     raise BundleError(f"{folder}: {name} does not match its sha256 in manifest.json (changed or truncated)")
-        try:
-            raw = json.loads((folder / "config.json").read_text())
-        except json.JSONDecodeError as exc:
-            raise BundleError(f"{folder}/config.json: not valid JSON ({exc})") from None
-        if raw.get("format_version") != FORMAT_VERSION:
+        raw = _read_json(folder / "config.json")
+        if raw.get("format_version") != FORMAT_VERSION or "layout" not in raw:
             raise BundleError(f"{folder}: bundle format {raw.get('format_version')!r}, this deepfm reads {FORMAT_VERSION}")
         layout = InputLayout.from_dict(raw.pop("layout"))
         raw.pop("format_version")
@@ -106,7 +103,7 @@ class Bundle:
             raise BundleError(f"{folder}/model.safetensors: weights do not fit the model in config.json ({exc})") from None
         model.to(device).eval()
         metrics_path = folder / "metrics.json"
-        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+        metrics = _read_json(metrics_path) if metrics_path.is_file() else {}
         return cls(config, pipeline, model, metrics, folder)
 
     # ------------------------------------------------------------ predict
@@ -128,6 +125,16 @@ class Bundle:
         self.model.eval()
         batch = Batch.from_chunk(chunk).to(self.device)
         return torch.sigmoid(self.model(batch)).double().cpu().numpy()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise BundleError(f"{path}: expected a JSON object")
+    return data
 
 
 def _sha256(path: Path) -> str:

@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     except DeepFMError as exc:
         print(f"deepfm {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file we cannot open, write or create: the OS says which
+        print(f"deepfm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -65,7 +68,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model and save it to a folder")
     _add_run_args(p)
     p.add_argument("--out", type=Path, default=Path("runs/model"), help="output folder (default runs/model)")
-    p.add_argument("--no-cache", action="store_true", help="encode into a temporary folder and throw it away")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("compare", help="train several model kinds with several seeds on the same split")
@@ -111,6 +113,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=["criteo"], help="a ready schema (criteo: label, I1..I13, C1..C26)")
     p.add_argument("--label", default=None, help="label column when the schema is inferred (default: label)")
     p.add_argument("--cache-dir", type=Path, help="keep encoded data here for later runs (default $DEEPFM_CACHE_DIR or ~/.cache/deepfm/encoded)")
+    p.add_argument("--no-cache", action="store_true", help="encode into a temporary folder and throw it away")
     _add_read_options(p)
     g = p.add_argument_group("model and training (override the config)")
     g.add_argument("--model", dest="kind", choices=["deepfm", "fm", "lr", "dnn", "wide_deep", "dcn"])
@@ -123,7 +126,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--embedding-lr", type=float)
     g.add_argument("--l2-embedding", type=float)
     g.add_argument("--patience", type=int)
-    g.add_argument("--min-count", type=int, help="for every categorical field")
+    g.add_argument("--min-count", type=int, help="for every field with a vocabulary (categorical, bucketized, multi-hot)")
     g.add_argument("--seed", type=int)
     g.add_argument("--device", help="auto, cpu or cuda")
     g.add_argument("--threads", type=int, help="torch threads (default: one per core)")
@@ -167,7 +170,10 @@ def _run_config(args: argparse.Namespace) -> Any:
     if args.min_count is not None:
         fields = tuple(replace(f, min_count=args.min_count) for f in config.schema.fields)
         config = replace(config, schema=replace(config.schema, fields=fields))
-    hidden = tuple(int(h) for h in args.hidden.split(",")) if args.hidden else None
+    try:
+        hidden = tuple(int(h) for h in args.hidden.split(",")) if args.hidden else None
+    except ValueError:
+        raise _usage(f"--hidden wants layer sizes like 400,400,400, got {args.hidden!r}") from None
     return with_overrides(
         config,
         model={"kind": args.kind, "embedding_dim": args.embedding_dim, "hidden": hidden, "dropout": args.dropout},
@@ -200,7 +206,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     summary = compare(
         _run_config(args), args.data, args.out, models, seeds=args.seeds,
-        valid=args.valid, test=args.test, split=args.split, cache_dir=args.cache_dir,
+        valid=args.valid, test=args.test, split=args.split, cache=not args.no_cache, cache_dir=args.cache_dir,
     )  # fmt: skip
     print(to_markdown(summary))
     return 0
@@ -212,7 +218,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     summary = tune(
         _run_config(args), args.data, args.out, trials=args.trials,
         timeout=args.minutes * 60 if args.minutes else None, valid=args.valid, test=args.test,
-        split=args.split, cache_dir=args.cache_dir, keep_trials=args.keep_trials,
+        split=args.split, cache=not args.no_cache, cache_dir=args.cache_dir, keep_trials=args.keep_trials,
     )  # fmt: skip
     keys = ("trials", "pruned", "best_trial", "best_valid_auc", "best", "default")
     print(json.dumps({"best_config": str(args.out / "best.yaml"), **{k: summary[k] for k in keys}}, default=str))
@@ -243,6 +249,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_synth(args: argparse.Namespace) -> int:
     from deepfm.synth import write_synth
 
+    if args.rows < 1:
+        raise _usage(f"--rows must be at least 1, got {args.rows}")
     t0 = time.perf_counter()
     result = write_synth(args.rows, args.out, seed=args.seed)
     print(
@@ -262,6 +270,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from deepfm.demo import run_demo
 
+    if args.rows < 1000:
+        raise _usage(f"--rows must be at least 1000 for the demo's three parts, got {args.rows}")
     if args.out is not None:
         report = run_demo(args.rows, Path(args.out), seed=args.seed)
     else:

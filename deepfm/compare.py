@@ -33,6 +33,7 @@ def compare(
     valid: str | Path | None = None,
     test: str | Path | None = None,
     split: str | None = None,
+    cache: bool = True,
     cache_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train every model kind with ``seeds`` seeds; write ``compare.json`` and ``compare.md``
@@ -49,7 +50,7 @@ def compare(
             seed = config.train.seed + k
             run_config = replace(config, model=replace(config.model, kind=kind), train=replace(config.train, seed=seed))
             t0 = time.perf_counter()
-            bundle = train(run_config, data, out / "runs" / f"{kind}-seed{seed}", valid=valid, test=test, split=split, cache_dir=cache_dir)
+            bundle = train(run_config, data, out / "runs" / f"{kind}-seed{seed}", valid=valid, test=test, split=split, cache=cache, cache_dir=cache_dir)
             m = bundle.metrics
             part = "test" if "test_auc" in m else "valid"
             runs.append({

@@ -27,7 +27,7 @@ import yaml
 from deepfm.errors import ConfigError
 from deepfm.io import ReadOptions, Reader, to_float
 from deepfm.model import ModelConfig
-from deepfm.schema import PRESETS, FieldSpec, Schema
+from deepfm.schema import PRESETS, FieldSpec, Schema, coerce_numbers
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,12 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        coerce_numbers(
+            self, "train", floats=("lr", "embedding_lr", "l2_embedding", "weight_decay", "lr_decay"),
+            ints=("epochs", "patience", "seed", "threads", "eval_batch_size"),
+        )  # fmt: skip
+        if self.batch_size != "auto" and not isinstance(self.batch_size, int):
+            coerce_numbers(self, "train", ints=("batch_size",))
         if self.batch_size != "auto" and (not isinstance(self.batch_size, int) or self.batch_size < 1):
             raise ConfigError(f"train.batch_size must be a positive integer or 'auto', got {self.batch_size!r}")
         if not isinstance(self.epochs, int) or self.epochs < 1:

@@ -35,5 +35,9 @@ class DataError(DeepFMError, ValueError):
         super().__init__(f"{', '.join(where)}: {message}" if where else message)
 
 
+class TrainingError(DeepFMError):
+    """Training cannot go on (the loss became NaN or infinite)."""
+
+
 class BundleError(DeepFMError):
     """A saved model folder is missing files or does not match what is expected."""

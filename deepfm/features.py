@@ -250,6 +250,13 @@ class FeaturePipeline:
                 vocab = reader.read_all()
         except (OSError, json.JSONDecodeError, pa.ArrowInvalid) as exc:
             raise BundleError(f"{folder}: cannot read the fitted features ({exc})") from exc
+        try:
+            return cls._from_state(state, vocab, folder)
+        except (KeyError, TypeError, ValueError, pa.ArrowInvalid) as exc:
+            raise BundleError(f"{folder}: pipeline.json or vocab.arrow is not what this deepfm wrote ({exc!r})") from None
+
+    @classmethod
+    def _from_state(cls, state: dict[str, Any], vocab: pa.Table, folder: Path) -> FeaturePipeline:
         pipe = cls(Schema.from_dict(state["schema"]))
         field_col = vocab.column("field")
         for saved in state["fields"]:

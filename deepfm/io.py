@@ -310,6 +310,8 @@ class Reader:
                 if as_num is None or not pc.all(pc.equal(as_num, 1.0)).as_py():
                     bad_at = _first_false(ok_values if as_num is None else pc.equal(as_num, 1.0))
                     r, c = divmod(bad_at, width)
+                    if wrong.size:  # rows were skipped in this batch: back to the file's row
+                        r = int(np.flatnonzero(lengths == width + 1)[r])
                     raise DataError(
                         f"feature values must be 1 (one-hot libFM, one feature per field); got "
                         f"{values[bad_at].as_py()!r}. Convert weighted features to a table with numeric columns",
@@ -488,20 +490,24 @@ def _prefetch(batches: Iterator[pa.RecordBatch], depth: int = 2) -> Iterator[pa.
     q: queue.Queue[tuple[str, object]] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
+    def put(item: tuple[str, object]) -> bool:
+        """Hand an item over unless the consumer has stopped listening (never blocks forever)."""
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for batch in batches:
-                while not stop.is_set():
-                    try:
-                        q.put(("batch", batch), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(("batch", batch)):
                     return
-            q.put(("end", None))
+            put(("end", None))
         except BaseException as exc:  # handed to the consumer, raised there
-            q.put(("error", exc))
+            put(("error", exc))
 
     thread = threading.Thread(target=produce, name="deepfm-read", daemon=True)
     thread.start()
@@ -594,14 +600,16 @@ def _column(values: list[object], name: str, numeric: bool, separator: str | Non
         elif isinstance(v, bool) or isinstance(v, (list, dict, tuple)):
             kind = "a number" if numeric else "a string or number"
             raise DataError(f"expected {kind}, got {type(v).__name__} {v!r}", line=f"record {i}", field=name)
+        elif isinstance(v, np.generic) and not isinstance(v, (np.number, np.str_)):
+            raise DataError(f"expected a string or number, got {type(v).__name__}", line=f"record {i}", field=name)
         elif numeric:
-            if isinstance(v, (int, float)):
+            if isinstance(v, (int, float, np.integer, np.floating)):
                 out.append(float(v))
             elif isinstance(v, str):
                 out.append(v)  # parsed (and checked) with the file path's rules
             else:
                 raise DataError(f"expected a number, got {type(v).__name__}", line=f"record {i}", field=name)
-        elif isinstance(v, float) and v.is_integer():
+        elif isinstance(v, (float, np.floating)) and float(v).is_integer():
             out.append(str(int(v)))  # 5.0 and 5 are the same category
         else:
             out.append(str(v))

@@ -22,6 +22,7 @@ from torch.profiler import record_function
 
 from deepfm.dataset import Batch
 from deepfm.errors import ConfigError
+from deepfm.schema import coerce_numbers
 from deepfm.layers import ACTIVATIONS, MLP, CrossNetwork, FieldEmbedding, fm_pairwise
 
 MODEL_KINDS = ("deepfm", "fm", "lr", "dnn", "wide_deep", "dcn")
@@ -39,6 +40,7 @@ class ModelConfig:
     init_std: float = 0.01
 
     def __post_init__(self) -> None:
+        coerce_numbers(self, "model", floats=("dropout", "init_std"), ints=("embedding_dim", "cross_layers"))
         if self.kind not in MODEL_KINDS:
             raise ConfigError(f"model.kind must be one of {list(MODEL_KINDS)}, got {self.kind!r}")
         if not isinstance(self.embedding_dim, int) or self.embedding_dim < 1:

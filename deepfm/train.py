@@ -8,6 +8,7 @@ Trainer (early stopping on validation AUC, best weights restored), evaluate, sav
 from __future__ import annotations
 
 import copy
+import functools
 import dataclasses
 import hashlib
 import json
@@ -31,7 +32,7 @@ from tqdm import tqdm
 from deepfm.bundle import Bundle
 from deepfm.config import RunConfig, TrainConfig
 from deepfm.dataset import Batch, DatasetWriter, EncodedDataset
-from deepfm.errors import ConfigError, DataError
+from deepfm.errors import ConfigError, DataError, TrainingError
 from deepfm.features import FeaturePipeline
 from deepfm.io import Chunk, Reader
 from deepfm.metrics import auc, logloss
@@ -58,7 +59,10 @@ def parse_split(text: str | tuple[float, ...] | None) -> tuple[float, float, flo
     """'0.8,0.1,0.1' -> (0.8, 0.1, 0.1); two numbers mean no test part."""
     if text is None:
         return None
-    parts = [float(x) for x in text.split(",")] if isinstance(text, str) else [float(x) for x in text]
+    try:
+        parts = [float(x) for x in (text.split(",") if isinstance(text, str) else text)]
+    except ValueError:
+        raise ConfigError(f"--split wants 'train,valid[,test]' fractions like 0.8,0.1,0.1, got {text!r}") from None
     if len(parts) == 2:
         parts.append(0.0)
     if len(parts) != 3 or any(p < 0 for p in parts) or parts[0] <= 0:
@@ -89,7 +93,11 @@ def prepare(
         n = reader.count_rows()
         n_train = int(round(split[0] * n))
         n_valid = int(round(split[1] * n))
-        bounds = {"train": (0, n_train), "valid": (n_train, n_train + n_valid), "test": (n_train + n_valid, n)}
+        # The last part runs to the end, whatever the line count said (skipped rows, odd line ends).
+        end = 1 << 62
+        bounds = {"train": (0, n_train), "valid": (n_train, n_train + n_valid if split[2] > 0 else end)}
+        if split[2] > 0:
+            bounds["test"] = (n_train + n_valid, end)
         if n_train == 0:
             raise DataError(f"the training part of --split is empty ({n} rows)", path=str(data))
         log.info("split %s by row order: train %d, valid %d, test %d rows", data, n_train, n_valid, n - n_train - n_valid)
@@ -164,6 +172,7 @@ def prepare_cached(
             raise DataError("file not found", path=str(p))
     identity = {
         "format": CACHE_FORMAT,
+        "code": _encoder_version(),
         "files": [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files],
         "roles": [valid is not None, test is not None],
         "schema": config.schema.to_dict(),
@@ -195,6 +204,19 @@ def prepare_cached(
         raise
     log.info("encoded data cached in %s", folder)
     return (*_load_prepared(folder), False)
+
+
+@functools.lru_cache(maxsize=1)
+def _encoder_version() -> str:
+    """A digest of the code that fits and encodes: a cache entry never outlives a change to it."""
+    import deepfm.features
+    import deepfm.io
+    import deepfm.schema
+
+    h = hashlib.sha256()
+    for module in (deepfm.features, deepfm.io, deepfm.schema):
+        h.update(Path(module.__file__ or "").read_bytes())
+    return h.hexdigest()[:16]
 
 
 def _load_prepared(folder: Path) -> tuple[FeaturePipeline, Parts]:
@@ -256,6 +278,11 @@ class Trainer:
             if valid is not None and len(valid):
                 vp = self.predict(valid)
                 row["valid_auc"], row["valid_logloss"] = auc(valid.labels, vp), logloss(valid.labels, vp)
+                if not math.isfinite(row["valid_auc"]):
+                    # One class only: AUC is undefined, so early stopping follows -logloss.
+                    if epoch == 1:
+                        log.warning("the validation part has a single class: early stopping on logloss, not AUC")
+                    row["valid_auc_for_stopping"] = -row["valid_logloss"]
             history.epochs.append(row)
             if on_epoch is not None:
                 on_epoch(row)
@@ -267,8 +294,9 @@ class Trainer:
             if valid is None or not len(valid):
                 history.best_epoch = epoch
                 continue
-            if row["valid_auc"] > best_auc + 1e-6:
-                best_auc, bad, history.best_epoch = row["valid_auc"], 0, epoch
+            score = row.get("valid_auc_for_stopping", row["valid_auc"])
+            if score > best_auc + 1e-6:
+                best_auc, bad, history.best_epoch = score, 0, epoch
                 best_state = copy.deepcopy(self.model.state_dict())
             else:
                 bad += 1
@@ -301,12 +329,14 @@ class Trainer:
         t0 = time.perf_counter()
         # Each epoch has its own order, derived from the seed: runs are reproducible.
         for batch in data.batches(batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch):
+            if len(batch) == 1 and self.model.config.batch_norm:
+                continue  # batch norm cannot normalize one row; it is one row of this epoch
             batch = batch.to(self.device)
             logit, loss = self._step(batch)
             n = len(batch)
             loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
-                raise FloatingPointError(f"training loss became {loss_value} in epoch {epoch}; lower the learning rate")
+                raise TrainingError(f"training loss became {loss_value} in epoch {epoch}; lower the learning rate")
             loss_sum += loss_value * n
             seen += n
             labels.append(batch.labels.cpu().numpy())
@@ -379,7 +409,7 @@ def train(
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    split_parts = parse_split(split) if not isinstance(split, tuple) else split
+    split_parts = parse_split(split)
     if split_parts is None and valid is None:
         split_parts = (0.9, 0.1, 0.0)
         log.info("no --valid or --split given: using the last 10%% of %s for validation", data)

@@ -59,6 +59,7 @@ def tune(
     valid: str | Path | None = None,
     test: str | Path | None = None,
     split: str | None = None,
+    cache: bool = True,
     cache_dir: str | Path | None = None,
     keep_trials: bool = False,
 ) -> dict[str, Any]:
@@ -95,7 +96,7 @@ def tune(
                     raise optuna.TrialPruned()
 
         try:
-            bundle = train(run_config, data, folder, valid=valid, test=test, split=split, cache_dir=cache_dir, on_epoch=report)
+            bundle = train(run_config, data, folder, valid=valid, test=test, split=split, cache=cache, cache_dir=cache_dir, on_epoch=report)
         finally:
             if not keep_trials:
                 shutil.rmtree(folder, ignore_errors=True)
