@@ -116,7 +116,7 @@ def main() -> None:
         "mlp_flops_per_sample": flops,
         "roofline_samples_per_s": peak * 1e9 / flops,
     }
-    print(f"| stage | ms per step | share |\n|---|---:|---:|")
+    print("| stage | ms per step | share |\n|---|---:|---:|")
     for k, v in by_label.items():
         print(f"| {k} | {v:.1f} | {100 * v / (step_s * 1e3):.0f}% |")
     print(f"| step (unprofiled) | {step_s * 1e3:.1f} | 100% |")

@@ -60,17 +60,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from deepfm.schema import CRITEO_COLUMNS as SCHEMA_COLUMNS
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["CRITEO_COLUMNS", "SynthResult", "generate_table", "truth_path_for", "write_synth"]
 
 NUM_NUMERIC = 13
 NUM_CATEGORICAL = 26
-CRITEO_COLUMNS: list[str] = (
-    ["label"]
-    + [f"I{i}" for i in range(1, NUM_NUMERIC + 1)]
-    + [f"C{i}" for i in range(1, NUM_CATEGORICAL + 1)]
-)
+# The column names are the schema's (one definition), as a list for Arrow table building.
+CRITEO_COLUMNS: list[str] = list(SCHEMA_COLUMNS)
 
 # Fixed internal block size: per-row randomness is keyed by block index, never by the caller's
 # chunking, which is what makes prefixes and chunk sizes irrelevant to the output.

@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from deepfm.config import RunConfig, TrainConfig
 from deepfm.dataset import Batch, DatasetWriter, EncodedDataset
 from deepfm.errors import ConfigError, DataError, TrainingError
 from deepfm.features import FeaturePipeline
-from deepfm.io import Chunk, Reader
+from deepfm.io import Reader
 from deepfm.metrics import auc, logloss
 from deepfm.model import DeepFM, InputLayout
 from deepfm.optim import RowAdam
@@ -137,17 +137,6 @@ def prepare(
     assert train_part is not None
     rows_read = sum(len(p) for p in parts.values() if p is not None) + skipped
     return pipeline, Parts(train_part, parts["valid"], parts["test"], skipped, rows_read)
-
-
-def _rows(chunks: Iterator[Chunk], start: int, stop: int) -> Iterator[Chunk]:
-    """Only rows [start, stop) of a chunk stream (stops reading once past ``stop``)."""
-    for chunk in chunks:
-        n = chunk.table.num_rows
-        if chunk.row0 >= stop:
-            return
-        a, b = max(start - chunk.row0, 0), min(stop - chunk.row0, n)
-        if b > a:
-            yield Chunk(chunk.table.slice(a, b - a), chunk.row0 + a, chunk.reader)
 
 
 def default_cache_dir() -> Path:
@@ -491,10 +480,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda asked for, but PyTorch sees no CUDA device")
     return torch.device(name)
-
-
-def default_threads() -> int:
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
