@@ -27,7 +27,7 @@ import yaml
 from deepfm.errors import ConfigError
 from deepfm.io import ReadOptions, Reader, to_float
 from deepfm.model import ModelConfig
-from deepfm.schema import PRESETS, FieldSpec, Schema, coerce_numbers
+from deepfm.schema import PRESETS, FieldSpec, Schema, check_keys, coerce_numbers
 
 
 @dataclass(frozen=True)
@@ -101,9 +101,7 @@ class RunConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{where}: expected a mapping at the top level")
         known = {"preset", "label", "columns", "fields", "label_values", "model", "train", "data"}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(known)}")
+        check_keys(where, data, known)
         try:
             if "preset" in data:
                 if data["preset"] not in PRESETS:
@@ -190,8 +188,5 @@ def _mapping(data: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
-    allowed = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - allowed)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+    check_keys(where, values, {f.name for f in fields(cls)})
     return cls(**values)

@@ -197,9 +197,7 @@ class FeaturePipeline:
                 continue
             if spec.kind == "numeric":
                 x = to_float(chunk, spec.name)
-                keys = _log_bin_keys(x) if spec.binning == "log" else _quantile_keys(x, st.edges)
-                null = np.isnan(keys)
-                keys_arr = pa.array(np.where(null, 0, keys).astype(np.int64), mask=null)
+                keys_arr = _key_array(_log_bin_keys(x) if spec.binning == "log" else _quantile_keys(x, st.edges))
             else:
                 keys_arr = to_strings(chunk, spec.name)
             ids[:, j] = st.offset + _lookup(keys_arr, st.vocab)
@@ -291,6 +289,12 @@ def _log_bin_keys(x: np.ndarray) -> np.ndarray:
         big = np.floor(np.log(np.maximum(ax, 1.0)) ** 2)
         keys = np.where(ax <= 2, np.floor(x), np.sign(x) * (100 + big))
     return keys
+
+
+def _key_array(keys: np.ndarray) -> pa.Array:
+    """Bin keys (float, NaN for missing) as an int64 Arrow array with nulls."""
+    null = np.isnan(keys)
+    return pa.array(np.where(null, 0, keys).astype(np.int64), mask=null)
 
 
 def _quantile_keys(x: np.ndarray, edges: list[float]) -> np.ndarray:
@@ -487,9 +491,7 @@ class _Fitter:
                     spill.put(f"{name}.len", np.bincount(tokens.parents, minlength=n).astype(np.int32))
             elif _uses_dictionary(spec):
                 if spec.kind == "numeric":
-                    keys = _log_bin_keys(to_float(chunk, name))
-                    null = np.isnan(keys)
-                    values = pa.array(np.where(null, 0, keys).astype(np.int64), mask=null)
+                    values = _key_array(_log_bin_keys(to_float(chunk, name)))
                 else:
                     values = to_strings(chunk, name).combine_chunks()
                 idx = self.dictionaries[name].add(values, count_rows)

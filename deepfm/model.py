@@ -22,7 +22,7 @@ from torch.profiler import record_function
 
 from deepfm.dataset import Batch
 from deepfm.errors import ConfigError
-from deepfm.schema import coerce_numbers
+from deepfm.schema import check_keys, coerce_numbers
 from deepfm.layers import ACTIVATIONS, MLP, CrossNetwork, FieldEmbedding, fm_pairwise
 
 MODEL_KINDS = ("deepfm", "fm", "lr", "dnn", "wide_deep", "dcn")
@@ -72,10 +72,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        allowed = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            raise ConfigError(f"model: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+        check_keys("model", data, {f.name for f in fields(cls)})
         return cls(**data)
 
 

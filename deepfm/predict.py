@@ -16,7 +16,7 @@ import pyarrow.csv as pacsv
 from deepfm.bundle import Bundle
 from deepfm.errors import DataError
 from deepfm.io import ReadOptions, Reader
-from deepfm.metrics import auc, logloss
+from deepfm.metrics import summary
 
 
 def open_input(bundle: Bundle, path: str | Path, options: ReadOptions | None = None, need_label: bool = False) -> Reader:
@@ -40,8 +40,7 @@ def evaluate(bundle: Bundle, path: str | Path, options: ReadOptions | None = Non
         labels.append(enc.labels)
         probs.append(bundle.predict_encoded(enc))
     y, p = np.concatenate(labels), np.concatenate(probs)
-    result: dict[str, Any] = {"auc": auc(y, p), "logloss": logloss(y, p), "rows": int(y.size)}
-    result.update(ctr=float(y.mean()), mean_prediction=float(p.mean()))
+    result: dict[str, Any] = summary(y, p)
     if reader.skipped:
         result["skipped_rows"] = reader.skipped
     return result

@@ -84,7 +84,7 @@ class FieldSpec:
     def from_dict(cls, data: dict[str, Any], where: str = "field") -> FieldSpec:
         if not isinstance(data, dict):
             raise ConfigError(f"{where}: expected a mapping like {{name: C1, kind: categorical}}, got {data!r}")
-        _check_keys(where, data, {f.name for f in fields(cls)})
+        check_keys(where, data, {f.name for f in fields(cls)})
         if "name" not in data:
             raise ConfigError(f"{where}: missing 'name'")
         return cls(**data)
@@ -145,7 +145,7 @@ class Schema:
     def from_dict(cls, data: dict[str, Any]) -> Schema:
         if not isinstance(data, dict):
             raise ConfigError(f"schema: expected a mapping, got {type(data).__name__}")
-        _check_keys("schema", data, {"label", "fields", "columns", "label_values"})
+        check_keys("schema", data, {"label", "fields", "columns", "label_values"})
         raw_fields = data.get("fields")
         if not isinstance(raw_fields, list) or not raw_fields:
             raise ConfigError("schema: 'fields' must be a non-empty list")
@@ -181,7 +181,8 @@ def _check_choice(where: str, key: str, value: Any, allowed: tuple[str, ...]) ->
         raise ConfigError(f"{where}: {key} must be one of {list(allowed)}, got {value!r}")
 
 
-def _check_keys(where: str, data: dict[str, Any], allowed: set[str]) -> None:
+def check_keys(where: str, data: dict[str, Any], allowed: set[str]) -> None:
+    """Refuse keys a config section does not know, listing the ones it does."""
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")

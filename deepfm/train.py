@@ -35,7 +35,7 @@ from deepfm.dataset import Batch, DatasetWriter, EncodedDataset
 from deepfm.errors import ConfigError, DataError, TrainingError
 from deepfm.features import FeaturePipeline
 from deepfm.io import Reader
-from deepfm.metrics import auc, logloss
+from deepfm.metrics import auc, logloss, summary
 from deepfm.model import DeepFM, InputLayout
 from deepfm.optim import RowAdam
 
@@ -453,11 +453,7 @@ def train(
                 t_pred = time.perf_counter()
                 p = trainer.predict(part)
                 metrics[f"{name}_predict_samples_per_s"] = len(part) / max(time.perf_counter() - t_pred, 1e-9)
-                metrics[f"{name}_auc"] = auc(part.labels, p)
-                metrics[f"{name}_logloss"] = logloss(part.labels, p)
-                metrics[f"{name}_rows"] = len(part)
-                metrics[f"{name}_ctr"] = float(np.mean(part.labels))
-                metrics[f"{name}_mean_prediction"] = float(np.mean(p))
+                metrics.update({f"{name}_{k}": v for k, v in summary(part.labels, p).items()})
         del parts  # release the memory maps before the folder goes
     metrics["total_seconds"] = time.perf_counter() - t_start
     bundle = Bundle(config, pipeline, model.cpu().eval(), metrics)
