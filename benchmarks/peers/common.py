@@ -128,6 +128,36 @@ def auc_logloss(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
     return float(roc_auc_score(y, p)), float(log_loss(y, p, labels=[0, 1]))
 
 
+def result(
+    library: str, version: str, torch_version: str, rows: int, n_train: int, n_test: int, epochs: int,
+    embedding_rows: int, parameters: int, preprocess_seconds: float, train_seconds: float,
+    predict_seconds: float, t_start: float, y_test: np.ndarray, scores: np.ndarray,
+) -> dict:
+    """The one JSON line every runner prints: times, rates derived from them, test metrics.
+    End to end runs from ``t_start`` to the test metrics, which are computed here."""
+    test_auc, test_logloss = auc_logloss(y_test, scores)
+    total_seconds = time.perf_counter() - t_start
+    return {
+        "library": library,
+        "version": version,
+        "torch": torch_version,
+        "rows": rows,
+        "train_rows": n_train,
+        "test_rows": n_test,
+        "embedding_rows": embedding_rows,
+        "parameters": parameters,
+        "preprocess_seconds": preprocess_seconds,
+        "preprocess_rows_per_s": rows / preprocess_seconds,
+        "train_seconds": train_seconds,
+        "train_samples_per_s": n_train * epochs / train_seconds,
+        "predict_seconds": predict_seconds,
+        "test_predict_samples_per_s": n_test / predict_seconds,
+        "total_seconds": total_seconds,
+        "test_auc": test_auc,
+        "test_logloss": test_logloss,
+    }
+
+
 def peak_rss_mib() -> float:
     """Peak RSS of this process (the driver also reads it for the whole process tree)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -139,29 +139,11 @@ def run(args) -> dict:
     t_pred = time.perf_counter()
     scores = model.predict(test_gen)
     predict_seconds = time.perf_counter() - t_pred
-    test_auc, test_logloss = common.auc_logloss(labels["test"], scores)
-    total_seconds = time.perf_counter() - t_start
-
-    n_train, n_test = len(labels["train"]), len(labels["test"])
-    return {
-        "library": "fuxictr",
-        "version": fuxictr.__version__,
-        "torch": torch.__version__,
-        "rows": n_rows,
-        "train_rows": n_train,
-        "test_rows": n_test,
-        "embedding_rows": sum(spec["vocab_size"] for spec in feature_map.features.values()),
-        "parameters": sum(w.numel() for w in model.parameters()),
-        "preprocess_seconds": preprocess_seconds,
-        "preprocess_rows_per_s": n_rows / preprocess_seconds,
-        "train_seconds": train_seconds,
-        "train_samples_per_s": n_train * args.epochs / train_seconds,
-        "predict_seconds": predict_seconds,
-        "test_predict_samples_per_s": n_test / predict_seconds,
-        "total_seconds": total_seconds,
-        "test_auc": test_auc,
-        "test_logloss": test_logloss,
-    }
+    return common.result(
+        "fuxictr", fuxictr.__version__, torch.__version__, n_rows, len(labels["train"]), len(labels["test"]),
+        args.epochs, sum(spec["vocab_size"] for spec in feature_map.features.values()), sum(w.numel() for w in model.parameters()), preprocess_seconds,
+        train_seconds, predict_seconds, t_start, labels["test"], scores,
+    )
 
 
 if __name__ == "__main__":

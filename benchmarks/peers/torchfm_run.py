@@ -72,29 +72,11 @@ def run(args) -> dict:
     t_pred = time.perf_counter()
     scores = predict(test_batches)
     predict_seconds = time.perf_counter() - t_pred
-    test_auc, test_logloss = common.auc_logloss(data.y["test"], scores)
-    total_seconds = time.perf_counter() - t_start
-
-    n_train, n_test = len(data.y["train"]), len(data.y["test"])
-    return {
-        "library": "torchfm",
-        "version": _version("torchfm"),
-        "torch": torch.__version__,
-        "rows": data.rows,
-        "train_rows": n_train,
-        "test_rows": n_test,
-        "embedding_rows": sum(data.vocab_sizes),
-        "parameters": sum(w.numel() for w in model.parameters()),
-        "preprocess_seconds": data.seconds,
-        "preprocess_rows_per_s": data.rows / data.seconds,
-        "train_seconds": train_seconds,
-        "train_samples_per_s": n_train * args.epochs / train_seconds,
-        "predict_seconds": predict_seconds,
-        "test_predict_samples_per_s": n_test / predict_seconds,
-        "total_seconds": total_seconds,
-        "test_auc": test_auc,
-        "test_logloss": test_logloss,
-    }
+    return common.result(
+        "torchfm", _version("torchfm"), torch.__version__, data.rows, len(data.y["train"]), len(data.y["test"]),
+        args.epochs, sum(data.vocab_sizes), sum(w.numel() for w in model.parameters()), data.seconds,
+        train_seconds, predict_seconds, t_start, data.y["test"], scores,
+    )
 
 
 def _version(dist: str) -> str:
