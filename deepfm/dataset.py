@@ -2,7 +2,8 @@
 
 A dataset folder holds raw little-endian arrays plus ``meta.json``:
 
-- ``ids.bin``     (N, S) int64   one id per single-valued field, already offset
+- ``ids.bin``     (N, S) int32 (int64 for tables of 2**31 rows or more; ``meta.json`` says
+  which) one id per single-valued field, already offset
 - ``values.bin``  (N, V) float32 the values of scaled numeric fields
 - ``labels.bin``  (N,)   float32 0/1
 - ``mh{k}.offsets.bin`` (N+1,) int64 and ``mh{k}.ids.bin`` (nnz,) int64 per multi-hot field
@@ -71,7 +72,8 @@ class EncodedDataset:
         self.n_values: int = meta["n_values"]
         self.n_multi_hot: int = meta["n_multi_hot"]
         n = self.rows
-        self.ids = _map(self.folder / "ids.bin", np.int64, (n, self.n_single))
+        self.id_dtype = np.dtype(meta.get("id_dtype", "int64"))
+        self.ids = _map(self.folder / "ids.bin", self.id_dtype.type, (n, self.n_single))
         self.values = _map(self.folder / "values.bin", np.float32, (n, self.n_values))
         self.labels = _map(self.folder / "labels.bin", np.float32, (n,))
         self.multi_hot = []
@@ -90,7 +92,8 @@ class EncodedDataset:
     def batch(self, index: np.ndarray | slice) -> Batch:
         """Gather rows (a sorted or shuffled index array, or a slice) into one Batch."""
         # np.array copies: memory-mapped pages are read-only and torch wants writable memory.
-        ids = torch.from_numpy(np.array(self.ids[index]))
+        # Ids are stored narrow (int32) and widened here, where the copy happens anyway.
+        ids = torch.from_numpy(np.array(self.ids[index], dtype=np.int64))
         values = torch.from_numpy(np.array(self.values[index]))
         labels = torch.from_numpy(np.array(self.labels[index]))
         multi = []
@@ -139,10 +142,15 @@ def shuffled_order(n: int, seed: int, block: int = SHUFFLE_BLOCK) -> np.ndarray:
 class DatasetWriter:
     """Appends encoded chunks to the files of a dataset folder, then writes ``meta.json``."""
 
-    def __init__(self, folder: str | Path, n_single: int, n_values: int, n_multi_hot: int) -> None:
+    def __init__(
+        self, folder: str | Path, n_single: int, n_values: int, n_multi_hot: int, id_dtype: type = np.int64
+    ) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.meta = {"rows": 0, "n_single": n_single, "n_values": n_values, "n_multi_hot": n_multi_hot}
+        self.id_dtype = np.dtype(id_dtype)
+        self.meta = {
+            "rows": 0, "n_single": n_single, "n_values": n_values, "n_multi_hot": n_multi_hot, "id_dtype": self.id_dtype.name,
+        }  # fmt: skip
         self._ids = open(self.folder / "ids.bin", "wb")
         self._values = open(self.folder / "values.bin", "wb")
         self._labels = open(self.folder / "labels.bin", "wb")
@@ -161,7 +169,7 @@ class DatasetWriter:
             return
         assert chunk.labels is not None, "training data needs labels"
         # memoryview: write the array's memory without another copy
-        self._ids.write(memoryview(np.ascontiguousarray(chunk.ids[sl])))
+        self._ids.write(memoryview(np.ascontiguousarray(chunk.ids[sl], dtype=self.id_dtype)))
         self._values.write(memoryview(np.ascontiguousarray(chunk.values[sl])))
         self._labels.write(memoryview(np.ascontiguousarray(chunk.labels[sl])))
         for k, (offsets, ids) in enumerate(chunk.multi_hot):

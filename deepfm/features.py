@@ -20,7 +20,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,11 @@ class FeaturePipeline:
         return sum(s.size for s in self.states.values())
 
     @property
+    def id_dtype(self) -> type:
+        """Smallest integer type that holds every id: int32 halves what encoded data weighs."""
+        return np.int32 if self.num_embeddings < 2**31 else np.int64
+
+    @property
     def input_columns(self) -> list[str]:
         return [f.name for f in self.schema.fields]
 
@@ -115,26 +121,47 @@ class FeaturePipeline:
         """One streamed pass over the training rows: counts, numeric stats, bin samples."""
         fitter = _Fitter(self.schema, spill=None)
         for chunk in chunks:
-            fitter.add(chunk, count_rows=chunk.table.num_rows)
+            fitter.add(chunk)
         self._finish_fit(fitter)
         return self
 
-    def fit_encode(self, chunks: Iterable[Chunk], n_fit: int, spill_dir: Path) -> Iterator[tuple[int, EncodedChunk]]:
+    def fit_encode(
+        self, chunks: Iterable[Chunk], n_fit: int | Callable[[int], int], spill_dir: Path
+    ) -> Iterator[tuple[int, EncodedChunk]]:
         """Fit on the first ``n_fit`` rows and encode every row, parsing the input once.
 
-        The parse pass dictionary-encodes each column chunk (Arrow) and spills the small
-        per-chunk indices to ``spill_dir``; after fitting, each chunk's dictionary is mapped to
-        vocabulary ids once and the rows are encoded by NumPy gathers. Yields (first row,
-        encoded chunk) in order. Same result as ``fit`` on those rows, then ``encode``.
+        ``n_fit`` may be a function of the number of rows read, so a split by fractions needs
+        no counting pass before the parse. The parse pass dictionary-encodes each column chunk
+        (Arrow) and spills the small per-chunk indices to ``spill_dir``; after fitting, each
+        chunk's dictionary is mapped to vocabulary ids once and the rows are encoded by NumPy
+        gathers. Yields (first row, encoded chunk) in order. Same result as ``fit`` on those
+        rows, then ``encode``.
+
+        Threads: the reader parses in its own thread; here fields are counted on two threads
+        (Arrow and NumPy release the GIL), and encoding runs one chunk ahead of the caller,
+        which writes the previous one.
         """
         spill = _Spill(spill_dir)
         try:
-            fitter = _Fitter(self.schema, spill=spill)
-            for chunk in chunks:
-                fitter.add(chunk, count_rows=min(max(n_fit - chunk.row0, 0), chunk.table.num_rows))
-            remaps = self._finish_fit(fitter)
-            for i, (row0, n) in enumerate(fitter.chunk_rows):
-                yield row0, fitter.encode_spilled(i, n, self, remaps)
+            with ThreadPoolExecutor(2, thread_name_prefix="deepfm-fit") as pool:
+                fitter = _Fitter(self.schema, spill=spill)
+                for chunk in chunks:
+                    fitter.add(chunk, pool)
+                spill.seal()
+                list(pool.map(lambda d: d.finish(), fitter.dictionaries.values()))  # last merges, in parallel
+                fitter.limit(n_fit(fitter.rows_counted) if callable(n_fit) else n_fit)
+                remaps = self._finish_fit(fitter)
+
+                def encode(i: int) -> EncodedChunk:
+                    return fitter.encode_spilled(i, self, remaps, self.id_dtype)
+
+                # More threads only fight over the GIL: encoding is many small gathers.
+                with ThreadPoolExecutor(1, thread_name_prefix="deepfm-encode") as encoder:
+                    ahead: Future[EncodedChunk] | None = encoder.submit(encode, 0) if fitter.chunk_rows else None
+                    for i, (row0, _) in enumerate(fitter.chunk_rows):
+                        assert ahead is not None
+                        done, ahead = ahead, encoder.submit(encode, i + 1) if i + 1 < len(fitter.chunk_rows) else None
+                        yield row0, done.result()
         finally:
             spill.close()
 
@@ -148,13 +175,13 @@ class FeaturePipeline:
         for spec in self.schema.fields:
             st = self.states[spec.name]
             if spec.is_scaled:
-                n, s, ss = fitter.moments[spec.name]
+                n, s, ss = np.sum(fitter.moments[spec.name], axis=0) if fitter.moments[spec.name] else (0, 0.0, 0.0)
                 if "standardize" in spec.transform and n > 0:
                     st.mean = float(s / n)
                     st.std = float(math.sqrt(max(ss / n - st.mean**2, 0.0))) or 1.0
                 st.size = 2
             elif spec.kind == "numeric" and spec.binning == "quantile":
-                values = fitter.samples.get(spec.name, (np.empty(0), np.empty(0)))[0]
+                values = fitter.samples[spec.name].values if spec.name in fitter.samples else np.empty(0)
                 st.edges = _quantile_edges(values, spec.bins)
                 st.vocab = pa.array(np.arange(len(st.edges) + 1, dtype=np.int64))
                 st.counts = np.zeros(len(st.edges) + 1, dtype=np.int64)
@@ -310,18 +337,31 @@ def _quantile_edges(values: np.ndarray, bins: int) -> list[float]:
     return [float(e) for e in np.unique(qs)]
 
 
-def _reservoir(
-    current: tuple[np.ndarray, np.ndarray] | None, x: np.ndarray, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Uniform sample of at most _RESERVOIR values: keep those with the smallest random keys."""
-    keys = rng.random(x.size)
-    if current is not None:
-        x = np.concatenate([current[0], x])
-        keys = np.concatenate([current[1], keys])
-    if x.size > _RESERVOIR:
-        keep = np.argpartition(keys, _RESERVOIR)[:_RESERVOIR]
-        x, keys = x[keep], keys[keep]
-    return x, keys
+@dataclass
+class _Reservoir:
+    """Uniform sample of at most _RESERVOIR values (those with the smallest random keys),
+    with the row each came from."""
+
+    values: np.ndarray
+    keys: np.ndarray
+    rows: np.ndarray
+
+    @classmethod
+    def empty(cls) -> _Reservoir:
+        return cls(np.empty(0), np.empty(0), np.empty(0, dtype=np.int64))
+
+    def add(self, x: np.ndarray, rows: np.ndarray, rng: np.random.Generator) -> None:
+        self.values = np.concatenate([self.values, x])
+        self.keys = np.concatenate([self.keys, rng.random(x.size)])
+        self.rows = np.concatenate([self.rows, rows])
+        if self.values.size > _RESERVOIR:
+            keep = np.argpartition(self.keys, _RESERVOIR)[:_RESERVOIR]
+            self.values, self.keys, self.rows = self.values[keep], self.keys[keep], self.rows[keep]
+
+    def before(self, n_rows: int) -> None:
+        """Keep the values of rows < n_rows: still a uniform sample of those rows."""
+        keep = self.rows < n_rows
+        self.values, self.keys, self.rows = self.values[keep], self.keys[keep], self.rows[keep]
 
 
 def _sort_keys(keys: pa.Array) -> np.ndarray:
@@ -398,14 +438,20 @@ class _Dictionary:
         self.maps: list[np.ndarray] = []  # per chunk: position in its dictionary -> global position
         self.keep_maps = keep_maps
 
-    def add(self, values: pa.Array, count_items: int) -> np.ndarray:
-        """Dictionary-encode a chunk's values; the first ``count_items`` count towards the
-        vocabulary. Returns the chunk-local index of each value (-1 for null). (n,) int32"""
+    def add(self, values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """Dictionary-encode and count a chunk's values. Returns the chunk-local index of each
+        value (-1 for null). (n,) int32"""
         encoded = pc.dictionary_encode(values)
-        idx = np.asarray(pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False), dtype=np.int32)
-        counted = idx[:count_items]
-        cnt = np.bincount(counted[counted >= 0], minlength=len(encoded.dictionary)).astype(np.int64)
-        self.pending.append((encoded.dictionary, cnt))
+        if isinstance(encoded, pa.ChunkedArray):
+            # The pieces share one dictionary (the hash table carries over), so no copy of
+            # the strings is needed to treat them as one array.
+            dictionary = encoded.chunk(0).dictionary if encoded.num_chunks else pa.array([], values.type)
+            indices: pa.Array | pa.ChunkedArray = pa.chunked_array([c.indices for c in encoded.chunks], pa.int32())
+        else:
+            dictionary, indices = encoded.dictionary, encoded.indices
+        idx = np.asarray(pc.fill_null(indices, -1).to_numpy(zero_copy_only=False), dtype=np.int32)
+        cnt = np.bincount(idx + 1, minlength=len(dictionary) + 1)[1:].astype(np.int64)  # slot 0: nulls
+        self.pending.append((dictionary, cnt))
         if len(self.pending) >= self.COMPACT_EVERY:
             self._compact()
         return idx
@@ -427,11 +473,76 @@ class _Dictionary:
                 self.maps.append(positions.astype(np.int64))
         self.values, self.counts, self.pending = values, counts, []
 
+    def uncount(self, chunks: dict[int, np.ndarray]) -> None:
+        """Take back the counts of values at chunk-local indices: {chunk: indices}."""
+        if not chunks:
+            return
+        self._compact()
+        positions = np.concatenate([self.maps[i][idx[idx >= 0]] for i, idx in chunks.items()])
+        self.counts -= np.bincount(positions, minlength=len(self.counts))
+
     def finish(self) -> tuple[pa.Array, np.ndarray]:
         self._compact()
         if self.values is None:
             return pa.array([], pa.string()), np.zeros(0, dtype=np.int64)
         return self.values, self.counts
+
+    def table(self, i: int, remap: np.ndarray, offset: int) -> np.ndarray:
+        """Chunk ``i``'s index -> id (offset + local id), with one extra entry at the end for
+        index -1 (null): the MISSING row. Encoding is then one gather."""
+        return offset + np.append(remap[self.maps[i]], MISSING)
+
+    def encode(self, i: int, idx: np.ndarray, remap: np.ndarray, offset: int, out: np.ndarray) -> None:
+        """Ids of chunk ``i``'s spilled indices into ``out``."""
+        np.take(self.table(i, remap, offset).astype(out.dtype), idx, out=out)
+
+
+class _BinCounts:
+    """Counts of integer bin keys (log-binned numerics) in a dense array over the range of keys
+    seen: the keys are small integers, so counting needs no hashing. Same interface as
+    _Dictionary; a chunk's spilled index is the key itself (NULL for missing)."""
+
+    NULL = np.iinfo(np.int32).min
+
+    def __init__(self) -> None:
+        self.lo = 0
+        self.counts = np.zeros(0, dtype=np.int64)  # counts[k - lo] for key k
+
+    def add(self, keys: np.ndarray) -> np.ndarray:
+        """Count a chunk's bin keys (float, NaN for missing). Returns them as int32. (n,)"""
+        null = np.isnan(keys)
+        idx = np.where(null, self.NULL, keys).astype(np.int32)
+        present = idx[~null]
+        if present.size:
+            lo, hi = int(present.min()), int(present.max())
+            self._cover(lo, hi)
+            counted = np.bincount(present - lo)
+            self.counts[lo - self.lo : lo - self.lo + counted.size] += counted
+        return idx
+
+    def _cover(self, lo: int, hi: int) -> None:
+        """Grow the dense range to hold keys lo..hi."""
+        if not self.counts.size:
+            self.lo, self.counts = lo, np.zeros(hi - lo + 1, dtype=np.int64)
+            return
+        new_lo, new_hi = min(lo, self.lo), max(hi, self.lo + self.counts.size - 1)
+        if (new_lo, new_hi) != (self.lo, self.lo + self.counts.size - 1):
+            grown = np.zeros(new_hi - new_lo + 1, dtype=np.int64)
+            grown[self.lo - new_lo : self.lo - new_lo + self.counts.size] = self.counts
+            self.lo, self.counts = new_lo, grown
+
+    def uncount(self, chunks: dict[int, np.ndarray]) -> None:
+        if not chunks:
+            return
+        present = np.concatenate([idx[idx != self.NULL] for idx in chunks.values()])
+        self.counts -= np.bincount(present - self.lo, minlength=self.counts.size)
+
+    def finish(self) -> tuple[pa.Array, np.ndarray]:
+        return pa.array(self.lo + np.arange(self.counts.size, dtype=np.int64)), self.counts
+
+    def encode(self, i: int, idx: np.ndarray, remap: np.ndarray, offset: int, out: np.ndarray) -> None:
+        table = (offset + np.append(remap, MISSING)).astype(out.dtype)
+        np.take(table, np.where(idx == self.NULL, remap.size, idx.astype(np.int64) - self.lo), out=out)
 
 
 class _Spill:
@@ -451,11 +562,14 @@ class _Spill:
         self.where[name].append((f.tell(), array.size, array.dtype))
         f.write(memoryview(np.ascontiguousarray(array)))
 
+    def seal(self) -> None:
+        """Done writing: flush every file so ``get`` can read from any thread."""
+        for f in self.files.values():
+            f.flush()
+
     def get(self, name: str, i: int) -> np.ndarray:
         offset, count, dtype = self.where[name][i]
-        f = self.files[name]
-        f.flush()
-        return np.fromfile(f.name, dtype=dtype, count=count, offset=offset)
+        return np.fromfile(self.folder / f"{name}.bin", dtype=dtype, count=count, offset=offset)
 
     def close(self) -> None:
         for f in self.files.values():
@@ -464,59 +578,91 @@ class _Spill:
 
 class _Fitter:
     """Gathers what fitting needs in one pass: dictionaries and counts, numeric moments and
-    samples. With a spill, it also keeps each chunk's per-row indices and values on disk."""
+    samples. With a spill, it also keeps each chunk's per-row indices and values on disk, so
+    ``limit`` can take back what rows past the training part added, and ``encode_spilled``
+    can encode every row without parsing again."""
 
     def __init__(self, schema: Schema, spill: _Spill | None) -> None:
         self.schema, self.spill = schema, spill
-        self.dictionaries = {f.name: _Dictionary(spill is not None) for f in schema.fields if _uses_dictionary(f)}
-        self.moments = {f.name: np.zeros(3) for f in schema.fields}  # count, sum, sum of squares
-        self.samples: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        self.rng = np.random.default_rng(0)
+        self.dictionaries: dict[str, _Dictionary | _BinCounts] = {
+            f.name: _BinCounts() if f.kind == "numeric" else _Dictionary(spill is not None)
+            for f in schema.fields
+            if _uses_dictionary(f)
+        }
+        # Scaled numerics: per chunk (count, sum, sum of squares); summed in _finish_fit.
+        self.moments: dict[str, list[np.ndarray]] = {f.name: [] for f in schema.fields if f.is_scaled}
+        self.samples: dict[str, _Reservoir] = {}
+        # One generator per field: fields are added in parallel, in no fixed order.
+        self.rngs = {f.name: np.random.default_rng([0, i]) for i, f in enumerate(schema.fields)}
         self.rows_counted = 0
         self.chunk_rows: list[tuple[int, int]] = []
 
-    def add(self, chunk: Chunk, count_rows: int) -> None:
+    def add(self, chunk: Chunk, pool: ThreadPoolExecutor | None = None) -> None:
+        """Count every row of ``chunk`` (and spill what encoding it needs). With a ``pool``,
+        fields are done in parallel: Arrow and NumPy release the GIL for the heavy parts."""
         n = chunk.table.num_rows
-        self.rows_counted += count_rows
+        self.rows_counted += n
         self.chunk_rows.append((chunk.row0, n))
+        fields = self.schema.fields
+        # list(): wait for every field; the first error in field order is raised.
+        list(pool.map(lambda spec: self._add_field(chunk, spec), fields) if pool else map(lambda spec: self._add_field(chunk, spec), fields))
+        if self.spill is not None:
+            self.spill.put("label", to_label(chunk, self.schema.label, libfm=chunk.reader.format == "libfm"))
+
+    def _add_field(self, chunk: Chunk, spec: FieldSpec) -> None:
+        name, spill = spec.name, self.spill
+        if spec.kind == "multi_hot":
+            tokens = _tokens(to_strings(chunk, name), spec.separator)
+            idx = self.dictionaries[name].add(tokens.values)
+            if spill is not None:
+                spill.put(f"{name}.idx", idx)
+                spill.put(f"{name}.len", np.bincount(tokens.parents, minlength=chunk.table.num_rows).astype(np.int32))
+        elif _uses_dictionary(spec):
+            values = _log_bin_keys(to_float(chunk, name)) if spec.kind == "numeric" else to_strings(chunk, name)
+            idx = self.dictionaries[name].add(values)
+            if spill is not None:
+                spill.put(name, idx)
+        else:  # scaled or quantile-binned numerics: keep the values themselves
+            x = to_float(chunk, name)
+            if spec.is_scaled:
+                self.moments[name].append(_moments(x, spec.transform))
+            else:
+                present = np.flatnonzero(~np.isnan(x))
+                self.samples.setdefault(name, _Reservoir.empty()).add(x[present], chunk.row0 + present, self.rngs[name])
+            if spill is not None:
+                spill.put(name, x)
+
+    def limit(self, n_fit: int) -> None:
+        """Fit on the first ``n_fit`` rows only: take back what later rows counted, reading
+        their indices and values back from the spill."""
+        assert self.spill is not None
         spill = self.spill
+        cut = [(i, min(max(n_fit - row0, 0), n)) for i, (row0, n) in enumerate(self.chunk_rows) if n_fit < row0 + n]
         for spec in self.schema.fields:
             name = spec.name
             if spec.kind == "multi_hot":
-                tokens = _tokens(to_strings(chunk, name), spec.separator)
-                counted = int(np.searchsorted(tokens.parents, count_rows))
-                idx = self.dictionaries[name].add(tokens.values, counted)
-                if spill is not None:
-                    spill.put(f"{name}.idx", idx)
-                    spill.put(f"{name}.len", np.bincount(tokens.parents, minlength=n).astype(np.int32))
+                firsts = [int(spill.get(f"{name}.len", i)[:keep].sum()) for i, keep in cut]  # first token of row `keep`
+                self.dictionaries[name].uncount({i: spill.get(f"{name}.idx", i)[first:] for (i, _), first in zip(cut, firsts)})
             elif _uses_dictionary(spec):
-                if spec.kind == "numeric":
-                    values = _key_array(_log_bin_keys(to_float(chunk, name)))
-                else:
-                    values = to_strings(chunk, name).combine_chunks()
-                idx = self.dictionaries[name].add(values, count_rows)
-                if spill is not None:
-                    spill.put(name, idx)
-            else:  # scaled or quantile-binned numerics: keep the values themselves
-                x = to_float(chunk, name)
-                fit_x = x[:count_rows]
-                fit_x = fit_x[~np.isnan(fit_x)]
-                if spec.is_scaled:
-                    t = _transform(fit_x, spec.transform)
-                    self.moments[name] += (t.size, t.sum(), np.square(t).sum())
-                elif fit_x.size:
-                    self.samples[name] = _reservoir(self.samples.get(name), fit_x, self.rng)
-                if spill is not None:
-                    spill.put(name, x)
-        if spill is not None:
-            spill.put("label", to_label(chunk, self.schema.label, libfm=chunk.reader.format == "libfm"))
+                self.dictionaries[name].uncount({i: spill.get(name, i)[keep:] for i, keep in cut})
+            elif spec.is_scaled:
+                for i, keep in cut:
+                    self.moments[name][i] = _moments(spill.get(name, i)[:keep], spec.transform)
+        for reservoir in self.samples.values():
+            reservoir.before(n_fit)
+        self.rows_counted = min(n_fit, self.rows_counted)
 
-    def encode_spilled(self, i: int, n: int, pipe: FeaturePipeline, remaps: dict[str, np.ndarray]) -> EncodedChunk:
-        """Encode chunk ``i`` from the spill, as ``pipe.encode`` would encode its rows."""
+    def encode_spilled(
+        self, i: int, pipe: FeaturePipeline, remaps: dict[str, np.ndarray], id_dtype: type = np.int64
+    ) -> EncodedChunk:
+        """Encode chunk ``i`` from the spill, as ``pipe.encode`` would encode its rows (ids as
+        ``id_dtype``: int32 halves the bytes written while every id fits)."""
         assert self.spill is not None
         spill = self.spill
+        n = self.chunk_rows[i][1]
         singles = pipe.single_fields
-        ids_t = np.empty((len(singles), n), dtype=np.int64)  # field-major while filling
+        # Field-major while filling (each gather writes contiguous memory), transposed once.
+        ids_t = np.empty((len(singles), n), dtype=id_dtype)
         values = np.empty((n, len(pipe.scaled_positions)), dtype=np.float32)
         v = 0
         for j, spec in enumerate(singles):
@@ -525,7 +671,7 @@ class _Fitter:
                 ids_t[j], values[:, v] = _encode_scaled(spill.get(spec.name, i), spec, st)
                 v += 1
             elif _uses_dictionary(spec):
-                np.take(self._id_map(spec.name, i, remaps, st.offset), spill.get(spec.name, i), out=ids_t[j])
+                self.dictionaries[spec.name].encode(i, spill.get(spec.name, i), remaps[spec.name], st.offset, out=ids_t[j])
             else:  # quantile bins: the vocabulary is every bin, in order
                 keys = _quantile_keys(spill.get(spec.name, i), st.edges)
                 null = np.isnan(keys)
@@ -534,17 +680,19 @@ class _Fitter:
         multi = []
         for spec in pipe.multi_hot_fields:
             st = pipe.states[spec.name]
-            local = self._id_map(spec.name, i, remaps, 0)[spill.get(f"{spec.name}.idx", i)]
+            dictionary = self.dictionaries[spec.name]
+            assert isinstance(dictionary, _Dictionary)
+            local = dictionary.table(i, remaps[spec.name], 0)[spill.get(f"{spec.name}.idx", i)]
             lengths = spill.get(f"{spec.name}.len", i)
             parents = np.repeat(np.arange(n, dtype=np.int64), lengths)
             multi.append(_bags(local, parents, n, st.offset))
         return EncodedChunk(ids=ids, values=values, multi_hot=multi, labels=spill.get("label", i))
 
-    def _id_map(self, name: str, i: int, remaps: dict[str, np.ndarray], offset: int) -> np.ndarray:
-        """Chunk ``i``'s dictionary position -> id (offset + local id), with one extra entry
-        at the end for index -1 (null): the MISSING row. Encoding is then one gather."""
-        to_local = remaps[name][self.dictionaries[name].maps[i]]
-        return offset + np.append(to_local, MISSING)
+
+def _moments(x: np.ndarray, transform: str) -> np.ndarray:
+    """(count, sum, sum of squares) of the transformed non-missing values of ``x``."""
+    t = _transform(x[~np.isnan(x)], transform)
+    return np.array([t.size, t.sum(), np.square(t).sum()])
 
 
 def _uses_dictionary(spec: FieldSpec) -> bool:

@@ -40,7 +40,7 @@ from deepfm.model import DeepFM, InputLayout
 from deepfm.optim import RowAdam
 
 log = logging.getLogger(__name__)
-CACHE_FORMAT = 1  # bump when the encoded layout changes
+CACHE_FORMAT = 2  # bump when the encoded layout changes
 
 
 # ---------------------------------------------------------------- data preparation
@@ -89,30 +89,33 @@ def prepare(
         raise ConfigError("give either --split or a --valid file, not both")
     if split is not None and split[2] > 0 and test is not None:
         raise ConfigError("--split already makes a test part; leave out --test or give two fractions")
-    if split is not None:
-        n = reader.count_rows()
-        n_train = int(round(split[0] * n))
-        n_valid = int(round(split[1] * n))
-        # The last part runs to the end, whatever the line count said (skipped rows, odd line ends).
-        end = 1 << 62
-        bounds = {"train": (0, n_train), "valid": (n_train, n_train + n_valid if split[2] > 0 else end)}
-        if split[2] > 0:
-            bounds["test"] = (n_train + n_valid, end)
+    pipeline = FeaturePipeline(schema)
+    bounds: dict[str, tuple[int, int]] = {}
+
+    def n_fit(n: int) -> int:
+        """The split, decided once the parse has counted the rows: no counting pass first."""
+        if split is None:
+            bounds["train"] = (0, n)  # every row is a training row
+            return n
+        n_train, n_valid = int(round(split[0] * n)), int(round(split[1] * n))
         if n_train == 0:
             raise DataError(f"the training part of --split is empty ({n} rows)", path=str(data))
+        bounds["train"] = (0, n_train)
+        bounds["valid"] = (n_train, n_train + n_valid if split[2] > 0 else n)
+        if split[2] > 0:
+            bounds["test"] = (n_train + n_valid, n)
         log.info("split %s by row order: train %d, valid %d, test %d rows", data, n_train, n_valid, n - n_train - n_valid)
-    else:
-        n_train = n = 1 << 62  # every row is a training row
-        bounds = {"train": (0, n)}
-    pipeline = FeaturePipeline(schema)
-    n_single, n_values, n_multi = len(pipeline.single_fields), len(pipeline.scaled_positions), len(pipeline.multi_hot_fields)
+        return n_train
 
     def writer(name: str) -> DatasetWriter:
-        return DatasetWriter(workdir / name, n_single, n_values, n_multi)
+        n_single, n_values, n_multi = len(pipeline.single_fields), len(pipeline.scaled_positions), len(pipeline.multi_hot_fields)
+        return DatasetWriter(workdir / name, n_single, n_values, n_multi, id_dtype=pipeline.id_dtype)
 
     # One parse of the file: fit on the training rows, encode every row into its part.
-    writers = {k: writer(k) for k, (lo, hi) in bounds.items() if hi > lo}
-    for row0, enc in pipeline.fit_encode(reader.chunks(columns, schema.numeric_columns), n_train, workdir / "spill"):
+    writers: dict[str, DatasetWriter] = {}
+    for row0, enc in pipeline.fit_encode(reader.chunks(columns, schema.numeric_columns), n_fit, workdir / "spill"):
+        if not writers:  # the pipeline is fitted: its size is known
+            writers = {k: writer(k) for k, (lo, hi) in bounds.items() if hi > lo}
         for name, (lo, hi) in bounds.items():
             a, b = max(lo, row0), min(hi, row0 + len(enc))
             if b > a and name in writers:

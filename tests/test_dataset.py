@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pytest
+import torch
 
 from deepfm.dataset import DatasetWriter, shuffled_order
 from deepfm.features import FeaturePipeline
@@ -48,12 +50,13 @@ def _bags(offsets: np.ndarray, ids: np.ndarray, rows) -> list[list[int]]:
     return [ids[offsets[r] : offsets[r + 1]].tolist() for r in rows]
 
 
-def test_writer_slices_round_trip(tmp_path: Path) -> None:
+@pytest.mark.parametrize("id_dtype", [np.int32, np.int64])
+def test_writer_slices_round_trip(tmp_path: Path, id_dtype: type) -> None:
     chunks, whole = _pipeline_and_chunks()
     n = len(whole)
     # split at rows 333/420, boundaries that fall inside chunks of 70
     bounds = {"a": (0, 333), "b": (333, 420), "c": (420, n)}
-    writers = {k: DatasetWriter(tmp_path / k, whole.ids.shape[1], whole.values.shape[1], 2) for k in bounds}
+    writers = {k: DatasetWriter(tmp_path / k, whole.ids.shape[1], whole.values.shape[1], 2, id_dtype=id_dtype) for k in bounds}
     row0 = 0
     for enc in chunks:
         for k, (lo, hi) in bounds.items():
@@ -65,6 +68,7 @@ def test_writer_slices_round_trip(tmp_path: Path) -> None:
     for k, (lo, hi) in bounds.items():
         ds = parts[k]
         assert len(ds) == hi - lo
+        assert ds.ids.dtype == id_dtype  # stored narrow where asked ...
         assert np.array_equal(np.asarray(ds.ids), whole.ids[lo:hi])
         assert np.array_equal(np.asarray(ds.values), whole.values[lo:hi])
         assert np.array_equal(np.asarray(ds.labels), whole.labels[lo:hi])
@@ -75,6 +79,7 @@ def test_writer_slices_round_trip(tmp_path: Path) -> None:
         # gathering arbitrary rows rebuilds the bags as embedding_bag wants them
         idx = np.array([0, 3, 4, 10, hi - lo - 1])
         batch = ds.batch(idx)
+        assert batch.ids.dtype == torch.int64  # ... and handed to the model as int64
         assert np.array_equal(batch.ids.numpy(), whole.ids[lo + idx])
         for j in range(2):
             starts, flat = (t.numpy() for t in batch.multi_hot[j])
@@ -84,6 +89,7 @@ def test_writer_slices_round_trip(tmp_path: Path) -> None:
             assert got == _bags(wo, wi, lo + idx)
         # and a slice batch
         sl = ds.batch(slice(5, 9))
+        assert sl.ids.dtype == torch.int64 and np.array_equal(sl.ids.numpy(), whole.ids[lo + 5 : lo + 9])
         assert np.array_equal(sl.values.numpy(), whole.values[lo + 5 : lo + 9])
 
 
