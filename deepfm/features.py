@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 OOV, MISSING, FIRST_VALUE = 0, 1, 2
 _RESERVOIR = 200_000  # values kept per field to place quantile bin edges
+SPILL_MEMORY = 512 << 20  # bytes of the single-parse spill kept in memory; the rest goes to disk
 
 
 @dataclass
@@ -138,17 +140,20 @@ class FeaturePipeline:
         rows, then ``encode``.
 
         Threads: the reader parses in its own thread; here fields are counted on two threads
-        (Arrow and NumPy release the GIL), and encoding runs one chunk ahead of the caller,
-        which writes the previous one.
+        (this one and a helper), and encoding runs one chunk ahead of the caller, which writes
+        the previous one.
         """
         spill = _Spill(spill_dir)
         try:
-            with ThreadPoolExecutor(2, thread_name_prefix="deepfm-fit") as pool:
+            with ThreadPoolExecutor(1, thread_name_prefix="deepfm-fit") as pool:
                 fitter = _Fitter(self.schema, spill=spill)
                 for chunk in chunks:
                     fitter.add(chunk, pool)
                 spill.seal()
-                list(pool.map(lambda d: d.finish(), fitter.dictionaries.values()))  # last merges, in parallel
+                counters = list(fitter.dictionaries.values())  # their last merges, on both threads
+                other = pool.submit(lambda: [c.finish() for c in counters[1::2]])
+                [c.finish() for c in counters[0::2]]
+                other.result()
                 fitter.limit(n_fit(fitter.rows_counted) if callable(n_fit) else n_fit)
                 remaps = self._finish_fit(fitter)
 
@@ -429,12 +434,16 @@ class _Dictionary:
     """The distinct values of one field across chunks, merged by Arrow's dictionary unifier,
     with their counts over the rows being fitted."""
 
-    COMPACT_EVERY = 16  # chunk dictionaries merged into the global one this often
+    # Merging rehashes the global dictionary, so merge only once the chunk dictionaries
+    # waiting add up to its size: each value is then rehashed O(1) times on average, where
+    # merging every k chunks costs O(rows^2 / k) on high-cardinality fields.
+    MIN_PENDING = 1 << 16
 
     def __init__(self, keep_maps: bool) -> None:
         self.values: pa.Array | None = None
         self.counts = np.zeros(0, dtype=np.int64)
         self.pending: list[tuple[pa.Array, np.ndarray]] = []
+        self.pending_values = 0
         self.maps: list[np.ndarray] = []  # per chunk: position in its dictionary -> global position
         self.keep_maps = keep_maps
 
@@ -452,7 +461,8 @@ class _Dictionary:
         idx = np.asarray(pc.fill_null(indices, -1).to_numpy(zero_copy_only=False), dtype=np.int32)
         cnt = np.bincount(idx + 1, minlength=len(dictionary) + 1)[1:].astype(np.int64)  # slot 0: nulls
         self.pending.append((dictionary, cnt))
-        if len(self.pending) >= self.COMPACT_EVERY:
+        self.pending_values += len(dictionary)
+        if self.pending_values >= max(self.MIN_PENDING, 0 if self.values is None else len(self.values)):
             self._compact()
         return idx
 
@@ -470,8 +480,8 @@ class _Dictionary:
             positions = unified.chunk(first + i).indices.to_numpy()
             counts[positions] += cnt  # positions are distinct: dictionary entries are
             if self.keep_maps:
-                self.maps.append(positions.astype(np.int64))
-        self.values, self.counts, self.pending = values, counts, []
+                self.maps.append(positions.astype(np.int32))
+        self.values, self.counts, self.pending, self.pending_values = values, counts, [], 0
 
     def uncount(self, chunks: dict[int, np.ndarray]) -> None:
         """Take back the counts of values at chunk-local indices: {chunk: indices}."""
@@ -546,21 +556,33 @@ class _BinCounts:
 
 
 class _Spill:
-    """Append-only arrays on disk, one file per name, read back chunk by chunk."""
+    """Append-only arrays, one series per name, read back chunk by chunk. The first
+    ``memory_budget`` bytes stay in memory (no write and read back); the rest go to one file
+    per name in ``folder``, so memory stays bounded whatever the size of the input."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, memory_budget: int | None = None) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.files: dict[str, Any] = {}
-        self.where: dict[str, list[tuple[int, int, np.dtype]]] = {}
+        self.where: dict[str, list[np.ndarray | tuple[int, int, np.dtype]]] = {}
+        self.memory_left = SPILL_MEMORY if memory_budget is None else memory_budget
+        self.lock = threading.Lock()  # put() runs on two threads
 
     def put(self, name: str, array: np.ndarray) -> None:
+        array = np.ascontiguousarray(array)
+        with self.lock:
+            where = self.where.setdefault(name, [])
+            in_memory = array.nbytes <= self.memory_left
+            if in_memory:
+                self.memory_left -= array.nbytes
+        if in_memory:
+            where.append(array)
+            return
         f = self.files.get(name)
         if f is None:
             f = self.files[name] = open(self.folder / f"{name}.bin", "w+b")
-            self.where[name] = []
-        self.where[name].append((f.tell(), array.size, array.dtype))
-        f.write(memoryview(np.ascontiguousarray(array)))
+        where.append((f.tell(), array.size, array.dtype))
+        f.write(memoryview(array))
 
     def seal(self) -> None:
         """Done writing: flush every file so ``get`` can read from any thread."""
@@ -568,7 +590,10 @@ class _Spill:
             f.flush()
 
     def get(self, name: str, i: int) -> np.ndarray:
-        offset, count, dtype = self.where[name][i]
+        where = self.where[name][i]
+        if isinstance(where, np.ndarray):
+            return where
+        offset, count, dtype = where
         return np.fromfile(self.folder / f"{name}.bin", dtype=dtype, count=count, offset=offset)
 
     def close(self) -> None:
@@ -599,13 +624,30 @@ class _Fitter:
 
     def add(self, chunk: Chunk, pool: ThreadPoolExecutor | None = None) -> None:
         """Count every row of ``chunk`` (and spill what encoding it needs). With a ``pool``,
-        fields are done in parallel: Arrow and NumPy release the GIL for the heavy parts."""
+        half the fields are done there meanwhile: Arrow and NumPy release the GIL for the
+        heavy parts."""
         n = chunk.table.num_rows
         self.rows_counted += n
         self.chunk_rows.append((chunk.row0, n))
-        fields = self.schema.fields
-        # list(): wait for every field; the first error in field order is raised.
-        list(pool.map(lambda spec: self._add_field(chunk, spec), fields) if pool else map(lambda spec: self._add_field(chunk, spec), fields))
+        fields = list(enumerate(self.schema.fields))
+
+        def run(part: list[tuple[int, FieldSpec]]) -> tuple[int, Exception] | None:
+            """The first failure (field index, error), if any."""
+            for k, spec in part:
+                try:
+                    self._add_field(chunk, spec)
+                except Exception as exc:
+                    return k, exc
+            return None
+
+        if pool is None:
+            failures = [run(fields)]
+        else:  # one task per half: fewer hand-overs than one per field
+            other = pool.submit(run, fields[1::2])
+            failures = [run(fields[0::2]), other.result()]
+        failed = [f for f in failures if f is not None]
+        if failed:
+            raise min(failed, key=lambda f: f[0])[1]  # the error of the first field, as in order
         if self.spill is not None:
             self.spill.put("label", to_label(chunk, self.schema.label, libfm=chunk.reader.format == "libfm"))
 

@@ -10,13 +10,24 @@ import numpy as np
 import pytest
 from conftest import simple_records, simple_schema, write_criteo_tsv, write_records_csv  # type: ignore[import-not-found]
 
+from deepfm import features
 from deepfm.features import FeaturePipeline
 from deepfm.io import Chunk, ReadOptions, Reader
 from deepfm.schema import Schema, criteo_schema
 
 
+@pytest.fixture(params=["memory", "disk"])
+def spill_to(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run each test with the spill in memory, and mostly on disk with dictionaries merged
+    after every chunk (the paths large files take)."""
+    if request.param == "disk":
+        monkeypatch.setattr(features, "SPILL_MEMORY", 20_000)
+        monkeypatch.setattr(features._Dictionary, "MIN_PENDING", 1)
+    return request.param
+
+
 @pytest.mark.parametrize("price", ["scaled", "log", "quantile"])
-def test_fit_encode_equals_fit_then_encode(tmp_path: Path, price: str) -> None:
+def test_fit_encode_equals_fit_then_encode(tmp_path: Path, price: str, spill_to: str) -> None:
     schema = simple_schema(price_mode="scaled" if price == "scaled" else "bucketized", min_count=2)
     if price == "quantile":
         fields = tuple(replace(f, binning="quantile", bins=8) if f.name == "price" else f for f in schema.fields)
@@ -26,9 +37,10 @@ def test_fit_encode_equals_fit_then_encode(tmp_path: Path, price: str) -> None:
         r["price"] = (-1) ** i * 10.0 ** (i % 9 - 3) if r["price"] is not None else None
     path = write_records_csv(tmp_path / "d.csv", records)
     assert_fit_encode_matches(tmp_path, path, schema, ReadOptions(block_size=4096), n_fit=2100)
+    assert any((tmp_path / "spill").glob("*.bin")) == (spill_to == "disk")
 
 
-def test_fit_encode_criteo_layout_with_split_after_parse(tmp_path: Path) -> None:
+def test_fit_encode_criteo_layout_with_split_after_parse(tmp_path: Path, spill_to: str) -> None:
     """Criteo rows (13 log-binned numerics, some negative; 26 categoricals), with the number
     of fitted rows decided from the row count only once the parse is done."""
     path = write_criteo_tsv(tmp_path / "c.tsv", 2500, seed=3)
@@ -39,6 +51,7 @@ def test_fit_encode_criteo_layout_with_split_after_parse(tmp_path: Path) -> None
         return int(0.7 * n)
 
     assert_fit_encode_matches(tmp_path, path, criteo_schema(), ReadOptions(block_size=16384), n_fit=n_fit)
+    assert any((tmp_path / "spill").glob("*.bin")) == (spill_to == "disk")
     assert seen[0] == 2500  # the pipeline asked once, after the parse (the helper asks again)
 
 
