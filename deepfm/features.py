@@ -318,8 +318,14 @@ def _log_bin_keys(x: np.ndarray) -> np.ndarray:
     NaN stays NaN (missing)."""
     with np.errstate(invalid="ignore", divide="ignore"):
         ax = np.abs(x)
-        big = np.floor(np.log(np.maximum(ax, 1.0)) ** 2)
-        keys = np.where(ax <= 2, np.floor(x), np.sign(x) * (100 + big))
+        small = ax <= 2  # False for NaN
+        keys = np.maximum(ax, 1.0)  # in place from here: this runs on every numeric value
+        np.log(keys, out=keys)
+        np.square(keys, out=keys)
+        np.floor(keys, out=keys)
+        keys += 100
+        np.copysign(keys, x, out=keys)
+        keys[small] = np.floor(x[small])
     return keys
 
 
@@ -437,7 +443,7 @@ class _Dictionary:
     # Merging rehashes the global dictionary, so merge only once the chunk dictionaries
     # waiting add up to its size: each value is then rehashed O(1) times on average, where
     # merging every k chunks costs O(rows^2 / k) on high-cardinality fields.
-    MIN_PENDING = 1 << 16
+    MIN_PENDING = 1 << 18
 
     def __init__(self, keep_maps: bool) -> None:
         self.values: pa.Array | None = None
