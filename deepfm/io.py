@@ -15,6 +15,7 @@ import threading
 import io as _io
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -98,6 +99,11 @@ class Reader:
             raise DataError("file not found", path=str(self.path))
         if self.path.is_dir():
             raise DataError("expected a file, got a folder", path=str(self.path))
+        with _io_errors(self.path):
+            self._open(column_names, optional_label)
+
+    def _open(self, column_names: tuple[str, ...] | list[str] | None, optional_label: str | None) -> None:
+        options = self.options
         self.format = options.format if options.format != "auto" else _guess_format(self.path)
         self.has_header = False
         self.delimiter = ","
@@ -135,7 +141,10 @@ class Reader:
                 line=1,
             )
         self.delimiter = delim
-        first_fields = next(csv.reader([first.decode("utf-8", errors="replace")], delimiter=delim))
+        try:
+            first_fields = next(csv.reader([first.decode("utf-8", errors="replace")], delimiter=delim))
+        except csv.Error as exc:  # a lone carriage return inside the line, say
+            raise DataError(f"cannot split the first line into fields ({exc}): {first[:120]!r}", path=str(self.path), line=1) from None
         header = self.options.header
         if header == "auto":
             if column_names is not None:
@@ -262,7 +271,10 @@ class Reader:
             if self.has_header:
                 next(lines, None)
             for n, line in lines:
-                fields = next(csv.reader([line.rstrip("\r\n")], delimiter=self.delimiter), [])
+                try:
+                    fields = next(csv.reader([line.rstrip("\r\n")], delimiter=self.delimiter), [])
+                except csv.Error:
+                    fields = []  # not a row Arrow read either
                 if len(fields) == width or not line.strip():
                     seen += 1
                 if seen == row:
@@ -358,10 +370,11 @@ class Reader:
         else:
             source = self._text_batches(columns, set(numeric) & set(columns))
         group = max(1, self.options.block_size // self.options.parse_block) if self.format == "text" else 1
-        for batches in _prefetch(_grouped(source, group)):
-            table = pa.Table.from_batches(batches).select(columns)
-            yield Chunk(table=table, row0=row0, reader=self)
-            row0 += table.num_rows
+        with _io_errors(self.path):
+            for batches in _prefetch(_grouped(source, group)):
+                table = pa.Table.from_batches(batches).select(columns)
+                yield Chunk(table=table, row0=row0, reader=self)
+                row0 += table.num_rows
         if row0 == 0:
             raise DataError("the file holds no data rows", path=str(self.path))
 
@@ -446,6 +459,15 @@ def to_label(chunk: Chunk, name: str, libfm: bool = False) -> np.ndarray:
         got = "an empty value" if raw is None else repr(str(raw))
         raise chunk.error(i, f"label must be {expect}, got {got}", field=name)
     return (values > 0).astype(np.float32)
+
+
+@contextmanager
+def _io_errors(path: Path) -> Iterator[None]:
+    """Arrow raises OSError for unreadable or corrupt input (a truncated gzip, say): name the file."""
+    try:
+        yield
+    except OSError as exc:
+        raise DataError(f"cannot read the file: {exc}", path=str(path)) from exc
 
 
 def _guess_format(path: Path) -> str:
