@@ -12,7 +12,6 @@ import pyarrow.csv as pacsv
 import pytest
 
 from conftest import PLANTED, PNG, SIZES, planted_rows, planted_sign, simple_records, simple_schema, small_config, write_records_csv, write_rows
-from deepfm.bundle import Bundle
 from deepfm.cli import main
 from deepfm.errors import ConfigError
 from deepfm.explain import _log_bin_label, explain, parse_pair
