@@ -183,8 +183,7 @@ def explain(
             row0, logits = 0, np.concatenate(scan.logits)
             with torch.no_grad():
                 for batch in batches():
-                    e = model.embedding(batch.ids, batch.values, batch.multi_hot)
-                    combos.add(batch, e, logits[row0 : row0 + len(batch)])
+                    combos.add(batch, _vectors(model, batch), logits[row0 : row0 + len(batch)])
                     row0 += len(batch)
         drill = combos.drilldown(min_count, top_k, grid_size)
     return Explanation(
@@ -246,23 +245,22 @@ class _Scan:
     def add(self, batch: Batch) -> None:
         model = self.model
         d = model.config.embedding_dim
-        e = model.embedding(batch.ids, batch.values, batch.multi_hot)  # (B, F, D+1)
-        parts = model.parts(e)
-        logit = torch.stack(list(parts.values())).double().sum(dim=0)  # what head(e) adds up
-        for name, part in parts.items():
-            p = part.double()
+        e = _vectors(model, batch)  # (B, F, D+1)
+        parts = {k: p.double().cpu() for k, p in model.parts(e).items()}
+        logit = torch.stack(list(parts.values())).sum(dim=0)  # what head(e) adds up
+        for name, p in parts.items():
             s = self.part_sums.setdefault(name, [float(p.mean()) if len(p) else 0.0, 0.0, 0.0, 0.0])
             s[1] += float((p - s[0]).sum())
             s[2] += float(p.abs().sum())
             s[3] += float((p - s[0]).square().sum())
         if model.config.uses_first_order:
-            self.first_order += e[..., d].abs().double().sum(dim=0).numpy()
+            self.first_order += e[..., d].abs().double().sum(dim=0).cpu().numpy()
         if model.config.uses_pairwise:
             v = e[..., :d]
             for start in range(0, len(batch), PAIR_BATCH):
                 inner = torch.einsum("bfd,bgd->bfg", v[start : start + PAIR_BATCH], v[start : start + PAIR_BATCH])  # (B, F, F)
-                self.pair_abs += inner.abs().double().sum(dim=0).numpy()
-                self.pair_sum += inner.double().sum(dim=0).numpy()
+                self.pair_abs += inner.abs().double().sum(dim=0).cpu().numpy()
+                self.pair_sum += inner.double().sum(dim=0).cpu().numpy()
             # <v_i, v_i> is no part of the model: only i != j pairs enter the FM term.
             np.fill_diagonal(self.pair_abs, 0.0)
             np.fill_diagonal(self.pair_sum, 0.0)
@@ -286,9 +284,10 @@ class _Combinations:
         self.pending_rows = 0
 
     def add(self, batch: Batch, e: torch.Tensor, logit: np.ndarray) -> None:
-        """One batch: its field vectors (B, F, D+1) and logits (B,)."""
+        """One batch (on the CPU), its field vectors (B, F, D+1) on the model's device, and
+        its logits (B,)."""
         i, j, d = self.keyers[0].index, self.keyers[1].index, self.dim
-        c = (e[:, i, :d] * e[:, j, :d]).sum(dim=1).double().numpy()  # (B,) <v_i, v_j>
+        c = (e[:, i, :d] * e[:, j, :d]).sum(dim=1).double().cpu().numpy()  # (B,) <v_i, v_j>
         effect = _sigmoid(logit) - _sigmoid(logit - c)
         keys = np.stack([self.keyers[0].keys(batch), self.keyers[1].keys(batch)], axis=1)  # (B, 2)
         self.pending.append(_reduce(keys, np.stack([np.ones(len(keys)), c, effect], axis=1)))
@@ -518,6 +517,12 @@ def _position(values: np.ndarray, keys: np.ndarray) -> np.ndarray:
 
 def _source(data: str | Path | EncodedDataset) -> str:
     return f"the {data.folder.name} part" if isinstance(data, EncodedDataset) else str(data)
+
+
+def _vectors(model: Any, batch: Batch) -> torch.Tensor:
+    """The field vectors of a (CPU) batch, on the model's device. -> (B, F, D+1)"""
+    b = batch.to(next(model.parameters()).device)
+    return model.embedding(b.ids, b.values, b.multi_hot)
 
 
 def _stats(sums: list[float], rows: int) -> PartStats:
