@@ -6,6 +6,8 @@
     deepfm evaluate runs/criteo --data test.tsv
     deepfm predict runs/criteo --data new.tsv --out scores.csv
     deepfm compare --data clicks.tsv --preset criteo --split 0.8,0.1,0.1 --models lr,fm,deepfm --seeds 3
+    deepfm explain runs/criteo --data test.tsv --out runs/criteo/explain [--pair C1,C2]
+    deepfm report runs/criteo --data test.tsv      # runs/criteo/report.html
 
 Bad input ends with one line naming the file, line and field, and exit status 2.
 """
@@ -68,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model and save it to a folder")
     _add_run_args(p)
     p.add_argument("--out", type=Path, default=Path("runs/model"), help="output folder (default runs/model)")
+    p.add_argument("--report", action="store_true", help="also write <out>/report.html, explained on the test part (valid without one)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("compare", help="train several model kinds with several seeds on the same split")
@@ -100,7 +103,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_read_options(p, defaults_from_model=True)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("explain", help="field-pair interactions and the logit's parts over some rows: PNG heatmaps + explain.json")
+    p.add_argument("model", type=Path)
+    p.add_argument("--data", type=Path, required=True, help="rows to explain (labels not needed)")
+    p.add_argument("--out", type=Path, required=True, help="folder for explain.json, pairs.png, decomposition.png, drilldown.png")
+    _add_explain_args(p)
+    p.add_argument("--top", type=int, default=10, help="pairs and value combinations to list (default 10)")
+    _add_read_options(p, defaults_from_model=True)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("report", help="one self-contained HTML: learning curves, calibration, ROC, explanation")
+    p.add_argument("model", type=Path)
+    p.add_argument("--data", type=Path, help="labelled rows for calibration, ROC and the explanation "
+                   "(default: calibration and ROC as recorded for the test part; no explanation)")  # fmt: skip
+    p.add_argument("--out", type=Path, help="HTML file to write (default <model>/report.html)")
+    _add_explain_args(p)
+    _add_read_options(p, defaults_from_model=True)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_report)
     return parser
+
+
+def _add_explain_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pair", help="the field pair to drill into, e.g. C1,C2 (default: the strongest)")
+    p.add_argument("--rows", type=int, help="explain only the first N rows (default: all)")
+    p.add_argument("--min-count", type=int, default=5, help="rows a value combination needs to be listed (default 5)")
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -190,14 +219,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     from deepfm.train import train
 
     config = _run_config(args)
+    on_trained = _report_writer(args.out / "report.html") if args.report else None
     bundle = train(
         config, args.data, args.out, valid=args.valid, test=args.test, split=args.split,
-        cache=not args.no_cache, cache_dir=args.cache_dir,
+        cache=not args.no_cache, cache_dir=args.cache_dir, on_trained=on_trained,
     )  # fmt: skip
     m = bundle.metrics
     summary = {k: m[k] for k in ("valid_auc", "valid_logloss", "test_auc", "test_logloss", "epochs", "train_samples_per_s") if k in m}
     print(json.dumps({"out": str(args.out), **summary}))
     return 0
+
+
+def _report_writer(path: Path) -> Any:
+    """train's ``on_trained`` hook for --report: the report explains the rows of the evaluated
+    part (test, else valid) while they still exist."""
+    from deepfm.plots import require_matplotlib
+    from deepfm.report import write_report
+
+    require_matplotlib()  # fail before training, not after it
+
+    def write(bundle: Any, part: Any) -> None:
+        log.info("wrote %s", write_report(bundle, path, data=part if part is not None and len(part) else None))
+
+    return write
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -243,6 +287,44 @@ def cmd_predict(args: argparse.Namespace) -> int:
     keep = [k for k in args.keep.split(",") if k]
     rows = predict_file(bundle, args.data, args.out, keep=keep, options=_model_read_options(bundle, args))
     log.info("wrote %d probabilities to %s", rows, args.out)
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from deepfm.bundle import Bundle
+    from deepfm.explain import explain, parse_pair, write_explanation
+    from deepfm.plots import require_matplotlib
+
+    require_matplotlib()
+    bundle = Bundle.load(args.model)
+    expl = explain(
+        bundle, args.data, rows=args.rows, pair=parse_pair(args.pair), options=_model_read_options(bundle, args),
+        top_k=args.top, min_count=args.min_count,
+    )  # fmt: skip
+    written = write_explanation(expl, args.out, top_k=args.top)
+    drill = expl.drilldown
+    print(json.dumps({
+        "out": str(args.out), "rows": expl.rows, "files": [p.name for p in written],
+        "top_pairs": [{"fields": t["fields"], "mean_abs": round(t["mean_abs"], 4)} for t in expl.top_pairs(min(args.top, 5))],
+        "drilldown": list(drill.fields) if drill is not None else None,
+    }))  # fmt: skip
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from deepfm.bundle import Bundle
+    from deepfm.explain import parse_pair
+    from deepfm.plots import require_matplotlib
+    from deepfm.report import write_report
+
+    require_matplotlib()
+    bundle = Bundle.load(args.model)
+    out = args.out or args.model / "report.html"
+    write_report(
+        bundle, out, data=args.data, rows=args.rows, pair=parse_pair(args.pair),
+        options=_model_read_options(bundle, args), min_count=args.min_count,
+    )  # fmt: skip
+    print(json.dumps({"out": str(out)}))
     return 0
 
 

@@ -45,3 +45,59 @@ def summary(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
         "ctr": float(np.mean(labels)) if np.asarray(labels).size else float("nan"),
         "mean_prediction": float(np.mean(probs)) if np.asarray(probs).size else float("nan"),
     }
+
+
+def roc_curve(labels: np.ndarray, scores: np.ndarray, max_points: int | None = 200) -> dict[str, list[float]]:
+    """ROC points {"fpr", "tpr", "threshold"} from (0, 0) to (1, 1), one per distinct score
+    (highest first), thinned to about ``max_points`` for plotting; the ends are always kept.
+    Empty lists when only one class is present. (N,), (N,) -> dict"""
+    y = np.asarray(labels).astype(bool).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return {"fpr": [], "tpr": [], "threshold": []}
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    # The curve moves only where the score changes: the last row of each run of ties.
+    last = np.r_[np.flatnonzero(s[1:] != s[:-1]), s.size - 1]
+    tp = np.cumsum(y)[last]
+    fp = (last + 1) - tp
+    fpr = np.r_[0.0, fp / n_neg]
+    tpr = np.r_[0.0, tp / n_pos]
+    threshold = np.r_[np.inf, s[last]]
+    if max_points is not None and fpr.size > max_points:
+        keep = np.unique(np.r_[np.linspace(0, fpr.size - 1, max_points).round().astype(int), fpr.size - 1])
+        fpr, tpr, threshold = fpr[keep], tpr[keep], threshold[keep]
+    return {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "threshold": threshold.tolist()}
+
+
+def calibration(labels: np.ndarray, probs: np.ndarray, bins: int = 10, histogram_bins: int = 50) -> dict[str, object]:
+    """Reliability of predicted probabilities.
+
+    ``bins``: rows sorted by prediction and cut into equal-count bins (CTR predictions crowd
+    near 0, so equal-width bins would leave most of them empty), each with its range, count,
+    mean prediction and observed positive rate. ``ece``: the count-weighted mean absolute gap
+    between the two. ``histogram``: counts of predictions in equal-width bins on [0, 1].
+    (N,), (N,) -> dict"""
+    y = np.asarray(labels, dtype=np.float64).ravel()
+    p = np.asarray(probs, dtype=np.float64).ravel()
+    order = np.argsort(p, kind="mergesort")
+    rows = []
+    for part in np.array_split(order, min(bins, p.size)) if p.size else []:
+        rows.append(
+            {
+                "lo": float(p[part[0]]),
+                "hi": float(p[part[-1]]),
+                "count": int(part.size),
+                "mean_prediction": float(p[part].mean()),
+                "positive_rate": float(y[part].mean()),
+            }
+        )
+    ece = sum(r["count"] * abs(r["mean_prediction"] - r["positive_rate"]) for r in rows) / max(p.size, 1)
+    counts, edges = np.histogram(p, bins=histogram_bins, range=(0.0, 1.0))
+    return {
+        "bins": rows,
+        "ece": float(ece) if p.size else float("nan"),
+        "histogram": {"edges": edges.tolist(), "counts": counts.tolist()},
+    }

@@ -137,21 +137,31 @@ class DeepFM(nn.Module):
 
     def head(self, e: torch.Tensor) -> torch.Tensor:
         """Everything after the embedding: FM and deep parts. (B, F, D+1) -> (B,) logits"""
+        parts = self.parts(e)
+        logit = parts.pop("bias")
+        for part in parts.values():  # bias + first order + pairs + DNN, the paper's order
+            logit = logit + part
+        return logit
+
+    def parts(self, e: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The logit's additive parts, each (B,): ``bias``, then those this kind uses of
+        ``first_order`` (sum_i w_i), ``fm_pairs`` (sum_{i<j} <v_i, v_j>) and ``dnn`` (the MLP,
+        after the cross network for dcn). They add up to ``head(e)``. (B, F, D+1) -> {name: (B,)}"""
         d = self.config.embedding_dim
         v = e[..., :d]
-        logit = self.bias.expand(e.shape[0])
+        out = {"bias": self.bias.expand(e.shape[0])}
         if self.config.uses_first_order:
-            logit = logit + e[..., d].sum(dim=1)
+            out["first_order"] = e[..., d].sum(dim=1)
         if self.config.uses_pairwise:
             with record_function("fm"):
-                logit = logit + fm_pairwise(v)
+                out["fm_pairs"] = fm_pairwise(v)
         if self.dnn is not None:
             with record_function("mlp"):
                 flat = v.flatten(1)  # (B, F*D); works for B = 0 too
                 if self.cross is not None:
                     flat = torch.cat([self.cross(flat), flat], dim=1)
-                logit = logit + self.dnn(flat)
-        return logit
+                out["dnn"] = self.dnn(flat)
+        return out
 
     def dense_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if not n.startswith("embedding.")]

@@ -35,12 +35,13 @@ from deepfm.dataset import Batch, DatasetWriter, EncodedDataset
 from deepfm.errors import ConfigError, DataError, TrainingError
 from deepfm.features import FeaturePipeline
 from deepfm.io import Reader
-from deepfm.metrics import auc, logloss, summary
+from deepfm.metrics import auc, calibration, logloss, roc_curve, summary
 from deepfm.model import DeepFM, InputLayout
 from deepfm.optim import RowAdam
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 2  # bump when the encoded layout changes
+CURVE_POINTS = 20  # train-loss points per epoch in the learning curve
 
 
 # ---------------------------------------------------------------- data preparation
@@ -227,6 +228,9 @@ class History:
     best_epoch: int = 0
     train_seconds: float = 0.0
     train_samples: int = 0
+    # Within epochs: {"epoch": position in epochs (1.5 = half of epoch 2), "rows", "loss", "auc"}
+    # of the batches since the point before.
+    curve: list[dict[str, float]] = field(default_factory=list)
 
 
 class Trainer:
@@ -253,7 +257,7 @@ class Trainer:
         best_auc, best_state, bad = -math.inf, None, 0
         for epoch in range(1, cfg.epochs + 1):
             t0 = time.perf_counter()
-            loss_sum, labels, logits = self._epoch(train, batch_size, epoch)
+            loss_sum, labels, logits = self._epoch(train, batch_size, epoch, history.curve)
             seconds = time.perf_counter() - t0
             history.train_seconds += seconds
             history.train_samples += len(train)
@@ -308,11 +312,16 @@ class Trainer:
             log.info("restored the weights of epoch %d (valid AUC %.4f)", history.best_epoch, best_auc)
         return history
 
-    def _epoch(self, data: EncodedDataset, batch_size: int, epoch: int) -> tuple[float, np.ndarray, np.ndarray]:
+    def _epoch(
+        self, data: EncodedDataset, batch_size: int, epoch: int, curve: list[dict[str, float]]
+    ) -> tuple[float, np.ndarray, np.ndarray]:
+        """One pass over ``data``; appends about CURVE_POINTS learning-curve points to ``curve``."""
         cfg = self.config
         self.model.train()
         labels, logits = [], []
         loss_sum, seen = 0.0, 0
+        every = max(1, math.ceil(len(data) / batch_size) // CURVE_POINTS)  # batches per curve point
+        since, since_rows, since_loss = 0, 0, 0.0  # batches, rows and loss since the last point
         # disable=None: a bar on a terminal, nothing in a log file.
         bar = tqdm(
             total=len(data), unit="row", unit_scale=True, desc=f"epoch {epoch}",
@@ -333,9 +342,15 @@ class Trainer:
             seen += n
             labels.append(batch.labels.cpu().numpy())
             logits.append(logit.detach().cpu().numpy())
+            since, since_rows, since_loss = since + 1, since_rows + n, since_loss + loss_value * n
+            if since == every:
+                curve.append(_curve_point(epoch - 1 + seen / len(data), since_rows, since_loss, labels[-since:], logits[-since:]))
+                since, since_rows, since_loss = 0, 0, 0.0
             bar.update(n)
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", rows_s=f"{seen / (time.perf_counter() - t0):.0f}")
         bar.close()
+        if since:
+            curve.append(_curve_point(epoch - 1 + seen / len(data), since_rows, since_loss, labels[-since:], logits[-since:]))
         return loss_sum, np.concatenate(labels), np.concatenate(logits)
 
     def _step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -388,13 +403,15 @@ def train(
     cache: bool = True,
     cache_dir: str | Path | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
+    on_trained: Callable[[Bundle, EncodedDataset | None], None] | None = None,
 ) -> Bundle:
     """Train a model on ``data`` and save it to ``out``. Returns the Bundle (metrics attached).
 
     Without ``valid`` or ``split`` the file is split 0.9/0.1 by row order so that early
     stopping has validation rows. With ``cache`` the encoded data is kept in ``cache_dir``
     (default: :func:`default_cache_dir`) and reused by later runs on the same files and
-    config; without it, it lives in a temporary folder inside ``out``.
+    config; without it, it lives in a temporary folder inside ``out``. ``on_trained`` gets
+    the saved Bundle and its evaluated part (test, else valid) while the encoded rows exist.
     """
     t_start = time.perf_counter()
     cfg = config.train
@@ -448,20 +465,27 @@ def train(
             "skipped_rows": parts.skipped_rows,
             "device": str(device),
             "history": history.epochs,
+            "train_curve": history.curve,
         }
         # A cache hit parsed nothing: no throughput to report (null, so the key is always there).
         metrics["preprocess_rows_per_s"] = None if hit else parts.rows_read / max(prep_seconds, 1e-9)
+        # The report's calibration and ROC come from the test part (the valid part without one).
+        evaluated = parts.test if parts.test is not None and len(parts.test) else parts.valid
         for name, part in (("valid", parts.valid), ("test", parts.test)):
             if part is not None and len(part):
                 t_pred = time.perf_counter()
                 p = trainer.predict(part)
                 metrics[f"{name}_predict_samples_per_s"] = len(part) / max(time.perf_counter() - t_pred, 1e-9)
                 metrics.update({f"{name}_{k}": v for k, v in summary(part.labels, p).items()})
-        del parts  # release the memory maps before the folder goes
-    metrics["total_seconds"] = time.perf_counter() - t_start
-    bundle = Bundle(config, pipeline, model.cpu().eval(), metrics)
-    bundle.save(out)
-    log.info("saved the model to %s", out)
+                if part is evaluated:
+                    metrics["evaluation"] = {"part": name, "calibration": calibration(part.labels, p), "roc": roc_curve(part.labels, p)}
+        metrics["total_seconds"] = time.perf_counter() - t_start
+        bundle = Bundle(config, pipeline, model.cpu().eval(), metrics)
+        bundle.save(out)
+        log.info("saved the model to %s", out)
+        if on_trained is not None:
+            on_trained(bundle, evaluated)
+        del parts, evaluated  # release the memory maps before the folder goes
     return bundle
 
 
@@ -479,6 +503,11 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda asked for, but PyTorch sees no CUDA device")
     return torch.device(name)
+
+
+def _curve_point(position: float, rows: int, loss_sum: float, labels: list[np.ndarray], logits: list[np.ndarray]) -> dict[str, float]:
+    """One learning-curve point: rows, mean loss and AUC of the batches since the point before."""
+    return {"epoch": position, "rows": rows, "loss": loss_sum / rows, "auc": auc(np.concatenate(labels), np.concatenate(logits))}
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

@@ -148,6 +148,58 @@ def simple_schema(price_mode: str = "scaled", pooling: str = "mean", min_count: 
     )
 
 
+# ---------------------------------------------------------------- one planted interaction (explain, report)
+SIZES = {"app_category": 8, "hour": 6, "gender": 2, "age": 5, "device": 4, "site": 10}
+PLANTED = ("app_category", "hour")
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def planted_teacher() -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Weak independent first-order effects per field, and one strong order-2 effect:
+    +-2 on the logit for app_category x hour, by the signs of the two values."""
+    rng = np.random.default_rng(99)
+    first = {f: rng.normal(0.0, 0.15, k) for f, k in SIZES.items()}
+    app_sign = rng.permutation(np.repeat([1.0, -1.0], SIZES["app_category"] // 2))
+    hour_sign = rng.permutation(np.repeat([1.0, -1.0], SIZES["hour"] // 2))
+    return first, 2.0 * np.outer(app_sign, hour_sign)
+
+
+def planted_rows(n: int, seed: int) -> list[list[str]]:
+    """Rows ``label, app_category, hour, ...`` with values like ``app_category3``."""
+    first, pair = planted_teacher()
+    rng = np.random.default_rng(seed)
+    cols = {f: rng.integers(0, k, n) for f, k in SIZES.items()}
+    logit = -0.3 + sum(first[f][cols[f]] for f in SIZES) + pair[cols["app_category"], cols["hour"]]
+    y = rng.random(n) < 1.0 / (1.0 + np.exp(-logit))
+    return [[str(int(y[r])), *(f"{f}{cols[f][r]}" for f in SIZES)] for r in range(n)]
+
+
+def planted_sign(app: str, hour: str) -> float:
+    return float(planted_teacher()[1][int(app.removeprefix("app_category")), int(hour.removeprefix("hour"))])
+
+
+def planted_schema() -> Schema:
+    return Schema(label="label", fields=tuple(FieldSpec(name=f, min_count=1) for f in SIZES))
+
+
+def write_planted(path: Path, n: int, seed: int) -> Path:
+    return write_rows(path, planted_rows(n, seed), ["label", *SIZES], "\t")
+
+
+@pytest.fixture(scope="session")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path, Path]:
+    """A small DeepFM trained on 12k planted rows (a few seconds; its test part is the last
+    1200), 2k fresh rows, and the folder that holds them: (bundle, fresh.tsv, folder)."""
+    from deepfm.bundle import Bundle
+    from deepfm.train import train
+
+    tmp = tmp_path_factory.mktemp("planted")
+    data = write_planted(tmp / "train.tsv", 12_000, seed=1)
+    fresh = write_planted(tmp / "fresh.tsv", 2_000, seed=2)
+    train(small_config(planted_schema(), epochs=3), data, tmp / "model", split="0.8,0.1,0.1")
+    return Bundle.load(tmp / "model"), fresh, tmp
+
+
 @pytest.fixture
 def criteo_tsv(tmp_path: Path) -> Path:
     """A 1500-row headerless Criteo-layout TSV."""

@@ -178,3 +178,22 @@ def test_ids_stay_int64_through_dataset(tmp_path) -> None:
     offsets, ids = b.multi_hot[0]
     assert offsets.tolist() == [0, 2]
     assert ids.tolist() == [int(mh_ids[1]), int(mh_ids[2]), int(mh_ids[6])]
+
+
+@pytest.mark.parametrize("kind", ["lr", "fm", "dnn", "wide_deep", "dcn", "deepfm"])
+def test_parts_are_the_terms_by_hand_and_add_up_to_the_logit(kind: str) -> None:
+    """model.parts (what `deepfm explain` splits the logit into) holds each term of the
+    formula, named, and nothing else; together they are the model's logit."""
+    model = make_model(kind)
+    ids, values, bags, batch = inputs(seed=9)
+    hand = hand_parts(model, ids, values, bags)
+    names = {"bias": "bias", "first_order": "first", "fm_pairs": "pair", "dnn": "mlp"}
+    with torch.no_grad():
+        parts = model.parts(model.embedding(batch.ids, batch.values, batch.multi_hot))
+        logit = model(batch)
+    cfg = model.config
+    expected = ["bias"] + ["first_order"] * cfg.uses_first_order + ["fm_pairs"] * cfg.uses_pairwise + ["dnn"] * cfg.uses_dnn
+    assert list(parts) == expected
+    for name, part in parts.items():
+        np.testing.assert_allclose(part.detach().numpy(), hand[names[name]], rtol=1e-10, atol=1e-12, err_msg=name)
+    np.testing.assert_allclose(sum(p.detach().numpy() for p in parts.values()), logit.numpy(), rtol=1e-12, atol=1e-12)
