@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from deepfm.checkpoint import write_atomic
 from deepfm.config import RunConfig
 from deepfm.dataset import Batch
 from deepfm.errors import BundleError
@@ -30,7 +30,8 @@ from deepfm.io import TableSource, as_table
 from deepfm.model import DeepFM, InputLayout
 
 FORMAT_VERSION = 1
-REQUIRED = ("config.json", "pipeline.json", "vocab.arrow", "model.safetensors")
+REQUIRED = ("config.json", "pipeline.json", "vocab.arrow", "model.safetensors", "manifest.json")
+SIGNED = REQUIRED[:-1]  # files the manifest must hold a sha256 for (metrics.json too when present)
 
 
 class Bundle:
@@ -61,14 +62,14 @@ class Bundle:
             **self.config.to_dict(),
             "layout": self.model.layout.to_dict(),
         }
-        _write_atomic(folder / "config.json", json.dumps(config, indent=1).encode())
+        write_atomic(folder / "config.json", json.dumps(config, indent=1).encode())
         files = list(self.pipeline.save(folder))
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         save_file(state, str(folder / "model.safetensors"), metadata={"format": "deepfm", "version": str(FORMAT_VERSION)})
-        _write_atomic(folder / "metrics.json", json.dumps(_jsonable(self.metrics), indent=1).encode())
+        write_atomic(folder / "metrics.json", json.dumps(_jsonable(self.metrics), indent=1).encode())
         files += ["config.json", "model.safetensors", "metrics.json"]
         manifest = {"format_version": FORMAT_VERSION, "sha256": {f: _sha256(folder / f) for f in sorted(files)}}
-        _write_atomic(folder / "manifest.json", json.dumps(manifest, indent=1).encode())
+        write_atomic(folder / "manifest.json", json.dumps(manifest, indent=1).encode())
         self.path = folder
         return folder
 
@@ -80,14 +81,20 @@ class Bundle:
         missing = [f for f in REQUIRED if not (folder / f).is_file()]
         if missing:
             raise BundleError(f"{folder}: not a complete model folder; missing {missing} (expected {list(REQUIRED)})")
-        manifest_path = folder / "manifest.json"
-        if manifest_path.is_file():
-            manifest = _read_json(manifest_path)
-            for name, digest in manifest.get("sha256", {}).items():
-                if not (folder / name).is_file():
-                    raise BundleError(f"{folder}: {name} is listed in manifest.json but missing")
-                if _sha256(folder / name) != digest:
-                    raise BundleError(f"{folder}: {name} does not match its sha256 in manifest.json (changed or truncated)")
+        manifest = _read_json(folder / "manifest.json")
+        digests = manifest.get("sha256")
+        if not isinstance(digests, dict):
+            raise BundleError(f"{folder}/manifest.json: no sha256 table")
+        unsigned = [f for f in (*SIGNED, "metrics.json") if (folder / f).is_file() and f not in digests]
+        if unsigned:
+            raise BundleError(f"{folder}: manifest.json holds no sha256 for {unsigned}; the folder was changed after it was saved")
+        for name, digest in digests.items():
+            if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith("."):
+                raise BundleError(f"{folder}/manifest.json: {name!r} is not a file name of this folder")
+            if not (folder / name).is_file():
+                raise BundleError(f"{folder}: {name} is listed in manifest.json but missing")
+            if _sha256(folder / name) != digest:
+                raise BundleError(f"{folder}: {name} does not match its sha256 in manifest.json (changed or truncated)")
         raw = _read_json(folder / "config.json")
         if raw.get("format_version") != FORMAT_VERSION or "layout" not in raw:
             raise BundleError(f"{folder}: bundle format {raw.get('format_version')!r}, this deepfm reads {FORMAT_VERSION}")
@@ -143,15 +150,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _jsonable(obj: Any) -> Any:

@@ -68,8 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("train", help="train a model and save it to a folder")
-    _add_run_args(p)
+    _add_run_args(p, data_required=False)
     p.add_argument("--out", type=Path, default=Path("runs/model"), help="output folder (default runs/model)")
+    p.add_argument(
+        "--resume", type=Path, metavar="RUN",
+        help="carry on with the interrupted run in this folder from its last checkpoint (same config and data; "
+        "--lr, --embedding-lr, --epochs, --patience, --threads may change)",
+    )  # fmt: skip
     p.add_argument("--report", action="store_true", help="also write <out>/report.html, explained on the test part (valid without one)")
     p.set_defaults(func=cmd_train)
 
@@ -132,9 +137,9 @@ def _add_explain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-count", type=int, default=5, help="rows a value combination needs to be listed (default 5)")
 
 
-def _add_run_args(p: argparse.ArgumentParser) -> None:
+def _add_run_args(p: argparse.ArgumentParser, data_required: bool = True) -> None:
     """Data, schema, reading and model/training overrides: shared by train and compare."""
-    p.add_argument("--data", type=Path, required=True, help="training file (CSV/TSV, Parquet or libFM)")
+    p.add_argument("--data", type=Path, required=data_required, help="training file (CSV/TSV, Parquet or libFM)")
     p.add_argument("--valid", type=Path, help="validation file (early stopping)")
     p.add_argument("--test", type=Path, help="test file (reported in metrics.json)")
     p.add_argument("--split", help="split --data by row order: train,valid[,test] fractions, e.g. 0.8,0.1,0.1")
@@ -159,6 +164,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int)
     g.add_argument("--device", help="auto, cpu or cuda")
     g.add_argument("--threads", type=int, help="torch threads (default: one per core)")
+    g.add_argument("--checkpoint-every", type=int, help="steps between checkpoints in the output folder (default 2000; 0: epoch ends only)")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -209,24 +215,54 @@ def _run_config(args: argparse.Namespace) -> Any:
         train={
             "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "embedding_lr": args.embedding_lr,
             "l2_embedding": args.l2_embedding, "patience": args.patience, "seed": args.seed, "device": args.device,
-            "threads": args.threads, "progress": False if args.quiet else None,
+            "threads": args.threads, "progress": False if args.quiet else None, "checkpoint_every": args.checkpoint_every,
         },
         data=_read_overrides(args),
     )  # fmt: skip
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from deepfm.train import train
+    from deepfm.train import resume, train
 
+    if args.resume is not None:
+        return _resume(args, resume)
+    if args.data is None:
+        raise _usage("train needs --data (or --resume RUN to carry on with an interrupted run)")
     config = _run_config(args)
     on_trained = _report_writer(args.out / "report.html") if args.report else None
     bundle = train(
         config, args.data, args.out, valid=args.valid, test=args.test, split=args.split,
         cache=not args.no_cache, cache_dir=args.cache_dir, on_trained=on_trained,
     )  # fmt: skip
+    return _print_summary(args.out, bundle)
+
+
+def _resume(args: argparse.Namespace, resume: Any) -> int:
+    """train --resume RUN: only settings that leave the model as it is may be given again."""
+    fixed = {
+        "--data": args.data, "--valid": args.valid, "--test": args.test, "--split": args.split, "--config": args.config,
+        "--preset": args.preset, "--label": args.label, "--model": args.kind, "--embedding-dim": args.embedding_dim,
+        "--hidden": args.hidden, "--dropout": args.dropout, "--batch-size": args.batch_size, "--seed": args.seed,
+        "--l2-embedding": args.l2_embedding, "--min-count": args.min_count, "--cache-dir": args.cache_dir,
+        "--format": args.format, "--delimiter": args.delimiter, "--header": args.header, "--on-bad-row": args.on_bad_row,
+        "--checkpoint-every": args.checkpoint_every,
+    }  # fmt: skip
+    given = [flag for flag, value in fixed.items() if value is not None] + (["--no-cache"] if args.no_cache else [])
+    if given:
+        raise _usage(f"--resume carries on the run as it was started; leave out {', '.join(given)}")
+    overrides = {
+        "lr": args.lr, "embedding_lr": args.embedding_lr, "epochs": args.epochs, "patience": args.patience,
+        "threads": args.threads, "device": args.device, "progress": False if args.quiet else None,
+    }  # fmt: skip
+    on_trained = _report_writer(args.resume / "report.html") if args.report else None
+    bundle = resume(args.resume, overrides, on_trained=on_trained)
+    return _print_summary(args.resume, bundle)
+
+
+def _print_summary(out: Path, bundle: Any) -> int:
     m = bundle.metrics
     summary = {k: m[k] for k in ("valid_auc", "valid_logloss", "test_auc", "test_logloss", "epochs", "train_samples_per_s") if k in m}
-    print(json.dumps({"out": str(args.out), **summary}))
+    print(json.dumps({"out": str(out), **summary}))
     return 0
 
 

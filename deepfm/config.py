@@ -47,11 +47,12 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads; 0 = one per core
     eval_batch_size: int = 16384
     progress: bool = True
+    checkpoint_every: int = 2000  # steps between checkpoints (and one at each epoch's end); 0: epoch ends only
 
     def __post_init__(self) -> None:
         coerce_numbers(
             self, "train", floats=("lr", "embedding_lr", "l2_embedding", "weight_decay", "lr_decay"),
-            ints=("epochs", "patience", "seed", "threads", "eval_batch_size"),
+            ints=("epochs", "patience", "seed", "threads", "eval_batch_size", "checkpoint_every"),
         )  # fmt: skip
         if self.batch_size != "auto" and not isinstance(self.batch_size, int):
             coerce_numbers(self, "train", ints=("batch_size",))
@@ -67,6 +68,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)!r}")
         if not 0 < float(self.lr_decay) <= 1:
             raise ConfigError(f"train.lr_decay must be in (0, 1], got {self.lr_decay!r}")
+        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
+            raise ConfigError(f"train.checkpoint_every must be an integer >= 0, got {self.checkpoint_every!r}")
         if not isinstance(self.patience, int) or self.patience < 1:
             raise ConfigError(f"train.patience must be an integer >= 1, got {self.patience!r}")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):

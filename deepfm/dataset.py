@@ -112,18 +112,19 @@ class EncodedDataset:
         return Batch(ids=ids, values=values, multi_hot=multi, labels=labels)
 
     def batches(
-        self, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False
+        self, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False, skip: int = 0
     ) -> Iterator[Batch]:
-        """Yield batches in order, or shuffled by blocks (deterministic for ``seed``)."""
+        """Yield batches in order, or shuffled by blocks (deterministic for ``seed``), leaving
+        out the first ``skip`` of them (a resumed epoch)."""
         n = self.rows
         if not shuffle:
-            for start in range(0, n, batch_size):
+            for start in range(skip * batch_size, n, batch_size):
                 if drop_last and start + batch_size > n:
                     break
                 yield self.batch(slice(start, min(start + batch_size, n)))
             return
         order = shuffled_order(n, seed)
-        for start in range(0, n, batch_size):
+        for start in range(skip * batch_size, n, batch_size):
             if drop_last and start + batch_size > n:
                 break
             idx = np.sort(order[start : start + batch_size])  # sorted gathers read memory in order

@@ -30,6 +30,7 @@ from torch.profiler import record_function
 from tqdm import tqdm
 
 from deepfm.bundle import Bundle
+from deepfm.checkpoint import CHECKPOINT, RUN, load_checkpoint, save_checkpoint, write_atomic
 from deepfm.config import RunConfig, TrainConfig
 from deepfm.dataset import Batch, DatasetWriter, EncodedDataset
 from deepfm.errors import ConfigError, DataError, TrainingError
@@ -233,15 +234,48 @@ class History:
     curve: list[dict[str, float]] = field(default_factory=list)
 
 
+@dataclass
+class _Progress:
+    """Where a run is, and what the epoch in progress has gathered: all a checkpoint needs
+    besides the tensors of the model and optimizers."""
+
+    epoch: int = 1  # the epoch under way (1-based)
+    batch: int = 0  # its batches done
+    steps: int = 0  # optimizer steps, all epochs
+    best_score: float = -math.inf
+    bad: int = 0  # epochs since the best
+    loss_sum: float = 0.0
+    seen: int = 0
+    seconds: float = 0.0
+    labels: list[np.ndarray] = field(default_factory=list)  # per batch, this epoch
+    logits: list[np.ndarray] = field(default_factory=list)
+    since: int = 0  # batches since the last learning-curve point
+    since_rows: int = 0
+    since_loss: float = 0.0
+
+    def start_epoch(self) -> None:
+        self.batch, self.loss_sum, self.seen, self.seconds = 0, 0.0, 0, 0.0
+        self.labels, self.logits = [], []
+        self.since, self.since_rows, self.since_loss = 0, 0, 0.0
+
+
 class Trainer:
     """Fits a DeepFM: Adam for dense parameters, a row-wise Adam for the embedding table (only
     the rows in a batch are touched), L2 on the rows used, early stopping on validation AUC
-    with the best weights restored, learning-rate decay when validation AUC stalls."""
+    with the best weights restored, learning-rate decay when validation AUC stalls.
 
-    def __init__(self, model: DeepFM, config: TrainConfig, device: torch.device) -> None:
+    With a ``checkpoint`` path it saves its whole state there every ``checkpoint_every``
+    steps and at each epoch's end; ``fit(resume=...)`` carries on from such a file exactly:
+    the weights at the end are the same, bit for bit on CPU, as if the run had not stopped."""
+
+    def __init__(self, model: DeepFM, config: TrainConfig, device: torch.device, checkpoint: Path | None = None) -> None:
         self.model, self.config, self.device = model.to(device), config, device
         self.dense_opt = _adam(model.dense_parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.row_opt = RowAdam(model.embedding.weight.data, lr=config.embedding_lr, l2=config.l2_embedding)
+        self.checkpoint = checkpoint
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.history = History()
+        self.progress = _Progress()
 
     def fit(
         self,
@@ -249,27 +283,29 @@ class Trainer:
         valid: EncodedDataset | None,
         batch_size: int,
         on_epoch: Callable[[dict[str, float]], None] | None = None,
+        resume: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None,
     ) -> History:
         """Train until early stopping. ``on_epoch`` sees each epoch's row of metrics (a tuner
-        reports it and may raise to stop the run)."""
+        reports it and may raise to stop the run). ``resume``: a loaded checkpoint."""
         cfg = self.config
-        history = History()
-        best_auc, best_state, bad = -math.inf, None, 0
-        for epoch in range(1, cfg.epochs + 1):
-            t0 = time.perf_counter()
-            loss_sum, labels, logits = self._epoch(train, batch_size, epoch, history.curve)
-            seconds = time.perf_counter() - t0
-            history.train_seconds += seconds
+        if resume is not None:
+            self._restore(*resume)
+        history, p = self.history, self.progress
+        while p.epoch <= cfg.epochs:
+            epoch = p.epoch
+            self._epoch(train, batch_size)
+            labels, logits = np.concatenate(p.labels), np.concatenate(p.logits)
+            history.train_seconds += p.seconds
             history.train_samples += len(train)
             probs = _sigmoid(logits)
             row: dict[str, float] = {
                 "epoch": epoch,
-                "train_loss": loss_sum / max(len(train), 1),
+                "train_loss": p.loss_sum / max(len(train), 1),
                 "train_auc": auc(labels, probs),
                 "train_logloss": logloss(labels, probs),
                 "lr": self.dense_opt.param_groups[0]["lr"],
-                "seconds": seconds,
-                "samples_per_s": len(train) / seconds,
+                "seconds": p.seconds,
+                "samples_per_s": len(train) / max(p.seconds, 1e-9),
             }
             if valid is not None and len(valid):
                 vp = self.predict(valid)
@@ -287,49 +323,59 @@ class Trainer:
                 epoch, row["train_loss"], row["train_auc"], _fmt(row.get("valid_auc")),
                 _fmt(row.get("valid_logloss")), row["samples_per_s"],
             )  # fmt: skip
-            if valid is None or not len(valid):
-                history.best_epoch = epoch
-                continue
-            score = row.get("valid_auc_for_stopping", row["valid_auc"])
-            if score > best_auc + 1e-6:
-                best_auc, bad, history.best_epoch = score, 0, epoch
-                best_state = copy.deepcopy(self.model.state_dict())
-            else:
-                bad += 1
-                if bad >= cfg.patience:
-                    log.info("valid AUC has not improved for %d epoch(s): stopping", bad)
-                    break
-                # CTR models overfit fast: go back to the best weights and continue with a
-                # smaller step, which usually finds a little more than pressing on would.
-                if best_state is not None:
-                    self.model.load_state_dict(best_state)
-                for group in self.dense_opt.param_groups:
-                    group["lr"] *= cfg.lr_decay
-                self.row_opt.lr *= cfg.lr_decay
-                log.info("valid AUC did not improve: back to epoch %d, learning rates x%g", history.best_epoch, cfg.lr_decay)
-        if best_state is not None:
-            self.model.load_state_dict(best_state)
-            log.info("restored the weights of epoch %d (valid AUC %.4f)", history.best_epoch, best_auc)
+            stop = self._after_epoch(row, valid is not None and len(valid) > 0)
+            p.epoch += 1
+            p.start_epoch()
+            self._save_checkpoint()
+            if stop:
+                break
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+            log.info("restored the weights of epoch %d (valid AUC %.4f)", history.best_epoch, p.best_score)
         return history
 
-    def _epoch(
-        self, data: EncodedDataset, batch_size: int, epoch: int, curve: list[dict[str, float]]
-    ) -> tuple[float, np.ndarray, np.ndarray]:
-        """One pass over ``data``; appends about CURVE_POINTS learning-curve points to ``curve``."""
-        cfg = self.config
+    def _after_epoch(self, row: dict[str, float], has_valid: bool) -> bool:
+        """Early stopping and learning-rate decay on the epoch's validation score. True: stop."""
+        p, history = self.progress, self.history
+        if not has_valid:
+            history.best_epoch = int(row["epoch"])
+            return False
+        score = row.get("valid_auc_for_stopping", row["valid_auc"])
+        if score > p.best_score + 1e-6:
+            p.best_score, p.bad, history.best_epoch = score, 0, int(row["epoch"])
+            self.best_state = copy.deepcopy(self.model.state_dict())
+            return False
+        p.bad += 1
+        if p.bad >= self.config.patience:
+            log.info("valid AUC has not improved for %d epoch(s): stopping", p.bad)
+            return True
+        # CTR models overfit fast: go back to the best weights and continue with a
+        # smaller step, which usually finds a little more than pressing on would.
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        for group in self.dense_opt.param_groups:
+            group["lr"] *= self.config.lr_decay
+        self.row_opt.lr *= self.config.lr_decay
+        log.info("valid AUC did not improve: back to epoch %d, learning rates x%g", history.best_epoch, self.config.lr_decay)
+        return False
+
+    def _epoch(self, data: EncodedDataset, batch_size: int) -> None:
+        """The rest of the epoch in progress (all of it unless resumed mid-epoch); appends about
+        CURVE_POINTS learning-curve points to the history."""
+        cfg, p = self.config, self.progress
+        epoch = p.epoch
         self.model.train()
-        labels, logits = [], []
-        loss_sum, seen = 0.0, 0
         every = max(1, math.ceil(len(data) / batch_size) // CURVE_POINTS)  # batches per curve point
-        since, since_rows, since_loss = 0, 0, 0.0  # batches, rows and loss since the last point
         # disable=None: a bar on a terminal, nothing in a log file.
         bar = tqdm(
-            total=len(data), unit="row", unit_scale=True, desc=f"epoch {epoch}",
+            total=len(data), initial=p.seen, unit="row", unit_scale=True, desc=f"epoch {epoch}",
             disable=None if cfg.progress else True, leave=False, mininterval=0.5,
         )  # fmt: skip
-        t0 = time.perf_counter()
-        # Each epoch has its own order, derived from the seed: runs are reproducible.
-        for batch in data.batches(batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch):
+        t0, seconds0 = time.perf_counter(), p.seconds
+        # Each epoch has its own order, derived from the seed: runs are reproducible, and a
+        # resumed epoch skips exactly the batches it had done.
+        for batch in data.batches(batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch, skip=p.batch):
+            p.batch += 1
             if len(batch) == 1 and self.model.config.batch_norm:
                 continue  # batch norm cannot normalize one row; it is one row of this epoch
             batch = batch.to(self.device)
@@ -337,21 +383,91 @@ class Trainer:
             n = len(batch)
             loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
-                raise TrainingError(f"training loss became {loss_value} in epoch {epoch}; lower the learning rate")
-            loss_sum += loss_value * n
-            seen += n
-            labels.append(batch.labels.cpu().numpy())
-            logits.append(logit.detach().cpu().numpy())
-            since, since_rows, since_loss = since + 1, since_rows + n, since_loss + loss_value * n
-            if since == every:
-                curve.append(_curve_point(epoch - 1 + seen / len(data), since_rows, since_loss, labels[-since:], logits[-since:]))
-                since, since_rows, since_loss = 0, 0, 0.0
+                kept = f"; the last good checkpoint is kept in {self.checkpoint}" if self.checkpoint else ""
+                raise TrainingError(
+                    f"training loss became {loss_value} in epoch {epoch} (step {p.steps + 1}){kept}. "
+                    "Lower the learning rates (--lr, --embedding-lr) and start again or resume"
+                )
+            p.steps += 1
+            p.loss_sum += loss_value * n
+            p.seen += n
+            p.labels.append(batch.labels.cpu().numpy())
+            p.logits.append(logit.detach().cpu().numpy())
+            p.since, p.since_rows, p.since_loss = p.since + 1, p.since_rows + n, p.since_loss + loss_value * n
+            if p.since == every:
+                self._curve_point(len(data))
             bar.update(n)
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", rows_s=f"{seen / (time.perf_counter() - t0):.0f}")
+            p.seconds = seconds0 + time.perf_counter() - t0
+            bar.set_postfix(loss=f"{p.loss_sum / p.seen:.4f}", rows_s=f"{p.seen / max(p.seconds, 1e-9):.0f}")
+            if self.checkpoint is not None and cfg.checkpoint_every and p.steps % cfg.checkpoint_every == 0:
+                self._save_checkpoint()
         bar.close()
-        if since:
-            curve.append(_curve_point(epoch - 1 + seen / len(data), since_rows, since_loss, labels[-since:], logits[-since:]))
-        return loss_sum, np.concatenate(labels), np.concatenate(logits)
+        if p.since:
+            self._curve_point(len(data))
+
+    def _curve_point(self, rows: int) -> None:
+        p = self.progress
+        self.history.curve.append(
+            _curve_point(p.epoch - 1 + p.seen / rows, p.since_rows, p.since_loss, p.labels[-p.since :], p.logits[-p.since :])
+        )
+        p.since, p.since_rows, p.since_loss = 0, 0, 0.0
+
+    # ------------------------------------------------------------ checkpoints
+    def _save_checkpoint(self) -> None:
+        if self.checkpoint is None:
+            return
+        p, h = self.progress, self.history
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        if self.best_state is not None:
+            tensors.update({f"best.{k}": v for k, v in self.best_state.items()})
+        adam = self.dense_opt.state_dict()
+        for i, st in adam["state"].items():
+            tensors.update({f"adam.{i}.{k}": v for k, v in st.items()})
+        tensors["rowadam.exp_avg"], tensors["rowadam.exp_avg_sq"] = self.row_opt.exp_avg, self.row_opt.exp_avg_sq
+        tensors["rng.torch"] = torch.get_rng_state()
+        # The epoch so far, batch by batch (the learning curve slices the last batches).
+        sizes = [len(x) for x in p.labels]
+        tensors["epoch.labels"] = torch.from_numpy(np.concatenate(p.labels) if sizes else np.zeros(0, np.float32))
+        tensors["epoch.logits"] = torch.from_numpy(np.concatenate(p.logits) if sizes else np.zeros(0, np.float32))
+        progress = {k: v for k, v in dataclasses.asdict(p).items() if k not in ("labels", "logits")}
+        state = {
+            "progress": progress,
+            "batch_sizes": sizes,
+            "history": dataclasses.asdict(h),
+            "adam_groups": adam["param_groups"],
+            "rowadam": {"steps": self.row_opt.steps, "lr": self.row_opt.lr},
+        }
+        with record_function("checkpoint"):
+            save_checkpoint(self.checkpoint, tensors, state)
+
+    def _restore(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+        """Load a checkpoint written by :meth:`_save_checkpoint` into this trainer."""
+        def part(prefix: str) -> dict[str, torch.Tensor]:
+            return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+        try:
+            self.model.load_state_dict(part("model."))
+            best = part("best.")
+            self.best_state = {k: v.to(self.device) for k, v in best.items()} if best else None
+            adam_state: dict[int, dict[str, torch.Tensor]] = {}
+            for k, v in part("adam.").items():
+                i, name = k.split(".", 1)
+                adam_state.setdefault(int(i), {})[name] = v
+            self.dense_opt.load_state_dict({"state": adam_state, "param_groups": state["adam_groups"]})
+            self.row_opt.exp_avg.copy_(tensors["rowadam.exp_avg"])
+            self.row_opt.exp_avg_sq.copy_(tensors["rowadam.exp_avg_sq"])
+            self.row_opt.steps, self.row_opt.lr = state["rowadam"]["steps"], state["rowadam"]["lr"]
+            torch.set_rng_state(tensors["rng.torch"])
+            edges = np.cumsum([0, *state["batch_sizes"]])
+            labels, logits = tensors["epoch.labels"].numpy(), tensors["epoch.logits"].numpy()
+            self.progress = _Progress(
+                **state["progress"],
+                labels=[labels[a:b] for a, b in zip(edges[:-1], edges[1:])],
+                logits=[logits[a:b] for a, b in zip(edges[:-1], edges[1:])],
+            )
+            self.history = History(**state["history"])
+        except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+            raise TrainingError(f"the checkpoint does not fit this model or trainer ({exc}); start the run again without --resume") from None
 
     def _step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step. The table rows are looked up outside autograd and made leaves;
@@ -404,6 +520,7 @@ def train(
     cache_dir: str | Path | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     on_trained: Callable[[Bundle, EncodedDataset | None], None] | None = None,
+    resume: bool = False,
 ) -> Bundle:
     """Train a model on ``data`` and save it to ``out``. Returns the Bundle (metrics attached).
 
@@ -412,6 +529,10 @@ def train(
     (default: :func:`default_cache_dir`) and reused by later runs on the same files and
     config; without it, it lives in a temporary folder inside ``out``. ``on_trained`` gets
     the saved Bundle and its evaluated part (test, else valid) while the encoded rows exist.
+
+    While it trains, ``out`` holds ``run.json`` (how the run was started) and a checkpoint;
+    ``resume=True`` carries on from that checkpoint (see :func:`resume`). Both go once the
+    bundle is saved.
     """
     t_start = time.perf_counter()
     cfg = config.train
@@ -424,6 +545,16 @@ def train(
         log.info("no --valid or --split given: using the last 10%% of %s for validation", data)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    checkpoint = out / CHECKPOINT
+    if not resume:
+        if checkpoint.exists():
+            raise ConfigError(
+                f"{out} holds the checkpoint of an interrupted run: carry on with "
+                f"'deepfm train --resume {out}', or remove {checkpoint} to start again"
+            )
+        run = {"config": config.to_dict(), "data": str(data), "valid": _str(valid), "test": _str(test),
+               "split": split_parts, "cache": cache, "cache_dir": _str(cache_dir), "files": _identities(data, valid, test)}  # fmt: skip
+        write_atomic(out / RUN, json.dumps(run, indent=1).encode())
     with tempfile.TemporaryDirectory(prefix=".encoded-", dir=out) as tmp:
         t0 = time.perf_counter()
         if cache:
@@ -450,8 +581,15 @@ def train(
             "training %s on %d rows (%d fields, %d embedding rows), batch %d on %s",
             config.model.kind, len(parts.train), layout.n_fields, layout.num_embeddings, batch_size, device,
         )  # fmt: skip
-        trainer = Trainer(model, cfg, device)
-        history = trainer.fit(parts.train, parts.valid, batch_size, on_epoch=on_epoch)
+        trainer = Trainer(model, cfg, device, checkpoint=checkpoint)
+        state = None
+        if resume and checkpoint.exists():
+            state = load_checkpoint(checkpoint)
+            p = state[1]["progress"]
+            log.info("resuming from %s: epoch %d, batch %d (step %d)", checkpoint, p["epoch"], p["batch"], p["steps"])
+        elif resume:
+            log.info("no checkpoint in %s yet: starting the run from its beginning", out)
+        history = trainer.fit(parts.train, parts.valid, batch_size, on_epoch=on_epoch, resume=state)
         metrics: dict[str, Any] = {
             "model": config.model.kind,
             "epochs": len(history.epochs),
@@ -483,10 +621,61 @@ def train(
         bundle = Bundle(config, pipeline, model.cpu().eval(), metrics)
         bundle.save(out)
         log.info("saved the model to %s", out)
+        for name in (CHECKPOINT, RUN):  # the run is complete: nothing left to resume
+            (out / name).unlink(missing_ok=True)
         if on_trained is not None:
             on_trained(bundle, evaluated)
         del parts, evaluated  # release the memory maps before the folder goes
     return bundle
+
+
+def resume(out: str | Path, train_overrides: dict[str, Any] | None = None, **kwargs: Any) -> Bundle:
+    """Carry on with the interrupted run in ``out``: same config and data as it was started
+    with (``run.json``), from its last checkpoint. ``train_overrides`` may change settings
+    that do not alter the model, such as lr, embedding_lr, epochs or threads (after a NaN
+    loss, say); without them the result is what the uninterrupted run would have saved."""
+    from deepfm.config import with_overrides
+
+    out = Path(out)
+    if not (out / RUN).is_file():
+        done = " (it holds a finished model)" if (out / "manifest.json").is_file() else ""
+        raise ConfigError(f"nothing to resume in {out}: no {RUN}{done}")
+    try:
+        run = json.loads((out / RUN).read_text())
+        missing = {"config", "data", "valid", "test", "split", "cache", "cache_dir", "files"} - set(run)
+    except (OSError, json.JSONDecodeError, TypeError) as exc:
+        raise ConfigError(f"{out / RUN}: unreadable ({exc})") from None
+    if missing:
+        raise ConfigError(f"{out / RUN}: not a run description written by deepfm train (no {sorted(missing)})")
+    config = RunConfig.from_dict(run["config"], where=str(out / RUN))
+    fixed = {"seed", "batch_size", "l2_embedding", "weight_decay", "lr_decay", "checkpoint_every"}
+    changed = sorted(k for k, v in (train_overrides or {}).items() if v is not None and k in fixed)
+    if changed:
+        raise ConfigError(f"--resume carries on the same run: {', '.join(changed)} cannot change")
+    config = with_overrides(config, model={}, train=train_overrides or {}, data={})
+    if _identities(run["data"], run["valid"], run["test"]) != run["files"]:
+        raise DataError(f"the data files changed since the run started ({run['files']}); start it again without --resume")
+    split = tuple(run["split"]) if run["split"] is not None else None
+    return train(
+        config, run["data"], out, valid=run["valid"], test=run["test"], split=split,  # type: ignore[arg-type]
+        cache=run["cache"], cache_dir=run["cache_dir"], resume=True, **kwargs,
+    )  # fmt: skip
+
+
+def _identities(*paths: str | Path | None) -> list[list[Any] | None]:
+    """(path, size, modification time) of each file: a resumed run must read the same data."""
+    out: list[list[Any] | None] = []
+    for p in paths:
+        if p is None or not Path(p).is_file():
+            out.append(None)
+        else:
+            st = Path(p).stat()
+            out.append([str(Path(p).resolve()), st.st_size, st.st_mtime_ns])
+    return out
+
+
+def _str(p: str | Path | None) -> str | None:
+    return None if p is None else str(p)
 
 
 def _adam(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Adam:

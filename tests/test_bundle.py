@@ -192,3 +192,57 @@ def test_predict_no_records(trained) -> None:
     bundle = Bundle.load(tmp / "model")
     out = bundle.predict([])
     assert isinstance(out, np.ndarray) and out.shape == (0,)
+
+
+def _copy(trained, tmp_path: Path) -> Path:
+    tmp, _, _ = trained
+    folder = tmp_path / "m"
+    shutil.copytree(tmp / "model", folder)
+    return folder
+
+
+def _resign(folder: Path) -> None:
+    """What someone who edits a bundle and rewrites its manifest would do."""
+    import hashlib
+
+    names = sorted(p.name for p in folder.iterdir() if p.name != "manifest.json")
+    digests = {n: hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in names}
+    (folder / "manifest.json").write_text(json.dumps({"format_version": 1, "sha256": digests}))
+
+
+def test_load_refuses_a_truncated_file(trained, tmp_path: Path) -> None:
+    folder = _copy(trained, tmp_path)
+    blob = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(blob[: len(blob) - 100])  # a copy cut short
+    with pytest.raises(BundleError, match=r"model\.safetensors does not match its sha256 .*truncated"):
+        Bundle.load(folder)
+
+
+def test_load_refuses_a_folder_without_or_outside_its_manifest(trained, tmp_path: Path) -> None:
+    folder = _copy(trained, tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["sha256"]["vocab.arrow"]  # a file the manifest does not vouch for
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"no sha256 for \['vocab\.arrow'\]"):
+        Bundle.load(folder)
+    manifest["sha256"]["../config.json"] = "0" * 64
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="not a file name of this folder|no sha256"):
+        Bundle.load(folder)
+    (folder / "manifest.json").unlink()
+    with pytest.raises(BundleError, match=r"missing \['manifest\.json'\]"):
+        Bundle.load(folder)
+
+
+def test_load_refuses_weights_of_another_model_even_when_resigned(trained, tmp_path: Path) -> None:
+    """A manifest only proves the files are as written; the weights must still fit config.json."""
+    folder = _copy(trained, tmp_path)
+    state = load_file(folder / "model.safetensors")
+    name = next(k for k in state if k.startswith("embedding"))
+    state[name] = torch.zeros(state[name].shape[0] + 3, state[name].shape[1])  # a bigger table
+    from safetensors.torch import save_file
+
+    save_file(state, str(folder / "model.safetensors"))
+    _resign(folder)
+    with pytest.raises(BundleError, match=r"model\.safetensors: weights do not fit the model in config\.json"):
+        Bundle.load(folder)

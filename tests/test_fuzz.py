@@ -8,7 +8,9 @@ runs the same targets long and writes the outcome counts (docs/reliability.md).
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -46,13 +48,20 @@ SCHEMA = Schema(
 COLUMNS = ("y", "c", "x", "b", "m")
 
 
-def outcome(exc: BaseException | None) -> None:
-    """Record what happened, for --hypothesis-show-statistics and benchmarks/fuzz.py."""
+def outcome(target: str, exc: BaseException | None) -> None:
+    """Record what happened: a hypothesis event (--hypothesis-show-statistics) and, for
+    benchmarks/fuzz.py, a line in $DEEPFM_FUZZ_LOG."""
     if exc is None:
-        event("accepted")
+        what = "accepted"
     else:
-        # The first words of the message say which check fired ("expected a number", ...).
-        event(f"{type(exc).__name__}: {' '.join(str(exc).split(': ')[-1].split()[:4])}")
+        # The message's first words, up to any quoted input, say which check fired.
+        detail = re.split(r"""['"(\[{]""", getattr(exc, "detail", str(exc)))[0]
+        what = f"{type(exc).__name__}: {' '.join(detail.split()[:6]).rstrip(':,')}"
+    event(what)
+    log = os.environ.get("DEEPFM_FUZZ_LOG")
+    if log:
+        with open(log, "a") as f:
+            f.write(json.dumps({"target": target, "outcome": what}) + "\n")
 
 
 def check_encoded(pipeline: FeaturePipeline, enc) -> None:  # type: ignore[no-untyped-def]
@@ -90,9 +99,9 @@ def test_any_bytes_read_or_documented_error(tmp_path: Path, data: bytes, header:
         read_and_encode(path, ReadOptions(header=header, delimiter=delimiter), COLUMNS if header == "no" else None)
     except DeepFMError as exc:
         assert str(path) in str(exc) or "record" in str(exc), f"the error does not name the file: {exc}"
-        outcome(exc)
+        outcome("any bytes -> Reader + FeaturePipeline", exc)
     else:
-        outcome(None)
+        outcome("any bytes -> Reader + FeaturePipeline", None)
 
 
 # ---------------------------------------------------------------- target 2: CSV-shaped text
@@ -101,6 +110,9 @@ NUMBERS = st.sampled_from(
      "1,5", "٣", "0x10", "1e-400", "-0", "123456789012345678901234567890", "1.7976931348623157e308"]
 )  # fmt: skip
 LABELS = st.sampled_from(["0", "1", "", "2", "-1", "1.0", "0.0", "nan", "yes", " 1", "1 "])
+# Files without faults too, so the accepting path is fuzzed as much as the refusing one.
+GOOD_NUMBERS = st.sampled_from(["0", "1", "-1", "2.5", "1e3", "", "-0", "1e-400", "1.7976931348623157e308", "123456789012345678901234567890"])
+GOOD_LABELS = st.sampled_from(["0", "1", "1.0", "0.0"])
 TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=8)
 BAGS = st.lists(st.sampled_from(["a", "b", "", " ", "ü", "a b", "\"q\""]), max_size=4).map("|".join)
 
@@ -108,10 +120,12 @@ BAGS = st.lists(st.sampled_from(["a", "b", "", " ", "ü", "a b", "\"q\""]), max_
 @st.composite
 def csv_files(draw: st.DrawFn) -> tuple[bytes, str]:
     delimiter = draw(st.sampled_from([",", "\t", ";"]))
+    faulty = draw(st.booleans())
+    numbers, labels = (NUMBERS, LABELS) if faulty else (GOOD_NUMBERS, GOOD_LABELS)
     rows = []
     for _ in range(draw(st.integers(1, 12))):
-        row = [draw(LABELS), draw(TEXT | st.sampled_from(["", "x", "y"])), draw(NUMBERS), draw(NUMBERS), draw(BAGS)]
-        if draw(st.integers(0, 9)) == 0:  # ragged: a cell too many or too few
+        row = [draw(labels), draw(TEXT | st.sampled_from(["", "x", "y"])), draw(numbers), draw(numbers), draw(BAGS)]
+        if faulty and draw(st.integers(0, 9)) == 0:  # ragged: a cell too many or too few
             row = row[:-1] if draw(st.booleans()) else [*row, "extra"]
         cells = []
         for cell in row:
@@ -139,9 +153,9 @@ def test_csv_rows_prepare_or_documented_error(tmp_path: Path, file: tuple[bytes,
         pipeline, parts = prepare(config, path, tmp_path / "work", split=(0.6, 0.2, 0.2))
     except DeepFMError as exc:
         assert str(path) in str(exc) or "split" in str(exc), f"the error does not name the file: {exc}"
-        outcome(exc)
+        outcome("messy CSV -> prepare (train/valid/test)", exc)
         return
-    outcome(None)
+    outcome("messy CSV -> prepare (train/valid/test)", None)
     for part in (parts.train, parts.valid, parts.test):
         if part is None:
             continue
@@ -177,8 +191,8 @@ def test_records_predict_or_documented_error(bundle: Bundle, records: object) ->
     try:
         p = bundle.predict(records)
     except DeepFMError as exc:
-        outcome(exc)
+        outcome("JSON-like records -> Bundle.predict", exc)
         return
-    outcome(None)
+    outcome("JSON-like records -> Bundle.predict", None)
     n = 1 if isinstance(records, dict) else len(records)  # type: ignore[arg-type]
     assert p.shape == (n,) and np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()
