@@ -17,6 +17,7 @@ Fitted state is plain JSON plus one Arrow file of vocabularies: nothing is pickl
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -182,8 +183,17 @@ class FeaturePipeline:
             if spec.is_scaled:
                 n, s, ss = np.sum(fitter.moments[spec.name], axis=0) if fitter.moments[spec.name] else (0, 0.0, 0.0)
                 if "standardize" in spec.transform and n > 0:
-                    st.mean = float(s / n)
-                    st.std = float(math.sqrt(max(ss / n - st.mean**2, 0.0))) or 1.0
+                    with np.errstate(over="ignore", invalid="ignore"):
+                        mean, var = s / n, ss / n - (s / n) ** 2
+                    if not (math.isfinite(mean) and math.isfinite(var)):
+                        # Squares of values near 1e154 and above overflow: say so rather
+                        # than let NaN reach the model.
+                        raise DataError(
+                            "values are too large to standardize (their squares overflow); "
+                            "use transform log1p_standardize or bucketize the field",
+                            field=spec.name,
+                        )
+                    st.mean, st.std = float(mean), float(math.sqrt(max(var, 0.0))) or 1.0
                 st.size = 2
             elif spec.kind == "numeric" and spec.binning == "quantile":
                 values = fitter.samples[spec.name].values if spec.name in fitter.samples else np.empty(0)
@@ -224,7 +234,8 @@ class FeaturePipeline:
         for j, spec in enumerate(singles):
             st = self.states[spec.name]
             if spec.is_scaled:
-                ids[:, j], values[:, v] = _encode_scaled(to_float(chunk, spec.name), spec, st)
+                too_large = functools.partial(_chunk_error, chunk, spec.name)
+                ids[:, j], values[:, v] = _encode_scaled(to_float(chunk, spec.name), spec, st, too_large)
                 v += 1
                 continue
             if spec.kind == "numeric":
@@ -428,11 +439,21 @@ def _bags(local: np.ndarray, parents: np.ndarray, rows: int, offset: int) -> tup
     return offsets, offset + ids
 
 
-def _encode_scaled(x: np.ndarray, spec: FieldSpec, st: FieldState) -> tuple[np.ndarray, np.ndarray]:
-    """A scaled numeric's ids (row 0: the value vector, row 1: missing) and values (1 if missing)."""
+def _encode_scaled(
+    x: np.ndarray, spec: FieldSpec, st: FieldState, error: Callable[[int, str], DataError]
+) -> tuple[np.ndarray, np.ndarray]:
+    """A scaled numeric's ids (row 0: the value vector, row 1: missing) and float32 values (1
+    if missing). A value beyond float32's range after scaling is an ``error(row, message)``:
+    it would reach the model as inf."""
     t = _transform(x, spec.transform)
     missing = np.isnan(t)
-    return st.offset + missing.astype(np.int64), np.where(missing, 1.0, (t - st.mean) / st.std)
+    with np.errstate(over="ignore"):
+        values = np.where(missing, 1.0, (t - st.mean) / st.std).astype(np.float32)
+    bad = np.flatnonzero(np.isinf(values))
+    if bad.size:
+        i = int(bad[0])
+        raise error(i, f"{x[i]!r} is too large for this field: {values[i]} after scaling (float32 holds up to 3.4e38)")
+    return st.offset + missing.astype(np.int64), values
 
 
 # ---------------------------------------------------------------- single-pass fitting
@@ -627,6 +648,12 @@ class _Fitter:
         self.rngs = {f.name: np.random.default_rng([0, i]) for i, f in enumerate(schema.fields)}
         self.rows_counted = 0
         self.chunk_rows: list[tuple[int, int]] = []
+        self.reader: Any = None  # where the chunks come from: errors name its lines
+
+    def _row_error(self, i: int, field: str, row: int, message: str) -> DataError:
+        """An error at ``row`` of spilled chunk ``i``, located in the file it came from."""
+        assert self.reader is not None
+        return DataError(message, path=str(self.reader.path), line=self.reader.locate(self.chunk_rows[i][0] + row), field=field)
 
     def add(self, chunk: Chunk, pool: ThreadPoolExecutor | None = None) -> None:
         """Count every row of ``chunk`` (and spill what encoding it needs). With a ``pool``,
@@ -635,6 +662,7 @@ class _Fitter:
         n = chunk.table.num_rows
         self.rows_counted += n
         self.chunk_rows.append((chunk.row0, n))
+        self.reader = chunk.reader
         fields = list(enumerate(self.schema.fields))
 
         def run(part: list[tuple[int, FieldSpec]]) -> tuple[int, Exception] | None:
@@ -716,7 +744,8 @@ class _Fitter:
         for j, spec in enumerate(singles):
             st = pipe.states[spec.name]
             if spec.is_scaled:
-                ids_t[j], values[:, v] = _encode_scaled(spill.get(spec.name, i), spec, st)
+                too_large = functools.partial(self._row_error, i, spec.name)
+                ids_t[j], values[:, v] = _encode_scaled(spill.get(spec.name, i), spec, st, too_large)
                 v += 1
             elif _uses_dictionary(spec):
                 self.dictionaries[spec.name].encode(i, spill.get(spec.name, i), remaps[spec.name], st.offset, out=ids_t[j])
@@ -737,10 +766,15 @@ class _Fitter:
         return EncodedChunk(ids=ids, values=values, multi_hot=multi, labels=spill.get("label", i))
 
 
+def _chunk_error(chunk: Chunk, field: str, row: int, message: str) -> DataError:
+    return chunk.error(row, message, field=field)
+
+
 def _moments(x: np.ndarray, transform: str) -> np.ndarray:
     """(count, sum, sum of squares) of the transformed non-missing values of ``x``."""
     t = _transform(x[~np.isnan(x)], transform)
-    return np.array([t.size, t.sum(), np.square(t).sum()])
+    with np.errstate(over="ignore"):  # an overflow is reported once, by _finish_fit, naming the field
+        return np.array([t.size, t.sum(), np.square(t).sum()])
 
 
 def _uses_dictionary(spec: FieldSpec) -> bool:

@@ -152,6 +152,29 @@ def test_text_in_a_numeric_column(tmp_path: Path, capsys, header: bool) -> None:
     expect_in(err, str(path), line, "field 'x'", "'lots'")
 
 
+def standardized_schema() -> Schema:
+    return Schema(label="label", fields=(FieldSpec("c", min_count=1), FieldSpec("x", kind="numeric", mode="scaled", transform="standardize")))
+
+
+def test_values_too_large_to_standardize_name_the_field(tmp_path: Path) -> None:
+    """Squares of 1e200 overflow float64: the mean and spread cannot be fitted."""
+    data = rows()
+    data[3][2] = "1e200"
+    path = write_rows(tmp_path / "d.csv", data, COLS)
+    with pytest.raises(DataError, match="field 'x': values are too large to standardize"):
+        prepare(small_config(standardized_schema()), path, tmp_path / "w", split=(0.9, 0.1, 0.0))
+
+
+def test_a_value_beyond_float32_after_scaling_names_its_line(tmp_path: Path) -> None:
+    """Fitted on 0..89, a valid-part value of 1e300 would reach the model as inf."""
+    data = rows()
+    data[95][2] = "1e300"
+    path = write_rows(tmp_path / "d.csv", data, COLS)
+    with pytest.raises(DataError) as info:
+        prepare(small_config(standardized_schema()), path, tmp_path / "w", split=(0.9, 0.1, 0.0))
+    expect_in(str(info.value), str(path), "line 97", "field 'x'", "1e+300 is too large")
+
+
 @pytest.mark.parametrize("where", [10, 95], ids=["in-train-part", "in-valid-part"])
 def test_label_outside_0_1(tmp_path: Path, capsys, where: int) -> None:
     data = rows()

@@ -42,10 +42,11 @@ SCHEMA = Schema(
         FieldSpec("c", kind="categorical", min_count=1),
         FieldSpec("x", kind="numeric", mode="scaled", transform="log1p_standardize"),
         FieldSpec("b", kind="numeric", mode="bucketized", binning="log", min_count=1),
+        FieldSpec("z", kind="numeric", mode="scaled", transform="standardize"),
         FieldSpec("m", kind="multi_hot", separator="|", min_count=1),
     ),
 )
-COLUMNS = ("y", "c", "x", "b", "m")
+COLUMNS = ("y", "c", "x", "b", "z", "m")
 
 
 def outcome(target: str, exc: BaseException | None) -> None:
@@ -124,7 +125,7 @@ def csv_files(draw: st.DrawFn) -> tuple[bytes, str]:
     numbers, labels = (NUMBERS, LABELS) if faulty else (GOOD_NUMBERS, GOOD_LABELS)
     rows = []
     for _ in range(draw(st.integers(1, 12))):
-        row = [draw(labels), draw(TEXT | st.sampled_from(["", "x", "y"])), draw(numbers), draw(numbers), draw(BAGS)]
+        row = [draw(labels), draw(TEXT | st.sampled_from(["", "x", "y"])), draw(numbers), draw(numbers), draw(numbers), draw(BAGS)]
         if faulty and draw(st.integers(0, 9)) == 0:  # ragged: a cell too many or too few
             row = row[:-1] if draw(st.booleans()) else [*row, "extra"]
         cells = []
@@ -152,7 +153,7 @@ def test_csv_rows_prepare_or_documented_error(tmp_path: Path, file: tuple[bytes,
     try:
         pipeline, parts = prepare(config, path, tmp_path / "work", split=(0.6, 0.2, 0.2))
     except DeepFMError as exc:
-        assert str(path) in str(exc) or "split" in str(exc), f"the error does not name the file: {exc}"
+        assert str(path) in str(exc) or "split" in str(exc) or "field" in str(exc), f"the error names neither file nor field: {exc}"
         outcome("messy CSV -> prepare (train/valid/test)", exc)
         return
     outcome("messy CSV -> prepare (train/valid/test)", None)
