@@ -452,7 +452,7 @@ def _encode_scaled(
     bad = np.flatnonzero(np.isinf(values))
     if bad.size:
         i = int(bad[0])
-        raise error(i, f"{x[i]!r} is too large for this field: {values[i]} after scaling (float32 holds up to 3.4e38)")
+        raise error(i, f"{float(x[i])!r} is too large for this field: out of float32's range (3.4e38) after scaling")
     return st.offset + missing.astype(np.int64), values
 
 
