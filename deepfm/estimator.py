@@ -342,7 +342,7 @@ def _to_table(X: Any, what: str) -> tuple[pa.Table, bool]:
     if module.startswith("scipy.sparse") or hasattr(X, "tocsr"):
         raise TypeError(f"{what}: sparse matrices are not supported; pass a DataFrame, an Arrow table or a dense array")
     if module.startswith(("pandas", "polars")) and type(X).__name__ != "DataFrame":
-        raise ValueError(f"{what}: expected 2-D data (a DataFrame), got a 1-D {type(X).__name__}. Reshape your data")
+        raise ValueError(f"{what}: expected 2-D data (a DataFrame), got a {type(X).__name__}. Reshape your data")
     if isinstance(X, (pa.Table, pa.RecordBatch)) or module.startswith("polars"):
         table, named = as_table(X), True
     elif module.startswith("pandas"):
