@@ -4,7 +4,11 @@
     bundle = deepfm.train(deepfm.RunConfig(schema=deepfm.criteo_schema()), "clicks.tsv", "runs/m",
                           split="0.8,0.1,0.1")
     probs = deepfm.Bundle.load("runs/m").predict([{"I1": 3, "C1": "68fd1e64"}])
+
+``deepfm.DeepFMClassifier`` (scikit-learn estimator on DataFrames) needs ``pip install deepfm[sklearn]``.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from deepfm.bundle import Bundle
 from deepfm.config import RunConfig, TrainConfig, load_config
@@ -15,7 +19,21 @@ from deepfm.predict import evaluate, predict_file
 from deepfm.schema import FieldSpec, Schema, criteo_schema
 from deepfm.train import train
 
+if TYPE_CHECKING:
+    from deepfm.estimator import DeepFMClassifier
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """``deepfm.DeepFMClassifier`` is imported on first use: scikit-learn is an optional extra."""
+    if name == "DeepFMClassifier":
+        from deepfm.estimator import DeepFMClassifier
+
+        return DeepFMClassifier
+    raise AttributeError(f"module 'deepfm' has no attribute {name!r}")
+
+
 __all__ = [
     "Bundle", "BundleError", "ConfigError", "DataError", "DeepFM", "DeepFMError", "FieldSpec", "ModelConfig",
     "ReadOptions", "RunConfig", "Schema", "TrainConfig", "criteo_schema", "evaluate", "load_config",

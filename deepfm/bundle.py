@@ -54,9 +54,16 @@ class Bundle:
         return next(self.model.parameters()).device
 
     # ------------------------------------------------------------ save / load
-    def save(self, folder: str | Path) -> Path:
+    def save(self, folder: str | Path, extra: dict[str, bytes] | None = None) -> Path:
+        """Write the bundle to ``folder``. ``extra`` files (name -> content) are written beside
+        the others and checked by the manifest like them (the scikit-learn estimator keeps its
+        classes there)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        for name, content in (extra or {}).items():
+            if Path(name).name != name or name in (*REQUIRED, "metrics.json", "manifest.json"):
+                raise ValueError(f"extra bundle file {name!r} must be a plain file name not used by the bundle")
+            write_atomic(folder / name, content)
         config = {
             "format_version": FORMAT_VERSION,
             **self.config.to_dict(),
@@ -67,7 +74,7 @@ class Bundle:
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         save_file(state, str(folder / "model.safetensors"), metadata={"format": "deepfm", "version": str(FORMAT_VERSION)})
         write_atomic(folder / "metrics.json", json.dumps(_jsonable(self.metrics), indent=1).encode())
-        files += ["config.json", "model.safetensors", "metrics.json"]
+        files += ["config.json", "model.safetensors", "metrics.json", *(extra or {})]
         manifest = {"format_version": FORMAT_VERSION, "sha256": {f: _sha256(folder / f) for f in sorted(files)}}
         write_atomic(folder / "manifest.json", json.dumps(manifest, indent=1).encode())
         self.path = folder

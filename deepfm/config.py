@@ -161,10 +161,16 @@ def infer_schema(reader: Reader, label: str = "label") -> Schema:
         except Exception:  # text, not numbers: a categorical column
             specs.append(FieldSpec(name=name, kind="categorical"))
             continue
-        finite = x[~np.isnan(x)]
-        integral = finite.size > 0 and bool(np.all(finite == np.round(finite)))
-        specs.append(FieldSpec(name=name, kind="numeric", mode="bucketized", binning="log" if integral else "quantile"))
+        specs.append(numeric_field(name, x))
     return Schema(label=label, fields=tuple(specs), label_values=(-1.0, 1.0) if reader.format == "libfm" else (0.0, 1.0))
+
+
+def numeric_field(name: str, x: np.ndarray, **options: Any) -> FieldSpec:
+    """The default spec of a numeric column from its values (N,), NaN for missing: log bins
+    when every value is an integer (counts), quantile bins otherwise."""
+    finite = x[~np.isnan(x)]
+    integral = finite.size > 0 and bool(np.all(finite == np.round(finite)))
+    return FieldSpec(name=name, kind="numeric", mode="bucketized", binning="log" if integral else "quantile", **options)
 
 
 def with_overrides(config: RunConfig, model: dict[str, Any], train: dict[str, Any], data: dict[str, Any]) -> RunConfig:
