@@ -73,7 +73,8 @@ class Bundle:
         files = list(self.pipeline.save(folder))
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         save_file(state, str(folder / "model.safetensors"), metadata={"format": "deepfm", "version": str(FORMAT_VERSION)})
-        write_atomic(folder / "metrics.json", json.dumps(_jsonable(self.metrics), indent=1).encode())
+        self.metrics = _jsonable(self.metrics)  # what a reload gives back (JSON has no inf or NaN: null)
+        write_atomic(folder / "metrics.json", json.dumps(self.metrics, indent=1).encode())
         files += ["config.json", "model.safetensors", "metrics.json", *(extra or {})]
         manifest = {"format_version": FORMAT_VERSION, "sha256": {f: _sha256(folder / f) for f in sorted(files)}}
         write_atomic(folder / "manifest.json", json.dumps(manifest, indent=1).encode())
