@@ -51,10 +51,8 @@ def wait_then_kill(proc: subprocess.Popen[bytes], out: Path, when: str) -> dict:
         if when == "before any checkpoint" and (out / RUN).exists():
             break
         if (out / CHECKPOINT).exists() and when != "before any checkpoint":
-            try:
-                progress = load_checkpoint(out / CHECKPOINT)[1]["progress"]
-            except TrainingError:  # cannot happen with atomic writes, but never loop on it
-                continue
+            # Read while training replaces it: atomic writes mean a whole file every time.
+            progress = load_checkpoint(out / CHECKPOINT)[1]["progress"]
             if (when == "in epoch 1" and progress["batch"] > 0) or (when == "later epoch" and progress["epoch"] >= 2 and progress["batch"] > 40):
                 break
         time.sleep(0.005)
