@@ -28,6 +28,7 @@ import json
 import logging
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +134,11 @@ def export_onnx(bundle: Bundle, path: str | Path, check_rows: int = 2000) -> dic
     args = tuple(torch.from_numpy(feeds[n]) for n in names)
     model.embedding.loop_free_pooling = True  # same vectors, no ONNX Loop over bags
     try:
-        program = _quiet_export(_EncodedGraph(model), args, names, dynamic)
+        with _quiet():
+            program = _export(_EncodedGraph(model), args, names, dynamic)
+    except Exception as exc:  # torch.export raises many types; the first line says what failed
+        summary = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DeepFMError(f"torch.onnx could not export {bundle.path}: {summary}") from exc
     finally:
         model.embedding.loop_free_pooling = False
     meta = program.model.metadata_props
@@ -143,7 +148,8 @@ def export_onnx(bundle: Bundle, path: str | Path, check_rows: int = 2000) -> dic
     meta["deepfm.inputs"] = json.dumps(_describe_inputs(model))
     meta["deepfm.encoding"] = ENCODING
     path.parent.mkdir(parents=True, exist_ok=True)
-    program.save(str(path))
+    with _quiet():
+        program.save(str(path))
     diff = check_onnx(path, bundle, check_rows) if check_rows else None
     return {
         "path": str(path),
@@ -177,22 +183,30 @@ def _describe_inputs(model: DeepFM) -> list[dict[str, Any]]:
     return out
 
 
-def _quiet_export(module: nn.Module, args: tuple[torch.Tensor, ...], names: list[str], dynamic: list[dict[int, Any]]) -> Any:
-    """torch.onnx.export, without its progress lines and warnings about unrelated packages."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Without the exporter's progress lines, its optimizer's INFO logs and warnings about
+    packages we do not use (torchvision)."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnx_ir")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
-            return torch.onnx.export(
-                module, args, dynamo=True, input_names=names, output_names=["logit", "probability"],
-                dynamic_shapes=(dynamic[0], tuple(dynamic[1:])), verbose=False,  # forward(ids, *rest)
-            )  # fmt: skip
+            yield
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
+
+
+def _export(module: nn.Module, args: tuple[torch.Tensor, ...], names: list[str], dynamic: list[dict[int, Any]]) -> Any:
+    # forward(ids, *rest): the shapes follow that structure, and an empty *rest is left out.
+    shapes = (dynamic[0], tuple(dynamic[1:])) if len(dynamic) > 1 else (dynamic[0],)
+    return torch.onnx.export(
+        module, args, dynamo=True, input_names=names, output_names=["logit", "probability"],
+        dynamic_shapes=shapes, verbose=False,
+    )  # fmt: skip
 
 
 class OnnxEngine:

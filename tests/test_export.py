@@ -50,6 +50,15 @@ def test_onnx_matches_pytorch_on_10k_generated_rows(exported) -> None:
         assert diff.shape == (n,) and diff.max() <= 1e-5
 
 
+def test_criteo_layout_exports_with_ids_only(criteo_tsv: Path, tmp_path: Path) -> None:
+    """Bucketized numerics and categoricals only: the graph's one input is ids."""
+    from deepfm.schema import criteo_schema
+
+    bundle = train(small_config(criteo_schema()), criteo_tsv, tmp_path / "model", split="0.8,0.1,0.1")
+    report = export_onnx(bundle, tmp_path / "c.onnx", check_rows=3000)
+    assert report["inputs"] == ["ids"] and report["max_abs_diff"] <= 1e-5
+
+
 def test_graph_has_a_dynamic_batch_and_the_preprocessing_in_metadata(exported) -> None:
     model_dir, onnx_path, _ = exported
     graph = onnx.load(str(onnx_path))
