@@ -10,9 +10,10 @@ clients sends requests from an asyncio client (aiohttp) until ``--requests`` are
 the last one is answered (a closed loop), so latency includes any queueing in the server.
 
 Reports, per case: requests, errors (any status but 200, or a failed connection),
-requests/s, records/s, p50/p90/p99/max latency, and the CPU seconds the client and the
-server used: client and server share this machine's cores. Prints a Markdown table and
-writes the figures as JSON (``--json``).
+requests/s, records/s, p50/p90/p99/max latency, and the CPU seconds the client, the server
+and everything else on the machine used meanwhile: client and server share this machine's
+cores, and other work skews the figures. Prints a Markdown table and writes the figures as
+JSON (``--json``).
 """
 
 from __future__ import annotations
@@ -138,6 +139,17 @@ def process_cpu_seconds(pid: int) -> float:
     return total
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all processes have used (every core, idle and I/O wait left out), Linux:
+    less the client's and the server's, what other work took from this run."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except OSError:
+        return float("nan")
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -178,14 +190,14 @@ def machine(load_before: tuple[float, float, float]) -> dict[str, Any]:
 
 def markdown(results: list[dict[str, Any]]) -> str:
     lines = [
-        "| records/request | clients | requests | errors | requests/s | records/s | p50 ms | p99 ms | max ms | client CPU s | server CPU s |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| records/request | clients | requests | errors | requests/s | records/s | p50 ms | p99 ms | max ms | client CPU s | server CPU s | other CPU s |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
             f"| {r['size']} | {r['clients']} | {r['requests']} | {r['errors']} | {r['requests_per_s']:.0f} | "
             f"{r['requests_per_s'] * r['size']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} | "
-            f"{r['client_cpu_s']:.1f} | {r.get('server_cpu_s', float('nan')):.1f} |"
+            f"{r['client_cpu_s']:.1f} | {r.get('server_cpu_s', float('nan')):.1f} | {r.get('other_cpu_s', float('nan')):.1f} |"
         )
     return "\n".join(lines)
 
@@ -240,10 +252,13 @@ def main() -> None:
             for c in clients:
                 asyncio.run(run_case(f"{base}/predict", payloads, c, min(args.warmup, n), args.seconds))
                 server0 = process_cpu_seconds(proc.pid) if proc else float("nan")
+                busy0 = machine_busy_seconds()
                 result = asyncio.run(run_case(f"{base}/predict", payloads, c, n, args.seconds))
                 result = {"size": size, "clients": c, **result}
                 if proc:
                     result["server_cpu_s"] = round(process_cpu_seconds(proc.pid) - server0, 2)
+                    busy = machine_busy_seconds() - busy0
+                    result["other_cpu_s"] = round(max(busy - result["server_cpu_s"] - result["client_cpu_s"], 0.0), 2)
                 results.append(result)
                 print(json.dumps(result), file=sys.stderr)
     finally:

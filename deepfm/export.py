@@ -215,7 +215,9 @@ class OnnxEngine:
 
     name = "onnx"
 
-    def __init__(self, path: str | Path, bundle: Bundle, threads: int = 1) -> None:
+    def __init__(self, path: str | Path, bundle: Bundle, threads: int = 0) -> None:
+        """``threads``: intra-op threads, 0 for ONNX Runtime's default (one per core); a server
+        running many small batches wants 1."""
         require_extra("onnx", "onnxruntime")
         import onnxruntime as ort
 
@@ -223,7 +225,7 @@ class OnnxEngine:
         if not path.is_file():
             raise BundleError(f"{path}: no ONNX file; write one with: deepfm export {bundle.path} --onnx {path}")
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads  # serving runs many small batches: one thread each
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # errors only
         try:

@@ -84,11 +84,11 @@ class Predictor:
 
     @classmethod
     def load(
-        cls, folder: str | Path, engine: str = "torch", onnx_path: str | Path | None = None, threads: int = 1
+        cls, folder: str | Path, engine: str = "torch", onnx_path: str | Path | None = None, threads: int = 0
     ) -> Predictor:
         """A Predictor for a model folder; ``engine="onnx"`` runs ``onnx_path`` (default
         ``<folder>/model.onnx``, written by ``deepfm export``) with ONNX Runtime on ``threads``
-        threads (PyTorch's threads are the process's: torch.set_num_threads)."""
+        threads (0: one per core). PyTorch's threads are the process's: torch.set_num_threads."""
         bundle = Bundle.load(folder)
         if engine == "torch":
             return cls(bundle)

@@ -221,6 +221,7 @@ def create_app(predictor: Predictor, settings: ServeSettings) -> Any:
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import Response
     from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect
 
     from deepfm import __version__
 
@@ -276,7 +277,11 @@ def create_app(predictor: Predictor, settings: ServeSettings) -> Any:
         responses={200: {"description": "one probability per record, in order"}},
     )
     async def predict(request: Request) -> Response:
-        records = parse_records(await _read_body(request, settings.max_body_bytes), settings.max_records)
+        try:
+            body = await _read_body(request, settings.max_body_bytes)
+        except ClientDisconnect:  # gone before its body arrived: nobody to answer
+            return Response(status_code=400)
+        records = parse_records(body, settings.max_records)
         try:
             if len(records) > OFFLOAD_RECORDS:
                 checked = await run_in_threadpool(predictor.check_records, records)
