@@ -15,7 +15,7 @@ from deepfm.config import RunConfig, TrainConfig, load_config
 from deepfm.errors import BundleError, ConfigError, DataError, DeepFMError
 from deepfm.io import ReadOptions
 from deepfm.model import DeepFM, ModelConfig
-from deepfm.predict import evaluate, predict_file
+from deepfm.predict import Predictor, evaluate, predict_file
 from deepfm.schema import FieldSpec, Schema, criteo_schema
 from deepfm.train import train
 
@@ -36,6 +36,6 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "Bundle", "BundleError", "ConfigError", "DataError", "DeepFM", "DeepFMError", "FieldSpec", "ModelConfig",
-    "ReadOptions", "RunConfig", "Schema", "TrainConfig", "criteo_schema", "evaluate", "load_config",
+    "Predictor", "ReadOptions", "RunConfig", "Schema", "TrainConfig", "criteo_schema", "evaluate", "load_config",
     "predict_file", "train",
 ]  # fmt: skip

@@ -23,10 +23,8 @@ from safetensors.torch import load_file, save_file
 
 from deepfm.checkpoint import write_atomic
 from deepfm.config import RunConfig
-from deepfm.dataset import Batch
 from deepfm.errors import BundleError
 from deepfm.features import FeaturePipeline
-from deepfm.io import TableSource, as_table
 from deepfm.model import DeepFM, InputLayout
 
 FORMAT_VERSION = 1
@@ -48,6 +46,7 @@ class Bundle:
         self.config, self.pipeline, self.model = config, pipeline, model
         self.metrics = metrics or {}
         self.path = path
+        self._predictor: Any = None
 
     @property
     def device(self) -> torch.device:
@@ -121,25 +120,33 @@ class Bundle:
         metrics = _read_json(metrics_path) if metrics_path.is_file() else {}
         return cls(config, pipeline, model, metrics, folder)
 
+    @property
+    def model_id(self) -> str:
+        """Names this exact model: the start of the sha256 of its manifest (every file's
+        digest), so two folders with the same id hold the same model. "unsaved" before save."""
+        if self.path is None or not (self.path / "manifest.json").is_file():
+            return "unsaved"
+        return _sha256(self.path / "manifest.json")[:16]
+
     # ------------------------------------------------------------ predict
-    @torch.no_grad()
+    def predictor(self) -> Any:
+        """The Predictor of this bundle (PyTorch engine), built once."""
+        if self._predictor is None:
+            # Imported here: predict.py builds on this module, not the other way round.
+            from deepfm.predict import Predictor
+
+            self._predictor = Predictor(self)
+        return self._predictor
+
     def predict(self, data: object, batch_size: int = 65536) -> np.ndarray:
         """Click probabilities for records (list of dicts), a pandas/polars DataFrame or an
-        Arrow table. Missing fields count as missing values, unseen values as OOV. -> (N,)"""
-        schema = self.config.schema
-        numeric = {f.name for f in schema.fields if f.kind == "numeric"}
-        multi = {f.name: f.separator for f in schema.fields if f.kind == "multi_hot"}
-        table = as_table(data, numeric=numeric, multi_hot=multi)
-        source = TableSource(table)
-        out = [self.predict_encoded(self.pipeline.encode(c, with_labels=False)) for c in source.chunks(schema.names, batch_size)]
-        return np.concatenate(out) if out else np.zeros(0, dtype=np.float64)
+        Arrow table, through the Predictor. Missing fields count as missing values, unseen
+        values as OOV; an unknown field in a record is an error. -> (N,) float64"""
+        return self.predictor().predict(data, batch_size)  # type: ignore[no-any-return]
 
-    @torch.no_grad()
     def predict_encoded(self, chunk: Any) -> np.ndarray:
         """Probabilities for an EncodedChunk. -> (N,) float64"""
-        self.model.eval()
-        batch = Batch.from_chunk(chunk).to(self.device)
-        return torch.sigmoid(self.model(batch)).double().cpu().numpy()
+        return self.predictor().predict_encoded(chunk)  # type: ignore[no-any-return]
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -5,6 +5,8 @@
     deepfm train --data clicks.tsv --preset criteo --split 0.8,0.1,0.1 --out runs/criteo
     deepfm evaluate runs/criteo --data test.tsv
     deepfm predict runs/criteo --data new.tsv --out scores.csv
+    deepfm export runs/criteo --onnx runs/criteo/model.onnx
+    deepfm serve runs/criteo --host 127.0.0.1 --port 8000 [--workers N] [--engine onnx]
     deepfm compare --data clicks.tsv --preset criteo --split 0.8,0.1,0.1 --models lr,fm,deepfm --seeds 3
     deepfm explain runs/criteo --data test.tsv --out runs/criteo/explain [--pair C1,C2]
     deepfm report runs/criteo --data test.tsv      # runs/criteo/report.html
@@ -97,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", type=Path)
     p.add_argument("--data", type=Path, required=True)
     _add_read_options(p, defaults_from_model=True)
+    _add_engine_args(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
@@ -106,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="CSV with a 'probability' column, one row per input row")
     p.add_argument("--keep", default="", help="input columns to copy into the output, e.g. id")
     _add_read_options(p, defaults_from_model=True)
+    _add_engine_args(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_predict)
 
@@ -128,6 +132,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_read_options(p, defaults_from_model=True)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("export", help="write the model as an ONNX graph over encoded inputs (pip install 'deepfm[onnx]')")
+    p.add_argument("model", type=Path)
+    p.add_argument("--onnx", type=Path, required=True, help="the .onnx file to write")
+    p.add_argument("--check-rows", type=int, default=2000, help="generated rows to compare ONNX Runtime with PyTorch on (0: skip)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="HTTP prediction service: POST /predict, GET /health, /schema, /docs (pip install 'deepfm[serve]')")
+    p.add_argument("model", type=Path)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="server processes, each with its own copy of the model")
+    _add_engine_args(p)
+    p.add_argument("--threads", type=int, default=1, help="model threads per worker (default 1: many small requests)")
+    p.add_argument("--max-records", type=int, default=10_000, help="records per request (default 10000)")
+    p.add_argument("--max-body-bytes", type=int, default=16 << 20, help="request body size (default 16 MiB)")
+    p.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 
@@ -135,6 +159,12 @@ def _add_explain_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pair", help="the field pair to drill into, e.g. C1,C2 (default: the strongest)")
     p.add_argument("--rows", type=int, help="explain only the first N rows (default: all)")
     p.add_argument("--min-count", type=int, default=5, help="rows a value combination needs to be listed (default 5)")
+
+
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine")
+    g.add_argument("--engine", choices=["torch", "onnx"], default="torch", help="run the model with PyTorch or ONNX Runtime")
+    g.add_argument("--onnx", type=Path, help="the exported graph for --engine onnx (default: <model>/model.onnx)")
 
 
 def _add_run_args(p: argparse.ArgumentParser, data_required: bool = True) -> None:
@@ -306,22 +336,20 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from deepfm.bundle import Bundle
-    from deepfm.predict import evaluate
+    from deepfm.predict import Predictor, evaluate
 
-    bundle = Bundle.load(args.model)
-    result = evaluate(bundle, args.data, _model_read_options(bundle, args))
+    predictor = Predictor.load(args.model, args.engine, args.onnx)
+    result = evaluate(predictor, args.data, _model_read_options(predictor.bundle, args))
     print(json.dumps(result))
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from deepfm.bundle import Bundle
-    from deepfm.predict import predict_file
+    from deepfm.predict import Predictor, predict_file
 
-    bundle = Bundle.load(args.model)
+    predictor = Predictor.load(args.model, args.engine, args.onnx)
     keep = [k for k in args.keep.split(",") if k]
-    rows = predict_file(bundle, args.data, args.out, keep=keep, options=_model_read_options(bundle, args))
+    rows = predict_file(predictor, args.data, args.out, keep=keep, options=_model_read_options(predictor.bundle, args))
     log.info("wrote %d probabilities to %s", rows, args.out)
     return 0
 
@@ -361,6 +389,33 @@ def cmd_report(args: argparse.Namespace) -> int:
         options=_model_read_options(bundle, args), min_count=args.min_count,
     )  # fmt: skip
     print(json.dumps({"out": str(out)}))
+def cmd_export(args: argparse.Namespace) -> int:
+    from deepfm.bundle import Bundle
+    from deepfm.errors import require_extra
+    from deepfm.export import export_onnx
+
+    require_extra("onnx", "onnx", "onnxscript", "onnxruntime")  # before loading the model
+    if args.check_rows < 0:
+        raise _usage(f"--check-rows must be >= 0, got {args.check_rows}")
+    print(json.dumps(export_onnx(Bundle.load(args.model), args.onnx, check_rows=args.check_rows)))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from deepfm.errors import require_extra
+    from deepfm.serve import ServeSettings, serve
+
+    require_extra("serve", "fastapi", "uvicorn")
+    if args.engine == "onnx":
+        require_extra("onnx", "onnxruntime")
+    settings = ServeSettings(
+        model=str(args.model), engine=args.engine, onnx=str(args.onnx) if args.onnx else None,
+        max_records=args.max_records, max_body_bytes=args.max_body_bytes, threads=args.threads,
+    )  # fmt: skip
+    serve(
+        settings, host=args.host, port=args.port, workers=args.workers, access_log=args.access_log,
+        log_level="warning" if args.quiet else "info",
+    )  # fmt: skip
     return 0
 
 

@@ -41,3 +41,18 @@ class TrainingError(DeepFMError):
 
 class BundleError(DeepFMError):
     """A saved model folder is missing files or does not match what is expected."""
+
+
+class MissingExtra(DeepFMError):
+    """An optional group of dependencies (a pip extra) is not installed."""
+
+
+def require_extra(extra: str, *modules: str) -> None:
+    """Import ``modules`` or fail with the pip command that installs them."""
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise MissingExtra(f"{name} is not installed ({exc}); pip install 'deepfm[{extra}]'") from None

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 OOV, MISSING, FIRST_VALUE = 0, 1, 2
 _RESERVOIR = 200_000  # values kept per field to place quantile bin edges
 SPILL_MEMORY = 512 << 20  # bytes of the single-parse spill kept in memory; the rest goes to disk
+_DICT_LOOKUP_ROWS = 1024  # keys looked up in a dict (below) rather than by pc.index_in
 
 
 @dataclass
@@ -70,6 +71,14 @@ class FieldState:
     mean: float = 0.0  # scaled numerics: standardization after the transform
     std: float = 1.0
     edges: list[float] = field(default_factory=list)  # quantile bins
+    _index: tuple[pa.Array, dict[Any, int]] | None = field(default=None, repr=False, compare=False)
+
+    def index(self) -> dict[Any, int]:
+        """Key -> local id as a dict, built on first use and again if ``vocab`` is replaced."""
+        if self._index is None or self._index[0] is not self.vocab:
+            assert self.vocab is not None
+            self._index = (self.vocab, {k: FIRST_VALUE + i for i, k in enumerate(self.vocab.to_pylist())})
+        return self._index[1]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -243,7 +252,7 @@ class FeaturePipeline:
                 keys_arr = _key_array(_log_bin_keys(x) if spec.binning == "log" else _quantile_keys(x, st.edges))
             else:
                 keys_arr = to_strings(chunk, spec.name)
-            ids[:, j] = st.offset + _lookup(keys_arr, st.vocab)
+            ids[:, j] = st.offset + _lookup(keys_arr, st)
         multi = []
         for spec in self.multi_hot_fields:
             st = self.states[spec.name]
@@ -393,8 +402,18 @@ def _sort_keys(keys: pa.Array) -> np.ndarray:
     return pc.rank(keys, sort_keys="ascending", tiebreaker="first").to_numpy()
 
 
-def _lookup(keys: pa.Array | pa.ChunkedArray, vocab: pa.Array) -> np.ndarray:
-    """Local ids: FIRST_VALUE + position in vocab, OOV for unseen, MISSING for nulls."""
+def _lookup(keys: pa.Array | pa.ChunkedArray, st: FieldState) -> np.ndarray:
+    """Local ids: FIRST_VALUE + position in the vocabulary, OOV for unseen, MISSING for nulls.
+
+    pc.index_in hashes the whole vocabulary on every call: right for a chunk of a file, but
+    most of the cost of scoring a few records (an HTTP request). Those go through a dict
+    built once per field instead (memory: a Python dict of the vocabulary); same ids."""
+    vocab = st.vocab
+    assert vocab is not None
+    if len(keys) <= _DICT_LOOKUP_ROWS:
+        index = st.index()
+        found = (MISSING if k is None else index.get(k, OOV) for k in keys.to_pylist())
+        return np.fromiter(found, dtype=np.int64, count=len(keys))
     pos = pc.index_in(keys, value_set=vocab)
     null = pc.is_null(keys).to_numpy(zero_copy_only=False)
     filled = pc.fill_null(pc.add(pc.cast(pos, pa.int64()), FIRST_VALUE), OOV)
@@ -423,7 +442,7 @@ class _TokenLists:
 
 def _encode_multi_hot(strings: pa.ChunkedArray, separator: str, st: FieldState) -> tuple[np.ndarray, np.ndarray]:
     tokens = _tokens(strings, separator)
-    local = _lookup(tokens.values, st.vocab) if len(tokens.values) else np.zeros(0, dtype=np.int64)
+    local = _lookup(tokens.values, st) if len(tokens.values) else np.zeros(0, dtype=np.int64)
     return _bags(local, tokens.parents, tokens.rows, st.offset)
 
 

@@ -616,13 +616,11 @@ def as_table(
         raise DataError(f"expected records (a list of dicts), a DataFrame or an Arrow table, got {type(data).__name__}")
     numeric = numeric or set()
     multi_hot = multi_hot or {}
-    names: list[str] = []
+    names: dict[str, None] = {}  # first-seen order; a dict, as a list would be O(fields) per key
     for i, rec in enumerate(data):
         if not isinstance(rec, dict):
             raise DataError(f"expected a mapping of field -> value, got {type(rec).__name__}", line=f"record {i}")
-        for k in rec:
-            if k not in names:
-                names.append(k)
+        names.update(dict.fromkeys(rec))
     columns = {}
     for name in names:
         values = [rec.get(name) for rec in data]
@@ -633,28 +631,37 @@ def as_table(
 def _column(values: list[object], name: str, numeric: bool, separator: str | None = None) -> pa.Array:
     out: list[object] = []
     for i, v in enumerate(values):
-        if v is None:
-            out.append(None)
-        elif separator is not None and isinstance(v, (list, tuple)):
-            if any(isinstance(x, (list, dict, tuple, bool)) or x is None for x in v):
-                raise DataError("expected a list of strings or numbers", line=f"record {i}", field=name)
-            out.append(separator.join(str(x) for x in v))
-        elif isinstance(v, bool) or isinstance(v, (list, dict, tuple)):
-            kind = "a number" if numeric else "a string or number"
-            raise DataError(f"expected {kind}, got {type(v).__name__} {v!r}", line=f"record {i}", field=name)
-        elif isinstance(v, np.generic) and not isinstance(v, (np.number, np.str_)):
-            raise DataError(f"expected a string or number, got {type(v).__name__}", line=f"record {i}", field=name)
-        elif numeric:
-            if isinstance(v, (int, float, np.integer, np.floating)):
-                out.append(float(v))
-            elif isinstance(v, str):
-                out.append(v)  # parsed (and checked) with the file path's rules
-            else:
-                raise DataError(f"expected a number, got {type(v).__name__}", line=f"record {i}", field=name)
-        elif isinstance(v, (float, np.floating)) and float(v).is_integer():
-            out.append(str(int(v)))  # 5.0 and 5 are the same category
-        else:
-            out.append(str(v))
+        try:
+            out.append(record_value(v, numeric, separator))
+        except ValueError as exc:
+            raise DataError(str(exc), line=f"record {i}", field=name) from None
     if numeric and any(isinstance(v, str) for v in out):
         return pa.array([None if v is None else str(v) for v in out], pa.string())
     return pa.array(out, pa.float64() if numeric else pa.string())
+
+
+def record_value(v: object, numeric: bool, separator: str | None = None) -> object:
+    """One value of a record as a column holds it: None (missing); for a numeric field a
+    float, or a string still to parse by the file's rules (:func:`to_float`); otherwise text
+    (5.0 and 5 are the same category). A list is joined by ``separator`` (multi-hot fields
+    only). Raises ValueError saying what was expected."""
+    if v is None:
+        return None
+    if separator is not None and isinstance(v, (list, tuple)):
+        if any(isinstance(x, (list, dict, tuple, bool)) or x is None for x in v):
+            raise ValueError("expected a list of strings or numbers")
+        return separator.join(str(x) for x in v)
+    if isinstance(v, bool) or isinstance(v, (list, dict, tuple)):
+        kind = "a number" if numeric else "a string or number"
+        raise ValueError(f"expected {kind}, got {type(v).__name__} {v!r}")
+    if isinstance(v, np.generic) and not isinstance(v, (np.number, np.str_)):
+        raise ValueError(f"expected a string or number, got {type(v).__name__}")
+    if numeric:
+        if isinstance(v, (int, float, np.integer, np.floating)):
+            return float(v)
+        if isinstance(v, str):
+            return v  # parsed (and checked) with the file path's rules
+        raise ValueError(f"expected a number, got {type(v).__name__}")
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return str(int(v))  # 5.0 and 5 are the same category
+    return str(v)

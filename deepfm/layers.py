@@ -38,6 +38,9 @@ class FieldEmbedding(nn.Module):
         self.register_buffer("scaled", torch.tensor(scaled_positions, dtype=torch.long), persistent=False)
         self.poolings = list(poolings)
         self.init_std = init_std
+        # ONNX export turns embedding_bag into a loop over bags; pool_bags gives the same
+        # vectors with scatter/cumsum ops, so the exporter switches this on while it traces.
+        self.loop_free_pooling = False
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -78,13 +81,31 @@ class FieldEmbedding(nn.Module):
             factor = factor.index_copy(1, self.scaled, values.to(e.dtype))
             e = e * factor.unsqueeze(-1)
         if self.poolings:
-            bags = [
-                # Each bag's rows are their own little table: position i is row i.
-                F.embedding_bag(torch.arange(r.shape[0], device=r.device), r, offsets, mode=mode)
-                for r, offsets, mode in zip(bag_rows, bag_offsets, self.poolings)
-            ]
+            pool = pool_bags if self.loop_free_pooling else _embedding_bag
+            bags = [pool(r, offsets, mode) for r, offsets, mode in zip(bag_rows, bag_offsets, self.poolings)]
             e = torch.cat([e, torch.stack(bags, dim=1)], dim=1)
         return e
+
+
+def _embedding_bag(rows: torch.Tensor, offsets: torch.Tensor, mode: str) -> torch.Tensor:
+    # Each bag's rows are their own little table: position i is row i.
+    return F.embedding_bag(torch.arange(rows.shape[0], device=rows.device), rows, offsets, mode=mode)
+
+
+def pool_bags(rows: torch.Tensor, offsets: torch.Tensor, mode: str) -> torch.Tensor:
+    """Sum or mean of each bag's rows, as embedding_bag does, by a segment sum: the bag of
+    every row is the running count of bag starts at or before it. An empty bag gives zeros.
+    (nnz, D+1) rows, (B,) bag starts -> (B, D+1)"""
+    nnz = rows.shape[0]
+    # One extra slot takes the starts of empty bags at the very end.
+    starts = torch.zeros(nnz + 1, dtype=offsets.dtype, device=rows.device)
+    starts = starts.scatter_add(0, offsets, torch.ones_like(offsets))[:nnz]
+    bag = starts.cumsum(0) - 1
+    pooled = torch.zeros((offsets.shape[0], rows.shape[1]), dtype=rows.dtype, device=rows.device).index_add(0, bag, rows)
+    if mode == "sum":
+        return pooled
+    sizes = torch.diff(offsets, append=offsets.new_full((1,), nnz)).clamp(min=1)
+    return pooled / sizes.unsqueeze(1).to(rows.dtype)
 
 
 def fm_pairwise(v: torch.Tensor) -> torch.Tensor:

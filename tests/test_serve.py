@@ -1,0 +1,294 @@
+"""The HTTP service for real: `deepfm serve` in a subprocess on a free loopback port, good and
+bad requests over HTTP, then the server is stopped whatever happened."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from conftest import REPO, SIMPLE_FIELDS, simple_records, simple_schema, small_config, write_records_csv
+from deepfm.bundle import Bundle
+from deepfm.cli import main
+from deepfm.train import train
+
+MAX_RECORDS = 50
+MAX_BODY = 20_000
+
+
+# ---------------------------------------------------------------- a real server
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """`deepfm serve` in its own process group, with its output in a file."""
+
+    def __init__(self, model: Path, log: Path, *args: str) -> None:
+        self.port = free_port()
+        self.log_path = log
+        self.log = open(log, "wb")
+        env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        command = [sys.executable, "-m", "deepfm", "serve", str(model), "--host", "127.0.0.1", "--port", str(self.port), *args]
+        self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
+            try:
+                if self.request("GET", "/health")[0] == 200:
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError(f"server not ready after {timeout} s:\n{self.log_path.read_text()}")
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request(method, path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    def post(self, payload: Any) -> tuple[int, Any]:
+        status, raw = self.request("POST", "/predict", json.dumps(payload).encode())
+        return status, json.loads(raw)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+
+def start(model: Path, log: Path, *args: str) -> Iterator[Server]:
+    server = Server(model, log, *args)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("serve")
+    data = write_records_csv(tmp / "train.csv", simple_records(3000, seed=4))
+    train(small_config(simple_schema()), data, tmp / "model", split="0.8,0.1,0.1")
+    return tmp / "model"
+
+
+@pytest.fixture(scope="module")
+def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    log = tmp_path_factory.mktemp("serve-log") / "server.log"
+    yield from start(model_dir, log, "--max-records", str(MAX_RECORDS), "--max-body-bytes", str(MAX_BODY))
+
+
+def features(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: r[k] for k in SIMPLE_FIELDS} for r in records]
+
+
+# ---------------------------------------------------------------- good requests
+def test_health_schema_and_docs(server: Server, model_dir: Path) -> None:
+    model_id = Bundle.load(model_dir).model_id
+    status, raw = server.request("GET", "/health")
+    assert status == 200 and json.loads(raw) == {"status": "ok", "model": model_id, "engine": "torch"}
+
+    status, raw = server.request("GET", "/schema")
+    schema = json.loads(raw)
+    assert status == 200 and schema["model"] == model_id and schema["max_records"] == MAX_RECORDS
+    assert [(f["name"], f["kind"]) for f in schema["fields"]] == [
+        ("user", "categorical"), ("item", "categorical"), ("price", "numeric"), ("tags", "multi_hot")
+    ]  # fmt: skip
+    assert set(schema["example"]) == set(SIMPLE_FIELDS)
+    status, answer = server.post({"records": [schema["example"]]})
+    assert status == 200 and len(answer["probabilities"]) == 1
+
+    status, raw = server.request("GET", "/docs")
+    assert status == 200 and b"swagger" in raw.lower()
+    status, raw = server.request("GET", "/openapi.json")
+    spec = json.loads(raw)
+    body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    record = body["properties"]["records"]["items"]
+    assert set(record["properties"]) == set(SIMPLE_FIELDS) and record["additionalProperties"] is False
+    assert body["properties"]["records"]["maxItems"] == MAX_RECORDS
+    assert {"200", "400", "413", "422"} <= set(spec["paths"]["/predict"]["post"]["responses"])
+
+
+def test_predictions_match_the_python_api(server: Server, model_dir: Path) -> None:
+    records = features(simple_records(MAX_RECORDS, seed=5))
+    status, answer = server.post({"records": records})
+    assert status == 200
+    expected = Bundle.load(model_dir).predict(records)
+    assert answer["model"] == Bundle.load(model_dir).model_id
+    np.testing.assert_allclose(answer["probabilities"], expected, rtol=0, atol=1e-6)
+    status, answer = server.post({"records": []})
+    assert status == 200 and answer["probabilities"] == []
+
+
+def test_missing_field_is_a_missing_value(server: Server) -> None:
+    base = {"user": "u1", "item": "item3", "price": 10.0, "tags": ["red", "big"]}
+    cases = [
+        {k: v for k, v in base.items() if k != "price"},  # absent
+        {**base, "price": None},  # null
+        {**base, "tags": "red|big"},  # a joined string is the same list
+        base,
+        {},  # everything missing
+        {**base, "label": 1},  # the label may ride along; it is ignored
+    ]
+    status, answer = server.post({"records": cases})
+    assert status == 200
+    p = answer["probabilities"]
+    assert p[0] == p[1] and p[2] == p[3] and p[0] != p[3] and p[5] == p[3]
+    assert all(0 < x < 1 for x in p)
+
+
+def test_concurrent_requests_get_their_own_probabilities(server: Server, model_dir: Path) -> None:
+    """Requests in flight together are scored in one pass; each must get back its own rows."""
+    rows = features(simple_records(200, seed=6))
+    requests = [rows[i : i + 1 + i % 5] for i in range(0, 120, 3)]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(lambda recs: server.post({"records": recs}), requests))
+    bundle = Bundle.load(model_dir)
+    for recs, (status, answer) in zip(requests, answers):
+        assert status == 200
+        np.testing.assert_allclose(answer["probabilities"], bundle.predict(recs), rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------- bad requests
+OK = {"user": "u1", "item": "item1", "price": 3.5, "tags": ["red"]}
+BAD_REQUESTS = [
+    # name, body, status, words in the message, record, field
+    ("unknown field", {"records": [OK, {"itme": "item1"}]}, 422, ["unknown field", "did you mean 'item'"], 1, "itme"),
+    ("text for a number", {"records": [{"price": "cheap"}]}, 422, ["expected a number", "'cheap'"], 0, "price"),
+    ("boolean", {"records": [OK, OK, {"user": True}]}, 422, ["expected a string or number", "bool"], 2, "user"),
+    ("list for a scalar", {"records": [{"item": ["item1"]}]}, 422, ["expected a string or number", "list"], 0, "item"),
+    ("object for a number", {"records": [{"price": {"v": 1}}]}, 422, ["expected a number", "dict"], 0, "price"),
+    ("nested list", {"records": [OK, {"tags": [["red"]]}]}, 422, ["list of strings or numbers"], 1, "tags"),
+    ("infinite number", b'{"records": [{"price": 1e999}]}', 422, ["finite number"], 0, "price"),
+    ("huge integer", b'{"records": [{"price": 1' + b"0" * 400 + b"}]}", 422, ["finite number", "401 digits"], 0, "price"),
+    ("record not an object", {"records": [OK, "u1"]}, 422, ["expected an object", "a string"], 1, None),
+    ("records not a list", {"records": {"user": "u1"}}, 422, ['"records" must be a list', "an object"], None, None),
+    ("no records key", {}, 422, ['missing "records"'], None, None),
+    ("extra key", {"records": [], "limit": 3}, 422, ["unknown key(s) ['limit']"], None, None),
+    ("body not an object", [OK], 422, ['expected a JSON object {"records"'], None, None),
+    ("not JSON", b'{"records": [', 400, ["not valid JSON"], None, None),
+    ("NaN", b'{"records": [{"price": NaN}]}', 400, ["NaN is not a JSON number"], None, None),
+    ("not UTF-8", b'{"records": [{"user": "\xff"}]}', 400, ["not valid JSON"], None, None),
+    ("too many records", {"records": [OK] * (MAX_RECORDS + 1)}, 413, [f"{MAX_RECORDS + 1} records", f"at most {MAX_RECORDS}"], None, None),
+    ("body too large", {"records": [{"user": "u" * MAX_BODY}]}, 413, [f"at most {MAX_BODY}", "--max-body-bytes"], None, None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name,body,status,words,record,field", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
+def test_bad_request_gets_a_precise_4xx(
+    server: Server, name: str, body: Any, status: int, words: list[str], record: int | None, field: str | None
+) -> None:
+    raw_body = body if isinstance(body, bytes) else json.dumps(body).encode()
+    got, raw = server.request("POST", "/predict", raw_body)
+    assert got == status, raw
+    assert b"Traceback" not in raw
+    error = json.loads(raw)["error"]
+    for word in words:
+        assert word in error["message"], error
+    assert error.get("record") == record and error.get("field") == field, error
+    if record is not None:
+        assert error["message"].startswith(f"record {record}"), error
+    if field is not None:
+        assert f"field {field!r}" in error["message"], error
+
+
+def test_chunked_body_over_the_limit(server: Server) -> None:
+    """A body sent in chunks has no Content-Length to refuse up front: counted as it comes."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        part = b" " * 4096
+        conn.request("POST", "/predict", body=iter([b'{"records": []'] + [part] * 8 + [b"}"]), encode_chunked=True,
+                     headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})  # fmt: skip
+        resp = conn.getresponse()
+        assert resp.status == 413
+        assert "--max-body-bytes" in json.loads(resp.read())["error"]["message"]
+    finally:
+        conn.close()
+
+
+def test_unknown_route_and_method(server: Server) -> None:
+    status, raw = server.request("GET", "/nope")
+    assert status == 404 and json.loads(raw)["error"]["message"] == "Not Found: GET /nope"
+    status, raw = server.request("POST", "/health", b"{}")
+    assert status == 405 and json.loads(raw)["error"]["type"] == "method_not_allowed"
+
+
+def test_server_survives_everything(server: Server) -> None:
+    """After the bad requests above (and a burst of them), the same process still answers."""
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda _: server.request("POST", "/predict", b"[[[["), range(40)))
+    assert server.proc.poll() is None
+    assert server.request("GET", "/health")[0] == 200
+    assert server.post({"records": [OK]})[0] == 200
+    assert "Traceback" not in server.log_path.read_text()
+
+
+# ---------------------------------------------------------------- ONNX engine, several workers
+def test_onnx_engine_with_two_workers(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    onnx_path = tmp_path / "model.onnx"
+    assert main(["export", str(model_dir), "--onnx", str(onnx_path), "--check-rows", "500"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["max_abs_diff"] <= 1e-5 and report["inputs"] == ["ids", "values", "mh0_offsets", "mh0_ids"]
+    records = features(simple_records(MAX_RECORDS, seed=8))
+    expected = Bundle.load(model_dir).predict(records)
+    for server in start(model_dir, tmp_path / "onnx.log", "--engine", "onnx", "--onnx", str(onnx_path), "--workers", "2"):
+        status, raw = server.request("GET", "/health")
+        assert json.loads(raw)["engine"] == "onnx"
+        for _ in range(4):  # reaches both workers in all likelihood; each must answer the same
+            status, answer = server.post({"records": records})
+            assert status == 200
+            np.testing.assert_allclose(answer["probabilities"], expected, rtol=0, atol=1e-5)
+        status, raw = server.request("POST", "/predict", json.dumps({"records": [{"price": "x"}]}).encode())
+        assert status == 422 and json.loads(raw)["error"]["field"] == "price"
+
+
+def test_serve_refuses_a_bad_model_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", str(tmp_path / "nothing"), "--port", str(free_port())]) == 2
+    assert "no such model folder" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the load test tool
+def test_loadtest_runs_against_a_live_server(server: Server, model_dir: Path, tmp_path: Path) -> None:
+    data = write_records_csv(tmp_path / "rows.csv", simple_records(300, seed=9))
+    out = tmp_path / "load.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, str(REPO / "benchmarks" / "loadtest.py"), "--model", str(model_dir), "--data", str(data),
+               "--url", f"http://127.0.0.1:{server.port}", "--sizes", "1,8", "--clients", "1,4", "--requests", "40",
+               "--large-requests", "20", "--warmup", "4", "--seconds", "30", "--json", str(out)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    cases = [(r["size"], r["clients"], r["requests"], r["errors"]) for r in report["results"]]
+    assert cases == [(1, 1, 40, 0), (1, 4, 40, 0), (8, 1, 20, 0), (8, 4, 20, 0)]
+    assert all(r["p50_ms"] <= r["p99_ms"] <= r["max_ms"] and r["requests_per_s"] > 0 for r in report["results"])
+    assert "| records/request |" in done.stdout
+
+    remote = subprocess.run([*command[:6], "--url", "http://192.0.2.1:8000"], capture_output=True, text=True, timeout=60, env=env)
+    assert remote.returncode != 0 and "loopback" in remote.stderr
