@@ -179,8 +179,10 @@ VALUES = (
     | TEXT | st.lists(TEXT, max_size=3) | st.dictionaries(TEXT, st.integers(), max_size=2)
     | st.sampled_from(["nan", "inf", "1e400", "", "12", "red|green"])
 )  # fmt: skip
+KNOWN = st.sampled_from(["user", "item", "price", "tags", "label"])
 RECORDS = st.lists(
-    st.dictionaries(st.sampled_from(["user", "item", "price", "tags", "label", "Price", ""]) | TEXT, VALUES, max_size=6),
+    # Records with the model's own fields (values of any type) as often as records with any keys.
+    st.dictionaries(KNOWN, VALUES, max_size=5) | st.dictionaries(KNOWN | st.sampled_from(["Price", ""]) | TEXT, VALUES, max_size=6),
     max_size=6,
 )
 
