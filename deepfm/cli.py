@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", type=int, required=True)
     p.add_argument("--out", type=Path, required=True, help="TSV to write; true probabilities go to <stem>.truth.csv")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--day", type=int, default=1, help="simulated day: from day 2 on, new ids appear, old ones fade "
+                   "and the click rate falls (default 1: no drift)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_synth)
 
@@ -370,13 +372,16 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if args.rows < 1:
         raise _usage(f"--rows must be at least 1, got {args.rows}")
     t0 = time.perf_counter()
-    result = write_synth(args.rows, args.out, seed=args.seed)
+    if args.day < 1:
+        raise _usage(f"--day must be at least 1, got {args.day}")
+    result = write_synth(args.rows, args.out, seed=args.seed, day=args.day)
     print(
         json.dumps(
             {
                 "out": str(result.path),
                 "truth": str(result.truth_path),
                 "rows": result.rows,
+                "day": args.day,
                 "positive_rate": result.positive_rate,
                 "seconds": round(time.perf_counter() - t0, 2),
             }
