@@ -5,6 +5,7 @@
     deepfm train --data clicks.tsv --preset criteo --split 0.8,0.1,0.1 --out runs/criteo
     deepfm evaluate runs/criteo --data test.tsv
     deepfm predict runs/criteo --data new.tsv --out scores.csv
+    deepfm calibrate runs/criteo --data valid.tsv [--method isotonic|platt]
     deepfm compare --data clicks.tsv --preset criteo --split 0.8,0.1,0.1 --models lr,fm,deepfm --seeds 3
     deepfm explain runs/criteo --data test.tsv --out runs/criteo/explain [--pair C1,C2]
     deepfm report runs/criteo --data test.tsv      # runs/criteo/report.html
@@ -78,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--lr, --embedding-lr, --epochs, --patience, --threads may change)",
     )  # fmt: skip
     p.add_argument("--report", action="store_true", help="also write <out>/report.html, explained on the test part (valid without one)")
+    p.add_argument("--neg-sample-rate", type=float, metavar="W",
+                   help="train on every positive and this share (0 < W <= 1) of the negatives of the training part; "
+                   "predictions are corrected back (valid/test keep every row)")  # fmt: skip
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("compare", help="train several model kinds with several seeds on the same split")
@@ -101,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_read_options(p, defaults_from_model=True)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("calibrate", help="fit isotonic or Platt calibration on held-out labelled rows and store it in the model")
+    p.add_argument("model", type=Path)
+    p.add_argument("--data", type=Path, required=True, help="labelled rows the model did not train on (a validation file)")
+    p.add_argument("--method", choices=["isotonic", "platt"], default="isotonic", help="default isotonic")
+    _add_read_options(p, defaults_from_model=True)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("predict", help="write click probabilities for a file")
     p.add_argument("model", type=Path)
@@ -232,9 +244,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise _usage("train needs --data (or --resume RUN to carry on with an interrupted run)")
     config = _run_config(args)
     on_trained = _report_writer(args.out / "report.html") if args.report else None
+    rate = 1.0 if args.neg_sample_rate is None else args.neg_sample_rate
+    if not 0 < rate <= 1:
+        raise _usage(f"--neg-sample-rate must be in (0, 1], got {rate}")
     bundle = train(
         config, args.data, args.out, valid=args.valid, test=args.test, split=args.split,
-        cache=not args.no_cache, cache_dir=args.cache_dir, on_trained=on_trained,
+        cache=not args.no_cache, cache_dir=args.cache_dir, on_trained=on_trained, neg_sample_rate=rate,
     )  # fmt: skip
     return _print_summary(args.out, bundle)
 
@@ -247,7 +262,7 @@ def _resume(args: argparse.Namespace, resume: Any) -> int:
         "--hidden": args.hidden, "--dropout": args.dropout, "--batch-size": args.batch_size, "--seed": args.seed,
         "--l2-embedding": args.l2_embedding, "--min-count": args.min_count, "--cache-dir": args.cache_dir,
         "--format": args.format, "--delimiter": args.delimiter, "--header": args.header, "--on-bad-row": args.on_bad_row,
-        "--checkpoint-every": args.checkpoint_every,
+        "--checkpoint-every": args.checkpoint_every, "--neg-sample-rate": args.neg_sample_rate,
     }  # fmt: skip
     given = [flag for flag, value in fixed.items() if value is not None] + (["--no-cache"] if args.no_cache else [])
     if given:
@@ -314,6 +329,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     bundle = Bundle.load(args.model)
     result = evaluate(bundle, args.data, _model_read_options(bundle, args))
     print(json.dumps(result))
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from deepfm.bundle import Bundle
+    from deepfm.predict import calibrate
+
+    bundle = Bundle.load(args.model)
+    record = calibrate(bundle, args.data, args.method, _model_read_options(bundle, args))
+    keys = ("auc", "logloss", "ece", "mean_prediction", "ctr")
+    print(json.dumps({"model": str(args.model), "method": args.method, "rows": record["before"]["rows"],
+                      **{f"{k}_before": record["before"][k] for k in keys if k != "ctr"},
+                      **{f"{k}_after": record["after"][k] for k in keys if k != "ctr"}, "ctr": record["before"]["ctr"]}))  # fmt: skip
     return 0
 
 

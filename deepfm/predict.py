@@ -14,9 +14,10 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from deepfm.bundle import Bundle
+from deepfm.calibration import Calibration, describe, fit, postprocess
 from deepfm.errors import DataError
 from deepfm.io import ReadOptions, Reader
-from deepfm.metrics import summary
+from deepfm.metrics import calibration, summary
 
 
 def open_input(bundle: Bundle, path: str | Path, options: ReadOptions | None = None, need_label: bool = False) -> Reader:
@@ -31,19 +32,47 @@ def open_input(bundle: Bundle, path: str | Path, options: ReadOptions | None = N
 
 
 def evaluate(bundle: Bundle, path: str | Path, options: ReadOptions | None = None) -> dict[str, Any]:
-    """{"auc", "logloss", "rows", "ctr", "mean_prediction"} of the model on a labelled file."""
+    """{"auc", "logloss", "rows", "ctr", "mean_prediction", "ece"} of the model on a labelled file."""
+    y, p, skipped = scores(bundle, path, options)
+    result: dict[str, Any] = summary(y, p)
+    if skipped:
+        result["skipped_rows"] = skipped
+    return result
+
+
+def scores(
+    bundle: Bundle, path: str | Path, options: ReadOptions | None = None, calibrated: bool = True
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(labels (N,), probabilities (N,), rows skipped) of a labelled file, streamed by chunk.
+    ``calibrated=False``: the model's own probabilities (see Bundle.predict_encoded)."""
     reader = open_input(bundle, path, options, need_label=True)
     schema = bundle.config.schema
     labels, probs = [], []
     for chunk in reader.chunks([schema.label, *schema.names], schema.numeric_columns):
         enc = bundle.pipeline.encode(chunk)
         labels.append(enc.labels)
-        probs.append(bundle.predict_encoded(enc))
-    y, p = np.concatenate(labels), np.concatenate(probs)
-    result: dict[str, Any] = summary(y, p)
-    if reader.skipped:
-        result["skipped_rows"] = reader.skipped
-    return result
+        probs.append(bundle.predict_encoded(enc, calibrated=calibrated))
+    return np.concatenate(labels), np.concatenate(probs), reader.skipped
+
+
+def calibrate(bundle: Bundle, path: str | Path, method: str = "isotonic", options: ReadOptions | None = None) -> dict[str, Any]:
+    """Fit ``method`` (isotonic or platt) on the labelled rows of ``path`` -- rows the model
+    did not train on -- and save it into the bundle's folder (calibration.json, manifest
+    signed again). metrics.json gains ``calibration_fit``: the summary and reliability bins of
+    those rows before and after. Returns that record."""
+    if bundle.path is None:
+        raise ValueError("calibrate needs a bundle loaded from (or saved to) a folder")
+    y, raw, _ = scores(bundle, path, options, calibrated=False)
+    base = Calibration(neg_sample_rate=bundle.calibration.neg_sample_rate)  # a fit replaces the old one
+    fitted = fit(postprocess(raw, base), y, method, base)
+    record: dict[str, Any] = {"method": method, "data": str(path), **describe(fitted)}
+    for name, state in (("before", base), ("after", fitted)):
+        p = postprocess(raw, state)
+        record[name] = {**summary(y, p), "calibration": calibration(y, p)}
+    bundle.calibration = fitted
+    bundle.metrics["calibration_fit"] = record
+    bundle.save(bundle.path)
+    return record
 
 
 def predict_file(

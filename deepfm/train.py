@@ -30,6 +30,7 @@ from torch.profiler import record_function
 from tqdm import tqdm
 
 from deepfm.bundle import Bundle
+from deepfm.calibration import Calibration, postprocess
 from deepfm.checkpoint import CHECKPOINT, RUN, load_checkpoint, save_checkpoint, write_atomic
 from deepfm.config import RunConfig, TrainConfig
 from deepfm.dataset import Batch, DatasetWriter, EncodedDataset
@@ -39,6 +40,7 @@ from deepfm.io import Reader
 from deepfm.metrics import auc, calibration, logloss, roc_curve, summary
 from deepfm.model import DeepFM, InputLayout
 from deepfm.optim import RowAdam
+from deepfm.sampling import downsample
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 2  # bump when the encoded layout changes
@@ -268,8 +270,13 @@ class Trainer:
     steps and at each epoch's end; ``fit(resume=...)`` carries on from such a file exactly:
     the weights at the end are the same, bit for bit on CPU, as if the run had not stopped."""
 
-    def __init__(self, model: DeepFM, config: TrainConfig, device: torch.device, checkpoint: Path | None = None) -> None:
+    def __init__(
+        self, model: DeepFM, config: TrainConfig, device: torch.device, checkpoint: Path | None = None,
+        calibration: Calibration | None = None,
+    ) -> None:  # fmt: skip
         self.model, self.config, self.device = model.to(device), config, device
+        # predict() returns what users will get: corrected for negative downsampling.
+        self.calibration = calibration or Calibration()
         self.dense_opt = _adam(model.dense_parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.row_opt = RowAdam(model.embedding.weight.data, lr=config.embedding_lr, l2=config.l2_embedding)
         self.checkpoint = checkpoint
@@ -499,13 +506,14 @@ class Trainer:
 
     @torch.no_grad()
     def predict(self, data: EncodedDataset) -> np.ndarray:
-        """Probabilities for every row, in order. -> (N,) float64"""
+        """Probabilities for every row, in order, through the trainer's calibration (the
+        downsampling correction). -> (N,) float64"""
         self.model.eval()
         out = [
             torch.sigmoid(self.model(b.to(self.device))).double().cpu().numpy()
             for b in data.batches(self.config.eval_batch_size)
         ]
-        return np.concatenate(out) if out else np.zeros(0)
+        return postprocess(np.concatenate(out), self.calibration) if out else np.zeros(0)
 
 
 # ---------------------------------------------------------------- the whole job
@@ -521,6 +529,7 @@ def train(
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     on_trained: Callable[[Bundle, EncodedDataset | None], None] | None = None,
     resume: bool = False,
+    neg_sample_rate: float = 1.0,
 ) -> Bundle:
     """Train a model on ``data`` and save it to ``out``. Returns the Bundle (metrics attached).
 
@@ -533,9 +542,14 @@ def train(
     While it trains, ``out`` holds ``run.json`` (how the run was started) and a checkpoint;
     ``resume=True`` carries on from that checkpoint (see :func:`resume`). Both go once the
     bundle is saved.
+
+    ``neg_sample_rate`` < 1 trains on every positive and that share of the negatives of the
+    training part (seeded by train.seed, see :mod:`deepfm.sampling`); valid and test keep every
+    row, and the bundle's predictions are corrected back to the full data's click rate.
     """
     t_start = time.perf_counter()
     cfg = config.train
+    calib = Calibration(neg_sample_rate=neg_sample_rate)  # checks the rate
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -553,7 +567,8 @@ def train(
                 f"'deepfm train --resume {out}', or remove {checkpoint} to start again"
             )
         run = {"config": config.to_dict(), "data": str(data), "valid": _str(valid), "test": _str(test),
-               "split": split_parts, "cache": cache, "cache_dir": _str(cache_dir), "files": _identities(data, valid, test)}  # fmt: skip
+               "split": split_parts, "cache": cache, "cache_dir": _str(cache_dir), "files": _identities(data, valid, test),
+               "neg_sample_rate": neg_sample_rate}  # fmt: skip
         write_atomic(out / RUN, json.dumps(run, indent=1).encode())
     with tempfile.TemporaryDirectory(prefix=".encoded-", dir=out) as tmp:
         t0 = time.perf_counter()
@@ -565,6 +580,10 @@ def train(
         else:
             pipeline, parts = prepare(config, data, Path(tmp), valid=valid, test=test, split=split_parts)
             hit = False
+        rows_before = len(parts.train)
+        if neg_sample_rate < 1.0:
+            parts.train = downsample(parts.train, neg_sample_rate, cfg.seed, Path(tmp) / "downsampled")
+            log.info("negative downsampling at %g: %d of %d training rows kept", neg_sample_rate, len(parts.train), rows_before)
         prep_seconds = time.perf_counter() - t0
         layout = InputLayout(
             num_embeddings=pipeline.num_embeddings,
@@ -581,7 +600,7 @@ def train(
             "training %s on %d rows (%d fields, %d embedding rows), batch %d on %s",
             config.model.kind, len(parts.train), layout.n_fields, layout.num_embeddings, batch_size, device,
         )  # fmt: skip
-        trainer = Trainer(model, cfg, device, checkpoint=checkpoint)
+        trainer = Trainer(model, cfg, device, checkpoint=checkpoint, calibration=calib)
         state = None
         if resume and checkpoint.exists():
             state = load_checkpoint(checkpoint)
@@ -596,6 +615,8 @@ def train(
             "best_epoch": history.best_epoch,
             "batch_size": batch_size,
             "train_rows": len(parts.train),
+            "train_rows_before_downsampling": rows_before,
+            "neg_sample_rate": neg_sample_rate,
             "train_samples_per_s": history.train_samples / max(history.train_seconds, 1e-9),
             "train_seconds": history.train_seconds,
             "preprocess_seconds": prep_seconds,
@@ -618,7 +639,7 @@ def train(
                 if part is evaluated:
                     metrics["evaluation"] = {"part": name, "calibration": calibration(part.labels, p), "roc": roc_curve(part.labels, p)}
         metrics["total_seconds"] = time.perf_counter() - t_start
-        bundle = Bundle(config, pipeline, model.cpu().eval(), metrics)
+        bundle = Bundle(config, pipeline, model.cpu().eval(), metrics, calibration=calib)
         bundle.save(out)
         log.info("saved the model to %s", out)
         for name in (CHECKPOINT, RUN):  # the run is complete: nothing left to resume
@@ -658,7 +679,8 @@ def resume(out: str | Path, train_overrides: dict[str, Any] | None = None, **kwa
     split = tuple(run["split"]) if run["split"] is not None else None
     return train(
         config, run["data"], out, valid=run["valid"], test=run["test"], split=split,  # type: ignore[arg-type]
-        cache=run["cache"], cache_dir=run["cache_dir"], resume=True, **kwargs,
+        cache=run["cache"], cache_dir=run["cache_dir"], resume=True, neg_sample_rate=run.get("neg_sample_rate", 1.0),
+        **kwargs,
     )  # fmt: skip
 
 
