@@ -3,6 +3,7 @@
     deepfm demo
     deepfm synth --rows 1000000 --out clicks.tsv
     deepfm train --data clicks.tsv --preset criteo --split 0.8,0.1,0.1 --out runs/criteo
+    deepfm train --warm-start runs/day1 --data day2.tsv --split 0.9,0.1 --out runs/day2
     deepfm evaluate runs/criteo --data test.tsv
     deepfm predict runs/criteo --data new.tsv --out scores.csv
     deepfm calibrate runs/criteo --data valid.tsv [--method isotonic|platt]
@@ -79,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--lr, --embedding-lr, --epochs, --patience, --threads may change)",
     )  # fmt: skip
     p.add_argument("--report", action="store_true", help="also write <out>/report.html, explained on the test part (valid without one)")
+    p.add_argument("--warm-start", type=Path, metavar="MODEL",
+                   help="continue from this model folder on new data: its schema, statistics, vocabularies (grown by "
+                   "new values) and weights; training flags (--epochs, --lr, ...) still apply")  # fmt: skip
     p.add_argument("--neg-sample-rate", type=float, metavar="W",
                    help="train on every positive and this share (0 < W <= 1) of the negatives of the training part; "
                    "predictions are corrected back (valid/test keep every row)")  # fmt: skip
@@ -175,6 +179,8 @@ def _add_run_args(p: argparse.ArgumentParser, data_required: bool = True) -> Non
     g.add_argument("--l2-embedding", type=float)
     g.add_argument("--patience", type=int)
     g.add_argument("--min-count", type=int, help="for every field with a vocabulary (categorical, bucketized, multi-hot)")
+    g.add_argument("--max-vocab", type=int, help="cap on every vocabulary (0: none); fresh fits keep the most frequent, "
+                   "warm starts evict the lowest recency-weighted counts")  # fmt: skip
     g.add_argument("--seed", type=int)
     g.add_argument("--device", help="auto, cpu or cuda")
     g.add_argument("--threads", type=int, help="torch threads (default: one per core)")
@@ -208,7 +214,16 @@ def _run_config(args: argparse.Namespace) -> Any:
 
     if args.config and args.preset:
         raise _usage("give --config or --preset, not both")
-    if args.config:
+    if getattr(args, "warm_start", None) is not None:
+        from deepfm.bundle import Bundle
+
+        shape = {"--config": args.config, "--preset": args.preset, "--label": args.label, "--model": args.kind,
+                 "--embedding-dim": args.embedding_dim, "--hidden": args.hidden, "--dropout": args.dropout}  # fmt: skip
+        given = [flag for flag, value in shape.items() if value is not None]
+        if given:
+            raise _usage(f"--warm-start keeps the schema and model of {args.warm_start}; leave out {', '.join(given)}")
+        config = Bundle.load(args.warm_start).config
+    elif args.config:
         config = RunConfig.from_dict(load_config(args.config), where=str(args.config))
     elif args.preset:
         config = RunConfig(schema=PRESETS[args.preset]())
@@ -216,9 +231,10 @@ def _run_config(args: argparse.Namespace) -> Any:
         options = ReadOptions(**{k: v for k, v in _read_overrides(args).items() if v is not None})
         config = RunConfig(schema=infer_schema(Reader(args.data, options), args.label or "label"), data=options)
         log.info("inferred the schema: %s", ", ".join(f"{f.name}:{f.kind}" for f in config.schema.fields))
-    if args.min_count is not None:
-        fields = tuple(replace(f, min_count=args.min_count) for f in config.schema.fields)
-        config = replace(config, schema=replace(config.schema, fields=fields))
+    for flag, key in (("min_count", "min_count"), ("max_vocab", "max_vocab")):
+        if getattr(args, flag) is not None:
+            fields = tuple(replace(f, **{key: getattr(args, flag)}) for f in config.schema.fields)
+            config = replace(config, schema=replace(config.schema, fields=fields))
     try:
         hidden = tuple(int(h) for h in args.hidden.split(",")) if args.hidden else None
     except ValueError:
@@ -250,6 +266,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     bundle = train(
         config, args.data, args.out, valid=args.valid, test=args.test, split=args.split,
         cache=not args.no_cache, cache_dir=args.cache_dir, on_trained=on_trained, neg_sample_rate=rate,
+        warm_start=args.warm_start,
     )  # fmt: skip
     return _print_summary(args.out, bundle)
 
@@ -263,6 +280,7 @@ def _resume(args: argparse.Namespace, resume: Any) -> int:
         "--l2-embedding": args.l2_embedding, "--min-count": args.min_count, "--cache-dir": args.cache_dir,
         "--format": args.format, "--delimiter": args.delimiter, "--header": args.header, "--on-bad-row": args.on_bad_row,
         "--checkpoint-every": args.checkpoint_every, "--neg-sample-rate": args.neg_sample_rate,
+        "--warm-start": args.warm_start, "--max-vocab": args.max_vocab,
     }  # fmt: skip
     given = [flag for flag, value in fixed.items() if value is not None] + (["--no-cache"] if args.no_cache else [])
     if given:

@@ -41,6 +41,7 @@ from deepfm.metrics import auc, calibration, logloss, roc_curve, summary
 from deepfm.model import DeepFM, InputLayout
 from deepfm.optim import RowAdam
 from deepfm.sampling import downsample
+from deepfm.warm import check_compatible, warm_start_weights
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 2  # bump when the encoded layout changes
@@ -83,8 +84,10 @@ def prepare(
     valid: str | Path | None = None,
     test: str | Path | None = None,
     split: tuple[float, float, float] | None = None,
+    base: FeaturePipeline | None = None,
 ) -> tuple[FeaturePipeline, Parts]:
-    """Fit the pipeline on the training rows and encode every part into ``workdir``."""
+    """Fit the pipeline on the training rows and encode every part into ``workdir``.
+    ``base``: grow that fitted pipeline instead of fitting afresh (warm start)."""
     schema = config.schema
     columns = [schema.label, *schema.names]
     reader = Reader(data, config.data, column_names=schema.columns)
@@ -117,7 +120,7 @@ def prepare(
 
     # One parse of the file: fit on the training rows, encode every row into its part.
     writers: dict[str, DatasetWriter] = {}
-    for row0, enc in pipeline.fit_encode(reader.chunks(columns, schema.numeric_columns), n_fit, workdir / "spill"):
+    for row0, enc in pipeline.fit_encode(reader.chunks(columns, schema.numeric_columns), n_fit, workdir / "spill", base=base):
         if not writers:  # the pipeline is fitted: its size is known
             writers = {k: writer(k) for k, (lo, hi) in bounds.items() if hi > lo}
         for name, (lo, hi) in bounds.items():
@@ -159,9 +162,14 @@ def prepare_cached(
     valid: str | Path | None = None,
     test: str | Path | None = None,
     split: tuple[float, float, float] | None = None,
+    base: FeaturePipeline | None = None,
+    base_key: str | None = None,
 ) -> tuple[FeaturePipeline, Parts, bool]:
     """``prepare``, reusing the encoded data of an earlier run on the same files (path, size,
-    modification time), schema, reading options and split. Returns (pipeline, parts, hit)."""
+    modification time), schema, reading options, split and ``base`` (named by ``base_key``,
+    a digest of the bundle it came from). Returns (pipeline, parts, hit)."""
+    if base is not None and base_key is None:
+        raise ValueError("prepare_cached with a base pipeline needs its base_key")
     files = [Path(p) for p in (data, valid, test) if p is not None]
     for p in files:
         if not p.is_file():
@@ -174,6 +182,7 @@ def prepare_cached(
         "schema": config.schema.to_dict(),
         "data": dataclasses.asdict(config.data),
         "split": split,
+        "base": base_key,
     }
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
     folder = cache_dir / key
@@ -186,7 +195,7 @@ def prepare_cached(
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_dir))
     try:
-        pipeline, parts = prepare(config, data, tmp, valid=valid, test=test, split=split)
+        pipeline, parts = prepare(config, data, tmp, valid=valid, test=test, split=split, base=base)
         pipeline.save(tmp)
         done = {"skipped_rows": parts.skipped_rows, "rows_read": parts.rows_read, "identity": identity}
         (tmp / "complete.json").write_text(json.dumps(done))
@@ -530,6 +539,7 @@ def train(
     on_trained: Callable[[Bundle, EncodedDataset | None], None] | None = None,
     resume: bool = False,
     neg_sample_rate: float = 1.0,
+    warm_start: str | Path | None = None,
 ) -> Bundle:
     """Train a model on ``data`` and save it to ``out``. Returns the Bundle (metrics attached).
 
@@ -546,10 +556,18 @@ def train(
     ``neg_sample_rate`` < 1 trains on every positive and that share of the negatives of the
     training part (seeded by train.seed, see :mod:`deepfm.sampling`); valid and test keep every
     row, and the bundle's predictions are corrected back to the full data's click rate.
+
+    ``warm_start``: a model folder to continue from (see :mod:`deepfm.warm`): its schema,
+    numeric statistics, vocabularies (grown by the new data's values that pass min_count, capped
+    by max_vocab) and weights; ``config`` must keep its fields and model settings. Fresh
+    optimizer state; a calibration fitted on the old model is not carried over.
     """
     t_start = time.perf_counter()
     cfg = config.train
     calib = Calibration(neg_sample_rate=neg_sample_rate)  # checks the rate
+    base = Bundle.load(warm_start) if warm_start is not None else None
+    if base is not None:
+        check_compatible(base, config.schema, config.model)
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -568,17 +586,21 @@ def train(
             )
         run = {"config": config.to_dict(), "data": str(data), "valid": _str(valid), "test": _str(test),
                "split": split_parts, "cache": cache, "cache_dir": _str(cache_dir), "files": _identities(data, valid, test),
-               "neg_sample_rate": neg_sample_rate}  # fmt: skip
+               "neg_sample_rate": neg_sample_rate, "warm_start": _str(warm_start)}  # fmt: skip
         write_atomic(out / RUN, json.dumps(run, indent=1).encode())
     with tempfile.TemporaryDirectory(prefix=".encoded-", dir=out) as tmp:
         t0 = time.perf_counter()
         if cache:
             where = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-            pipeline, parts, hit = prepare_cached(config, data, where, valid=valid, test=test, split=split_parts)
+            base_key = _sha256_file(Path(warm_start) / "manifest.json") if warm_start is not None else None
+            pipeline, parts, hit = prepare_cached(
+                config, data, where, valid=valid, test=test, split=split_parts,
+                base=base.pipeline if base else None, base_key=base_key,
+            )  # fmt: skip
             if hit:
                 log.info("reusing encoded data from %s", parts.train.folder.parent)
         else:
-            pipeline, parts = prepare(config, data, Path(tmp), valid=valid, test=test, split=split_parts)
+            pipeline, parts = prepare(config, data, Path(tmp), valid=valid, test=test, split=split_parts, base=base.pipeline if base else None)
             hit = False
         rows_before = len(parts.train)
         if neg_sample_rate < 1.0:
@@ -595,6 +617,11 @@ def train(
         # all follow from train.seed.
         torch.manual_seed(cfg.seed)
         model = DeepFM(layout, config.model)
+        warm: dict[str, Any] | None = None
+        if base is not None:
+            warm = {"from": str(warm_start), **warm_start_weights(model, pipeline, base)}
+            log.info("warm start from %s: %d known values kept, %d new, %d evicted", warm_start,
+                     warm["known_values_kept"], warm["new_values"], warm["evicted_values"])  # fmt: skip
         batch_size = cfg.resolve_batch_size(len(parts.train))
         log.info(
             "training %s on %d rows (%d fields, %d embedding rows), batch %d on %s",
@@ -617,6 +644,7 @@ def train(
             "train_rows": len(parts.train),
             "train_rows_before_downsampling": rows_before,
             "neg_sample_rate": neg_sample_rate,
+            "warm_start": warm,
             "train_samples_per_s": history.train_samples / max(history.train_seconds, 1e-9),
             "train_seconds": history.train_seconds,
             "preprocess_seconds": prep_seconds,
@@ -680,7 +708,7 @@ def resume(out: str | Path, train_overrides: dict[str, Any] | None = None, **kwa
     return train(
         config, run["data"], out, valid=run["valid"], test=run["test"], split=split,  # type: ignore[arg-type]
         cache=run["cache"], cache_dir=run["cache_dir"], resume=True, neg_sample_rate=run.get("neg_sample_rate", 1.0),
-        **kwargs,
+        warm_start=run.get("warm_start"), **kwargs,
     )  # fmt: skip
 
 
@@ -694,6 +722,10 @@ def _identities(*paths: str | Path | None) -> list[list[Any] | None]:
             st = Path(p).stat()
             out.append([str(Path(p).resolve()), st.st_size, st.st_mtime_ns])
     return out
+
+
+def _sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _str(p: str | Path | None) -> str | None:
