@@ -7,11 +7,13 @@
     deepfm evaluate runs/criteo --data test.tsv
     deepfm predict runs/criteo --data new.tsv --out scores.csv
     deepfm calibrate runs/criteo --data valid.tsv [--method isotonic|platt]
+    deepfm drift runs/criteo --data new.tsv --fail-on 'psi>0.25'   # exit 1 when crossed
     deepfm compare --data clicks.tsv --preset criteo --split 0.8,0.1,0.1 --models lr,fm,deepfm --seeds 3
     deepfm explain runs/criteo --data test.tsv --out runs/criteo/explain [--pair C1,C2]
     deepfm report runs/criteo --data test.tsv      # runs/criteo/report.html
 
-Bad input ends with one line naming the file, line and field, and exit status 2.
+Bad input ends with one line naming the file, line and field, and exit status 2. ``deepfm drift``
+exits with 1 when a --fail-on threshold is crossed.
 """
 
 from __future__ import annotations
@@ -117,6 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_read_options(p, defaults_from_model=True)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("drift", help="compare new rows with the training data: OOV and missing rates, PSI per field, "
+                       "predicted vs observed CTR; exit 1 when a --fail-on threshold is crossed")  # fmt: skip
+    p.add_argument("model", type=Path)
+    p.add_argument("--data", type=Path, required=True, help="new rows (labels optional)")
+    p.add_argument("--out", type=Path, help="JSON to write (default <model>/drift.json, which deepfm report shows)")
+    p.add_argument("--fail-on", action="append", default=[], metavar="METRIC>VALUE",
+                   help="e.g. psi>0.25, oov_change>0.05, missing_change>0.1, ctr_gap>0.1, auc<0.7; repeatable")  # fmt: skip
+    p.add_argument("--report", action="store_true", help="also write <model>/report.html (recorded figures + this check)")
+    _add_read_options(p, defaults_from_model=True)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_drift)
 
     p = sub.add_parser("predict", help="write click probabilities for a file")
     p.add_argument("model", type=Path)
@@ -361,6 +375,29 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                       **{f"{k}_before": record["before"][k] for k in keys if k != "ctr"},
                       **{f"{k}_after": record["after"][k] for k in keys if k != "ctr"}, "ctr": record["before"]["ctr"]}))  # fmt: skip
     return 0
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    """Exit 0: within every threshold; 1: a threshold crossed (listed on stderr); 2: bad input."""
+    from deepfm.bundle import Bundle
+    from deepfm.drift import Threshold, check
+
+    thresholds = [Threshold.parse(t) for t in args.fail_on]
+    bundle = Bundle.load(args.model)
+    report = check(bundle, args.data, thresholds, _model_read_options(bundle, args))
+    out = args.out or args.model / "drift.json"
+    out.write_text(json.dumps(report, indent=1))
+    if args.report:
+        from deepfm.report import write_report
+
+        write_report(bundle, args.model / "report.html")
+    worst = sorted(report["fields"].items(), key=lambda kv: -kv[1]["psi"])[:3]
+    print(json.dumps({"out": str(out), "rows": report["rows"], "max_psi": report["max_psi"],
+                      "worst": {k: round(v["psi"], 4) for k, v in worst}, "labels": report.get("labels"),
+                      "failed": report["failed"]}))  # fmt: skip
+    for line in report["failed"]:
+        print(f"deepfm drift: threshold crossed: {line}", file=sys.stderr)
+    return 1 if report["failed"] else 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -34,6 +34,7 @@ from deepfm.calibration import Calibration, postprocess
 from deepfm.checkpoint import CHECKPOINT, RUN, load_checkpoint, save_checkpoint, write_atomic
 from deepfm.config import RunConfig, TrainConfig
 from deepfm.dataset import Batch, DatasetWriter, EncodedDataset
+from deepfm.drift import PROFILE_FILE, profile
 from deepfm.errors import ConfigError, DataError, TrainingError
 from deepfm.features import FeaturePipeline
 from deepfm.io import Reader
@@ -603,6 +604,11 @@ def train(
             pipeline, parts = prepare(config, data, Path(tmp), valid=valid, test=test, split=split_parts, base=base.pipeline if base else None)
             hit = False
         rows_before = len(parts.train)
+        # What `deepfm drift` compares new data with: the held-out valid part when there is one
+        # (rows the vocabulary was not fitted on, so their OOV rate is what new rows of the same
+        # days show), else the whole training part before downsampling.
+        reference = parts.valid if parts.valid is not None and len(parts.valid) else parts.train
+        train_profile = {**profile(pipeline, reference), "part": "valid" if reference is parts.valid else "train"}
         if neg_sample_rate < 1.0:
             parts.train = downsample(parts.train, neg_sample_rate, cfg.seed, Path(tmp) / "downsampled")
             log.info("negative downsampling at %g: %d of %d training rows kept", neg_sample_rate, len(parts.train), rows_before)
@@ -667,7 +673,8 @@ def train(
                 if part is evaluated:
                     metrics["evaluation"] = {"part": name, "calibration": calibration(part.labels, p), "roc": roc_curve(part.labels, p)}
         metrics["total_seconds"] = time.perf_counter() - t_start
-        bundle = Bundle(config, pipeline, model.cpu().eval(), metrics, calibration=calib)
+        extra = {PROFILE_FILE: json.dumps(train_profile).encode()}
+        bundle = Bundle(config, pipeline, model.cpu().eval(), metrics, calibration=calib, extra=extra)
         bundle.save(out)
         log.info("saved the model to %s", out)
         for name in (CHECKPOINT, RUN):  # the run is complete: nothing left to resume

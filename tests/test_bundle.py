@@ -23,7 +23,7 @@ from deepfm.errors import BundleError
 from deepfm.train import train
 
 N = 3000
-EXPECTED_FILES = {"config.json", "pipeline.json", "vocab.arrow", "model.safetensors", "metrics.json", "calibration.json", "manifest.json"}
+EXPECTED_FILES = {"config.json", "pipeline.json", "vocab.arrow", "model.safetensors", "metrics.json", "calibration.json", "profile.json", "manifest.json"}
 
 
 @pytest.fixture(scope="module")

@@ -327,3 +327,58 @@ def test_resume_of_a_warm_started_downsampled_run_is_the_same_run(tmp_path: Path
     a, b = load_file(str(tmp_path / "ref" / "model.safetensors")), load_file(str(tmp_path / "cut" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert resumed.calibration.neg_sample_rate == 0.5 and resumed.metrics["warm_start"]["from"] == str(base.path)
+
+
+# ---------------------------------------------------------------- drift
+def test_psi_formula() -> None:
+    from deepfm.drift import psi
+
+    e, a = np.array([50, 30, 20]), np.array([20, 30, 50])
+    pe, pa_ = e / e.sum(), a / a.sum()
+    assert psi(e, a) == pytest.approx(float(np.sum((pa_ - pe) * np.log(pa_ / pe))))
+    assert psi(e, e * 3) == pytest.approx(0.0)
+    assert np.isfinite(psi(np.array([10, 0]), np.array([0, 10])))  # empty buckets are floored
+
+
+def test_drift_check_sees_the_simulated_days(full_and_sampled: tuple[Bundle, Bundle], days: dict[int, dict[str, Path]], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    full, _ = full_and_sampled
+    model = tmp_path / "m"
+    import shutil
+
+    shutil.copytree(full.path, model)
+    # Same day, held-out rows: stable, exit 0.
+    assert main(["drift", str(model), "--data", str(days[1]["test"]), "--fail-on", "psi>0.25", "--quiet"]) == 0
+    same = json.loads((model / "drift.json").read_text())
+    assert same["max_psi"] < 0.1 and same["failed"] == []
+    assert same["reference_part"] == "valid"  # held-out rows of day 1: OOV rates agree
+    assert abs(same["fields"]["C3"]["oov"] - same["fields"]["C3"]["oov_train"]) < 0.02
+    capsys.readouterr()
+    # Day 2: new ids in the large fields, none in the small ones; the base CTR fell.
+    out = tmp_path / "d2.json"
+    code = main(["drift", str(model), "--data", str(days[2]["test"]), "--out", str(out), "--fail-on", "psi>0.25",
+                 "--fail-on", "oov_change>0.05", "--report", "--quiet"])  # fmt: skip
+    assert code == 1
+    assert "threshold crossed: psi>0.25" in capsys.readouterr().err
+    d2 = json.loads(out.read_text())
+    from deepfm.synth import CATEGORICAL_SPECS, CHURN_MIN_CARD
+
+    churned = [d2["fields"][c.name] for c in CATEGORICAL_SPECS if c.cardinality >= CHURN_MIN_CARD]
+    kept = [d2["fields"][c.name] for c in CATEGORICAL_SPECS if c.cardinality < CHURN_MIN_CARD]
+    assert np.median([f["psi"] for f in churned]) > 0.25 and np.median([f["oov_change"] for f in churned]) > 0.04
+    assert max(f["psi"] for f in kept) < 0.05 and max(f["oov"] for f in kept) == 0.0
+    assert d2["fields"]["I1"]["missing_change"] < 0.02 and d2["fields"]["I1"]["psi"] < 0.05
+    assert d2["labels"]["ctr"] < same["labels"]["ctr"]
+    lab = d2["labels"]
+    assert lab["ctr_gap"] == pytest.approx(abs(d2["mean_prediction"] - lab["ctr"]) / lab["ctr"])
+    assert lab["auc"] == pytest.approx(evaluate(full, days[2]["test"])["auc"])
+    assert any(f.startswith("psi>0.25") for f in d2["failed"]) and any(f.startswith("oov_change>0.05") for f in d2["failed"])
+    # The report shows the last check written into the model folder (with --report above:
+    # drift.json there is the day-1 check; the day-2 one went to --out).
+    assert "<h2>Drift</h2>" in (model / "report.html").read_text()
+    # Rows without labels: no CTR comparison, a label threshold says why it cannot pass.
+    unlabelled = tmp_path / "nolabel.tsv"
+    unlabelled.write_text("".join(line.split("\t", 1)[1] for line in days[2]["test"].read_text().splitlines(keepends=True)[:500]))
+    assert main(["drift", str(model), "--data", str(unlabelled), "--fail-on", "ctr_gap>0.1", "--quiet"]) == 1
+    nl = json.loads((model / "drift.json").read_text())
+    assert "labels" not in nl and "no labels" in nl["failed"][0]
+    assert main(["drift", str(model), "--data", str(unlabelled), "--fail-on", "psi>>1", "--quiet"]) == 2
