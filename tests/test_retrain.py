@@ -117,6 +117,10 @@ def test_every_path_returns_corrected_probabilities(full_and_sampled: tuple[Bund
     raw = loaded.predict_encoded(enc_chunk, calibrated=False)
     assert np.allclose(loaded.predict_encoded(enc_chunk), postprocess(raw, Calibration(neg_sample_rate=0.25)))
     assert np.allclose(from_file[: len(raw)], postprocess(raw, Calibration(neg_sample_rate=0.25)))
+    # The report's reliability diagram and ROC come from explain's probabilities: the same ones.
+    from deepfm.explain import explain
+
+    assert np.allclose(explain(loaded, test, rows=2000).probabilities, from_file[:2000], atol=1e-6)
 
 
 def _chunks(bundle: Bundle, path: Path):  # type: ignore[no-untyped-def]
@@ -168,6 +172,11 @@ def test_calibrate_command_stores_and_applies(full_and_sampled: tuple[Bundle, Bu
     after = evaluate(bundle, days[1]["test"])  # held-out rows: better calibrated, no worse log loss
     assert after["ece"] < before["ece"]
     assert after["logloss"] < before["logloss"] + 0.002
+    # The report shows the reliability diagram before and after, and the ECE row.
+    from deepfm.report import build_report
+
+    page = build_report(bundle)
+    assert "data-figure='reliability_before'" in page and "data-figure='reliability_after'" in page and ">ECE<" in page
     # Platt replaces the isotonic fit (not stacked on it).
     calibrate(bundle, days[1]["valid"], "platt")
     assert Bundle.load(folder).calibration.method == "platt"
