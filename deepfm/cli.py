@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate", help="fit isotonic or Platt calibration on held-out labelled rows and store it in the model")
     p.add_argument("model", type=Path)
     p.add_argument("--data", type=Path, required=True, help="labelled rows the model did not train on (a validation file)")
-    p.add_argument("--method", choices=["isotonic", "platt"], default="isotonic", help="default isotonic")
+    p.add_argument("--method", choices=["platt", "isotonic"], default="platt",
+                   help="platt (default: two parameters, safe on tens of thousands of rows) or isotonic (a step function: needs more rows)")
     _add_read_options(p, defaults_from_model=True)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_calibrate)

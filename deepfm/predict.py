@@ -55,7 +55,7 @@ def scores(
     return np.concatenate(labels), np.concatenate(probs), reader.skipped
 
 
-def calibrate(bundle: Bundle, path: str | Path, method: str = "isotonic", options: ReadOptions | None = None) -> dict[str, Any]:
+def calibrate(bundle: Bundle, path: str | Path, method: str = "platt", options: ReadOptions | None = None) -> dict[str, Any]:
     """Fit ``method`` (isotonic or platt) on the labelled rows of ``path`` -- rows the model
     did not train on -- and save it into the bundle's folder (calibration.json, manifest
     signed again). metrics.json gains ``calibration_fit``: the summary and reliability bins of

@@ -160,7 +160,7 @@ def test_calibrate_command_stores_and_applies(full_and_sampled: tuple[Bundle, Bu
     folder = tmp_path / "m"
     shutil.copytree(sampled.path, folder)
     before = evaluate(Bundle.load(folder), days[1]["test"])
-    assert main(["calibrate", str(folder), "--data", str(days[1]["valid"]), "--quiet"]) == 0
+    assert main(["calibrate", str(folder), "--data", str(days[1]["valid"]), "--method", "isotonic", "--quiet"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["ece_after"] < printed["ece_before"]
     bundle = Bundle.load(folder)
@@ -177,9 +177,11 @@ def test_calibrate_command_stores_and_applies(full_and_sampled: tuple[Bundle, Bu
 
     page = build_report(bundle)
     assert "data-figure='reliability_before'" in page and "data-figure='reliability_after'" in page and ">ECE<" in page
-    # Platt replaces the isotonic fit (not stacked on it).
-    calibrate(bundle, days[1]["valid"], "platt")
-    assert Bundle.load(folder).calibration.method == "platt"
+    # Platt (the default) replaces the isotonic fit (not stacked on it).
+    calibrate(bundle, days[1]["valid"])
+    platt = Bundle.load(folder)
+    assert platt.calibration.method == "platt" and platt.calibration.neg_sample_rate == 0.25
+    assert evaluate(platt, days[1]["test"])["ece"] < before["ece"]
     # calibration.json is signed like the other files
     (folder / "calibration.json").write_text(Calibration().to_json())
     with pytest.raises(BundleError, match="calibration.json"):
