@@ -21,8 +21,8 @@ _TAG = 0x5A3D  # keeps these coins apart from other seeded streams of the same s
 
 
 def keep_mask(labels: np.ndarray, start: int, rate: float, seed: int) -> np.ndarray:
-    """Which rows ``start .. start + len(labels) - 1`` of a part to keep. ``start`` must be a
-    multiple of BLOCK unless labels lie within one block. (N,) -> (N,) bool"""
+    """Which rows ``start .. start + len(labels) - 1`` of a part to keep: the same answer for
+    a row however the part is cut into pieces. (N,) -> (N,) bool"""
     n = len(labels)
     coins = np.empty(n, dtype=np.float64)
     first = start // BLOCK
