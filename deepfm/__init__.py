@@ -17,7 +17,7 @@ from deepfm.io import ReadOptions
 from deepfm.model import DeepFM, ModelConfig
 from deepfm.predict import Predictor, evaluate, predict_file
 from deepfm.schema import FieldSpec, Schema, criteo_schema
-from deepfm.train import train
+from deepfm.train import resume, train
 
 if TYPE_CHECKING:
     from deepfm.estimator import DeepFMClassifier
@@ -37,5 +37,5 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "Bundle", "BundleError", "ConfigError", "DataError", "DeepFM", "DeepFMError", "FieldSpec", "ModelConfig",
     "Predictor", "ReadOptions", "RunConfig", "Schema", "TrainConfig", "criteo_schema", "evaluate", "load_config",
-    "predict_file", "train",
+    "predict_file", "resume", "train",
 ]  # fmt: skip

@@ -5,6 +5,7 @@
     vocab.arrow       vocabularies (Arrow IPC)
     model.safetensors weights
     metrics.json      what training measured
+    calibration.json  downsampling correction and fitted calibration (deepfm.calibration)
     manifest.json     sha256 of every file above, checked on load
 
 Loading never unpickles anything: JSON, Arrow and safetensors only.
@@ -21,6 +22,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from deepfm.calibration import FILE as CALIBRATION_FILE
+from deepfm.calibration import Calibration
 from deepfm.checkpoint import write_atomic
 from deepfm.config import RunConfig
 from deepfm.errors import BundleError
@@ -29,7 +32,8 @@ from deepfm.model import DeepFM, InputLayout
 
 FORMAT_VERSION = 1
 REQUIRED = ("config.json", "pipeline.json", "vocab.arrow", "model.safetensors", "manifest.json")
-SIGNED = REQUIRED[:-1]  # files the manifest must hold a sha256 for (metrics.json too when present)
+SIGNED = REQUIRED[:-1]  # files the manifest must hold a sha256 for (the OPTIONAL ones too when present)
+OPTIONAL = ("metrics.json", CALIBRATION_FILE)  # bundles written before calibration existed have none
 
 
 class Bundle:
@@ -42,11 +46,16 @@ class Bundle:
         model: DeepFM,
         metrics: dict[str, Any] | None = None,
         path: Path | None = None,
+        calibration: Calibration | None = None,
+        extra: dict[str, bytes] | None = None,
     ) -> None:
         self.config, self.pipeline, self.model = config, pipeline, model
         self.metrics = metrics or {}
         self.path = path
         self._predictor: Any = None
+        self.calibration = calibration or Calibration()
+        # Files saved beside the bundle's own (the estimator's classes): kept when it is saved again.
+        self.extra = dict(extra or {})
 
     @property
     def device(self) -> torch.device:
@@ -59,8 +68,9 @@ class Bundle:
         classes there)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        for name, content in (extra or {}).items():
-            if Path(name).name != name or name in (*REQUIRED, "metrics.json", "manifest.json"):
+        extra = {**self.extra, **(extra or {})}
+        for name, content in extra.items():
+            if Path(name).name != name or name in (*REQUIRED, *OPTIONAL):
                 raise ValueError(f"extra bundle file {name!r} must be a plain file name not used by the bundle")
             write_atomic(folder / name, content)
         config = {
@@ -74,10 +84,11 @@ class Bundle:
         save_file(state, str(folder / "model.safetensors"), metadata={"format": "deepfm", "version": str(FORMAT_VERSION)})
         self.metrics = _jsonable(self.metrics)  # what a reload gives back (JSON has no inf or NaN: null)
         write_atomic(folder / "metrics.json", json.dumps(self.metrics, indent=1).encode())
-        files += ["config.json", "model.safetensors", "metrics.json", *(extra or {})]
+        write_atomic(folder / CALIBRATION_FILE, self.calibration.to_json().encode())
+        files += ["config.json", "model.safetensors", *OPTIONAL, *extra]
         manifest = {"format_version": FORMAT_VERSION, "sha256": {f: _sha256(folder / f) for f in sorted(files)}}
         write_atomic(folder / "manifest.json", json.dumps(manifest, indent=1).encode())
-        self.path = folder
+        self.path, self.extra = folder, extra
         return folder
 
     @classmethod
@@ -92,7 +103,7 @@ class Bundle:
         digests = manifest.get("sha256")
         if not isinstance(digests, dict):
             raise BundleError(f"{folder}/manifest.json: no sha256 table")
-        unsigned = [f for f in (*SIGNED, "metrics.json") if (folder / f).is_file() and f not in digests]
+        unsigned = [f for f in (*SIGNED, *OPTIONAL) if (folder / f).is_file() and f not in digests]
         if unsigned:
             raise BundleError(f"{folder}: manifest.json holds no sha256 for {unsigned}; the folder was changed after it was saved")
         for name, digest in digests.items():
@@ -118,7 +129,11 @@ class Bundle:
         model.to(device).eval()
         metrics_path = folder / "metrics.json"
         metrics = _read_json(metrics_path) if metrics_path.is_file() else {}
-        return cls(config, pipeline, model, metrics, folder)
+        cal_path = folder / CALIBRATION_FILE
+        calibration = Calibration.from_json(cal_path.read_bytes(), where=str(cal_path)) if cal_path.is_file() else None
+        own = {*REQUIRED, *OPTIONAL}
+        extra = {name: (folder / name).read_bytes() for name in digests if name not in own}
+        return cls(config, pipeline, model, metrics, folder, calibration, extra)
 
     @property
     def model_id(self) -> str:
@@ -144,9 +159,10 @@ class Bundle:
         values as OOV; an unknown field in a record is an error. -> (N,) float64"""
         return self.predictor().predict(data, batch_size)  # type: ignore[no-any-return]
 
-    def predict_encoded(self, chunk: Any) -> np.ndarray:
-        """Probabilities for an EncodedChunk. -> (N,) float64"""
-        return self.predictor().predict_encoded(chunk)  # type: ignore[no-any-return]
+    def predict_encoded(self, chunk: Any, calibrated: bool = True) -> np.ndarray:
+        """Probabilities for an EncodedChunk, through :func:`deepfm.calibration.postprocess`
+        (``calibrated=False``: the model's own, uncorrected). -> (N,) float64"""
+        return self.predictor().predict_encoded(chunk, calibrated=calibrated)  # type: ignore[no-any-return]
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -1,17 +1,21 @@
 """The ``deepfm`` command line: a thin layer over the library.
 
     deepfm demo
-    deepfm synth --rows 1000000 --out clicks.tsv
+    deepfm synth --rows 1000000 --out clicks.tsv [--day 3]
     deepfm train --data clicks.tsv --preset criteo --split 0.8,0.1,0.1 --out runs/criteo
+    deepfm train --warm-start runs/day1 --data day2.tsv --split 0.9,0.1 --out runs/day2
     deepfm evaluate runs/criteo --data test.tsv
     deepfm predict runs/criteo --data new.tsv --out scores.csv
     deepfm export runs/criteo --onnx runs/criteo/model.onnx
     deepfm serve runs/criteo --host 127.0.0.1 --port 8000 [--workers N] [--engine onnx]
+    deepfm calibrate runs/criteo --data valid.tsv [--method isotonic|platt]
+    deepfm drift runs/criteo --data new.tsv --fail-on 'psi>0.25'   # exit 1 when crossed
     deepfm compare --data clicks.tsv --preset criteo --split 0.8,0.1,0.1 --models lr,fm,deepfm --seeds 3
     deepfm explain runs/criteo --data test.tsv --out runs/criteo/explain [--pair C1,C2]
     deepfm report runs/criteo --data test.tsv      # runs/criteo/report.html
 
-Bad input ends with one line naming the file, line and field, and exit status 2.
+Bad input ends with one line naming the file, line and field, and exit status 2. ``deepfm drift``
+exits with 1 when a --fail-on threshold is crossed.
 """
 
 from __future__ import annotations
@@ -66,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", type=int, required=True)
     p.add_argument("--out", type=Path, required=True, help="TSV to write; true probabilities go to <stem>.truth.csv")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--day", type=int, default=1, help="simulated day: from day 2 on, new ids appear, old ones fade "
+                   "and the click rate falls (default 1: no drift)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_synth)
 
@@ -78,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--lr, --embedding-lr, --epochs, --patience, --threads may change)",
     )  # fmt: skip
     p.add_argument("--report", action="store_true", help="also write <out>/report.html, explained on the test part (valid without one)")
+    p.add_argument("--warm-start", type=Path, metavar="MODEL",
+                   help="continue from this model folder on new data: its schema, statistics, vocabularies (grown by "
+                   "new values) and weights; training flags (--epochs, --lr, ...) still apply")  # fmt: skip
+    p.add_argument("--neg-sample-rate", type=float, metavar="W",
+                   help="train on every positive and this share (0 < W <= 1) of the negatives of the training part; "
+                   "predictions are corrected back (valid/test keep every row)")  # fmt: skip
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("compare", help="train several model kinds with several seeds on the same split")
@@ -102,6 +114,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_args(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("calibrate", help="fit isotonic or Platt calibration on held-out labelled rows and store it in the model")
+    p.add_argument("model", type=Path)
+    p.add_argument("--data", type=Path, required=True, help="labelled rows the model did not train on (a validation file)")
+    p.add_argument("--method", choices=["platt", "isotonic"], default="platt",
+                   help="platt (default: two parameters, safe on tens of thousands of rows) or isotonic (a step function: needs more rows)")
+    _add_read_options(p, defaults_from_model=True)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("drift", help="compare new rows with the training data: OOV and missing rates, PSI per field, "
+                       "predicted vs observed CTR; exit 1 when a --fail-on threshold is crossed")  # fmt: skip
+    p.add_argument("model", type=Path)
+    p.add_argument("--data", type=Path, required=True, help="new rows (labels optional)")
+    p.add_argument("--out", type=Path, help="JSON to write (default <model>/drift.json, which deepfm report shows)")
+    p.add_argument("--fail-on", action="append", default=[], metavar="METRIC>VALUE",
+                   help="e.g. psi>0.25, oov_change>0.05, missing_change>0.1, ctr_gap>0.1, auc<0.7; repeatable")  # fmt: skip
+    p.add_argument("--report", action="store_true", help="also write <model>/report.html (recorded figures + this check)")
+    _add_read_options(p, defaults_from_model=True)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_drift)
 
     p = sub.add_parser("predict", help="write click probabilities for a file")
     p.add_argument("model", type=Path)
@@ -191,6 +224,8 @@ def _add_run_args(p: argparse.ArgumentParser, data_required: bool = True) -> Non
     g.add_argument("--l2-embedding", type=float)
     g.add_argument("--patience", type=int)
     g.add_argument("--min-count", type=int, help="for every field with a vocabulary (categorical, bucketized, multi-hot)")
+    g.add_argument("--max-vocab", type=int, help="cap on every vocabulary (0: none); fresh fits keep the most frequent, "
+                   "warm starts evict the lowest recency-weighted counts")  # fmt: skip
     g.add_argument("--seed", type=int)
     g.add_argument("--device", help="auto, cpu or cuda")
     g.add_argument("--threads", type=int, help="torch threads (default: one per core)")
@@ -224,7 +259,16 @@ def _run_config(args: argparse.Namespace) -> Any:
 
     if args.config and args.preset:
         raise _usage("give --config or --preset, not both")
-    if args.config:
+    if getattr(args, "warm_start", None) is not None:
+        from deepfm.bundle import Bundle
+
+        shape = {"--config": args.config, "--preset": args.preset, "--label": args.label, "--model": args.kind,
+                 "--embedding-dim": args.embedding_dim, "--hidden": args.hidden, "--dropout": args.dropout}  # fmt: skip
+        given = [flag for flag, value in shape.items() if value is not None]
+        if given:
+            raise _usage(f"--warm-start keeps the schema and model of {args.warm_start}; leave out {', '.join(given)}")
+        config = Bundle.load(args.warm_start).config
+    elif args.config:
         config = RunConfig.from_dict(load_config(args.config), where=str(args.config))
     elif args.preset:
         config = RunConfig(schema=PRESETS[args.preset]())
@@ -232,9 +276,10 @@ def _run_config(args: argparse.Namespace) -> Any:
         options = ReadOptions(**{k: v for k, v in _read_overrides(args).items() if v is not None})
         config = RunConfig(schema=infer_schema(Reader(args.data, options), args.label or "label"), data=options)
         log.info("inferred the schema: %s", ", ".join(f"{f.name}:{f.kind}" for f in config.schema.fields))
-    if args.min_count is not None:
-        fields = tuple(replace(f, min_count=args.min_count) for f in config.schema.fields)
-        config = replace(config, schema=replace(config.schema, fields=fields))
+    for flag, key in (("min_count", "min_count"), ("max_vocab", "max_vocab")):
+        if getattr(args, flag) is not None:
+            fields = tuple(replace(f, **{key: getattr(args, flag)}) for f in config.schema.fields)
+            config = replace(config, schema=replace(config.schema, fields=fields))
     try:
         hidden = tuple(int(h) for h in args.hidden.split(",")) if args.hidden else None
     except ValueError:
@@ -260,9 +305,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise _usage("train needs --data (or --resume RUN to carry on with an interrupted run)")
     config = _run_config(args)
     on_trained = _report_writer(args.out / "report.html") if args.report else None
+    rate = 1.0 if args.neg_sample_rate is None else args.neg_sample_rate
+    if not 0 < rate <= 1:
+        raise _usage(f"--neg-sample-rate must be in (0, 1], got {rate}")
     bundle = train(
         config, args.data, args.out, valid=args.valid, test=args.test, split=args.split,
-        cache=not args.no_cache, cache_dir=args.cache_dir, on_trained=on_trained,
+        cache=not args.no_cache, cache_dir=args.cache_dir, on_trained=on_trained, neg_sample_rate=rate,
+        warm_start=args.warm_start,
     )  # fmt: skip
     return _print_summary(args.out, bundle)
 
@@ -275,7 +324,8 @@ def _resume(args: argparse.Namespace, resume: Any) -> int:
         "--hidden": args.hidden, "--dropout": args.dropout, "--batch-size": args.batch_size, "--seed": args.seed,
         "--l2-embedding": args.l2_embedding, "--min-count": args.min_count, "--cache-dir": args.cache_dir,
         "--format": args.format, "--delimiter": args.delimiter, "--header": args.header, "--on-bad-row": args.on_bad_row,
-        "--checkpoint-every": args.checkpoint_every,
+        "--checkpoint-every": args.checkpoint_every, "--neg-sample-rate": args.neg_sample_rate,
+        "--warm-start": args.warm_start, "--max-vocab": args.max_vocab,
     }  # fmt: skip
     given = [flag for flag, value in fixed.items() if value is not None] + (["--no-cache"] if args.no_cache else [])
     if given:
@@ -342,6 +392,42 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate(predictor, args.data, _model_read_options(predictor.bundle, args))
     print(json.dumps(result))
     return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from deepfm.bundle import Bundle
+    from deepfm.predict import calibrate
+
+    bundle = Bundle.load(args.model)
+    record = calibrate(bundle, args.data, args.method, _model_read_options(bundle, args))
+    keys = ("auc", "logloss", "ece", "mean_prediction", "ctr")
+    print(json.dumps({"model": str(args.model), "method": args.method, "rows": record["before"]["rows"],
+                      **{f"{k}_before": record["before"][k] for k in keys if k != "ctr"},
+                      **{f"{k}_after": record["after"][k] for k in keys if k != "ctr"}, "ctr": record["before"]["ctr"]}))  # fmt: skip
+    return 0
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    """Exit 0: within every threshold; 1: a threshold crossed (listed on stderr); 2: bad input."""
+    from deepfm.bundle import Bundle
+    from deepfm.drift import Threshold, check
+
+    thresholds = [Threshold.parse(t) for t in args.fail_on]
+    bundle = Bundle.load(args.model)
+    report = check(bundle, args.data, thresholds, _model_read_options(bundle, args))
+    out = args.out or args.model / "drift.json"
+    out.write_text(json.dumps(report, indent=1))
+    if args.report:
+        from deepfm.report import write_report
+
+        write_report(bundle, args.model / "report.html")
+    worst = sorted(report["fields"].items(), key=lambda kv: -kv[1]["psi"])[:3]
+    print(json.dumps({"out": str(out), "rows": report["rows"], "max_psi": report["max_psi"],
+                      "worst": {k: round(v["psi"], 4) for k, v in worst}, "labels": report.get("labels"),
+                      "failed": report["failed"]}))  # fmt: skip
+    for line in report["failed"]:
+        print(f"deepfm drift: threshold crossed: {line}", file=sys.stderr)
+    return 1 if report["failed"] else 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -425,13 +511,16 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if args.rows < 1:
         raise _usage(f"--rows must be at least 1, got {args.rows}")
     t0 = time.perf_counter()
-    result = write_synth(args.rows, args.out, seed=args.seed)
+    if args.day < 1:
+        raise _usage(f"--day must be at least 1, got {args.day}")
+    result = write_synth(args.rows, args.out, seed=args.seed, day=args.day)
     print(
         json.dumps(
             {
                 "out": str(result.path),
                 "truth": str(result.truth_path),
                 "rows": result.rows,
+                "day": args.day,
                 "positive_rate": result.positive_rate,
                 "seconds": round(time.perf_counter() - t0, 2),
             }

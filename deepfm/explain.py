@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from deepfm.bundle import Bundle
+from deepfm.calibration import postprocess
 from deepfm.dataset import Batch, EncodedDataset
 from deepfm.errors import ConfigError
 from deepfm.features import FIRST_VALUE, MISSING, OOV
@@ -196,7 +197,9 @@ def explain(
         pair_mean_abs=pair_abs,
         pair_mean=pair_mean,
         drilldown=drill,
-        probabilities=1.0 / (1.0 + np.exp(-np.concatenate(scan.logits))),
+        # What users get (downsampling correction, fitted calibration): the report's reliability
+        # diagram and ROC are drawn from these.
+        probabilities=postprocess(1.0 / (1.0 + np.exp(-np.concatenate(scan.logits))), bundle.calibration),
         labels=np.concatenate(scan.labels) if scan.labels else None,
     )
 

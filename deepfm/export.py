@@ -11,8 +11,10 @@ fitted preprocessing (vocabularies, bins, scaling), which the graph's metadata d
 
 Metadata (``metadata_props``): ``deepfm.model_id`` (the bundle it came from),
 ``deepfm.pipeline`` (pipeline.json: schema, field offsets, numeric statistics, bin edges),
-``deepfm.vocab_sha256`` (vocab.arrow, which maps values to ids), ``deepfm.inputs`` and
-``deepfm.encoding`` (how a raw value becomes an id).
+``deepfm.vocab_sha256`` (vocab.arrow, which maps values to ids), ``deepfm.inputs``,
+``deepfm.encoding`` (how a raw value becomes an id) and ``deepfm.postprocess`` (the
+negative-downsampling rate and any fitted calibration, as calibration.json: the graph's
+``probability`` is the model's own; the Predictor, serving the graph, applies them after it).
 
 Exported with torch.onnx's dynamo exporter (the maintained one; it needs ``onnxscript``).
 Multi-hot bags are pooled by a segment sum (layers.pool_bags), not embedding_bag, which the
@@ -147,6 +149,8 @@ def export_onnx(bundle: Bundle, path: str | Path, check_rows: int = 2000) -> dic
     meta["deepfm.vocab_sha256"] = _sha256(bundle.path / "vocab.arrow")
     meta["deepfm.inputs"] = json.dumps(_describe_inputs(model))
     meta["deepfm.encoding"] = ENCODING
+    # The graph's probability is the model's own; users get it after this (deepfm.calibration.postprocess).
+    meta["deepfm.postprocess"] = bundle.calibration.to_json()
     path.parent.mkdir(parents=True, exist_ok=True)
     with _quiet():
         program.save(str(path))

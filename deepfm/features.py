@@ -36,6 +36,7 @@ import pyarrow.ipc as ipc
 from deepfm.errors import BundleError, DataError
 from deepfm.io import Chunk, to_float, to_label, to_strings
 from deepfm.schema import FieldSpec, Schema
+from deepfm.vocab import grow_vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -129,16 +130,17 @@ class FeaturePipeline:
         return [f.name for f in self.schema.fields]
 
     # ------------------------------------------------------------ fit
-    def fit(self, chunks: Iterable[Chunk]) -> FeaturePipeline:
-        """One streamed pass over the training rows: counts, numeric stats, bin samples."""
+    def fit(self, chunks: Iterable[Chunk], base: FeaturePipeline | None = None) -> FeaturePipeline:
+        """One streamed pass over the training rows: counts, numeric stats, bin samples.
+        ``base``: a fitted pipeline to grow (warm start, see :meth:`_finish_fit`)."""
         fitter = _Fitter(self.schema, spill=None)
         for chunk in chunks:
             fitter.add(chunk)
-        self._finish_fit(fitter)
+        self._finish_fit(fitter, base)
         return self
 
     def fit_encode(
-        self, chunks: Iterable[Chunk], n_fit: int | Callable[[int], int], spill_dir: Path
+        self, chunks: Iterable[Chunk], n_fit: int | Callable[[int], int], spill_dir: Path, base: FeaturePipeline | None = None
     ) -> Iterator[tuple[int, EncodedChunk]]:
         """Fit on the first ``n_fit`` rows and encode every row, parsing the input once.
 
@@ -165,7 +167,7 @@ class FeaturePipeline:
                 [c.finish() for c in counters[0::2]]
                 other.result()
                 fitter.limit(n_fit(fitter.rows_counted) if callable(n_fit) else n_fit)
-                remaps = self._finish_fit(fitter)
+                remaps = self._finish_fit(fitter, base)
 
                 def encode(i: int) -> EncodedChunk:
                     return fitter.encode_spilled(i, self, remaps, self.id_dtype)
@@ -180,16 +182,30 @@ class FeaturePipeline:
         finally:
             spill.close()
 
-    def _finish_fit(self, fitter: _Fitter) -> dict[str, np.ndarray]:
+    def _finish_fit(self, fitter: _Fitter, base: FeaturePipeline | None = None) -> dict[str, np.ndarray]:
         """Vocabularies, statistics and offsets from what the fitter gathered. Returns, for
-        each vocabulary field, the map from its unified dictionary to local ids."""
+        each vocabulary field, the map from its unified dictionary to local ids.
+
+        With ``base`` (warm start) the numeric statistics and bin edges are ``base``'s, kept
+        rather than refitted, and each vocabulary is ``base``'s grown by the new counts
+        (:func:`deepfm.vocab.grow_vocabulary`): known values keep their local ids."""
         if fitter.rows_counted == 0:
             raise DataError("no training rows to fit the features on")
         remaps: dict[str, np.ndarray] = {}
         offset = 0
         for spec in self.schema.fields:
             st = self.states[spec.name]
-            if spec.is_scaled:
+            old = base.states[spec.name] if base is not None else None
+            if old is not None and old.vocab is None:  # scaled: keep the old standardization
+                st.mean, st.std, st.size = old.mean, old.std, 2
+            elif old is not None and not _uses_dictionary(spec):  # quantile bins: the same bins
+                st.edges, st.vocab, st.counts, st.size = list(old.edges), old.vocab, old.counts, old.size
+            elif old is not None:
+                keys, cnt = fitter.dictionaries[spec.name].finish()
+                st.vocab, st.counts, pos = grow_vocabulary(old.vocab, old.counts, keys, cnt, spec.min_count, spec.max_vocab)
+                st.size = FIRST_VALUE + len(st.vocab)
+                remaps[spec.name] = np.where(pos >= 0, FIRST_VALUE + pos, OOV)
+            elif spec.is_scaled:
                 n, s, ss = np.sum(fitter.moments[spec.name], axis=0) if fitter.moments[spec.name] else (0, 0.0, 0.0)
                 if "standardize" in spec.transform and n > 0:
                     with np.errstate(over="ignore", invalid="ignore"):
@@ -214,8 +230,9 @@ class FeaturePipeline:
                 keys, cnt = fitter.dictionaries[spec.name].finish()
                 kept = np.flatnonzero(cnt >= spec.min_count)
                 # Most frequent first; ties broken by the key so the order does not depend on
-                # how the file was cut into chunks.
+                # how the file was cut into chunks. max_vocab keeps the most frequent.
                 order = kept[np.lexsort((_sort_keys(keys.take(pa.array(kept))), -cnt[kept]))]
+                order = order[: spec.max_vocab or None]
                 st.vocab = keys.take(pa.array(order, pa.int64()))
                 st.counts = cnt[order]
                 st.size = FIRST_VALUE + len(st.vocab)

@@ -37,13 +37,15 @@ def logloss(labels: np.ndarray, probs: np.ndarray) -> float:
 
 
 def summary(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    """{"auc", "logloss", "rows", "ctr", "mean_prediction"} for one set of predictions."""
+    """{"auc", "logloss", "rows", "ctr", "mean_prediction", "ece"} for one set of predictions
+    (ece: expected calibration error over 10 equal-count bins, see :func:`calibration`)."""
     return {
         "auc": auc(labels, probs),
         "logloss": logloss(labels, probs),
         "rows": int(np.asarray(labels).size),
         "ctr": float(np.mean(labels)) if np.asarray(labels).size else float("nan"),
         "mean_prediction": float(np.mean(probs)) if np.asarray(probs).size else float("nan"),
+        "ece": _ece(labels, probs),
     }
 
 
@@ -94,10 +96,21 @@ def calibration(labels: np.ndarray, probs: np.ndarray, bins: int = 10, histogram
                 "positive_rate": float(y[part].mean()),
             }
         )
-    ece = sum(r["count"] * abs(r["mean_prediction"] - r["positive_rate"]) for r in rows) / max(p.size, 1)
     counts, edges = np.histogram(p, bins=histogram_bins, range=(0.0, 1.0))
     return {
         "bins": rows,
-        "ece": float(ece) if p.size else float("nan"),
+        "ece": _ece(y, p, bins),
         "histogram": {"edges": edges.tolist(), "counts": counts.tolist()},
     }
+
+
+def _ece(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> float:
+    """Count-weighted mean |mean prediction - positive rate| over equal-count bins of the
+    rows sorted by prediction. NaN for no rows. (N,), (N,) -> float"""
+    y = np.asarray(labels, dtype=np.float64).ravel()
+    p = np.asarray(probs, dtype=np.float64).ravel()
+    if not p.size:
+        return float("nan")
+    order = np.argsort(p, kind="mergesort")
+    gaps = [part.size * abs(p[part].mean() - y[part].mean()) for part in np.array_split(order, min(bins, p.size))]
+    return float(sum(gaps) / p.size)

@@ -23,11 +23,12 @@ import pyarrow.csv as pacsv
 import torch
 
 from deepfm.bundle import Bundle
+from deepfm.calibration import Calibration, describe, fit, postprocess
 from deepfm.dataset import Batch
 from deepfm.errors import ConfigError, DataError
 from deepfm.features import EncodedChunk, FeaturePipeline
 from deepfm.io import Chunk, ReadOptions, Reader, TableSource, as_table, record_value, to_float
-from deepfm.metrics import summary
+from deepfm.metrics import calibration, summary
 from deepfm.model import DeepFM
 from deepfm.schema import FieldSpec, Schema
 
@@ -125,11 +126,15 @@ class Predictor:
         """Probabilities for one chunk of a file or table. -> (N,) float64"""
         return self.predict_encoded(self.pipeline.encode(chunk, with_labels=False))
 
-    def predict_encoded(self, chunk: EncodedChunk) -> np.ndarray:
-        """Probabilities for rows already encoded by the pipeline. -> (N,) float64"""
+    def predict_encoded(self, chunk: EncodedChunk, calibrated: bool = True) -> np.ndarray:
+        """Probabilities for rows already encoded by the pipeline, through the bundle's
+        :func:`deepfm.calibration.postprocess` (the downsampling correction, then any fitted
+        calibration) unless ``calibrated=False``. -> (N,) float64"""
         if len(chunk) == 0:
             return np.zeros(0, dtype=np.float64)
-        return self.engine(chunk)
+        p = self.engine(chunk)
+        # Read at call time: `deepfm calibrate` may have fitted a new one into this bundle.
+        return postprocess(p, self.bundle.calibration) if calibrated else p
 
     # ------------------------------------------------------------ validation
     def records_table(self, records: object) -> pa.Table:
@@ -279,7 +284,19 @@ def open_input(bundle: Bundle, path: str | Path, options: ReadOptions | None = N
 
 
 def evaluate(model: Bundle | Predictor, path: str | Path, options: ReadOptions | None = None) -> dict[str, Any]:
-    """{"auc", "logloss", "rows", "ctr", "mean_prediction"} of the model on a labelled file."""
+    """{"auc", "logloss", "rows", "ctr", "mean_prediction", "ece"} of the model on a labelled file."""
+    y, p, skipped = scores(model, path, options)
+    result: dict[str, Any] = summary(y, p)
+    if skipped:
+        result["skipped_rows"] = skipped
+    return result
+
+
+def scores(
+    model: Bundle | Predictor, path: str | Path, options: ReadOptions | None = None, calibrated: bool = True
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(labels (N,), probabilities (N,), rows skipped) of a labelled file, streamed by chunk.
+    ``calibrated=False``: the model's own probabilities (see Predictor.predict_encoded)."""
     predictor = _predictor(model)
     reader = open_input(predictor.bundle, path, options, need_label=True)
     schema = predictor.schema
@@ -287,12 +304,28 @@ def evaluate(model: Bundle | Predictor, path: str | Path, options: ReadOptions |
     for chunk in reader.chunks([schema.label, *schema.names], schema.numeric_columns):
         enc = predictor.pipeline.encode(chunk)
         labels.append(enc.labels)
-        probs.append(predictor.predict_encoded(enc))
-    y, p = np.concatenate(labels), np.concatenate(probs)
-    result: dict[str, Any] = summary(y, p)
-    if reader.skipped:
-        result["skipped_rows"] = reader.skipped
-    return result
+        probs.append(predictor.predict_encoded(enc, calibrated=calibrated))
+    return np.concatenate(labels), np.concatenate(probs), reader.skipped
+
+
+def calibrate(bundle: Bundle, path: str | Path, method: str = "platt", options: ReadOptions | None = None) -> dict[str, Any]:
+    """Fit ``method`` (isotonic or platt) on the labelled rows of ``path`` -- rows the model
+    did not train on -- and save it into the bundle's folder (calibration.json, manifest
+    signed again). metrics.json gains ``calibration_fit``: the summary and reliability bins of
+    those rows before and after. Returns that record."""
+    if bundle.path is None:
+        raise ValueError("calibrate needs a bundle loaded from (or saved to) a folder")
+    y, raw, _ = scores(bundle, path, options, calibrated=False)
+    base = Calibration(neg_sample_rate=bundle.calibration.neg_sample_rate)  # a fit replaces the old one
+    fitted = fit(postprocess(raw, base), y, method, base)
+    record: dict[str, Any] = {"method": method, "data": str(path), **describe(fitted)}
+    for name, state in (("before", base), ("after", fitted)):
+        p = postprocess(raw, state)
+        record[name] = {**summary(y, p), "calibration": calibration(y, p)}
+    bundle.calibration = fitted
+    bundle.metrics["calibration_fit"] = record
+    bundle.save(bundle.path)
+    return record
 
 
 def predict_file(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,11 @@ def build_report(
         body.append(_table(["bin", "predictions from", "to", "rows", "mean prediction", "positive rate"], [
             [k + 1, _f(b["lo"]), _f(b["hi"]), f"{b['count']:,}", _f(b["mean_prediction"]), _f(b["positive_rate"])] for k, b in enumerate(cal["bins"])
         ]) + "</div></div>")  # fmt: skip
+    if m.get("calibration_fit"):
+        body.extend(_calibration_fit(m["calibration_fit"]))
+    drift_file = Path(bundle.path) / "drift.json" if bundle.path is not None else None
+    if drift_file is not None and drift_file.is_file():
+        body.extend(_drift(json.loads(drift_file.read_text())))
     body.append("<h2>What the model learned</h2>")
     if expl is None:
         body.append("<p class='note'>The explanation needs rows to explain: <code>deepfm report MODEL --data rows.tsv</code>.</p>")
@@ -116,9 +122,50 @@ def _evaluation(m: dict[str, Any], expl: Explanation | None) -> dict[str, Any] |
     }
 
 
+def _drift(d: dict[str, Any]) -> list[str]:
+    """The last ``deepfm drift`` check (drift.json in the model folder)."""
+    rows = sorted(d["fields"].items(), key=lambda kv: -kv[1]["psi"])
+    out = [
+        "<h2>Drift</h2>",
+        f"<p><code>deepfm drift</code> on {d['rows']:,} rows of <code>{html.escape(d['data'])}</code> against the "
+        f"{d['training_rows']:,} rows of the model's {html.escape(d.get('reference_part', 'training'))} part. PSI over the model's own buckets (top values, other, OOV, missing): "
+        "below 0.1 stable, 0.1-0.25 moderate, above 0.25 a shift worth acting on.</p>",
+    ]
+    if d.get("labels"):
+        lab = d["labels"]
+        out.append(f"<p>Mean prediction {_f(d['mean_prediction'])} against an observed click rate of {_f(lab['ctr'])}; AUC {_f(lab['auc'])}, log loss {_f(lab['logloss'])}.</p>")
+    if d.get("failed"):
+        out.append("<p class='note'>Thresholds crossed: " + "; ".join(html.escape(x) for x in d["failed"]) + "</p>")
+    out.append(_table(["field", "PSI", "OOV train", "OOV new", "missing train", "missing new"], [
+        [_Text(name), _f(f["psi"]), _f(f["oov_train"]), _f(f["oov"]), _f(f["missing_train"]), _f(f["missing"])] for name, f in rows
+    ]))  # fmt: skip
+    return out
+
+
+def _calibration_fit(fit: dict[str, Any]) -> list[str]:
+    """Reliability before and after ``deepfm calibrate``, on the rows it was fitted on."""
+    before, after = fit["before"], fit["after"]
+    out = [
+        "<h2>Fitted calibration</h2>",
+        f"<p>{html.escape(fit['method'])} calibration fitted by <code>deepfm calibrate</code> on {before['rows']:,} rows of "
+        f"<code>{html.escape(fit['data'])}</code>"
+        + (f" (negative downsampling at {fit['neg_sample_rate']:g} corrected first)" if fit.get("neg_sample_rate", 1.0) != 1.0 else "")
+        + ". Every prediction applies it. Figures on those rows; a held-out file given to <code>deepfm report --data</code> "
+        "shows the calibrated model above.</p>",
+        _table(["", "log loss", "ECE", "mean prediction", "positive rate"], [
+            [name, _f(r["logloss"]), _f(r["ece"]), _f(r["mean_prediction"]), _f(r["ctr"])] for name, r in (("before", before), ("after", after))
+        ]),  # fmt: skip
+        "<div class='cols'>",
+        _figure("reliability_before", plots.reliability(before["calibration"]), "Before: the model's probabilities (downsampling corrected)."),
+        _figure("reliability_after", plots.reliability(after["calibration"]), "After: through the fitted calibration."),
+        "</div>",
+    ]
+    return out
+
+
 def _summary(m: dict[str, Any]) -> str:
     rows = []
-    for key, label in (("auc", "AUC"), ("logloss", "log loss"), ("rows", "rows"), ("ctr", "positive rate"), ("mean_prediction", "mean prediction")):
+    for key, label in (("auc", "AUC"), ("logloss", "log loss"), ("rows", "rows"), ("ctr", "positive rate"), ("mean_prediction", "mean prediction"), ("ece", "ECE")):
         cells = [m.get(f"{part}_{key}") for part in ("valid", "test")]
         if any(c is not None for c in cells):
             rows.append([label, *(_f(c) for c in cells)])

@@ -42,6 +42,9 @@ class FieldSpec:
     # categorical, bucketized numeric and multi_hot: values seen fewer times in the
     # training part than this share the field's OOV row.
     min_count: int = 2
+    # Fields with a vocabulary: the most values it may hold (0: no cap). A fresh fit keeps the
+    # most frequent; a warm start evicts by recency-weighted count (deepfm.vocab).
+    max_vocab: int = 0
     # numeric only
     mode: str = "bucketized"
     transform: str = "log1p"  # for mode=scaled
@@ -58,6 +61,8 @@ class FieldSpec:
         _check_choice(where, "kind", self.kind, KINDS)
         if not isinstance(self.min_count, int) or self.min_count < 1:
             raise ConfigError(f"{where}: min_count must be an integer >= 1, got {self.min_count!r}")
+        if not isinstance(self.max_vocab, int) or self.max_vocab < 0:
+            raise ConfigError(f"{where}: max_vocab must be an integer >= 0 (0: no cap), got {self.max_vocab!r}")
         _check_choice(where, "mode", self.mode, NUMERIC_MODES)
         _check_choice(where, "transform", self.transform, TRANSFORMS)
         _check_choice(where, "binning", self.binning, BINNINGS)

@@ -23,6 +23,20 @@ How rows are made
   fixed calibration sample, then a global scale and the bias are solved for so the expected
   click rate is 0.23 and the expected Bayes AUC is 0.80. Labels are Bernoulli(p_true).
 
+Days (``day=K``, ``deepfm synth --day K``)
+------------------------------------------
+Day 1 is the data above, byte for byte. Each later day simulates a day of a live system:
+
+* New ids appear and old ones fade: on each day d = 2..K, a seeded ``DAY_CHURN`` share (10%)
+  of the frequency-rank slots of every categorical field with at least ``CHURN_MIN_CARD`` (100)
+  values gets a new value -- a string never seen before -- with freshly drawn hidden
+  parameters of the slot's scale; the value it replaces is never drawn again. By day 5 about
+  34% of slots hold a value that day 1 did not have, head slots included.
+* The base CTR moves: the true logit's bias shifts by ``DAY_BIAS_SHIFT`` (-0.08) per day; with
+  the new values' own effects the click rate falls from 0.231 on day 1 to 0.210, 0.181 and
+  0.156 on days 2, 3 and 5 (65,536 rows of seed 0). The Bayes AUC stays at 0.80-0.805.
+* Rows of day K are drawn from their own seeded stream, so the days are disjoint samples.
+
 Determinism
 -----------
 Rows are produced in fixed internal blocks of ``BLOCK_ROWS`` rows; block ``b`` draws all its
@@ -47,6 +61,7 @@ Measured (seed 0, 1,000,000 rows, this 2-core machine)
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import os
@@ -81,6 +96,14 @@ _BLOCK_TAG = 0xB10C
 _TEACHER_TAG = 0x7EAC
 _VOCAB_TAG = 0x70CA
 _CALIB_TAG = 0xCA1B
+_DAY_TAG = 0xDA7
+# Day K >= 2 draws its rows from blocks tagged _BLOCK_TAG + (K - 1) * _DAY_STRIDE, which can
+# never equal another tag (all are below 2^16).
+_DAY_STRIDE = 1 << 20
+
+DAY_CHURN = 0.10  # share of a field's rank slots that get a new value each day
+CHURN_MIN_CARD = 100  # fields with fewer values (device types, say) keep theirs
+DAY_BIAS_SHIFT = -0.08  # change of the true logit's bias per day
 
 TARGET_CTR = 0.23
 TARGET_AUC = 0.80
@@ -198,11 +221,16 @@ _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 _NIBBLE_SHIFTS = np.arange(28, -1, -4, dtype=np.uint32)
 
 
-def _hex_vocab(seed: int, field: int, size: int) -> pa.StringArray:
-    """Distinct 8-hex-char strings for ranks 0..size-1, built without per-value Python work."""
+def _hex_vocab(seed: int, field: int, size: int, generation: np.ndarray | None = None) -> pa.StringArray:
+    """Distinct 8-hex-char strings for ranks 0..size-1, built without per-value Python work.
+    ``generation`` (size,): how many times each rank slot got a new value (days); 0 everywhere
+    gives day 1's strings."""
     key = np.random.default_rng([seed, _VOCAB_TAG, field]).integers(0, 2**32, dtype=np.uint64)
-    # (rank + key) mod 2^32 followed by a bijective mix: distinct per rank, unordered in rank.
-    codes = _mix32((np.arange(size, dtype=np.uint64) + key) & np.uint64(0xFFFFFFFF))
+    slot = np.arange(size, dtype=np.uint64)
+    if generation is not None:  # generation g of slot r is number g * size + r: all distinct
+        slot = slot + generation.astype(np.uint64) * np.uint64(size)
+    # (number + key) mod 2^32 followed by a bijective mix: distinct per number, unordered in rank.
+    codes = _mix32((slot + key) & np.uint64(0xFFFFFFFF))
     nibbles = (codes[:, None] >> _NIBBLE_SHIFTS[None, :]) & np.uint32(0xF)
     data = _HEX[nibbles].tobytes()
     offsets = np.arange(0, 8 * (size + 1), 8, dtype=np.int32)
@@ -302,6 +330,7 @@ class _World:
             o, c = self.offsets[f], self.cards[f]
             scale[o:o + c] = _rank_scale(np.arange(c, dtype=np.float64)) * cat_importance[f]
             scale[o + c] = cat_importance[f]  # missing is frequent, so it keeps full scale
+        self._slot_scale = scale  # day k's new values are drawn at their slot's scale
         self.cat_w = rng.standard_normal(total, dtype=np.float32) * scale
         self.cat_v = rng.standard_normal((total, k), dtype=np.float32)
         self.cat_v *= (scale / np.sqrt(k))[:, None]
@@ -392,10 +421,41 @@ class _World:
     def p_true(self, x: _Features) -> np.ndarray:
         return _sigmoid(self.bias + self.scale * self._mix(self._parts(x)))
 
+    # ---- days ---------------------------------------------------------------------------
+    def day(self, k: int) -> _World:
+        """This world as it is on day k (1: itself): churned values and parameters, shifted
+        bias. The teacher's normalisers stay those of day 1, so only the listed things move."""
+        if k == 1:
+            return self
+        world = copy.copy(self)  # shares the unchanged arrays; the churned ones are replaced
+        world.cat_w, world.cat_v = self.cat_w.copy(), self.cat_v.copy()
+        world.vocabs = list(self.vocabs)
+        world.bias = self.bias + DAY_BIAS_SHIFT * (k - 1)
+        world.block_tag = _BLOCK_TAG + (k - 1) * _DAY_STRIDE
+        for f, spec in enumerate(CATEGORICAL_SPECS):
+            if spec.cardinality < CHURN_MIN_CARD:
+                continue
+            o, c = int(self.offsets[f]), spec.cardinality
+            generation = np.zeros(c, dtype=np.int64)
+            for d in range(2, k + 1):
+                rng = np.random.default_rng([self.seed, _DAY_TAG + d, f])
+                slots = np.flatnonzero(rng.random(c) < DAY_CHURN)
+                generation[slots] = d - 1
+                # A new value keeps its slot's scale (how much the teacher listens to that
+                # frequency rank) but gets its own direction: what it does is new.
+                w_new = rng.standard_normal(slots.size).astype(np.float32)
+                v_new = rng.standard_normal((slots.size, EMBED_DIM)).astype(np.float32)
+                world.cat_w[o + slots] = w_new * self._slot_scale[o + slots]
+                world.cat_v[o + slots] = v_new * (self._slot_scale[o + slots] / np.sqrt(EMBED_DIM))[:, None]
+            world.vocabs[f] = _hex_vocab(self.seed, f, c, generation)
+        return world
+
     # ---- blocks -------------------------------------------------------------------------
+    block_tag = _BLOCK_TAG
+
     def block(self, b: int) -> tuple[pa.Table, np.ndarray]:
         """Block b, always generated whole (BLOCK_ROWS rows) so it never depends on rows."""
-        x = self.sample(np.random.default_rng([self.seed, _BLOCK_TAG, b]), BLOCK_ROWS)
+        x = self.sample(np.random.default_rng([self.seed, self.block_tag, b]), BLOCK_ROWS)
         p = self.p_true(x)
         label = (x.label_u < p).astype(np.int64)
         cols: list[pa.Array] = [pa.array(label, type=pa.int64())]
@@ -409,20 +469,27 @@ class _World:
 
 
 @functools.lru_cache(maxsize=2)
-def _world(seed: int) -> _World:
+def _base_world(seed: int) -> _World:
     return _World(seed)
 
 
-def _check_args(rows: int, seed: int) -> None:
+@functools.lru_cache(maxsize=2)
+def _world(seed: int, day: int = 1) -> _World:
+    return _base_world(seed).day(day)
+
+
+def _check_args(rows: int, seed: int, day: int = 1) -> None:
     if rows < 0:
         raise ValueError(f"rows must be >= 0, got {rows}")
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
+    if not isinstance(day, int) or day < 1:
+        raise ValueError(f"day must be an integer >= 1, got {day!r}")
 
 
-def _iter_chunks(rows: int, seed: int, chunk_rows: int) -> Iterator[tuple[pa.Table, np.ndarray]]:
+def _iter_chunks(rows: int, seed: int, chunk_rows: int, day: int = 1) -> Iterator[tuple[pa.Table, np.ndarray]]:
     """Yield (table, p_true) for consecutive row ranges of at most chunk_rows rows."""
-    world = _world(seed)
+    world = _world(seed, day)
     cached_b, cached = -1, None
     for start in range(0, rows, chunk_rows):
         stop = min(rows, start + chunk_rows)
@@ -441,12 +508,13 @@ def _iter_chunks(rows: int, seed: int, chunk_rows: int) -> Iterator[tuple[pa.Tab
         chunk = None
 
 
-def generate_table(rows: int, seed: int = 0) -> tuple[pa.Table, np.ndarray]:
-    """Return (table with the 40 Criteo columns, p_true float64 array of shape (rows,))."""
-    _check_args(rows, seed)
+def generate_table(rows: int, seed: int = 0, day: int = 1) -> tuple[pa.Table, np.ndarray]:
+    """Return (table with the 40 Criteo columns, p_true float64 array of shape (rows,)) of
+    simulated day ``day`` (see the module docstring)."""
+    _check_args(rows, seed, day)
     if rows == 0:
         return _SCHEMA.empty_table(), np.empty(0, dtype=np.float64)
-    parts = list(_iter_chunks(rows, seed, BLOCK_ROWS))
+    parts = list(_iter_chunks(rows, seed, BLOCK_ROWS, day))
     table = pa.concat_tables([t for t, _ in parts]).combine_chunks()
     return table, np.concatenate([p for _, p in parts])
 
@@ -456,11 +524,12 @@ def truth_path_for(out: str | Path) -> Path:
     return Path(out).with_suffix(".truth.csv")
 
 
-def write_synth(rows: int, out: str | Path, seed: int = 0, chunk_rows: int = 1_000_000) -> SynthResult:
+def write_synth(rows: int, out: str | Path, seed: int = 0, chunk_rows: int = 1_000_000, day: int = 1) -> SynthResult:
     """Write a headerless tab-separated file in Criteo's raw layout plus `<out minus suffix>.truth.csv`
     (one column with header `p_true`, one line per row, same order). Generates in chunks of
-    chunk_rows so 45M rows fit in bounded memory; the result must not depend on chunk_rows."""
-    _check_args(rows, seed)
+    chunk_rows so 45M rows fit in bounded memory; the result must not depend on chunk_rows.
+    ``day``: the simulated day (1 = no drift; see the module docstring)."""
+    _check_args(rows, seed, day)
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     path = Path(out)
@@ -481,7 +550,7 @@ def write_synth(rows: int, out: str | Path, seed: int = 0, chunk_rows: int = 1_0
     try:
         with pacsv.CSVWriter(str(tmp_path), _SCHEMA, write_options=data_opts) as data_w, \
                 pacsv.CSVWriter(str(tmp_truth), truth_schema, write_options=truth_opts) as truth_w:
-            for table, p in _iter_chunks(rows, seed, chunk_rows):
+            for table, p in _iter_chunks(rows, seed, chunk_rows, day):
                 data_w.write_table(table)
                 truth_w.write_table(pa.table({"p_true": p}, schema=truth_schema))
                 positives += int(pc.sum(table.column("label")).as_py() or 0)

@@ -30,15 +30,19 @@ from torch.profiler import record_function
 from tqdm import tqdm
 
 from deepfm.bundle import Bundle
+from deepfm.calibration import Calibration, postprocess
 from deepfm.checkpoint import CHECKPOINT, RUN, load_checkpoint, save_checkpoint, write_atomic
 from deepfm.config import RunConfig, TrainConfig
 from deepfm.dataset import Batch, DatasetWriter, EncodedDataset
+from deepfm.drift import PROFILE_FILE, profile
 from deepfm.errors import ConfigError, DataError, TrainingError
 from deepfm.features import FeaturePipeline
 from deepfm.io import Reader
 from deepfm.metrics import auc, calibration, logloss, roc_curve, summary
 from deepfm.model import DeepFM, InputLayout
 from deepfm.optim import RowAdam
+from deepfm.sampling import downsample
+from deepfm.warm import check_compatible, warm_start_weights
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 2  # bump when the encoded layout changes
@@ -81,8 +85,10 @@ def prepare(
     valid: str | Path | None = None,
     test: str | Path | None = None,
     split: tuple[float, float, float] | None = None,
+    base: FeaturePipeline | None = None,
 ) -> tuple[FeaturePipeline, Parts]:
-    """Fit the pipeline on the training rows and encode every part into ``workdir``."""
+    """Fit the pipeline on the training rows and encode every part into ``workdir``.
+    ``base``: grow that fitted pipeline instead of fitting afresh (warm start)."""
     schema = config.schema
     columns = [schema.label, *schema.names]
     reader = Reader(data, config.data, column_names=schema.columns)
@@ -115,7 +121,7 @@ def prepare(
 
     # One parse of the file: fit on the training rows, encode every row into its part.
     writers: dict[str, DatasetWriter] = {}
-    for row0, enc in pipeline.fit_encode(reader.chunks(columns, schema.numeric_columns), n_fit, workdir / "spill"):
+    for row0, enc in pipeline.fit_encode(reader.chunks(columns, schema.numeric_columns), n_fit, workdir / "spill", base=base):
         if not writers:  # the pipeline is fitted: its size is known
             writers = {k: writer(k) for k, (lo, hi) in bounds.items() if hi > lo}
         for name, (lo, hi) in bounds.items():
@@ -157,9 +163,14 @@ def prepare_cached(
     valid: str | Path | None = None,
     test: str | Path | None = None,
     split: tuple[float, float, float] | None = None,
+    base: FeaturePipeline | None = None,
+    base_key: str | None = None,
 ) -> tuple[FeaturePipeline, Parts, bool]:
     """``prepare``, reusing the encoded data of an earlier run on the same files (path, size,
-    modification time), schema, reading options and split. Returns (pipeline, parts, hit)."""
+    modification time), schema, reading options, split and ``base`` (named by ``base_key``,
+    a digest of the bundle it came from). Returns (pipeline, parts, hit)."""
+    if base is not None and base_key is None:
+        raise ValueError("prepare_cached with a base pipeline needs its base_key")
     files = [Path(p) for p in (data, valid, test) if p is not None]
     for p in files:
         if not p.is_file():
@@ -172,6 +183,7 @@ def prepare_cached(
         "schema": config.schema.to_dict(),
         "data": dataclasses.asdict(config.data),
         "split": split,
+        "base": base_key,
     }
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
     folder = cache_dir / key
@@ -184,7 +196,7 @@ def prepare_cached(
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_dir))
     try:
-        pipeline, parts = prepare(config, data, tmp, valid=valid, test=test, split=split)
+        pipeline, parts = prepare(config, data, tmp, valid=valid, test=test, split=split, base=base)
         pipeline.save(tmp)
         done = {"skipped_rows": parts.skipped_rows, "rows_read": parts.rows_read, "identity": identity}
         (tmp / "complete.json").write_text(json.dumps(done))
@@ -268,8 +280,13 @@ class Trainer:
     steps and at each epoch's end; ``fit(resume=...)`` carries on from such a file exactly:
     the weights at the end are the same, bit for bit on CPU, as if the run had not stopped."""
 
-    def __init__(self, model: DeepFM, config: TrainConfig, device: torch.device, checkpoint: Path | None = None) -> None:
+    def __init__(
+        self, model: DeepFM, config: TrainConfig, device: torch.device, checkpoint: Path | None = None,
+        calibration: Calibration | None = None,
+    ) -> None:  # fmt: skip
         self.model, self.config, self.device = model.to(device), config, device
+        # predict() returns what users will get: corrected for negative downsampling.
+        self.calibration = calibration or Calibration()
         self.dense_opt = _adam(model.dense_parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.row_opt = RowAdam(model.embedding.weight.data, lr=config.embedding_lr, l2=config.l2_embedding)
         self.checkpoint = checkpoint
@@ -499,13 +516,14 @@ class Trainer:
 
     @torch.no_grad()
     def predict(self, data: EncodedDataset) -> np.ndarray:
-        """Probabilities for every row, in order. -> (N,) float64"""
+        """Probabilities for every row, in order, through the trainer's calibration (the
+        downsampling correction). -> (N,) float64"""
         self.model.eval()
         out = [
             torch.sigmoid(self.model(b.to(self.device))).double().cpu().numpy()
             for b in data.batches(self.config.eval_batch_size)
         ]
-        return np.concatenate(out) if out else np.zeros(0)
+        return postprocess(np.concatenate(out), self.calibration) if out else np.zeros(0)
 
 
 # ---------------------------------------------------------------- the whole job
@@ -521,6 +539,8 @@ def train(
     on_epoch: Callable[[dict[str, float]], None] | None = None,
     on_trained: Callable[[Bundle, EncodedDataset | None], None] | None = None,
     resume: bool = False,
+    neg_sample_rate: float = 1.0,
+    warm_start: str | Path | None = None,
 ) -> Bundle:
     """Train a model on ``data`` and save it to ``out``. Returns the Bundle (metrics attached).
 
@@ -533,9 +553,22 @@ def train(
     While it trains, ``out`` holds ``run.json`` (how the run was started) and a checkpoint;
     ``resume=True`` carries on from that checkpoint (see :func:`resume`). Both go once the
     bundle is saved.
+
+    ``neg_sample_rate`` < 1 trains on every positive and that share of the negatives of the
+    training part (seeded by train.seed, see :mod:`deepfm.sampling`); valid and test keep every
+    row, and the bundle's predictions are corrected back to the full data's click rate.
+
+    ``warm_start``: a model folder to continue from (see :mod:`deepfm.warm`): its schema,
+    numeric statistics, vocabularies (grown by the new data's values that pass min_count, capped
+    by max_vocab) and weights; ``config`` must keep its fields and model settings. Fresh
+    optimizer state; a calibration fitted on the old model is not carried over.
     """
     t_start = time.perf_counter()
     cfg = config.train
+    calib = Calibration(neg_sample_rate=neg_sample_rate)  # checks the rate
+    base = Bundle.load(warm_start) if warm_start is not None else None
+    if base is not None:
+        check_compatible(base, config.schema, config.model)
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -553,18 +586,32 @@ def train(
                 f"'deepfm train --resume {out}', or remove {checkpoint} to start again"
             )
         run = {"config": config.to_dict(), "data": str(data), "valid": _str(valid), "test": _str(test),
-               "split": split_parts, "cache": cache, "cache_dir": _str(cache_dir), "files": _identities(data, valid, test)}  # fmt: skip
+               "split": split_parts, "cache": cache, "cache_dir": _str(cache_dir), "files": _identities(data, valid, test),
+               "neg_sample_rate": neg_sample_rate, "warm_start": _str(warm_start)}  # fmt: skip
         write_atomic(out / RUN, json.dumps(run, indent=1).encode())
     with tempfile.TemporaryDirectory(prefix=".encoded-", dir=out) as tmp:
         t0 = time.perf_counter()
         if cache:
             where = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-            pipeline, parts, hit = prepare_cached(config, data, where, valid=valid, test=test, split=split_parts)
+            base_key = _sha256_file(Path(warm_start) / "manifest.json") if warm_start is not None else None
+            pipeline, parts, hit = prepare_cached(
+                config, data, where, valid=valid, test=test, split=split_parts,
+                base=base.pipeline if base else None, base_key=base_key,
+            )  # fmt: skip
             if hit:
                 log.info("reusing encoded data from %s", parts.train.folder.parent)
         else:
-            pipeline, parts = prepare(config, data, Path(tmp), valid=valid, test=test, split=split_parts)
+            pipeline, parts = prepare(config, data, Path(tmp), valid=valid, test=test, split=split_parts, base=base.pipeline if base else None)
             hit = False
+        rows_before = len(parts.train)
+        # What `deepfm drift` compares new data with: the held-out valid part when there is one
+        # (rows the vocabulary was not fitted on, so their OOV rate is what new rows of the same
+        # days show), else the whole training part before downsampling.
+        reference = parts.valid if parts.valid is not None and len(parts.valid) else parts.train
+        train_profile = {**profile(pipeline, reference), "part": "valid" if reference is parts.valid else "train"}
+        if neg_sample_rate < 1.0:
+            parts.train = downsample(parts.train, neg_sample_rate, cfg.seed, Path(tmp) / "downsampled")
+            log.info("negative downsampling at %g: %d of %d training rows kept", neg_sample_rate, len(parts.train), rows_before)
         prep_seconds = time.perf_counter() - t0
         layout = InputLayout(
             num_embeddings=pipeline.num_embeddings,
@@ -576,12 +623,17 @@ def train(
         # all follow from train.seed.
         torch.manual_seed(cfg.seed)
         model = DeepFM(layout, config.model)
+        warm: dict[str, Any] | None = None
+        if base is not None:
+            warm = {"from": str(warm_start), **warm_start_weights(model, pipeline, base)}
+            log.info("warm start from %s: %d known values kept, %d new, %d evicted", warm_start,
+                     warm["known_values_kept"], warm["new_values"], warm["evicted_values"])  # fmt: skip
         batch_size = cfg.resolve_batch_size(len(parts.train))
         log.info(
             "training %s on %d rows (%d fields, %d embedding rows), batch %d on %s",
             config.model.kind, len(parts.train), layout.n_fields, layout.num_embeddings, batch_size, device,
         )  # fmt: skip
-        trainer = Trainer(model, cfg, device, checkpoint=checkpoint)
+        trainer = Trainer(model, cfg, device, checkpoint=checkpoint, calibration=calib)
         state = None
         if resume and checkpoint.exists():
             state = load_checkpoint(checkpoint)
@@ -596,6 +648,9 @@ def train(
             "best_epoch": history.best_epoch,
             "batch_size": batch_size,
             "train_rows": len(parts.train),
+            "train_rows_before_downsampling": rows_before,
+            "neg_sample_rate": neg_sample_rate,
+            "warm_start": warm,
             "train_samples_per_s": history.train_samples / max(history.train_seconds, 1e-9),
             "train_seconds": history.train_seconds,
             "preprocess_seconds": prep_seconds,
@@ -618,7 +673,8 @@ def train(
                 if part is evaluated:
                     metrics["evaluation"] = {"part": name, "calibration": calibration(part.labels, p), "roc": roc_curve(part.labels, p)}
         metrics["total_seconds"] = time.perf_counter() - t_start
-        bundle = Bundle(config, pipeline, model.cpu().eval(), metrics)
+        extra = {PROFILE_FILE: json.dumps(train_profile).encode()}
+        bundle = Bundle(config, pipeline, model.cpu().eval(), metrics, calibration=calib, extra=extra)
         bundle.save(out)
         log.info("saved the model to %s", out)
         for name in (CHECKPOINT, RUN):  # the run is complete: nothing left to resume
@@ -658,7 +714,8 @@ def resume(out: str | Path, train_overrides: dict[str, Any] | None = None, **kwa
     split = tuple(run["split"]) if run["split"] is not None else None
     return train(
         config, run["data"], out, valid=run["valid"], test=run["test"], split=split,  # type: ignore[arg-type]
-        cache=run["cache"], cache_dir=run["cache_dir"], resume=True, **kwargs,
+        cache=run["cache"], cache_dir=run["cache_dir"], resume=True, neg_sample_rate=run.get("neg_sample_rate", 1.0),
+        warm_start=run.get("warm_start"), **kwargs,
     )  # fmt: skip
 
 
@@ -672,6 +729,10 @@ def _identities(*paths: str | Path | None) -> list[list[Any] | None]:
             st = Path(p).stat()
             out.append([str(Path(p).resolve()), st.st_size, st.st_mtime_ns])
     return out
+
+
+def _sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _str(p: str | Path | None) -> str | None:

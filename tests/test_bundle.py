@@ -23,7 +23,7 @@ from deepfm.errors import BundleError
 from deepfm.train import train
 
 N = 3000
-EXPECTED_FILES = {"config.json", "pipeline.json", "vocab.arrow", "model.safetensors", "metrics.json", "manifest.json"}
+EXPECTED_FILES = {"config.json", "pipeline.json", "vocab.arrow", "model.safetensors", "metrics.json", "calibration.json", "profile.json", "manifest.json"}
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_folder_contents_no_pickle(trained) -> None:
         head = p.read_bytes()[:16]
         assert not head.startswith(b"\x80"), p.name  # pickle protocol 2+ header
         assert not head.startswith(b"PK"), p.name  # torch.save zip archive
-    for name in ("config.json", "pipeline.json", "metrics.json", "manifest.json"):
+    for name in ("config.json", "pipeline.json", "metrics.json", "calibration.json", "manifest.json"):
         json.loads((folder / name).read_text())
     raw = (folder / "model.safetensors").read_bytes()
     (header_len,) = struct.unpack("<Q", raw[:8])

@@ -224,3 +224,30 @@ def test_rare_values_barely_move_the_click_probability() -> None:
             ps.append(world.p_true(x))
         moves[label] = np.abs(ps[0] - ps[1]).mean()
     assert moves["head"] > 5 * moves["tail"]
+
+
+def test_days_drift_as_documented() -> None:
+    """Day 1 is the plain data; later days bring new values, drop old ones and move the CTR."""
+    rows = 20_000
+    t1, p1 = synth.generate_table(rows, seed=0, day=1)
+    t0, p0 = synth.generate_table(rows, seed=0)
+    assert t1.equals(t0) and np.array_equal(p1, p0)
+    w1, w3 = synth._world(0, 1), synth._world(0, 3)
+    f = [s.name for s in synth.CATEGORICAL_SPECS].index("C3")
+    v1 = set(w1.vocabs[f].to_pylist())
+    v3 = w3.vocabs[f].to_pylist()
+    new = sum(v not in v1 for v in v3) / len(v3)
+    # Two days of 10% churn: 1 - 0.9^2 = 19% of the slots hold a new value.
+    assert abs(new - 0.19) < 0.01
+    assert len(set(v3)) == len(v3)  # new values never collide with old or each other
+    small = [s.name for s in synth.CATEGORICAL_SPECS].index("C9")
+    assert w3.vocabs[small].equals(w1.vocabs[small])  # small fields keep their values
+    t3, p3 = synth.generate_table(rows, seed=0, day=3)
+    c3_day3 = set(t3.column("C3").drop_null().to_pylist())
+    assert c3_day3 - v1  # rows of day 3 use values day 1 never had
+    assert abs(float(np.mean(p3)) - float(np.mean(p1))) > 0.03  # the base CTR moved
+    assert float(np.mean(p3)) < float(np.mean(p1))
+    t3b, _ = synth.generate_table(rows, seed=0, day=3)
+    assert t3.equals(t3b)  # deterministic
+    with pytest.raises(ValueError, match="day"):
+        synth.generate_table(10, seed=0, day=0)
