@@ -226,6 +226,8 @@ def _add_run_args(p: argparse.ArgumentParser, data_required: bool = True) -> Non
     g.add_argument("--min-count", type=int, help="for every field with a vocabulary (categorical, bucketized, multi-hot)")
     g.add_argument("--max-vocab", type=int, help="cap on every vocabulary (0: none); fresh fits keep the most frequent, "
                    "warm starts evict the lowest recency-weighted counts")  # fmt: skip
+    g.add_argument("--hash-buckets", type=int, help="hash every categorical and multi-hot field into this many rows "
+                   "instead of fitting a vocabulary (0: vocabularies); memory is then fixed whatever the distinct values")  # fmt: skip
     g.add_argument("--seed", type=int)
     g.add_argument("--device", help="auto, cpu or cuda")
     g.add_argument("--threads", type=int, help="torch threads (default: one per core)")
@@ -280,6 +282,9 @@ def _run_config(args: argparse.Namespace) -> Any:
         if getattr(args, flag) is not None:
             fields = tuple(replace(f, **{key: getattr(args, flag)}) for f in config.schema.fields)
             config = replace(config, schema=replace(config.schema, fields=fields))
+    if args.hash_buckets is not None:
+        fields = tuple(replace(f, hash_buckets=args.hash_buckets) if f.kind != "numeric" else f for f in config.schema.fields)
+        config = replace(config, schema=replace(config.schema, fields=fields))
     try:
         hidden = tuple(int(h) for h in args.hidden.split(",")) if args.hidden else None
     except ValueError:
@@ -325,7 +330,7 @@ def _resume(args: argparse.Namespace, resume: Any) -> int:
         "--l2-embedding": args.l2_embedding, "--min-count": args.min_count, "--cache-dir": args.cache_dir,
         "--format": args.format, "--delimiter": args.delimiter, "--header": args.header, "--on-bad-row": args.on_bad_row,
         "--checkpoint-every": args.checkpoint_every, "--neg-sample-rate": args.neg_sample_rate,
-        "--warm-start": args.warm_start, "--max-vocab": args.max_vocab,
+        "--warm-start": args.warm_start, "--max-vocab": args.max_vocab, "--hash-buckets": args.hash_buckets,
     }  # fmt: skip
     given = [flag for flag, value in fixed.items() if value is not None] + (["--no-cache"] if args.no_cache else [])
     if given:
