@@ -4,6 +4,7 @@ part of a global batch is what one process would have drawn."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -71,3 +72,57 @@ def test_nproc_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert main(["train", "--data", "x.csv", "--nproc", "0"]) == 2
     assert "--nproc must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="finds the ranks to kill in /proc")
+def test_two_process_run_killed_then_resumed_gives_the_same_weights(tmp_path: Path) -> None:
+    """SIGKILL the whole torchrun group inside an epoch, resume it with --nproc 2: the weights
+    are those of the 2-process run never stopped (every rank restores rank 0's checkpoint)."""
+    import signal
+    import time
+
+    from deepfm.checkpoint import CHECKPOINT, load_checkpoint
+
+    data = write_records_csv(tmp_path / "d.csv", simple_records(4000, seed=8))
+    args = ["--data", str(data), "--split", "0.8,0.1,0.1", "--epochs", "2", "--batch-size", "16", "--hidden", "16",
+            "--dropout", "0.2", "--embedding-dim", "4", "--threads", "1", "--checkpoint-every", "5", "--quiet", "--no-cache",
+            "--nproc", "2"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    run = functools.partial(subprocess.run, env=env, capture_output=True, text=True, timeout=300)
+    assert run([sys.executable, "-m", "deepfm", "train", "--out", str(tmp_path / "ref"), *args]).returncode == 0
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "deepfm", "train", "--out", str(out), *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / CHECKPOINT).exists() and load_checkpoint(out / CHECKPOINT)[1]["progress"]["epoch"] == 2:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before the kill: too short for this test"
+    # The launcher and both ranks (torchrun starts each rank in a session of its own).
+    for pid in [proc.pid, *descendants(proc.pid)]:
+        os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "manifest.json").exists()
+    done = run([sys.executable, "-m", "deepfm", "train", "--resume", str(out), "--nproc", "2", "--quiet"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    got, want = load_file(str(out / "model.safetensors")), load_file(str(tmp_path / "ref" / "model.safetensors"))
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
