@@ -122,6 +122,8 @@ def test_hashed_bundle_trains_saves_loads_predicts_explains(tmp_path: Path) -> N
     chunk = next(TableSource(as_table(probe, numeric={"price"}, multi_hot={"tags": "|"})).chunks(again.input_columns))
     assert np.array_equal(again.encode(chunk, with_labels=False).ids, bundle.pipeline.encode(chunk, with_labels=False).ids)
     assert bundle.predictor().example_record()["user"] == "a"  # no vocabulary to take a typical value from
+    described = {f["name"]: f for f in bundle.predictor().describe()["fields"]}
+    assert described["user"]["hash_buckets"] == 8 and "hash_buckets" not in described["item"]
 
 
 def test_explain_and_drift_read_a_hashed_field(tmp_path: Path) -> None:
