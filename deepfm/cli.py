@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -37,6 +38,7 @@ log = logging.getLogger("deepfm")
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # train --nproc relaunches itself under torchrun
     logging.basicConfig(
         level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
         format="%(asctime)s %(message)s",
@@ -78,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model and save it to a folder")
     _add_run_args(p, data_required=False)
     p.add_argument("--out", type=Path, default=Path("runs/model"), help="output folder (default runs/model)")
+    p.add_argument("--nproc", type=int, help="train data-parallel in this many processes on this machine: runs "
+                   "torchrun --standalone --nproc-per-node N -m deepfm train ... (--batch-size is per process)")  # fmt: skip
     p.add_argument(
         "--resume", type=Path, metavar="RUN",
         help="carry on with the interrupted run in this folder from its last checkpoint (same config and data; "
@@ -226,6 +230,8 @@ def _add_run_args(p: argparse.ArgumentParser, data_required: bool = True) -> Non
     g.add_argument("--min-count", type=int, help="for every field with a vocabulary (categorical, bucketized, multi-hot)")
     g.add_argument("--max-vocab", type=int, help="cap on every vocabulary (0: none); fresh fits keep the most frequent, "
                    "warm starts evict the lowest recency-weighted counts")  # fmt: skip
+    g.add_argument("--hash-buckets", type=int, help="hash every categorical and multi-hot field into this many rows "
+                   "instead of fitting a vocabulary (0: vocabularies); memory is then fixed whatever the distinct values")  # fmt: skip
     g.add_argument("--seed", type=int)
     g.add_argument("--device", help="auto, cpu or cuda")
     g.add_argument("--threads", type=int, help="torch threads (default: one per core)")
@@ -280,6 +286,9 @@ def _run_config(args: argparse.Namespace) -> Any:
         if getattr(args, flag) is not None:
             fields = tuple(replace(f, **{key: getattr(args, flag)}) for f in config.schema.fields)
             config = replace(config, schema=replace(config.schema, fields=fields))
+    if args.hash_buckets is not None:
+        fields = tuple(replace(f, hash_buckets=args.hash_buckets) if f.kind != "numeric" else f for f in config.schema.fields)
+        config = replace(config, schema=replace(config.schema, fields=fields))
     try:
         hidden = tuple(int(h) for h in args.hidden.split(",")) if args.hidden else None
     except ValueError:
@@ -299,6 +308,11 @@ def _run_config(args: argparse.Namespace) -> Any:
 def cmd_train(args: argparse.Namespace) -> int:
     from deepfm.train import resume, train
 
+    if args.nproc is not None:
+        if args.nproc < 1:
+            raise _usage(f"--nproc must be at least 1, got {args.nproc}")
+        if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+            return _launch(args.argv, args.nproc)
     if args.resume is not None:
         return _resume(args, resume)
     if args.data is None:
@@ -313,7 +327,26 @@ def cmd_train(args: argparse.Namespace) -> int:
         cache=not args.no_cache, cache_dir=args.cache_dir, on_trained=on_trained, neg_sample_rate=rate,
         warm_start=args.warm_start,
     )  # fmt: skip
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # rank 0 saved the model and prints its summary
     return _print_summary(args.out, bundle)
+
+
+def _launch(argv: list[str], nproc: int) -> int:
+    """Run this same ``deepfm train`` under torchrun in ``nproc`` processes; their exit status."""
+    import subprocess
+
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            rest.append(a)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "deepfm", *rest]
+    logging.getLogger(__name__).info("launching: %s", " ".join(command))
+    return subprocess.run(command, check=False).returncode
 
 
 def _resume(args: argparse.Namespace, resume: Any) -> int:
@@ -325,7 +358,7 @@ def _resume(args: argparse.Namespace, resume: Any) -> int:
         "--l2-embedding": args.l2_embedding, "--min-count": args.min_count, "--cache-dir": args.cache_dir,
         "--format": args.format, "--delimiter": args.delimiter, "--header": args.header, "--on-bad-row": args.on_bad_row,
         "--checkpoint-every": args.checkpoint_every, "--neg-sample-rate": args.neg_sample_rate,
-        "--warm-start": args.warm_start, "--max-vocab": args.max_vocab,
+        "--warm-start": args.warm_start, "--max-vocab": args.max_vocab, "--hash-buckets": args.hash_buckets,
     }  # fmt: skip
     given = [flag for flag, value in fixed.items() if value is not None] + (["--no-cache"] if args.no_cache else [])
     if given:

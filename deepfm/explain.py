@@ -421,6 +421,8 @@ class _FieldKeys:
             return (0, -1.0) if key < 0 else (1, float(key))
         if key in (OOV, MISSING):
             return (0, float(key))
+        if self.spec.is_hashed:
+            return (1, float(key))
         assert self.state.vocab is not None
         return (1, float(self.state.vocab[key - FIRST_VALUE].as_py()))
 
@@ -429,6 +431,8 @@ class _FieldKeys:
             return "(rare or unseen)"
         if local == MISSING:
             return "(missing)"
+        if self.spec.is_hashed:  # no vocabulary kept: the values that share a bucket are unknown
+            return f"(hash bucket {local - FIRST_VALUE} of {self.spec.hash_buckets})"
         assert self.state.vocab is not None
         value = self.state.vocab[local - FIRST_VALUE].as_py()
         if self.spec.kind != "numeric":

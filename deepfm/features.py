@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from deepfm.errors import BundleError, DataError
+from deepfm.hashing import hashed_ids
 from deepfm.io import Chunk, to_float, to_label, to_strings
 from deepfm.schema import FieldSpec, Schema
 from deepfm.vocab import grow_vocabulary
@@ -196,7 +197,9 @@ class FeaturePipeline:
         for spec in self.schema.fields:
             st = self.states[spec.name]
             old = base.states[spec.name] if base is not None else None
-            if old is not None and old.vocab is None:  # scaled: keep the old standardization
+            if spec.is_hashed:  # no vocabulary: a fixed number of rows
+                st.size = FIRST_VALUE + spec.hash_buckets
+            elif old is not None and old.vocab is None:  # scaled: keep the old standardization
                 st.mean, st.std, st.size = old.mean, old.std, 2
             elif old is not None and not _uses_dictionary(spec):  # quantile bins: the same bins
                 st.edges, st.vocab, st.counts, st.size = list(old.edges), old.vocab, old.counts, old.size
@@ -425,6 +428,8 @@ def _lookup(keys: pa.Array | pa.ChunkedArray, st: FieldState) -> np.ndarray:
     pc.index_in hashes the whole vocabulary on every call: right for a chunk of a file, but
     most of the cost of scoring a few records (an HTTP request). Those go through a dict
     built once per field instead (memory: a Python dict of the vocabulary); same ids."""
+    if st.spec.is_hashed:
+        return hashed_ids(keys, st.spec.hash_buckets, FIRST_VALUE, MISSING)
     vocab = st.vocab
     assert vocab is not None
     if len(keys) <= _DICT_LOOKUP_ROWS:
@@ -723,7 +728,16 @@ class _Fitter:
 
     def _add_field(self, chunk: Chunk, spec: FieldSpec) -> None:
         name, spill = spec.name, self.spill
-        if spec.kind == "multi_hot":
+        if spec.is_hashed:  # nothing to count: spill the local ids themselves
+            if spill is None:
+                return
+            if spec.kind == "multi_hot":
+                tokens = _tokens(to_strings(chunk, name), spec.separator)
+                spill.put(f"{name}.idx", hashed_ids(tokens.values, spec.hash_buckets, FIRST_VALUE, MISSING))
+                spill.put(f"{name}.len", np.bincount(tokens.parents, minlength=chunk.table.num_rows).astype(np.int32))
+            else:
+                spill.put(name, hashed_ids(to_strings(chunk, name), spec.hash_buckets, FIRST_VALUE, MISSING))
+        elif spec.kind == "multi_hot":
             tokens = _tokens(to_strings(chunk, name), spec.separator)
             idx = self.dictionaries[name].add(tokens.values)
             if spill is not None:
@@ -752,6 +766,8 @@ class _Fitter:
         cut = [(i, min(max(n_fit - row0, 0), n)) for i, (row0, n) in enumerate(self.chunk_rows) if n_fit < row0 + n]
         for spec in self.schema.fields:
             name = spec.name
+            if spec.is_hashed:  # counted nothing
+                continue
             if spec.kind == "multi_hot":
                 firsts = [int(spill.get(f"{name}.len", i)[:keep].sum()) for i, keep in cut]  # first token of row `keep`
                 self.dictionaries[name].uncount({i: spill.get(f"{name}.idx", i)[first:] for (i, _), first in zip(cut, firsts)})
@@ -783,6 +799,8 @@ class _Fitter:
                 too_large = functools.partial(self._row_error, i, spec.name)
                 ids_t[j], values[:, v] = _encode_scaled(spill.get(spec.name, i), spec, st, too_large)
                 v += 1
+            elif spec.is_hashed:
+                ids_t[j] = st.offset + spill.get(spec.name, i)
             elif _uses_dictionary(spec):
                 self.dictionaries[spec.name].encode(i, spill.get(spec.name, i), remaps[spec.name], st.offset, out=ids_t[j])
             else:  # quantile bins: the vocabulary is every bin, in order
@@ -793,9 +811,12 @@ class _Fitter:
         multi = []
         for spec in pipe.multi_hot_fields:
             st = pipe.states[spec.name]
-            dictionary = self.dictionaries[spec.name]
-            assert isinstance(dictionary, _Dictionary)
-            local = dictionary.table(i, remaps[spec.name], 0)[spill.get(f"{spec.name}.idx", i)]
+            if spec.is_hashed:
+                local = spill.get(f"{spec.name}.idx", i)
+            else:
+                dictionary = self.dictionaries[spec.name]
+                assert isinstance(dictionary, _Dictionary)
+                local = dictionary.table(i, remaps[spec.name], 0)[spill.get(f"{spec.name}.idx", i)]
             lengths = spill.get(f"{spec.name}.len", i)
             parents = np.repeat(np.arange(n, dtype=np.int64), lengths)
             multi.append(_bags(local, parents, n, st.offset))
@@ -815,4 +836,4 @@ def _moments(x: np.ndarray, transform: str) -> np.ndarray:
 
 def _uses_dictionary(spec: FieldSpec) -> bool:
     """Fields whose values are counted into a vocabulary (not scaled or quantile numerics)."""
-    return spec.kind != "numeric" or (spec.mode == "bucketized" and spec.binning == "log")
+    return (spec.kind != "numeric" and not spec.is_hashed) or (spec.mode == "bucketized" and spec.binning == "log")

@@ -219,6 +219,8 @@ class Predictor:
                 entry["mode"] = spec.mode
             if spec.kind == "multi_hot":
                 entry["separator"] = spec.separator
+            if spec.is_hashed:  # any value is accepted; values may share a row
+                entry["hash_buckets"] = spec.hash_buckets
             fields.append(entry)
         return {"model": self.model_id, "label": self.schema.label, "fields": fields, "example": self.example_record()}
 

@@ -45,6 +45,9 @@ class FieldSpec:
     # Fields with a vocabulary: the most values it may hold (0: no cap). A fresh fit keeps the
     # most frequent; a warm start evicts by recency-weighted count (deepfm.vocab).
     max_vocab: int = 0
+    # categorical and multi_hot: > 0 hashes values into this many rows and keeps no
+    # vocabulary (deepfm.hashing), so memory is fixed however many distinct values there are.
+    hash_buckets: int = 0
     # numeric only
     mode: str = "bucketized"
     transform: str = "log1p"  # for mode=scaled
@@ -63,6 +66,10 @@ class FieldSpec:
             raise ConfigError(f"{where}: min_count must be an integer >= 1, got {self.min_count!r}")
         if not isinstance(self.max_vocab, int) or self.max_vocab < 0:
             raise ConfigError(f"{where}: max_vocab must be an integer >= 0 (0: no cap), got {self.max_vocab!r}")
+        if not isinstance(self.hash_buckets, int) or isinstance(self.hash_buckets, bool) or self.hash_buckets < 0:
+            raise ConfigError(f"{where}: hash_buckets must be an integer >= 0 (0: a vocabulary), got {self.hash_buckets!r}")
+        if self.hash_buckets and self.kind == "numeric":
+            raise ConfigError(f"{where}: hash_buckets applies to categorical and multi_hot fields, not numeric ones")
         _check_choice(where, "mode", self.mode, NUMERIC_MODES)
         _check_choice(where, "transform", self.transform, TRANSFORMS)
         _check_choice(where, "binning", self.binning, BINNINGS)
@@ -78,9 +85,14 @@ class FieldSpec:
         return self.kind == "numeric" and self.mode == "scaled"
 
     @property
+    def is_hashed(self) -> bool:
+        """Values reach their rows by a hash (no vocabulary is fitted or saved)."""
+        return self.hash_buckets > 0 and self.kind != "numeric"
+
+    @property
     def has_vocabulary(self) -> bool:
         """Fields whose values index rows of the table through a fitted vocabulary."""
-        return not self.is_scaled
+        return not self.is_scaled and not self.is_hashed
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

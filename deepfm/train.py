@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,8 @@ from deepfm.bundle import Bundle
 from deepfm.calibration import Calibration, postprocess
 from deepfm.checkpoint import CHECKPOINT, RUN, load_checkpoint, save_checkpoint, write_atomic
 from deepfm.config import RunConfig, TrainConfig
-from deepfm.dataset import Batch, DatasetWriter, EncodedDataset
+from deepfm.dataset import Batch, DatasetWriter, EncodedDataset, shuffled_order
+from deepfm.distributed import Context, GradSync, gather_array, global_batches, my_slice, setup, sum_scalar
 from deepfm.drift import PROFILE_FILE, profile
 from deepfm.errors import ConfigError, DataError, TrainingError
 from deepfm.features import FeaturePipeline
@@ -278,13 +279,19 @@ class Trainer:
 
     With a ``checkpoint`` path it saves its whole state there every ``checkpoint_every``
     steps and at each epoch's end; ``fit(resume=...)`` carries on from such a file exactly:
-    the weights at the end are the same, bit for bit on CPU, as if the run had not stopped."""
+    the weights at the end are the same, bit for bit on CPU, as if the run had not stopped.
+
+    With a ``ctx`` of several ranks it trains data-parallel (:mod:`deepfm.distributed`):
+    ``batch_size`` is then per rank, each rank steps on its part of every global batch, and
+    metrics are gathered so every rank decides alike; only rank 0 writes checkpoints."""
 
     def __init__(
         self, model: DeepFM, config: TrainConfig, device: torch.device, checkpoint: Path | None = None,
-        calibration: Calibration | None = None,
+        calibration: Calibration | None = None, ctx: Context | None = None,
     ) -> None:  # fmt: skip
         self.model, self.config, self.device = model.to(device), config, device
+        self.ctx = ctx or Context()
+        self.sync = GradSync(self.ctx) if self.ctx.active else None
         # predict() returns what users will get: corrected for negative downsampling.
         self.calibration = calibration or Calibration()
         self.dense_opt = _adam(model.dense_parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -311,13 +318,15 @@ class Trainer:
         while p.epoch <= cfg.epochs:
             epoch = p.epoch
             self._epoch(train, batch_size)
-            labels, logits = np.concatenate(p.labels), np.concatenate(p.logits)
+            labels, logits = (np.concatenate(x) if x else np.zeros(0, np.float32) for x in (p.labels, p.logits))
+            if self.ctx.active:  # every rank's rows: global metrics, the same on each rank
+                labels, logits = gather_array(labels, self.ctx, self.device), gather_array(logits, self.ctx, self.device)
             history.train_seconds += p.seconds
             history.train_samples += len(train)
             probs = _sigmoid(logits)
             row: dict[str, float] = {
                 "epoch": epoch,
-                "train_loss": p.loss_sum / max(len(train), 1),
+                "train_loss": sum_scalar(p.loss_sum, self.ctx, self.device) / max(len(labels), 1),
                 "train_auc": auc(labels, probs),
                 "train_logloss": logloss(labels, probs),
                 "lr": self.dense_opt.param_groups[0]["lr"],
@@ -391,7 +400,7 @@ class Trainer:
         t0, seconds0 = time.perf_counter(), p.seconds
         # Each epoch has its own order, derived from the seed: runs are reproducible, and a
         # resumed epoch skips exactly the batches it had done.
-        for batch in data.batches(batch_size, shuffle=True, seed=cfg.seed * 1000 + epoch, skip=p.batch):
+        for batch in self._batches(data, batch_size, seed=cfg.seed * 1000 + epoch):
             p.batch += 1
             if len(batch) == 1 and self.model.config.batch_norm:
                 continue  # batch norm cannot normalize one row; it is one row of this epoch
@@ -422,6 +431,16 @@ class Trainer:
         if p.since:
             self._curve_point(len(data))
 
+    def _batches(self, data: EncodedDataset, batch_size: int, seed: int) -> Iterator[Batch]:
+        """The epoch's batches from the one in progress on. Several ranks: this rank's part of
+        each global batch, the global batches being those one process would draw."""
+        if not self.ctx.active:
+            yield from data.batches(batch_size, shuffle=True, seed=seed, skip=self.progress.batch)
+            return
+        min_part = 2 if self.model.config.batch_norm else 1  # batch norm needs two rows per rank
+        for rows in global_batches(shuffled_order(len(data), seed), batch_size, self.ctx, self.progress.batch, min_part):
+            yield data.batch(rows)
+
     def _curve_point(self, rows: int) -> None:
         p = self.progress
         self.history.curve.append(
@@ -431,7 +450,7 @@ class Trainer:
 
     # ------------------------------------------------------------ checkpoints
     def _save_checkpoint(self) -> None:
-        if self.checkpoint is None:
+        if self.checkpoint is None or not self.ctx.main:
             return
         p, h = self.progress, self.history
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
@@ -475,7 +494,10 @@ class Trainer:
             self.row_opt.exp_avg_sq.copy_(tensors["rowadam.exp_avg_sq"])
             self.row_opt.steps, self.row_opt.lr = state["rowadam"]["steps"], state["rowadam"]["lr"]
             torch.set_rng_state(tensors["rng.torch"])
-            edges = np.cumsum([0, *state["batch_sizes"]])
+            # Rank 0 wrote its own rows of the epoch so far; the other ranks' are lost, which
+            # leaves the resumed epoch's training metrics on fewer rows (the weights are exact).
+            sizes = state["batch_sizes"] if self.ctx.main else []
+            edges = np.cumsum([0, *sizes])
             labels, logits = tensors["epoch.labels"].numpy(), tensors["epoch.logits"].numpy()
             self.progress = _Progress(
                 **state["progress"],
@@ -483,6 +505,8 @@ class Trainer:
                 logits=[logits[a:b] for a, b in zip(edges[:-1], edges[1:])],
             )
             self.history = History(**state["history"])
+            if not self.ctx.main:  # rank 0's loss so far: counted once, by rank 0
+                self.progress.loss_sum = 0.0
         except (KeyError, RuntimeError, TypeError, ValueError) as exc:
             raise TrainingError(f"the checkpoint does not fit this model or trainer ({exc}); start the run again without --resume") from None
 
@@ -501,6 +525,9 @@ class Trainer:
         with record_function("backward"):
             self.dense_opt.zero_grad(set_to_none=True)
             loss.backward()
+        if self.sync is not None:
+            with record_function("dense all-reduce"):
+                self.sync.dense(self.model.dense_parameters(), len(batch))
         with record_function("dense optimizer"):
             self.dense_opt.step()
         width = rows.shape[-1]
@@ -510,8 +537,13 @@ class Trainer:
             used = torch.cat([leaf.detach().reshape(-1, width) for leaf in leaves])
         else:
             ids, grads, used = batch.ids.reshape(-1), rows.grad.reshape(-1, width), rows.detach().reshape(-1, width)  # type: ignore[union-attr]
+        rows_in_step = len(batch)
+        if self.sync is not None:
+            with record_function("embedding all-gather"):
+                ids, grads, used = self.sync.rows(ids, grads, used if self.row_opt.l2 else None)  # type: ignore[assignment]
+            rows_in_step = self.sync.global_rows
         with record_function("embedding optimizer"):
-            self.row_opt.step(ids, grads, used, batch_size=len(batch))
+            self.row_opt.step(ids, grads, used, batch_size=rows_in_step)
         return logit, loss
 
     @torch.no_grad()
@@ -519,11 +551,16 @@ class Trainer:
         """Probabilities for every row, in order, through the trainer's calibration (the
         downsampling correction). -> (N,) float64"""
         self.model.eval()
-        out = [
-            torch.sigmoid(self.model(b.to(self.device))).double().cpu().numpy()
-            for b in data.batches(self.config.eval_batch_size)
-        ]
-        return postprocess(np.concatenate(out), self.calibration) if out else np.zeros(0)
+        if self.ctx.active:  # each rank scores a slice; all of them get every score
+            mine = my_slice(len(data), self.ctx)
+            step = self.config.eval_batch_size
+            batches = (data.batch(slice(a, min(a + step, mine.stop))) for a in range(mine.start, mine.stop, step))
+        else:
+            batches = data.batches(self.config.eval_batch_size)
+        out = [torch.sigmoid(self.model(b.to(self.device))).double().cpu().numpy() for b in batches]
+        scores = np.concatenate(out) if out else np.zeros(0)
+        scores = gather_array(scores, self.ctx, self.device)
+        return postprocess(scores, self.calibration) if len(scores) else np.zeros(0)
 
 
 # ---------------------------------------------------------------- the whole job
@@ -563,13 +600,28 @@ def train(
     by max_vocab) and weights; ``config`` must keep its fields and model settings. Fresh
     optimizer state; a calibration fitted on the old model is not carried over.
     """
+    device, ctx = resolve_device(config.train.device), Context()
+    try:
+        ctx, device = setup(device)
+        return _train(config, data, out, valid, test, split, cache, cache_dir, on_epoch, on_trained, resume, neg_sample_rate,
+                      warm_start, device, ctx)  # fmt: skip
+    finally:
+        ctx.close()
+
+
+def _train(
+    config: RunConfig, data: str | Path, out: str | Path, valid: str | Path | None, test: str | Path | None,
+    split: str | tuple[float, float, float] | None, cache: bool, cache_dir: str | Path | None,
+    on_epoch: Callable[[dict[str, float]], None] | None, on_trained: Callable[[Bundle, EncodedDataset | None], None] | None,
+    resume: bool, neg_sample_rate: float, warm_start: str | Path | None, device: torch.device, ctx: Context,
+) -> Bundle:  # fmt: skip
+    """:func:`train` on ``device``, as rank ``ctx.rank`` of ``ctx.world``."""
     t_start = time.perf_counter()
     cfg = config.train
     calib = Calibration(neg_sample_rate=neg_sample_rate)  # checks the rate
     base = Bundle.load(warm_start) if warm_start is not None else None
     if base is not None:
         check_compatible(base, config.schema, config.model)
-    device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     split_parts = parse_split(split)
@@ -588,9 +640,12 @@ def train(
         run = {"config": config.to_dict(), "data": str(data), "valid": _str(valid), "test": _str(test),
                "split": split_parts, "cache": cache, "cache_dir": _str(cache_dir), "files": _identities(data, valid, test),
                "neg_sample_rate": neg_sample_rate, "warm_start": _str(warm_start)}  # fmt: skip
-        write_atomic(out / RUN, json.dumps(run, indent=1).encode())
+        if ctx.main:
+            write_atomic(out / RUN, json.dumps(run, indent=1).encode())
     with tempfile.TemporaryDirectory(prefix=".encoded-", dir=out) as tmp:
         t0 = time.perf_counter()
+        if cache and not ctx.main:
+            ctx.barrier()  # rank 0 fills the cache first; the others then read it
         if cache:
             where = Path(cache_dir) if cache_dir is not None else default_cache_dir()
             base_key = _sha256_file(Path(warm_start) / "manifest.json") if warm_start is not None else None
@@ -603,6 +658,8 @@ def train(
         else:
             pipeline, parts = prepare(config, data, Path(tmp), valid=valid, test=test, split=split_parts, base=base.pipeline if base else None)
             hit = False
+        if cache and ctx.main:
+            ctx.barrier()
         rows_before = len(parts.train)
         # What `deepfm drift` compares new data with: the held-out valid part when there is one
         # (rows the vocabulary was not fitted on, so their OOV rate is what new rows of the same
@@ -630,10 +687,11 @@ def train(
                      warm["known_values_kept"], warm["new_values"], warm["evicted_values"])  # fmt: skip
         batch_size = cfg.resolve_batch_size(len(parts.train))
         log.info(
-            "training %s on %d rows (%d fields, %d embedding rows), batch %d on %s",
+            "training %s on %d rows (%d fields, %d embedding rows), batch %d on %s%s",
             config.model.kind, len(parts.train), layout.n_fields, layout.num_embeddings, batch_size, device,
+            f", rank {ctx.rank} of {ctx.world} (global batch {batch_size * ctx.world})" if ctx.active else "",
         )  # fmt: skip
-        trainer = Trainer(model, cfg, device, checkpoint=checkpoint, calibration=calib)
+        trainer = Trainer(model, cfg, device, checkpoint=checkpoint, calibration=calib, ctx=ctx)
         state = None
         if resume and checkpoint.exists():
             state = load_checkpoint(checkpoint)
@@ -647,6 +705,7 @@ def train(
             "epochs": len(history.epochs),
             "best_epoch": history.best_epoch,
             "batch_size": batch_size,
+            "world_size": ctx.world,  # processes (batch_size is per process)
             "train_rows": len(parts.train),
             "train_rows_before_downsampling": rows_before,
             "neg_sample_rate": neg_sample_rate,
@@ -675,12 +734,13 @@ def train(
         metrics["total_seconds"] = time.perf_counter() - t_start
         extra = {PROFILE_FILE: json.dumps(train_profile).encode()}
         bundle = Bundle(config, pipeline, model.cpu().eval(), metrics, calibration=calib, extra=extra)
-        bundle.save(out)
-        log.info("saved the model to %s", out)
-        for name in (CHECKPOINT, RUN):  # the run is complete: nothing left to resume
-            (out / name).unlink(missing_ok=True)
-        if on_trained is not None:
-            on_trained(bundle, evaluated)
+        if ctx.main:  # the other ranks hold the same weights and metrics
+            bundle.save(out)
+            log.info("saved the model to %s", out)
+            for name in (CHECKPOINT, RUN):  # the run is complete: nothing left to resume
+                (out / name).unlink(missing_ok=True)
+            if on_trained is not None:
+                on_trained(bundle, evaluated)
         del parts, evaluated  # release the memory maps before the folder goes
     return bundle
 

@@ -1,0 +1,128 @@
+"""Data-parallel training: 2 CPU processes (gloo, launched through torchrun by --nproc) reach
+the test AUC of 1 process at the same global batch size, with the same tables; each rank's
+part of a global batch is what one process would have drawn."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, simple_records, simple_schema, small_config, write_records_csv  # type: ignore[import-not-found]
+from safetensors.torch import load_file
+
+from deepfm.dataset import shuffled_order
+from deepfm.distributed import Context, global_batches, my_slice
+from deepfm.train import train
+
+yaml = pytest.importorskip("yaml")
+
+
+def test_ranks_split_each_global_batch() -> None:
+    order = shuffled_order(1003, seed=5)
+    ranks = [list(global_batches(order, 100, Context(rank=r, world=3))) for r in range(3)]
+    assert len({len(parts) for parts in ranks}) == 1  # every rank steps alike
+    for i, start in enumerate(range(0, 1003, 300)):  # the global batches one process would draw
+        together = np.concatenate([parts[i] for parts in ranks])
+        assert np.array_equal(together, np.sort(order[start : start + 300]))
+    # a last global batch of 2 rows cannot give 3 ranks a row each: left out on every rank
+    assert [len(list(global_batches(shuffled_order(302, 1), 100, Context(rank=r, world=3)))) for r in range(3)] == [1, 1, 1]
+    assert sum(len(range(1003)[my_slice(1003, Context(rank=r, world=3))]) for r in range(3)) == 1003
+
+
+@pytest.mark.parametrize("l2_embedding", [1e-5, 0.0])  # with L2 the rows used are gathered too
+def test_two_processes_match_one_at_equal_global_batch(tmp_path: Path, l2_embedding: float) -> None:
+    data = write_records_csv(tmp_path / "d.csv", simple_records(6000, seed=3))
+    fields = tuple(replace(f, hash_buckets=64) if f.name == "user" else f for f in simple_schema().fields)
+    config = small_config(replace(simple_schema(), fields=fields), epochs=2, l2_embedding=l2_embedding)
+    one = train(replace(config, train=replace(config.train, batch_size=256)), data, tmp_path / "one", split="0.7,0.15,0.15")
+
+    cfg_file = tmp_path / "two.yaml"
+    two_config = replace(config, train=replace(config.train, batch_size=128))  # x 2 processes = 256
+    cfg_file.write_text(yaml.safe_dump(two_config.to_dict()))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "deepfm", "train", "--config", str(cfg_file), "--data", str(data), "--split", "0.7,0.15,0.15",
+               "--out", str(tmp_path / "two"), "--cache-dir", str(tmp_path / "cache"), "--nproc", "2", "--quiet"]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["batch_size"] == 128
+    assert metrics["test_auc"] == pytest.approx(one.metrics["test_auc"], abs=0.003)
+    assert 0.75 < metrics["test_auc"] < 0.95  # a model that learned the planted signal
+    # The same steps on the same rows: the tables differ only by float summation order.
+    a = load_file(str(tmp_path / "one" / "model.safetensors"))
+    b = load_file(str(tmp_path / "two" / "model.safetensors"))
+    assert set(a) == set(b) and all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+    # only rank 0 wrote, and it cleaned up what a finished run leaves no need for
+    leftovers = {p.name for p in (tmp_path / "two").iterdir()}
+    assert "run.json" not in leftovers and "checkpoint.safetensors" not in leftovers and "manifest.json" in leftovers
+    assert done.stdout.count('"test_auc"') == 1  # one summary, from rank 0
+
+
+def test_nproc_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
+    from deepfm.cli import main
+
+    assert main(["train", "--data", "x.csv", "--nproc", "0"]) == 2
+    assert "--nproc must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="finds the ranks to kill in /proc")
+def test_two_process_run_killed_then_resumed_gives_the_same_weights(tmp_path: Path) -> None:
+    """SIGKILL the whole torchrun group inside an epoch, resume it with --nproc 2: the weights
+    are those of the 2-process run never stopped (every rank restores rank 0's checkpoint)."""
+    import signal
+    import time
+
+    from deepfm.checkpoint import CHECKPOINT, load_checkpoint
+
+    data = write_records_csv(tmp_path / "d.csv", simple_records(4000, seed=8))
+    args = ["--data", str(data), "--split", "0.8,0.1,0.1", "--epochs", "2", "--batch-size", "16", "--hidden", "16",
+            "--dropout", "0.2", "--embedding-dim", "4", "--threads", "1", "--checkpoint-every", "5", "--quiet", "--no-cache",
+            "--nproc", "2"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    run = functools.partial(subprocess.run, env=env, capture_output=True, text=True, timeout=300)
+    assert run([sys.executable, "-m", "deepfm", "train", "--out", str(tmp_path / "ref"), *args]).returncode == 0
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "deepfm", "train", "--out", str(out), *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / CHECKPOINT).exists() and load_checkpoint(out / CHECKPOINT)[1]["progress"]["epoch"] == 2:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before the kill: too short for this test"
+    # The launcher and both ranks (torchrun starts each rank in a session of its own).
+    for pid in [proc.pid, *descendants(proc.pid)]:
+        os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "manifest.json").exists()
+    done = run([sys.executable, "-m", "deepfm", "train", "--resume", str(out), "--nproc", "2", "--quiet"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    got, want = load_file(str(out / "model.safetensors")), load_file(str(tmp_path / "ref" / "model.safetensors"))
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
