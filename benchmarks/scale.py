@@ -1,0 +1,86 @@
+"""Criteo-Kaggle-sized run on one machine: wall time and peak memory per stage.
+
+    python benchmarks/scale.py --rows 45000000 --workdir /tmp/s45m
+
+Stages, each in its own process so its peak RSS is its own (``ru_maxrss`` from ``os.wait4``):
+
+1. ``deepfm synth --rows N`` (skipped when the file is there);
+2. ``deepfm train --preset criteo --split 0.9,0.05,0.05 --epochs 1``: preprocessing (one parse,
+   encoded parts in memory-mapped files), one epoch, scoring the valid and test parts, saving;
+   the stage times come from its metrics.json;
+3. ``deepfm evaluate`` on the test rows, from raw text (``--rows-eval`` rows cut from the end of
+   the file), as a user scoring fresh data would.
+
+Writes benchmarks/results/scale-<rows>-<date>.json and prints a table for docs/scale.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(cmd: list[str], log: Path) -> dict:
+    """Run ``cmd``; its wall seconds, peak RSS (GiB) and exit status."""
+    with open(log, "w") as out:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({code}); see {log}")
+    return {"seconds": round(seconds, 1), "peak_rss_gib": round(usage.ru_maxrss / 2**20, 2), "command": " ".join(cmd)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=45_000_000)
+    ap.add_argument("--rows-eval", type=int, default=2_000_000, help="rows at the end of the file for the evaluate stage")
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/deepfm-scale"))
+    args = ap.parse_args()
+    work = args.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    deepfm = [sys.executable, "-m", "deepfm"]
+    data = work / "clicks.tsv"
+    stages: dict[str, dict] = {}
+    if not data.exists():
+        stages["synth"] = run([*deepfm, "synth", "--rows", str(args.rows), "--out", str(data), "--quiet"], work / "synth.log")
+    out = work / "model"
+    stages["train"] = run(
+        [*deepfm, "train", "--data", str(data), "--preset", "criteo", "--split", "0.9,0.05,0.05", "--epochs", "1",
+         "--no-cache", "--out", str(out), "--quiet"],
+        work / "train.log",
+    )  # fmt: skip
+    m = json.loads((out / "metrics.json").read_text())
+    tail = work / "eval.tsv"
+    with open(tail, "wb") as f:  # the last rows of the file: the test part's own rows
+        subprocess.run(["tail", "-n", str(args.rows_eval), str(data)], stdout=f, check=True)
+    stages["evaluate"] = run([*deepfm, "evaluate", str(out), "--data", str(tail), "--quiet"], work / "eval.log")
+    evaluated = json.loads((work / "eval.log").read_text().strip().splitlines()[-1])
+    result = {
+        "date": str(datetime.date.today()),
+        "command": f"python benchmarks/scale.py --rows {args.rows}",
+        "rows": args.rows,
+        "stages": stages,
+        "train_metrics": {k: m.get(k) for k in (
+            "train_rows", "preprocess_seconds", "preprocess_rows_per_s", "train_seconds", "train_samples_per_s",
+            "test_predict_samples_per_s", "valid_auc", "test_auc", "test_logloss", "total_seconds", "batch_size")},
+        "embedding_rows": json.loads((out / "pipeline.json").read_text())["num_embeddings"],
+        "evaluate": evaluated,
+    }  # fmt: skip
+    path = ROOT / "benchmarks" / "results" / f"scale-{args.rows}-{result['date']}.json"
+    path.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
