@@ -22,23 +22,55 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def sample_memory(pid: int, every: float, samples: list[tuple[float, int, int, int]], done: threading.Event) -> None:
+    """Append (seconds, VmRSS, RssAnon, RssFile) in KiB from /proc/<pid>/status until ``done``.
+    RssFile is mapped file pages (the encoded data); RssAnon is the process's own memory."""
+    t0 = time.perf_counter()
+    while not done.wait(every):
+        try:
+            text = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return
+        kib = {line.split(":")[0]: int(line.split()[1]) for line in text.splitlines() if line.startswith(("VmRSS", "RssAnon", "RssFile"))}
+        if kib:
+            samples.append((round(time.perf_counter() - t0, 1), kib.get("VmRSS", 0), kib.get("RssAnon", 0), kib.get("RssFile", 0)))
+
+
 def run(cmd: list[str], log: Path) -> dict:
-    """Run ``cmd``; its wall seconds, peak RSS (GiB) and exit status."""
+    """Run ``cmd``; its wall seconds, peak RSS (GiB, the kernel's high-water mark) and the peaks
+    of its anonymous and file-backed parts (sampled every 2 s, written beside ``log``)."""
+    samples: list[tuple[float, int, int, int]] = []
+    done = threading.Event()
     with open(log, "w") as out:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        sampler = threading.Thread(target=sample_memory, args=(proc.pid, 2.0, samples, done), daemon=True)
+        sampler.start()
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - t0
+        done.set()
+        sampler.join()
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({code}); see {log}")
-    return {"seconds": round(seconds, 1), "peak_rss_gib": round(usage.ru_maxrss / 2**20, 2), "command": " ".join(cmd)}
+    log.with_suffix(".memory.csv").write_text(
+        "seconds,rss_kib,anon_kib,file_kib\n" + "".join(",".join(map(str, s)) + "\n" for s in samples)
+    )
+    gib = 2**20  # KiB per GiB
+    return {
+        "seconds": round(seconds, 1),
+        "peak_rss_gib": round(usage.ru_maxrss / gib, 2),
+        "sampled_peak_anon_gib": round(max((s[2] for s in samples), default=0) / gib, 2),
+        "sampled_peak_file_gib": round(max((s[3] for s in samples), default=0) / gib, 2),
+        "command": " ".join(cmd),
+    }
 
 
 def main() -> None:
