@@ -74,17 +74,22 @@ class FieldEmbedding(nn.Module):
     ) -> torch.Tensor:
         """Field vectors from looked-up rows: scaled numerics times their value, multi-hot bags
         pooled. (B,S,D+1), (B,V), [(nnz_k, D+1)], [(B,)] -> (B, F, D+1)"""
-        e = rows
-        if self.scaled.numel():
-            # x_i * v_i and x_i * w_i for scaled numerics; missing ones carry value 1.
-            factor = torch.ones(e.shape[:2], dtype=e.dtype, device=e.device)
-            factor = factor.index_copy(1, self.scaled, values.to(e.dtype))
-            e = e * factor.unsqueeze(-1)
+        e = scale_numeric(rows, self.scaled, values)
         if self.poolings:
             pool = pool_bags if self.loop_free_pooling else _embedding_bag
             bags = [pool(r, offsets, mode) for r, offsets, mode in zip(bag_rows, bag_offsets, self.poolings)]
             e = torch.cat([e, torch.stack(bags, dim=1)], dim=1)
         return e
+
+
+def scale_numeric(rows: torch.Tensor, scaled: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """x_i * v_i and x_i * w_i for the scaled numerics at positions ``scaled``; missing ones
+    carry value 1. (B,S,D+1), (V,) int64, (B,V) -> (B,S,D+1)"""
+    if not scaled.numel():
+        return rows
+    factor = torch.ones(rows.shape[:2], dtype=rows.dtype, device=rows.device)
+    factor = factor.index_copy(1, scaled, values.to(rows.dtype))
+    return rows * factor.unsqueeze(-1)
 
 
 def _embedding_bag(rows: torch.Tensor, offsets: torch.Tensor, mode: str) -> torch.Tensor:

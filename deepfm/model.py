@@ -89,6 +89,16 @@ class InputLayout:
     def n_fields(self) -> int:
         return self.n_single + len(self.poolings)
 
+    @classmethod
+    def of(cls, pipeline: Any) -> InputLayout:
+        """The layout a fitted FeaturePipeline encodes to."""
+        return cls(
+            num_embeddings=pipeline.num_embeddings,
+            n_single=len(pipeline.single_fields),
+            scaled_positions=tuple(pipeline.scaled_positions),
+            poolings=tuple(f.pooling for f in pipeline.multi_hot_fields),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "num_embeddings": self.num_embeddings,
@@ -110,11 +120,15 @@ class InputLayout:
 class DeepFM(nn.Module):
     """forward(batch) -> logits (B,). Parts: ``embedding``, ``bias`` (FM), ``dnn``, ``cross``."""
 
-    def __init__(self, layout: InputLayout, config: ModelConfig = ModelConfig()) -> None:
+    def __init__(
+        self, layout: InputLayout, config: ModelConfig = ModelConfig(), embedding: nn.Module | None = None
+    ) -> None:
+        """``embedding``: a module with FieldEmbedding's forward to use instead of the one shared
+        table (deepfm.sharded passes per-field tables sharded over processes)."""
         super().__init__()
         self.layout, self.config = layout, config
         d = config.embedding_dim
-        self.embedding = FieldEmbedding(
+        self.embedding = embedding or FieldEmbedding(
             layout.num_embeddings, d, list(layout.scaled_positions), list(layout.poolings), config.init_std
         )
         self.bias = nn.Parameter(torch.zeros(1))

@@ -689,12 +689,7 @@ def _train(
             parts.train = downsample(parts.train, neg_sample_rate, cfg.seed, Path(tmp) / "downsampled")
             log.info("negative downsampling at %g: %d of %d training rows kept", neg_sample_rate, len(parts.train), rows_before)
         prep_seconds = time.perf_counter() - t0
-        layout = InputLayout(
-            num_embeddings=pipeline.num_embeddings,
-            n_single=len(pipeline.single_fields),
-            scaled_positions=tuple(pipeline.scaled_positions),
-            poolings=tuple(f.pooling for f in pipeline.multi_hot_fields),
-        )
+        layout = InputLayout.of(pipeline)
         # Seed here, at the top of the job (not in constructors): init, dropout and shuffling
         # all follow from train.seed.
         torch.manual_seed(cfg.seed)
