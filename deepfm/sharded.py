@@ -188,6 +188,7 @@ class ShardedDeepFM:
         self.device = torch.device(device)
         embedding = ShardedFieldEmbedding(tables, config.embedding_dim, layout.n_single, list(layout.scaled_positions), config.init_std)
         model = DeepFM(layout, config, embedding=embedding)
+        self.width = embedding.width  # columns per table row: D+1 padded to a multiple of 4
         # Fused into fbgemm's backward: the table rows a batch touched are stepped in place.
         apply_optimizer_in_backward(RowWiseAdagrad, embedding.ebc.parameters(), {"lr": table_lr})
         self.placement = plan_tables(tables, self.world, row_wise_min_rows)

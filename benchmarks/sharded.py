@@ -1,0 +1,114 @@
+"""Sharded per-field tables (deepfm.sharded, torchrec DMP) against data-parallel replicas.
+
+    python benchmarks/sharded.py --rows 1000000 --nproc 2      # launches itself under torchrun
+
+Criteo-layout rows from ``deepfm synth`` (made once in --workdir), the criteo preset, default
+model (embedding 16, MLP 400-400-400), one epoch at a global batch of 4096:
+
+- ``sharded``: ShardedDeepFM, C3/C12/C16-sized tables (>= --row-wise-min-rows) row-wise,
+  the others whole; fused row-wise Adagrad on the tables, Adam on the MLP;
+- what each rank holds: table rows and bytes (weights + row-wise Adagrad state) against the
+  whole table a data-parallel rank keeps (plus its two Adam moments).
+
+Prints one JSON line (rank 0): samples/s of the epoch, rows and bytes per rank, peak RSS per
+rank. Compare with ``deepfm train --nproc N`` on the same file for the data-parallel speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def worker(args: argparse.Namespace) -> None:
+    from deepfm.config import RunConfig
+    from deepfm.model import DeepFM, InputLayout
+    from deepfm.schema import PRESETS
+    from deepfm.sharded import ShardedDeepFM, field_tables, rank_batches
+    from deepfm.train import prepare
+
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    config = RunConfig(schema=PRESETS["criteo"]())
+    encoded = args.workdir / f"encoded-{args.rows}"
+    if rank == 0 and not (encoded / "done").exists():
+        pipeline, parts = prepare(config, args.workdir / "clicks.tsv", encoded, split=(1.0, 0.0, 0.0))
+        (encoded / "pipeline").mkdir(parents=True, exist_ok=True)
+        pipeline.save(encoded / "pipeline")
+        (encoded / "done").write_text("")
+    dist.barrier()
+    from deepfm.dataset import EncodedDataset
+    from deepfm.features import FeaturePipeline
+
+    pipeline = FeaturePipeline.load(encoded / "pipeline")
+    train = EncodedDataset(encoded / "train")
+    layout = InputLayout.of(pipeline)
+    tables = field_tables(pipeline)
+    torch.manual_seed(0)
+    model = ShardedDeepFM(layout, config.model, tables, row_wise_min_rows=args.row_wise_min_rows)
+    model.load_from(DeepFM(layout, config.model))
+    steps, t0 = 0, time.perf_counter()
+    rows = 0
+    for batch in rank_batches(train, args.batch, seed=1):
+        model.step(batch, args.batch)
+        steps, rows = steps + 1, rows + len(batch)
+    seconds = time.perf_counter() - t0
+    width = model.width
+    held = torch.zeros(world, dtype=torch.int64)
+    held[rank] = model.local_rows()
+    rss = torch.zeros(world, dtype=torch.float64)
+    rss[rank] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    done = torch.tensor([float(rows)], dtype=torch.float64)
+    for t in (held, rss, done):
+        dist.all_reduce(t)
+    if rank == 0:
+        d1 = config.model.embedding_dim + 1
+        n = layout.num_embeddings
+        print(json.dumps({
+            "rows": args.rows, "world": world, "global_batch": args.batch, "steps": steps,
+            "samples_per_s": round(float(done[0]) / seconds), "seconds": round(seconds, 1),
+            "num_embeddings": n, "rows_held": held.tolist(),
+            "table_mib_per_rank": [round(int(h) * (width * 4 + 4) / 2**20, 1) for h in held],  # weights + row-wise Adagrad
+            "data_parallel_table_mib_per_rank": round(n * d1 * 4 * 3 / 2**20, 1),  # weights + Adam's two moments
+            "placement": {k: v[0] for k, v in model.placement.items() if v[0] == "row_wise"},
+            "peak_rss_gib_per_rank": [round(float(x), 2) for x in rss],
+        }))  # fmt: skip
+    dist.destroy_process_group()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--nproc", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=4096, help="global batch (rows over all ranks)")
+    ap.add_argument("--row-wise-min-rows", type=int, default=100_000)
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/deepfm-sharded"))
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    data = args.workdir / "clicks.tsv"
+    if not data.exists():
+        subprocess.run([sys.executable, "-m", "deepfm", "synth", "--rows", str(args.rows), "--out", str(data), "--quiet"], check=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.nproc), __file__, "--worker",
+           "--rows", str(args.rows), "--batch", str(args.batch), "--row-wise-min-rows", str(args.row_wise_min_rows),
+           "--workdir", str(args.workdir)]  # fmt: skip
+    subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+if __name__ == "__main__":
+    main()
