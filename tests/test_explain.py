@@ -91,13 +91,20 @@ def test_streaming_and_row_limit_do_not_change_the_numbers(planted) -> None:
     bundle, fresh, tmp = planted
     whole = explain(bundle, fresh)
     chunked = explain(bundle, fresh, options=ReadOptions(block_size=4096))  # about 40 chunks
+    # What comes from the table alone (pairs, first order, bias) is the same row by row, so only
+    # the float64 summation order differs. The MLP's float32 matmul is not: BLAS picks its
+    # kernel by the batch's shape, and a row's output can move by an ulp (6e-8 here) when the
+    # chunks cut the batches differently. So the logit's effect and the DNN part get float32's
+    # tolerance, not float64's.
     np.testing.assert_allclose(chunked.pair_mean_abs, whole.pair_mean_abs, rtol=1e-9)
     for a, b in zip(chunked.drilldown.up + chunked.drilldown.down, whole.drilldown.up + whole.drilldown.down, strict=True):
         assert (a.values, a.count) == (b.values, b.count)
-        assert a.mean_effect == pytest.approx(b.mean_effect, rel=1e-9)
+        assert a.mean_contribution == pytest.approx(b.mean_contribution, rel=1e-9)
+        assert a.mean_effect == pytest.approx(b.mean_effect, rel=1e-6)
     for name in whole.parts:
-        assert chunked.parts[name].mean == pytest.approx(whole.parts[name].mean, rel=1e-9, abs=1e-12)
-        assert chunked.parts[name].std == pytest.approx(whole.parts[name].std, rel=1e-9, abs=1e-12)
+        rel = 1e-6 if name == "dnn" else 1e-9
+        assert chunked.parts[name].mean == pytest.approx(whole.parts[name].mean, rel=rel, abs=1e-12)
+        assert chunked.parts[name].std == pytest.approx(whole.parts[name].std, rel=rel, abs=1e-12)
     # Naming the pair drills down in the same pass; the default finds it in a second one.
     named = explain(bundle, fresh, pair=whole.drilldown.fields)
     assert named.drilldown.up == whole.drilldown.up and named.drilldown.down == whole.drilldown.down
