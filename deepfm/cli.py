@@ -308,20 +308,22 @@ def _run_config(args: argparse.Namespace) -> Any:
 def cmd_train(args: argparse.Namespace) -> int:
     from deepfm.train import resume, train
 
-    if args.nproc is not None:
-        if args.nproc < 1:
-            raise _usage(f"--nproc must be at least 1, got {args.nproc}")
-        if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
-            return _launch(args.argv, args.nproc)
+    if args.nproc is not None and args.nproc < 1:
+        raise _usage(f"--nproc must be at least 1, got {args.nproc}")
+    launch = args.nproc is not None and args.nproc > 1 and "WORLD_SIZE" not in os.environ
     if args.resume is not None:
-        return _resume(args, resume)
+        return _launch(args.argv, args.nproc) if launch else _resume(args, resume)
     if args.data is None:
         raise _usage("train needs --data (or --resume RUN to carry on with an interrupted run)")
+    # Checked before --nproc starts any process: a bad config or flag is one line, not one per
+    # rank under torchrun's report of failed children.
     config = _run_config(args)
-    on_trained = _report_writer(args.out / "report.html") if args.report else None
     rate = 1.0 if args.neg_sample_rate is None else args.neg_sample_rate
     if not 0 < rate <= 1:
         raise _usage(f"--neg-sample-rate must be in (0, 1], got {rate}")
+    if launch:
+        return _launch(args.argv, args.nproc)
+    on_trained = _report_writer(args.out / "report.html") if args.report else None
     bundle = train(
         config, args.data, args.out, valid=args.valid, test=args.test, split=args.split,
         cache=not args.no_cache, cache_dir=args.cache_dir, on_trained=on_trained, neg_sample_rate=rate,

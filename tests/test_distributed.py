@@ -74,6 +74,21 @@ def test_nproc_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--nproc must be at least 1" in capsys.readouterr().err
 
 
+def test_nproc_checks_the_config_before_it_starts_any_process(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deepfm import cli
+
+    monkeypatch.setattr(cli, "_launch", lambda *a: pytest.fail("launched processes for a config that cannot run"))
+    data = write_records_csv(tmp_path / "d.csv", simple_records(50, seed=1))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  embedding_dim: 4\n")
+    assert cli.main(["train", "--data", str(data), "--config", str(bad), "--nproc", "2", "--out", str(tmp_path / "m")]) == 2
+    assert capsys.readouterr().err.strip() == f"deepfm train: error: {bad}: schema: 'fields' must be a non-empty list"
+    assert cli.main(["train", "--data", str(data), "--nproc", "2", "--neg-sample-rate", "2", "--out", str(tmp_path / "m")]) == 2
+    assert "--neg-sample-rate must be in (0, 1], got 2" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="finds the ranks to kill in /proc")
 def test_two_process_run_killed_then_resumed_gives_the_same_weights(tmp_path: Path) -> None:
     """SIGKILL the whole torchrun group inside an epoch, resume it with --nproc 2: the weights
