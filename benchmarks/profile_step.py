@@ -81,7 +81,7 @@ def main() -> None:
     def step() -> None:
         with torch.profiler.record_function("data"):
             batch = next(batches)
-        trainer._step(batch)
+        trainer._step(batch, len(batch))
 
     for _ in range(5):
         step()

@@ -2,17 +2,20 @@
 
 Every rank holds the whole model. Each epoch's global batches (``batch_size x world`` rows,
 in the order one process would use) are cut into ``world`` contiguous parts, one per rank.
-After each backward pass:
+Each rank's loss is its share of the global batch's mean loss (its mean x its rows / the
+global rows), so that summing over ranks gives the gradient one process would compute:
 
-- dense parameters: their gradients, weighted by the rank's share of the global batch, are
-  summed by one all-reduce (what DistributedDataParallel does; done explicitly because the
-  trainer calls the model's parts, not its ``forward``, so DDP's hooks would never fire);
-- embedding rows: every rank all-gathers the row ids and row gradients of all ranks and runs
-  RowAdam on the lot. RowAdam is deterministic, so the tables (and their Adam moments) stay
-  equal on every rank without ever sending the table. Cost per step: each rank receives
-  ``global_batch x fields x (8 + 4 x D)`` bytes (ids and gradients; ``8 x D`` with L2 on the
-  embeddings, which needs the rows used too), independent of the table size; a dense all-reduce of the table gradient would send the
-  whole table every step.
+- dense parameters (FM bias, MLP, cross network): PyTorch's DistributedDataParallel wraps
+  everything after the embedding (:func:`data_parallel`); its bucketed all-reduces overlap
+  the backward pass and are summed, not averaged, because the losses are already weighted.
+  The embedding table is left out of DDP: it would all-reduce a dense gradient of the whole
+  table every step.
+- embedding rows: every rank all-gathers the row ids and row gradients of all ranks
+  (:func:`gather_rows`) and runs RowAdam on the lot. RowAdam is deterministic, so the tables
+  (and their Adam moments) stay equal on every rank without ever sending the table. Cost per
+  step: each rank receives ``global_batch x fields x (8 + 4 x D)`` bytes (ids and gradients;
+  ``8 x D`` with L2 on the embeddings, which needs the rows used too), independent of the
+  table size.
 
 Metrics: training labels and logits, and the validation predictions (each rank scores a
 slice), are gathered so every rank sees the global figures and takes the same early-stopping
@@ -21,6 +24,7 @@ decision; only rank 0 writes checkpoints, run.json and the bundle.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 
 @dataclass(frozen=True)
@@ -73,52 +79,55 @@ def setup(device: torch.device) -> tuple[Context, torch.device]:
     return Context(rank=rank, world=world, local_rank=local_rank, owns_group=owns), device
 
 
-def global_batches(order: np.ndarray, batch_size: int, ctx: Context, skip: int = 0, min_part: int = 1) -> Iterator[np.ndarray]:
-    """This rank's rows of each global batch (``batch_size x world`` rows of ``order``), sorted
-    so gathers read memory in order. A last global batch too small to give every rank
-    ``min_part`` rows is left out: every rank must step, or the collectives would wait
-    forever. Skips the first ``skip`` global batches (a resumed epoch)."""
+def global_batches(
+    order: np.ndarray, batch_size: int, ctx: Context, skip: int = 0, min_part: int = 1
+) -> Iterator[tuple[np.ndarray, int]]:
+    """(this rank's rows, the global batch's row count) for each global batch of
+    ``batch_size x world`` rows of ``order``; the rows are sorted so gathers read memory in
+    order. A last global batch too small to give every rank ``min_part`` rows is left out:
+    every rank must step, or the collectives would wait forever. Skips the first ``skip``
+    global batches (a resumed epoch)."""
     size = batch_size * ctx.world
     for start in range(skip * size, len(order), size):
         rows = np.sort(order[start : start + size])
         if rows.size < ctx.world * min_part:
             return
-        yield np.array_split(rows, ctx.world)[ctx.rank]
+        yield np.array_split(rows, ctx.world)[ctx.rank], int(rows.size)
 
 
-class GradSync:
-    """Sums one step's gradients over the ranks, each weighted by its share of the global batch
-    (so uneven last batches still give the gradient of the global mean loss)."""
+def data_parallel(module: nn.Module, ignore: list[str], device: torch.device) -> DistributedDataParallel:
+    """``module`` under DistributedDataParallel, its parameters named in ``ignore`` left out
+    (they get no gradient through it, or are synced otherwise). Gradients are summed over the
+    ranks: each rank's loss must already be weighted by its share of the global batch.
 
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-        self.share = 1.0  # this rank's rows / the global batch's rows, set by dense()
-        self.global_rows = 0
+    Buffers (batch norm statistics) stay per rank after the start: no broadcast each step."""
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, ignore)
+    # PyTorch 2.13 renamed broadcast_buffers (now deprecated) to forward_sync_buffers.
+    renamed = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+    no_sync = "forward_sync_buffers" if renamed else "broadcast_buffers"
+    ddp = DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None, **{no_sync: False})
+    ddp.register_comm_hook(None, _sum_hook)
+    return ddp
 
-    def dense(self, params: list[torch.nn.Parameter], rows: int) -> None:
-        """All-reduce the gradients of ``params`` in one flat buffer, with the row count last."""
-        grads = [p.grad for p in params if p.grad is not None]
-        count = torch.tensor([float(rows)], device=params[0].device)
-        flat = torch.cat([*(g.reshape(-1) * rows for g in grads), count])
-        dist.all_reduce(flat)
-        self.global_rows = int(round(float(flat[-1])))
-        self.share = rows / self.global_rows
-        flat = flat[:-1] / self.global_rows
-        at = 0
-        for g in grads:
-            g.copy_(flat[at : at + g.numel()].view_as(g))
-            at += g.numel()
 
-    def rows(
-        self, ids: torch.Tensor, grads: torch.Tensor, used: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """All ranks' embedding-row occurrences, in rank order: ids (K,), grads (K, D) scaled to
-        the global mean loss, used (K, D) (the rows looked up, for L2; None: not sent). Call
-        after :meth:`dense` (it sets the weights)."""
-        width = grads.shape[1]
-        ids_all = all_gather_rows(ids.reshape(-1, 1), self.ctx).reshape(-1)
-        packed = all_gather_rows(grads * self.share if used is None else torch.cat([grads * self.share, used], dim=1), self.ctx)
-        return ids_all, packed[:, :width], None if used is None else packed[:, width:]
+def _sum_hook(_, bucket):  # type: ignore[no-untyped-def]
+    """DDP communication hook: all-reduce a gradient bucket (dist.GradBucket) as a sum; DDP's
+    own divides by the world size, which would count a weighted loss twice. Returns a
+    Future[Tensor]. Unannotated: DDP checks the annotations, which this module's
+    ``from __future__ import annotations`` would turn into strings."""
+    return dist.all_reduce(bucket.buffer(), async_op=True).get_future().then(lambda fut: fut.value()[0])
+
+
+def gather_rows(
+    ids: torch.Tensor, grads: torch.Tensor, used: torch.Tensor | None, ctx: Context
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """All ranks' embedding-row occurrences, in rank order: ids (K,), grads (K, D), used (K, D)
+    (the rows looked up, for L2; None: not sent). ``grads`` must come from the weighted loss,
+    so that RowAdam's sum over occurrences is the gradient of the global mean loss."""
+    width = grads.shape[1]
+    ids_all = all_gather_rows(ids.reshape(-1, 1), ctx).reshape(-1)
+    packed = all_gather_rows(grads if used is None else torch.cat([grads, used], dim=1), ctx)
+    return ids_all, packed[:, :width], None if used is None else packed[:, width:]
 
 
 def all_gather_rows(x: torch.Tensor, ctx: Context) -> torch.Tensor:

@@ -299,5 +299,5 @@ def rank_batches(data: EncodedDataset, global_batch: int, seed: int) -> Iterator
         raise ConfigError(f"the global batch ({global_batch}) must split evenly over {world} ranks")
     order = shuffled_order(len(data), seed)
     order = order[: len(order) - len(order) % global_batch]
-    for rows in global_batches(order, global_batch // world, Context(rank=rank, world=world)):
+    for rows, _ in global_batches(order, global_batch // world, Context(rank=rank, world=world)):
         yield data.batch(rows)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.profiler import record_function
 from tqdm import tqdm
 
@@ -34,7 +35,7 @@ from deepfm.calibration import Calibration, postprocess
 from deepfm.checkpoint import CHECKPOINT, RUN, load_checkpoint, save_checkpoint, write_atomic
 from deepfm.config import RunConfig, TrainConfig
 from deepfm.dataset import Batch, DatasetWriter, EncodedDataset, shuffled_order
-from deepfm.distributed import Context, GradSync, gather_array, global_batches, my_slice, setup, sum_scalar
+from deepfm.distributed import Context, data_parallel, gather_array, gather_rows, global_batches, my_slice, setup, sum_scalar
 from deepfm.drift import PROFILE_FILE, profile
 from deepfm.errors import ConfigError, DataError, TrainingError
 from deepfm.features import FeaturePipeline
@@ -314,7 +315,12 @@ class Trainer:
     ) -> None:  # fmt: skip
         self.model, self.config, self.device = model.to(device), config, device
         self.ctx = ctx or Context()
-        self.sync = GradSync(self.ctx) if self.ctx.active else None
+        # Several ranks: everything after the embedding runs under DistributedDataParallel; the
+        # table's rows are synced by gathering them (deepfm.distributed explains why).
+        self.head: nn.Module = _Head(self.model)
+        if self.ctx.active:
+            table = [name for name, _ in self.head.named_parameters() if name.startswith("model.embedding.")]
+            self.head = data_parallel(self.head, table, device)
         # predict() returns what users will get: corrected for negative downsampling.
         self.calibration = calibration or Calibration()
         self.dense_opt = _adam(model.dense_parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -424,12 +430,12 @@ class Trainer:
         t0, seconds0 = time.perf_counter(), p.seconds
         # Each epoch has its own order, derived from the seed: runs are reproducible, and a
         # resumed epoch skips exactly the batches it had done.
-        for batch in self._batches(data, batch_size, seed=cfg.seed * 1000 + epoch):
+        for batch, global_rows in self._batches(data, batch_size, seed=cfg.seed * 1000 + epoch):
             p.batch += 1
             if len(batch) == 1 and self.model.config.batch_norm:
                 continue  # batch norm cannot normalize one row; it is one row of this epoch
             batch = batch.to(self.device)
-            logit, loss = self._step(batch)
+            logit, loss = self._step(batch, global_rows)
             n = len(batch)
             loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
@@ -454,15 +460,17 @@ class Trainer:
         if p.since:
             self._curve_point(len(data))
 
-    def _batches(self, data: EncodedDataset, batch_size: int, seed: int) -> Iterator[Batch]:
-        """The epoch's batches from the one in progress on. Several ranks: this rank's part of
-        each global batch, the global batches being those one process would draw."""
+    def _batches(self, data: EncodedDataset, batch_size: int, seed: int) -> Iterator[tuple[Batch, int]]:
+        """(batch, rows in its global batch) for the epoch's batches from the one in progress on.
+        Several ranks: this rank's part of each global batch, the global batches being those
+        one process would draw."""
         if not self.ctx.active:
-            yield from data.batches(batch_size, shuffle=True, seed=seed, skip=self.progress.batch)
+            for batch in data.batches(batch_size, shuffle=True, seed=seed, skip=self.progress.batch):
+                yield batch, len(batch)
             return
         min_part = 2 if self.model.config.batch_norm else 1  # batch norm needs two rows per rank
-        for rows in global_batches(shuffled_order(len(data), seed), batch_size, self.ctx, self.progress.batch, min_part):
-            yield data.batch(rows)
+        for rows, global_rows in global_batches(shuffled_order(len(data), seed), batch_size, self.ctx, self.progress.batch, min_part):
+            yield data.batch(rows), global_rows
 
     def _curve_point(self, rows: int) -> None:
         p = self.progress
@@ -529,24 +537,24 @@ class Trainer:
         except (KeyError, RuntimeError, TypeError, ValueError) as exc:
             raise TrainingError(f"the checkpoint does not fit this model or trainer ({exc}); start the run again without --resume") from None
 
-    def _step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step. The table rows are looked up outside autograd and made leaves;
-        their gradients go to RowAdam, everything else to Adam. Returns (logits, loss)."""
+    def _step(self, batch: Batch, global_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on ``batch``, this rank's part of a global batch of ``global_rows``
+        rows. The table rows are looked up outside autograd and made leaves; their gradients go
+        to RowAdam, everything else to Adam. Returns (logits, this part's mean loss)."""
         emb = self.model.embedding
         # record_function labels cost nothing unless a profiler listens (benchmarks/profile_step.py).
         with record_function("embedding lookup"):
             rows, bag_rows = emb.lookup(batch.ids, batch.multi_hot)
             leaves = [rows.requires_grad_(), *(r.requires_grad_() for r in bag_rows)]
             e = emb.combine(rows, batch.values, bag_rows, [offsets for offsets, _ in batch.multi_hot])
-        logit = self.model.head(e)
+        logit = self.head(e)
         with record_function("loss"):
             loss = F.binary_cross_entropy_with_logits(logit, batch.labels)
-        with record_function("backward"):
+        with record_function("backward"):  # under DDP, the dense all-reduce overlaps this
             self.dense_opt.zero_grad(set_to_none=True)
-            loss.backward()
-        if self.sync is not None:
-            with record_function("dense all-reduce"):
-                self.sync.dense(self.model.dense_parameters(), len(batch))
+            # This part's share of the global batch's mean loss: summed over the ranks (DDP for
+            # the dense part, RowAdam over the gathered rows), the gradient of one process.
+            (loss * (len(batch) / global_rows) if self.ctx.active else loss).backward()
         with record_function("dense optimizer"):
             self.dense_opt.step()
         width = rows.shape[-1]
@@ -556,13 +564,11 @@ class Trainer:
             used = torch.cat([leaf.detach().reshape(-1, width) for leaf in leaves])
         else:
             ids, grads, used = batch.ids.reshape(-1), rows.grad.reshape(-1, width), rows.detach().reshape(-1, width)  # type: ignore[union-attr]
-        rows_in_step = len(batch)
-        if self.sync is not None:
+        if self.ctx.active:
             with record_function("embedding all-gather"):
-                ids, grads, used = self.sync.rows(ids, grads, used if self.row_opt.l2 else None)  # type: ignore[assignment]
-            rows_in_step = self.sync.global_rows
+                ids, grads, used = gather_rows(ids, grads, used if self.row_opt.l2 else None, self.ctx)  # type: ignore[assignment]
         with record_function("embedding optimizer"):
-            self.row_opt.step(ids, grads, used, batch_size=rows_in_step)
+            self.row_opt.step(ids, grads, used, batch_size=global_rows)
         return logit, loss
 
     @torch.no_grad()
@@ -580,6 +586,18 @@ class Trainer:
         scores = np.concatenate(out) if out else np.zeros(0)
         scores = gather_array(scores, self.ctx, self.device)
         return postprocess(scores, self.calibration) if len(scores) else np.zeros(0)
+
+
+class _Head(nn.Module):
+    """A model's part after the embedding, as a module of its own so DistributedDataParallel
+    can wrap it: forward(e) = model.head(e), (B, F, D+1) -> (B,) logits."""
+
+    def __init__(self, model: DeepFM) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        return self.model.head(e)
 
 
 # ---------------------------------------------------------------- the whole job

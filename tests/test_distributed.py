@@ -30,8 +30,9 @@ def test_ranks_split_each_global_batch() -> None:
     ranks = [list(global_batches(order, 100, Context(rank=r, world=3))) for r in range(3)]
     assert len({len(parts) for parts in ranks}) == 1  # every rank steps alike
     for i, start in enumerate(range(0, 1003, 300)):  # the global batches one process would draw
-        together = np.concatenate([parts[i] for parts in ranks])
+        together = np.concatenate([parts[i][0] for parts in ranks])
         assert np.array_equal(together, np.sort(order[start : start + 300]))
+        assert {parts[i][1] for parts in ranks} == {len(order[start : start + 300])}  # each rank knows the global size
     # a last global batch of 2 rows cannot give 3 ranks a row each: left out on every rank
     assert [len(list(global_batches(shuffled_order(302, 1), 100, Context(rank=r, world=3)))) for r in range(3)] == [1, 1, 1]
     assert sum(len(range(1003)[my_slice(1003, Context(rank=r, world=3))]) for r in range(3)) == 1003
@@ -141,3 +142,66 @@ def descendants(pid: int) -> list[int]:
         out += kids
         todo += kids
     return out
+
+
+def _ddp_worker(rank: int, world: int, store_file: str, out_file: str) -> None:
+    """One rank of test_data_parallel_sums_weighted_parts: two steps of a global batch of 7
+    rows cut 4 / 3, through deepfm.distributed.data_parallel."""
+    import torch.distributed as dist
+
+    from deepfm.distributed import data_parallel
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        module = _TwoPart()
+        ddp = data_parallel(module, ["table.weight"], torch.device("cpu"))
+        x, y = _ddp_data()
+        parts = np.array_split(np.arange(7), world)[rank]
+        grads = []
+        for _ in range(2):  # a second step fails if DDP waited for the ignored table's gradient
+            module.zero_grad(set_to_none=True)
+            loss = F.binary_cross_entropy_with_logits(ddp(x[parts]), y[parts])
+            (loss * (len(parts) / 7)).backward()
+            grads.append(module.mlp.weight.grad.clone())
+        assert module.table.weight.grad is None
+        if rank == 0:
+            torch.save({"grads": grads}, out_file)
+    finally:
+        dist.destroy_process_group()
+
+
+class _TwoPart(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.mlp = torch.nn.Linear(3, 1)
+        self.table = torch.nn.Embedding(5, 3)  # like the embedding table: synced otherwise, not by DDP
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(x).squeeze(1)
+
+
+def _ddp_data() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(7, 3, generator=g), (torch.rand(7, generator=g) < 0.5).float()
+
+
+F = torch.nn.functional
+
+
+def test_data_parallel_sums_weighted_parts(tmp_path: Path) -> None:
+    """Under data_parallel, 2 ranks with uneven parts (4 and 3 rows), each loss weighted by its
+    share, get the gradient one process computes on all 7 rows; the ignored table is untouched."""
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "grads.pt"
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "store"), str(out)), nprocs=2, join=True)
+    torch.manual_seed(0)
+    module = _TwoPart()
+    x, y = _ddp_data()
+    F.binary_cross_entropy_with_logits(module(x), y).backward()
+    got = torch.load(out)["grads"]
+    assert len(got) == 2
+    for g in got:
+        assert torch.allclose(g, module.mlp.weight.grad, atol=1e-6)

@@ -90,8 +90,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, monke
     real_step = Trainer._step
     calls = {"n": 0}
 
-    def step(self: Trainer, batch):  # type: ignore[no-untyped-def]
-        logit, loss = real_step(self, batch)
+    def step(self: Trainer, batch, global_rows):  # type: ignore[no-untyped-def]
+        logit, loss = real_step(self, batch, global_rows)
         calls["n"] += 1
         return logit, loss * float("nan") if calls["n"] == 23 else loss
 
