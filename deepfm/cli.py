@@ -311,27 +311,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.nproc is not None and args.nproc < 1:
         raise _usage(f"--nproc must be at least 1, got {args.nproc}")
     launch = args.nproc is not None and args.nproc > 1 and "WORLD_SIZE" not in os.environ
+    # Everything below that can fail on the arguments runs before --nproc starts any process:
+    # a bad config or flag is one line, not one per rank under torchrun's report of failed children.
+    out = args.resume if args.resume is not None else args.out
+    on_trained = _report_writer(out / "report.html") if args.report else None
     if args.resume is not None:
-        return _launch(args.argv, args.nproc) if launch else _resume(args, resume)
-    if args.data is None:
-        raise _usage("train needs --data (or --resume RUN to carry on with an interrupted run)")
-    # Checked before --nproc starts any process: a bad config or flag is one line, not one per
-    # rank under torchrun's report of failed children.
-    config = _run_config(args)
-    rate = 1.0 if args.neg_sample_rate is None else args.neg_sample_rate
-    if not 0 < rate <= 1:
-        raise _usage(f"--neg-sample-rate must be in (0, 1], got {rate}")
-    if launch:
-        return _launch(args.argv, args.nproc)
-    on_trained = _report_writer(args.out / "report.html") if args.report else None
-    bundle = train(
-        config, args.data, args.out, valid=args.valid, test=args.test, split=args.split,
-        cache=not args.no_cache, cache_dir=args.cache_dir, on_trained=on_trained, neg_sample_rate=rate,
-        warm_start=args.warm_start,
-    )  # fmt: skip
+        overrides = _resume_overrides(args)
+        if launch:
+            return _launch(args.argv, args.nproc)
+        bundle = resume(args.resume, overrides, on_trained=on_trained)
+    else:
+        if args.data is None:
+            raise _usage("train needs --data (or --resume RUN to carry on with an interrupted run)")
+        config = _run_config(args)
+        rate = 1.0 if args.neg_sample_rate is None else args.neg_sample_rate
+        if not 0 < rate <= 1:
+            raise _usage(f"--neg-sample-rate must be in (0, 1], got {rate}")
+        if launch:
+            return _launch(args.argv, args.nproc)
+        bundle = train(
+            config, args.data, args.out, valid=args.valid, test=args.test, split=args.split,
+            cache=not args.no_cache, cache_dir=args.cache_dir, on_trained=on_trained, neg_sample_rate=rate,
+            warm_start=args.warm_start,
+        )  # fmt: skip
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # rank 0 saved the model and prints its summary
-    return _print_summary(args.out, bundle)
+    return _print_summary(out, bundle)
 
 
 def _launch(argv: list[str], nproc: int) -> int:
@@ -351,8 +356,8 @@ def _launch(argv: list[str], nproc: int) -> int:
     return subprocess.run(command, check=False).returncode
 
 
-def _resume(args: argparse.Namespace, resume: Any) -> int:
-    """train --resume RUN: only settings that leave the model as it is may be given again."""
+def _resume_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """train --resume RUN's settings: only those that leave the model as it is may be given again."""
     fixed = {
         "--data": args.data, "--valid": args.valid, "--test": args.test, "--split": args.split, "--config": args.config,
         "--preset": args.preset, "--label": args.label, "--model": args.kind, "--embedding-dim": args.embedding_dim,
@@ -365,13 +370,10 @@ def _resume(args: argparse.Namespace, resume: Any) -> int:
     given = [flag for flag, value in fixed.items() if value is not None] + (["--no-cache"] if args.no_cache else [])
     if given:
         raise _usage(f"--resume carries on the run as it was started; leave out {', '.join(given)}")
-    overrides = {
+    return {
         "lr": args.lr, "embedding_lr": args.embedding_lr, "epochs": args.epochs, "patience": args.patience,
         "threads": args.threads, "device": args.device, "progress": False if args.quiet else None,
     }  # fmt: skip
-    on_trained = _report_writer(args.resume / "report.html") if args.report else None
-    bundle = resume(args.resume, overrides, on_trained=on_trained)
-    return _print_summary(args.resume, bundle)
 
 
 def _print_summary(out: Path, bundle: Any) -> int:

@@ -88,6 +88,8 @@ def test_nproc_checks_the_config_before_it_starts_any_process(
     assert capsys.readouterr().err.strip() == f"deepfm train: error: {bad}: schema: 'fields' must be a non-empty list"
     assert cli.main(["train", "--data", str(data), "--nproc", "2", "--neg-sample-rate", "2", "--out", str(tmp_path / "m")]) == 2
     assert "--neg-sample-rate must be in (0, 1], got 2" in capsys.readouterr().err
+    assert cli.main(["train", "--resume", str(tmp_path / "m"), "--nproc", "2", "--data", str(data)]) == 2
+    assert "--resume carries on the run as it was started; leave out --data" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="finds the ranks to kill in /proc")
