@@ -61,6 +61,8 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/deepfm-data-parallel"))
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args()
+    if args.nproc < 2:
+        ap.error(f"--nproc is the processes to compare with one: at least 2, got {args.nproc}")
     if args.batch % args.nproc:
         ap.error(f"--batch {args.batch} must split evenly over --nproc {args.nproc}")
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -98,9 +100,10 @@ def main() -> None:
     args.results.mkdir(parents=True, exist_ok=True)
     path = args.results / f"data-parallel-{args.rows}-{result['date']}.json"
     path.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"| processes | batch per process | train rows/s | valid scoring rows/s | test AUC |\n|---|---|---:|---:|---:|")
+    print("| processes | batch per process | train rows/s | valid scoring rows/s | test AUC | whole command |\n|---|---|---:|---:|---:|---:|")
     for n, s in summary.items():
-        print(f"| {n} | {args.batch // int(n)} | {s['train_rows_per_s']:,.0f} | {s['valid_rows_per_s']:,.0f} | {s['test_auc']:.4f} |")
+        print(f"| {n} | {args.batch // int(n)} | {s['train_rows_per_s']:,.0f} | {s['valid_rows_per_s']:,.0f} | {s['test_auc']:.4f} "
+              f"| {s['wall_seconds']:.1f} s |")  # fmt: skip
     print(f"{args.nproc} processes / 1: training x{result['train_speed_ratio']:.2f}, scoring x{result['valid_speed_ratio']:.2f}; "
           f"load average {load_before:.2f} before, {result['load_average_after']:.2f} after; {path}")  # fmt: skip
 

@@ -8,8 +8,8 @@ global rows), so that summing over ranks gives the gradient one process would co
 - dense parameters (FM bias, MLP, cross network): PyTorch's DistributedDataParallel wraps
   everything after the embedding (:func:`data_parallel`); its bucketed all-reduces overlap
   the backward pass and are summed, not averaged, because the losses are already weighted.
-  The embedding table is left out of DDP: it would all-reduce a dense gradient of the whole
-  table every step.
+  The embedding table is left out of DDP: the trainer looks its rows up outside autograd, so
+  the table itself never has a gradient (and a dense one would be the whole table per step).
 - embedding rows: every rank all-gathers the row ids and row gradients of all ranks
   (:func:`gather_rows`) and runs RowAdam on the lot. RowAdam is deterministic, so the tables
   (and their Adam moments) stay equal on every rank without ever sending the table. Cost per
@@ -24,7 +24,6 @@ decision; only rank 0 writes checkpoints, run.json and the bundle.
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -95,19 +94,28 @@ def global_batches(
         yield np.array_split(rows, ctx.world)[ctx.rank], int(rows.size)
 
 
-def data_parallel(module: nn.Module, ignore: list[str], device: torch.device) -> DistributedDataParallel:
-    """``module`` under DistributedDataParallel, its parameters named in ``ignore`` left out
-    (they get no gradient through it, or are synced otherwise). Gradients are summed over the
-    ranks: each rank's loss must already be weighted by its share of the global batch.
-
-    Buffers (batch norm statistics) stay per rank after the start: no broadcast each step."""
+def data_parallel(module: nn.Module, params: list[nn.Parameter]) -> DistributedDataParallel:
+    """``module`` under DistributedDataParallel, which syncs the gradients of ``params`` only:
+    its other parameters (the embedding table, whose rows are gathered instead; DDP would
+    broadcast it whole at the start and then wait forever for a gradient it never gets) and
+    its buffers (see :func:`broadcast_buffers`) are left out. Gradients are summed over the
+    ranks: each rank's loss must already be weighted by its share of the global batch."""
+    mine = {id(p) for p in params}
+    ignore = [name for name, p in module.named_parameters() if id(p) not in mine] + [name for name, _ in module.named_buffers()]
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, ignore)
-    # PyTorch 2.13 renamed broadcast_buffers (now deprecated) to forward_sync_buffers.
-    renamed = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
-    no_sync = "forward_sync_buffers" if renamed else "broadcast_buffers"
-    ddp = DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None, **{no_sync: False})
+    device = params[0].device
+    ddp = DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
     ddp.register_comm_hook(None, _sum_hook)
     return ddp
+
+
+def broadcast_buffers(module: nn.Module, ctx: Context) -> None:
+    """Give every rank rank 0's buffers (batch norm running statistics). Training never reads
+    them, each rank only updates them from its own part, so they are synced where they are
+    read: before scoring, so every rank scores with the model rank 0 saves."""
+    if ctx.active:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def _sum_hook(_, bucket):  # type: ignore[no-untyped-def]

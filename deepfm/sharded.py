@@ -212,7 +212,9 @@ class ShardedDeepFM:
         loss_sum = F.binary_cross_entropy_with_logits(logits, batch.labels.to(self.device), reduction="sum")
         # Table rows receive the sum of every rank's gradient: with each rank's loss divided by
         # the global row count, that is the gradient of the global mean loss. DDP averages the
-        # dense gradients instead (divides by world), which the factor below undoes.
+        # dense gradients instead (divides by world), which the factor below undoes. (The
+        # data-parallel trainer registers a summing comm hook instead, deepfm.distributed
+        # _sum_hook; here DDP sits inside torchrec's DistributedModelParallel.)
         (loss_sum / global_rows).backward()
         for p in self.dense:
             if p.grad is not None:

@@ -35,7 +35,7 @@ from deepfm.calibration import Calibration, postprocess
 from deepfm.checkpoint import CHECKPOINT, RUN, load_checkpoint, save_checkpoint, write_atomic
 from deepfm.config import RunConfig, TrainConfig
 from deepfm.dataset import Batch, DatasetWriter, EncodedDataset, shuffled_order
-from deepfm.distributed import Context, data_parallel, gather_array, gather_rows, global_batches, my_slice, setup, sum_scalar
+from deepfm.distributed import Context, broadcast_buffers, data_parallel, gather_array, gather_rows, global_batches, my_slice, setup, sum_scalar
 from deepfm.drift import PROFILE_FILE, profile
 from deepfm.errors import ConfigError, DataError, TrainingError
 from deepfm.features import FeaturePipeline
@@ -319,8 +319,7 @@ class Trainer:
         # table's rows are synced by gathering them (deepfm.distributed explains why).
         self.head: nn.Module = _Head(self.model)
         if self.ctx.active:
-            table = [name for name, _ in self.head.named_parameters() if name.startswith("model.embedding.")]
-            self.head = data_parallel(self.head, table, device)
+            self.head = data_parallel(self.head, self.model.dense_parameters())
         # predict() returns what users will get: corrected for negative downsampling.
         self.calibration = calibration or Calibration()
         self.dense_opt = _adam(model.dense_parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -576,6 +575,7 @@ class Trainer:
         """Probabilities for every row, in order, through the trainer's calibration (the
         downsampling correction). -> (N,) float64"""
         self.model.eval()
+        broadcast_buffers(self.model, self.ctx)  # batch norm's running statistics: rank 0's
         if self.ctx.active:  # each rank scores a slice; all of them get every score
             mine = my_slice(len(data), self.ctx)
             step = self.config.eval_batch_size

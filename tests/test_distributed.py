@@ -11,6 +11,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -158,7 +159,7 @@ def _ddp_worker(rank: int, world: int, store_file: str, out_file: str) -> None:
     try:
         torch.manual_seed(0)
         module = _TwoPart()
-        ddp = data_parallel(module, ["table.weight"], torch.device("cpu"))
+        ddp = data_parallel(module, list(module.mlp.parameters()))
         x, y = _ddp_data()
         parts = np.array_split(np.arange(7), world)[rank]
         grads = []
@@ -207,3 +208,92 @@ def test_data_parallel_sums_weighted_parts(tmp_path: Path) -> None:
     assert len(got) == 2
     for g in got:
         assert torch.allclose(g, module.mlp.weight.grad, atol=1e-6)
+
+
+KINDS = ("lr", "fm", "dnn", "wide_deep", "dcn", "deepfm")
+
+
+def _trainer_steps(ctx: Context, kind: str, batch_norm: bool = False) -> Any:
+    """Three Trainer steps on global batches of 13 rows (two ranks: parts of 7 and 6), with a
+    scaled numeric, a mean-pooled multi-hot field and L2 on the rows. Returns the Trainer."""
+    from deepfm.config import TrainConfig
+    from deepfm.dataset import Batch
+    from deepfm.model import DeepFM, InputLayout, ModelConfig
+    from deepfm.train import Trainer
+
+    g = torch.Generator().manual_seed(3)
+    n = 13
+    ids = torch.randint(0, 30, (n, 3), generator=g)
+    ids[:, 2] = 30  # the scaled numeric's row
+    values = torch.randn(n, 1, generator=g)
+    bags = [torch.randint(31, 40, (int(k),), generator=g) for k in torch.randint(1, 4, (n,), generator=g)]
+    labels = (torch.rand(n, generator=g) < 0.4).float()
+
+    def batch(rows: np.ndarray) -> Batch:
+        lengths = torch.tensor([0] + [len(bags[r]) for r in rows])
+        bag_ids = torch.cat([bags[r] for r in rows])
+        return Batch(ids[rows], values[rows], [(torch.cumsum(lengths, 0)[:-1], bag_ids)], labels[rows])
+
+    torch.manual_seed(0)
+    layout = InputLayout(num_embeddings=40, n_single=3, scaled_positions=(2,), poolings=("mean",))
+    model = DeepFM(layout, ModelConfig(kind=kind, embedding_dim=4, hidden=(8, 8), dropout=0.0, batch_norm=batch_norm, cross_layers=2))
+    config = TrainConfig(lr=0.01, embedding_lr=0.01, l2_embedding=1e-3, progress=False, threads=1, device="cpu")
+    trainer = Trainer(model, config, torch.device("cpu"), ctx=ctx)
+    model.train()
+    for step in range(3):
+        order = np.random.default_rng(step).permutation(n)
+        for rows, global_rows in global_batches(order, 13 // ctx.world + (ctx.world > 1), ctx):
+            trainer._step(batch(rows), global_rows)
+    return trainer
+
+
+def _trainer_worker(rank: int, world: int, store_file: str, out_file: str) -> None:
+    import torch.distributed as dist
+
+    from deepfm.distributed import broadcast_buffers
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world)
+    try:
+        ctx = Context(rank=rank, world=world)
+        states = {kind: _trainer_steps(ctx, kind).model.state_dict() for kind in KINDS}
+        # Batch norm: parts normalize with their own statistics, so no match with one process;
+        # but DDP keeps the weights equal on both ranks, and scoring takes rank 0's buffers.
+        model = _trainer_steps(ctx, "deepfm", batch_norm=True).model
+        gathered = [torch.zeros_like(model.dnn.net[0].weight) for _ in range(world)]  # type: ignore[union-attr]
+        dist.all_gather(gathered, model.dnn.net[0].weight.detach())  # type: ignore[union-attr]
+        bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d))
+        means = [torch.zeros_like(bn.running_mean) for _ in range(world)]
+        dist.all_gather(means, bn.running_mean)
+        broadcast_buffers(model, ctx)
+        synced = [torch.zeros_like(bn.running_mean) for _ in range(world)]
+        dist.all_gather(synced, bn.running_mean)
+        if rank == 0:
+            torch.save({"states": states, "weights": gathered, "means": means, "synced": synced}, out_file)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_trainer_steps_of_two_ranks_match_one_process_for_every_kind(tmp_path: Path) -> None:
+    """The Trainer's own step under 2 gloo ranks (DDP on the dense part, gathered rows for
+    RowAdam, uneven parts 7 + 6) ends where one process on the whole 13-row batches does,
+    for every model kind: dense and table weights alike."""
+    import torch.multiprocessing as mp
+
+    from deepfm.model import DeepFM, InputLayout, ModelConfig
+
+    out = tmp_path / "states.pt"
+    mp.spawn(_trainer_worker, args=(2, str(tmp_path / "store"), str(out)), nprocs=2, join=True)
+    got = torch.load(out)
+    for kind in KINDS:
+        want = _trainer_steps(Context(), kind).model.state_dict()
+        assert got["states"][kind].keys() == want.keys()
+        for name, value in want.items():
+            assert torch.allclose(got["states"][kind][name], value, atol=1e-6), (kind, name)
+        torch.manual_seed(0)  # the weights before the steps: the steps moved them, so the match is not trivial
+        layout = InputLayout(num_embeddings=40, n_single=3, scaled_positions=(2,), poolings=("mean",))
+        before = DeepFM(layout, ModelConfig(kind=kind, embedding_dim=4, hidden=(8, 8), dropout=0.0, cross_layers=2)).state_dict()
+        assert all(not torch.allclose(before[name], want[name], atol=1e-4) for name in ("bias", "embedding.weight"))
+    assert torch.equal(got["weights"][0], got["weights"][1])
+    assert not torch.equal(got["means"][0], got["means"][1])  # each rank updated its own
+    assert torch.equal(got["synced"][0], got["synced"][1])
