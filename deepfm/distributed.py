@@ -24,6 +24,7 @@ decision; only rank 0 writes checkpoints, run.json and the bundle.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -59,6 +60,10 @@ class Context:
 
     def close(self) -> None:
         if self.owns_group and dist.is_initialized():
+            # A DistributedDataParallel still alive when its group goes aborts the process at
+            # exit (SIGABRT, "terminate called without an active exception"), and DDP sits in
+            # reference cycles that outlive the trainer holding it: collect them first.
+            gc.collect()
             dist.destroy_process_group()
 
 

@@ -148,31 +148,37 @@ def descendants(pid: int) -> list[int]:
 
 
 def _ddp_worker(rank: int, world: int, store_file: str, out_file: str) -> None:
-    """One rank of test_data_parallel_sums_weighted_parts: two steps of a global batch of 7
-    rows cut 4 / 3, through deepfm.distributed.data_parallel."""
+    """One rank of test_data_parallel_sums_weighted_parts."""
     import torch.distributed as dist
-
-    from deepfm.distributed import data_parallel
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world)
     try:
-        torch.manual_seed(0)
-        module = _TwoPart()
-        ddp = data_parallel(module, list(module.mlp.parameters()))
-        x, y = _ddp_data()
-        parts = np.array_split(np.arange(7), world)[rank]
-        grads = []
-        for _ in range(2):  # a second step fails if DDP waited for the ignored table's gradient
-            module.zero_grad(set_to_none=True)
-            loss = F.binary_cross_entropy_with_logits(ddp(x[parts]), y[parts])
-            (loss * (len(parts) / 7)).backward()
-            grads.append(module.mlp.weight.grad.clone())
-        assert module.table.weight.grad is None
+        grads = _ddp_steps(rank, world)
         if rank == 0:
             torch.save({"grads": grads}, out_file)
     finally:
-        dist.destroy_process_group()
+        Context(rank=rank, world=world, owns_group=True).close()  # DDP is gone first, as in training
+
+
+def _ddp_steps(rank: int, world: int) -> list[torch.Tensor]:
+    """Two steps of a global batch of 7 rows cut 4 / 3, through deepfm.distributed.data_parallel:
+    the gradients of the dense part after each."""
+    from deepfm.distributed import data_parallel
+
+    torch.manual_seed(0)
+    module = _TwoPart()
+    ddp = data_parallel(module, list(module.mlp.parameters()))
+    x, y = _ddp_data()
+    parts = np.array_split(np.arange(7), world)[rank]
+    grads = []
+    for _ in range(2):  # a second step fails if DDP waited for the ignored table's gradient
+        module.zero_grad(set_to_none=True)
+        loss = F.binary_cross_entropy_with_logits(ddp(x[parts]), y[parts])
+        (loss * (len(parts) / 7)).backward()
+        grads.append(module.mlp.weight.grad.clone())
+    assert module.table.weight.grad is None
+    return grads
 
 
 class _TwoPart(torch.nn.Module):
@@ -271,7 +277,7 @@ def _trainer_worker(rank: int, world: int, store_file: str, out_file: str) -> No
         if rank == 0:
             torch.save({"states": states, "weights": gathered, "means": means, "synced": synced}, out_file)
     finally:
-        dist.destroy_process_group()
+        Context(rank=rank, world=world, owns_group=True).close()
 
 
 def test_trainer_steps_of_two_ranks_match_one_process_for_every_kind(tmp_path: Path) -> None:
