@@ -50,6 +50,24 @@ def small_config(schema: Schema, model: dict[str, Any] | None = None, data: Read
     )
 
 
+def nan_loss_at_step(monkeypatch: pytest.MonkeyPatch, step: int) -> Any:
+    """Make the Trainer's ``step``-th step (counted from this call) return a NaN loss, as a
+    diverging run would; training then stops and keeps its last good checkpoint. Returns the
+    real step, to put back before resuming."""
+    from deepfm.train import Trainer
+
+    real_step = Trainer._step
+    calls = {"n": 0}
+
+    def nan_step(self: Trainer, batch: Any, global_rows: int) -> Any:
+        logit, loss = real_step(self, batch, global_rows)
+        calls["n"] += 1
+        return logit, loss * float("nan") if calls["n"] == step else loss
+
+    monkeypatch.setattr(Trainer, "_step", nan_step)
+    return real_step
+
+
 # ---------------------------------------------------------------- Criteo-like data
 def _hex(rng: np.random.Generator, n: int) -> list[str]:
     return [f"{int(v):08x}" for v in rng.integers(0, 2**32, size=n, dtype=np.uint64)]

@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import simple_records, simple_schema, small_config, write_records_csv  # type: ignore[import-not-found]
+from conftest import nan_loss_at_step, simple_records, simple_schema, small_config, write_records_csv  # type: ignore[import-not-found]
 from deepfm.checkpoint import CHECKPOINT, RUN, load_checkpoint
 from deepfm.errors import ConfigError, DataError, TrainingError
 from deepfm.train import Trainer, resume, train
@@ -87,15 +87,7 @@ def test_kill_9_then_resume_gives_identical_weights(reference: tuple[Path, Path]
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = write_records_csv(tmp_path / "d.csv", simple_records(2000, seed=1))
     config = small_config(simple_schema(), epochs=3, batch_size=32, checkpoint_every=5)
-    real_step = Trainer._step
-    calls = {"n": 0}
-
-    def step(self: Trainer, batch, global_rows):  # type: ignore[no-untyped-def]
-        logit, loss = real_step(self, batch, global_rows)
-        calls["n"] += 1
-        return logit, loss * float("nan") if calls["n"] == 23 else loss
-
-    monkeypatch.setattr(Trainer, "_step", step)
+    real_step = nan_loss_at_step(monkeypatch, 23)
     out = tmp_path / "run"
     with pytest.raises(TrainingError, match=r"loss became nan in epoch 1 \(step 23\); the last good checkpoint is kept in .*checkpoint"):
         train(config, data, out, split="0.8,0.2", cache=False)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import simple_records, simple_schema, small_config, write_criteo_tsv, write_records_csv
+from conftest import nan_loss_at_step, simple_records, simple_schema, small_config, write_criteo_tsv, write_records_csv
 from deepfm.config import TrainConfig
 from deepfm.errors import ConfigError
 from deepfm.schema import criteo_schema
@@ -97,3 +97,59 @@ def test_bad_train_config_values() -> None:
     for bad in ({"epochs": 0}, {"lr": 0}, {"batch_size": "big"}, {"device": "tpu"}, {"patience": 0}):
         with pytest.raises(ConfigError):
             TrainConfig(**bad)
+
+
+def test_training_metrics_on_every_kth_row_of_a_large_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past TRAIN_METRIC_ROWS rows an epoch, training AUC and logloss are measured on every
+    k-th row of the shuffled order: exactly those rows of what the full measure sees, with no
+    change to the steps or to the loss (every row); a run interrupted and resumed measures the
+    same sample."""
+    import importlib
+    import math
+
+    train_module = importlib.import_module("deepfm.train")  # the package's `train` is the function
+    from deepfm.checkpoint import load_checkpoint
+    from deepfm.errors import TrainingError
+    from deepfm.train import Trainer, resume
+
+    real_auc = train_module.auc
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def recording_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+        seen.append((np.array(labels), np.array(scores)))
+        return real_auc(labels, scores)
+
+    monkeypatch.setattr(train_module, "auc", recording_auc)
+    data = write_records_csv(tmp_path / "d.csv", simple_records(3000, seed=2))
+    config = small_config(simple_schema(), epochs=2, batch_size=50, checkpoint_every=5)  # 50: not a multiple of the stride
+    full = train(config, data, tmp_path / "full", split="0.8,0.2", cache=False)
+    n = full.metrics["train_rows"]
+    full_calls = [c for c in seen if len(c[0]) == n]
+    seen.clear()
+    monkeypatch.setattr(train_module, "TRAIN_METRIC_ROWS", 300)
+    stride = math.ceil(n / 300)
+    sampled = train(config, data, tmp_path / "sampled", split="0.8,0.2", cache=False)
+    sampled_calls = [c for c in seen if len(c[0]) == math.ceil(n / stride)]
+    assert stride == 8 and len(full_calls) == len(sampled_calls) == 2  # one per epoch
+    for (full_y, full_s), (y, s) in zip(full_calls, sampled_calls, strict=True):
+        np.testing.assert_array_equal(y, full_y[::stride])
+        np.testing.assert_array_equal(s, full_s[::stride])
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "sampled")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # sampling the metrics changes no step
+    for whole, part in zip(full.metrics["history"], sampled.metrics["history"], strict=True):
+        assert whole["train_metric_rows"] == n and part["train_metric_rows"] == math.ceil(n / stride)
+        assert part["train_loss"] == whole["train_loss"] and part["valid_auc"] == whole["valid_auc"]
+    curve = sampled.metrics["train_curve"]
+    assert sum(p["rows"] for p in curve) == 2 * n and all(0.0 <= p["auc"] <= 1.0 or math.isnan(p["auc"]) for p in curve)
+
+    # Interrupted at step 23 (NaN loss), resumed from the checkpoint of step 20: the same sample.
+    real_step = nan_loss_at_step(monkeypatch, 23)
+    with pytest.raises(TrainingError):
+        train(config, data, tmp_path / "cut", split="0.8,0.2", cache=False)
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.safetensors")[1]["progress"]["steps"] == 20
+    monkeypatch.setattr(Trainer, "_step", real_step)
+    resumed = resume(tmp_path / "cut")
+    for key in ("history", "train_curve"):
+        got = [{k: v for k, v in row.items() if k not in ("seconds", "samples_per_s")} for row in resumed.metrics[key]]
+        want = [{k: v for k, v in row.items() if k not in ("seconds", "samples_per_s")} for row in sampled.metrics[key]]
+        assert got == want, key
