@@ -10,14 +10,16 @@ Nothing in it is pickled: loading it cannot run code.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load, save
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from deepfm.errors import TrainingError
 
@@ -25,14 +27,15 @@ CHECKPOINT = "checkpoint.safetensors"  # in the run's output folder while it tra
 RUN = "run.json"  # how the run was started: what `deepfm train --resume` starts again
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one: a
-    temporary file, fsync, rename, fsync of the folder (so the rename itself is durable)."""
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path to write ``path``'s new content to; when the block ends, the file is
+    fsynced and renamed over ``path`` and the folder fsynced (so the rename itself is durable).
+    A crash at any moment leaves the old file or the new one, whole."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
+    yield tmp
+    with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fd = os.open(path.parent, os.O_RDONLY)
@@ -42,20 +45,29 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through :func:`atomic_path`."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
     """Atomically write tensors (any device) and a JSON-able ``state`` to one file."""
     cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    write_atomic(path, save(cpu, metadata={"state": json.dumps(state)}))
+    # save_file writes from the tensors' own memory; save() would build the whole file in
+    # memory twice over (the table, its best copy and both Adam moments: GBs at Criteo size).
+    with atomic_path(path) as tmp:
+        save_file(cpu, tmp, metadata={"state": json.dumps(state)})
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(tensors, state) of a checkpoint; a damaged file is a TrainingError naming it."""
     try:
-        data = Path(path).read_bytes()
-        tensors = load(data)
-        header_len = int.from_bytes(data[:8], "little")
-        metadata = json.loads(data[8 : 8 + header_len]).get("__metadata__", {})
-        state = json.loads(metadata["state"])
-    except (OSError, SafetensorError, ValueError, KeyError) as exc:
+        # Memory-mapped, each tensor copied out once (get_tensor's tensors share the file's
+        # pages, which the next checkpoint must not be able to touch).
+        with safe_open(path, framework="pt") as f:
+            state = json.loads((f.metadata() or {})["state"])
+            tensors = {k: f.get_tensor(k).clone() for k in f.keys()}
+    except (OSError, SafetensorError, ValueError, KeyError, TypeError) as exc:
         raise TrainingError(f"{path}: not a readable deepfm checkpoint ({exc}); start the run again without --resume") from None
     return tensors, state

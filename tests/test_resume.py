@@ -137,6 +137,22 @@ def test_damaged_checkpoint_is_refused_with_its_name(tmp_path: Path) -> None:
         resume(out)
 
 
+def test_checkpoint_round_trip_owns_its_tensors(tmp_path: Path) -> None:
+    """What load_checkpoint returns is a copy: a checkpoint file changed afterwards (the next
+    one written over it, a disk fault) cannot change a loaded trainer's state."""
+    from deepfm.checkpoint import save_checkpoint
+
+    tensors = {"w": torch.arange(4096, dtype=torch.float32), "ids": torch.arange(7)}
+    save_checkpoint(tmp_path / CHECKPOINT, tensors, {"epoch": 3})
+    assert not (tmp_path / (CHECKPOINT + ".tmp")).exists()
+    loaded, state = load_checkpoint(tmp_path / CHECKPOINT)
+    assert state == {"epoch": 3} and all(torch.equal(loaded[k], tensors[k]) for k in tensors)
+    with open(tmp_path / CHECKPOINT, "r+b") as f:  # overwrite the data in place
+        f.seek(-8192, os.SEEK_END)
+        f.write(bytes(8192))
+    assert torch.equal(loaded["w"], tensors["w"])
+
+
 def run_until_checkpoint(tmp_path: Path, data: Path, config) -> Path:  # type: ignore[no-untyped-def]
     """A run stopped (by an exception, as a crash would) right after its first checkpoint."""
     out = tmp_path / "stopped"
