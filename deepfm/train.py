@@ -432,7 +432,7 @@ class Trainer:
         self.model.train()
         # Every `stride`-th row of the epoch goes into the training metrics (TRAIN_METRIC_ROWS).
         # A rank sees at most len(data) rows, so it holds at most ceil(len(data) / stride).
-        stride = math.ceil(len(data) / TRAIN_METRIC_ROWS) if len(data) > TRAIN_METRIC_ROWS else 1
+        stride = max(1, math.ceil(len(data) / TRAIN_METRIC_ROWS))
         p.reserve(math.ceil(len(data) / stride))
         every = max(1, math.ceil(len(data) / batch_size) // CURVE_POINTS)  # batches per curve point
         # disable=None: a bar on a terminal, nothing in a log file.

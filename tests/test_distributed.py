@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import REPO, simple_records, simple_schema, small_config, write_records_csv  # type: ignore[import-not-found]
 from safetensors.torch import load_file
 
@@ -147,21 +150,31 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def _ddp_worker(rank: int, world: int, store_file: str, out_file: str) -> None:
-    """One rank of test_data_parallel_sums_weighted_parts."""
+def _rank_process(rank: int, world: int, store_file: str, out_file: str, body: Callable[[int, int], dict[str, Any]]) -> None:
+    """One spawned gloo rank: joins the group, runs ``body(rank, world)`` and rank 0 saves what
+    it returns to ``out_file``; leaves through Context.close, as training does (DDP gone first)."""
     import torch.distributed as dist
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world)
     try:
-        grads = _ddp_steps(rank, world)
+        result = body(rank, world)
         if rank == 0:
-            torch.save({"grads": grads}, out_file)
+            torch.save(result, out_file)
     finally:
-        Context(rank=rank, world=world, owns_group=True).close()  # DDP is gone first, as in training
+        Context(rank=rank, world=world, owns_group=True).close()
 
 
-def _ddp_steps(rank: int, world: int) -> list[torch.Tensor]:
+def _spawn_ranks(tmp_path: Path, body: Callable[[int, int], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``body`` on 2 spawned gloo ranks; rank 0's result."""
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "rank0.pt"
+    mp.spawn(_rank_process, args=(2, str(tmp_path / "store"), str(out), body), nprocs=2, join=True)
+    return torch.load(out)
+
+
+def _ddp_steps(rank: int, world: int) -> dict[str, Any]:
     """Two steps of a global batch of 7 rows cut 4 / 3, through deepfm.distributed.data_parallel:
     the gradients of the dense part after each."""
     from deepfm.distributed import data_parallel
@@ -178,7 +191,7 @@ def _ddp_steps(rank: int, world: int) -> list[torch.Tensor]:
         (loss * (len(parts) / 7)).backward()
         grads.append(module.mlp.weight.grad.clone())
     assert module.table.weight.grad is None
-    return grads
+    return {"grads": grads}
 
 
 class _TwoPart(torch.nn.Module):
@@ -196,21 +209,14 @@ def _ddp_data() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(7, 3, generator=g), (torch.rand(7, generator=g) < 0.5).float()
 
 
-F = torch.nn.functional
-
-
 def test_data_parallel_sums_weighted_parts(tmp_path: Path) -> None:
     """Under data_parallel, 2 ranks with uneven parts (4 and 3 rows), each loss weighted by its
     share, get the gradient one process computes on all 7 rows; the ignored table is untouched."""
-    import torch.multiprocessing as mp
-
-    out = tmp_path / "grads.pt"
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "store"), str(out)), nprocs=2, join=True)
+    got = _spawn_ranks(tmp_path, _ddp_steps)["grads"]
     torch.manual_seed(0)
     module = _TwoPart()
     x, y = _ddp_data()
     F.binary_cross_entropy_with_logits(module(x), y).backward()
-    got = torch.load(out)["grads"]
     assert len(got) == 2
     for g in got:
         assert torch.allclose(g, module.mlp.weight.grad, atol=1e-6)
@@ -219,12 +225,21 @@ def test_data_parallel_sums_weighted_parts(tmp_path: Path) -> None:
 KINDS = ("lr", "fm", "dnn", "wide_deep", "dcn", "deepfm")
 
 
+def _tiny_model(kind: str, batch_norm: bool = False) -> Any:
+    """The seeded DeepFM the trainer tests step: 3 single fields (one a scaled numeric) and a
+    mean-pooled multi-hot field over 40 table rows."""
+    from deepfm.model import DeepFM, InputLayout, ModelConfig
+
+    torch.manual_seed(0)
+    layout = InputLayout(num_embeddings=40, n_single=3, scaled_positions=(2,), poolings=("mean",))
+    return DeepFM(layout, ModelConfig(kind=kind, embedding_dim=4, hidden=(8, 8), dropout=0.0, batch_norm=batch_norm, cross_layers=2))
+
+
 def _trainer_steps(ctx: Context, kind: str, batch_norm: bool = False) -> Any:
     """Three Trainer steps on global batches of 13 rows (two ranks: parts of 7 and 6), with a
     scaled numeric, a mean-pooled multi-hot field and L2 on the rows. Returns the Trainer."""
     from deepfm.config import TrainConfig
     from deepfm.dataset import Batch
-    from deepfm.model import DeepFM, InputLayout, ModelConfig
     from deepfm.train import Trainer
 
     g = torch.Generator().manual_seed(3)
@@ -240,65 +255,49 @@ def _trainer_steps(ctx: Context, kind: str, batch_norm: bool = False) -> Any:
         bag_ids = torch.cat([bags[r] for r in rows])
         return Batch(ids[rows], values[rows], [(torch.cumsum(lengths, 0)[:-1], bag_ids)], labels[rows])
 
-    torch.manual_seed(0)
-    layout = InputLayout(num_embeddings=40, n_single=3, scaled_positions=(2,), poolings=("mean",))
-    model = DeepFM(layout, ModelConfig(kind=kind, embedding_dim=4, hidden=(8, 8), dropout=0.0, batch_norm=batch_norm, cross_layers=2))
+    model = _tiny_model(kind, batch_norm)
     config = TrainConfig(lr=0.01, embedding_lr=0.01, l2_embedding=1e-3, progress=False, threads=1, device="cpu")
     trainer = Trainer(model, config, torch.device("cpu"), ctx=ctx)
     model.train()
     for step in range(3):
         order = np.random.default_rng(step).permutation(n)
-        for rows, global_rows in global_batches(order, 13 // ctx.world + (ctx.world > 1), ctx):
+        for rows, global_rows in global_batches(order, math.ceil(n / ctx.world), ctx):  # one global batch of 13
             trainer._step(batch(rows), global_rows)
     return trainer
 
 
-def _trainer_worker(rank: int, world: int, store_file: str, out_file: str) -> None:
+def _trainer_rank(rank: int, world: int) -> dict[str, Any]:
     import torch.distributed as dist
 
     from deepfm.distributed import broadcast_buffers
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world)
-    try:
-        ctx = Context(rank=rank, world=world)
-        states = {kind: _trainer_steps(ctx, kind).model.state_dict() for kind in KINDS}
-        # Batch norm: parts normalize with their own statistics, so no match with one process;
-        # but DDP keeps the weights equal on both ranks, and scoring takes rank 0's buffers.
-        model = _trainer_steps(ctx, "deepfm", batch_norm=True).model
-        gathered = [torch.zeros_like(model.dnn.net[0].weight) for _ in range(world)]  # type: ignore[union-attr]
-        dist.all_gather(gathered, model.dnn.net[0].weight.detach())  # type: ignore[union-attr]
-        bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d))
-        means = [torch.zeros_like(bn.running_mean) for _ in range(world)]
-        dist.all_gather(means, bn.running_mean)
-        broadcast_buffers(model, ctx)
-        synced = [torch.zeros_like(bn.running_mean) for _ in range(world)]
-        dist.all_gather(synced, bn.running_mean)
-        if rank == 0:
-            torch.save({"states": states, "weights": gathered, "means": means, "synced": synced}, out_file)
-    finally:
-        Context(rank=rank, world=world, owns_group=True).close()
+    ctx = Context(rank=rank, world=world)
+    states = {kind: _trainer_steps(ctx, kind).model.state_dict() for kind in KINDS}
+    # Batch norm: parts normalize with their own statistics, so no match with one process;
+    # but DDP keeps the weights equal on both ranks, and scoring takes rank 0's buffers.
+    model = _trainer_steps(ctx, "deepfm", batch_norm=True).model
+    gathered = [torch.zeros_like(model.dnn.net[0].weight) for _ in range(world)]  # type: ignore[union-attr]
+    dist.all_gather(gathered, model.dnn.net[0].weight.detach())  # type: ignore[union-attr]
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d))
+    means = [torch.zeros_like(bn.running_mean) for _ in range(world)]
+    dist.all_gather(means, bn.running_mean)
+    broadcast_buffers(model, ctx)
+    synced = [torch.zeros_like(bn.running_mean) for _ in range(world)]
+    dist.all_gather(synced, bn.running_mean)
+    return {"states": states, "weights": gathered, "means": means, "synced": synced}
 
 
 def test_trainer_steps_of_two_ranks_match_one_process_for_every_kind(tmp_path: Path) -> None:
     """The Trainer's own step under 2 gloo ranks (DDP on the dense part, gathered rows for
     RowAdam, uneven parts 7 + 6) ends where one process on the whole 13-row batches does,
     for every model kind: dense and table weights alike."""
-    import torch.multiprocessing as mp
-
-    from deepfm.model import DeepFM, InputLayout, ModelConfig
-
-    out = tmp_path / "states.pt"
-    mp.spawn(_trainer_worker, args=(2, str(tmp_path / "store"), str(out)), nprocs=2, join=True)
-    got = torch.load(out)
+    got = _spawn_ranks(tmp_path, _trainer_rank)
     for kind in KINDS:
         want = _trainer_steps(Context(), kind).model.state_dict()
         assert got["states"][kind].keys() == want.keys()
         for name, value in want.items():
             assert torch.allclose(got["states"][kind][name], value, atol=1e-6), (kind, name)
-        torch.manual_seed(0)  # the weights before the steps: the steps moved them, so the match is not trivial
-        layout = InputLayout(num_embeddings=40, n_single=3, scaled_positions=(2,), poolings=("mean",))
-        before = DeepFM(layout, ModelConfig(kind=kind, embedding_dim=4, hidden=(8, 8), dropout=0.0, cross_layers=2)).state_dict()
+        before = _tiny_model(kind).state_dict()  # the steps moved the weights, so the match is not trivial
         assert all(not torch.allclose(before[name], want[name], atol=1e-4) for name in ("bias", "embedding.weight"))
     assert torch.equal(got["weights"][0], got["weights"][1])
     assert not torch.equal(got["means"][0], got["means"][1])  # each rank updated its own
