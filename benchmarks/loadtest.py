@@ -224,10 +224,10 @@ def main() -> None:
     load_before = os.getloadavg()
     records = load_records(args.model, args.data, max(sizes) * 8)
     proc = None
+    if args.url and urlparse(args.url).hostname not in LOOPBACK:
+        raise SystemExit(f"--url must be on this machine's loopback ({sorted(LOOPBACK)}), got {args.url}")
     log = tempfile.NamedTemporaryFile(prefix="deepfm-serve-", suffix=".log", delete=False)
     if args.url:
-        if urlparse(args.url).hostname not in LOOPBACK:
-            raise SystemExit(f"--url must be on this machine's loopback ({sorted(LOOPBACK)}), got {args.url}")
         base = args.url.rstrip("/")
     else:
         port = free_port()

@@ -54,8 +54,9 @@ def write_atomic(path: Path, data: bytes) -> None:
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
     """Atomically write tensors (any device) and a JSON-able ``state`` to one file."""
     cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    # save_file writes from the tensors' own memory; save() would build the whole file in
-    # memory twice over (the table, its best copy and both Adam moments: GBs at Criteo size).
+    # save_file (safetensors 0.8 and newer, pyproject.toml) writes from the tensors' own
+    # memory; save(), and save_file before 0.8, built the whole file in memory twice over (the
+    # table, its best copy and both Adam moments: GBs at Criteo size).
     with atomic_path(path) as tmp:
         save_file(cpu, tmp, metadata={"state": json.dumps(state)})
 
