@@ -39,8 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # train --nproc relaunches itself under torchrun
+    # Under torchrun every rank runs this: progress is logged once, by rank 0.
+    other_rank = int(os.environ.get("RANK", "0")) != 0
     logging.basicConfig(
-        level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
+        level=logging.WARNING if getattr(args, "quiet", False) or other_rank else logging.INFO,
         format="%(asctime)s %(message)s",
         datefmt="%H:%M:%S",
     )
@@ -306,7 +308,7 @@ def _run_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from deepfm.train import resume, train
+    from deepfm.train import check_resume, check_start, resume, train
 
     if args.nproc is not None and args.nproc < 1:
         raise _usage(f"--nproc must be at least 1, got {args.nproc}")
@@ -318,6 +320,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         overrides = _resume_overrides(args)
         if launch:
+            check_resume(args.resume, overrides, world=args.nproc)
             return _launch(args.argv, args.nproc)
         bundle = resume(args.resume, overrides, on_trained=on_trained)
     else:
@@ -328,6 +331,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not 0 < rate <= 1:
             raise _usage(f"--neg-sample-rate must be in (0, 1], got {rate}")
         if launch:
+            check_start(config, args.data, args.out, args.valid, args.test, args.split, world=args.nproc)
             return _launch(args.argv, args.nproc)
         bundle = train(
             config, args.data, args.out, valid=args.valid, test=args.test, split=args.split,

@@ -13,9 +13,10 @@ global rows), so that summing over ranks gives the gradient one process would co
 - embedding rows: every rank all-gathers the row ids and row gradients of all ranks
   (:func:`gather_rows`) and runs RowAdam on the lot. RowAdam is deterministic, so the tables
   (and their Adam moments) stay equal on every rank without ever sending the table. Cost per
-  step: each rank receives ``global_batch x fields x (8 + 4 x D)`` bytes (ids and gradients;
-  ``8 x D`` with L2 on the embeddings, which needs the rows used too), independent of the
-  table size.
+  step: each rank receives ``global_batch x fields x (8 + 4 x (D+1))`` bytes (ids and the
+  gradients of rows D+1 wide: D vector columns and the first-order weight; ``4 x (D+1)``
+  more with L2 on the embeddings, which needs the rows used too), independent of the table
+  size.
 
 Metrics: training labels and logits, and the validation predictions (each rank scores a
 slice), are gathered so every rank sees the global figures and takes the same early-stopping
@@ -28,12 +29,20 @@ import gc
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+
+
+# How long the other ranks wait for rank 0 to parse and encode the data into the cache: hours
+# at Criteo-1TB size (2.3 h a pass on 2 cores, docs/scale.md), where the process group's own
+# timeout (30 min on gloo, 10 on NCCL) is meant for steps.
+PREPARE_TIMEOUT = timedelta(hours=24)
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,7 @@ class Context:
     world: int = 1
     local_rank: int = 0
     owns_group: bool = False  # this context set up the process group, so it tears it down
+    wait_group: Any = None  # a gloo group with PREPARE_TIMEOUT for wait_for_main (None: the default group)
 
     @property
     def main(self) -> bool:
@@ -57,6 +67,12 @@ class Context:
     def barrier(self) -> None:
         if self.active:
             dist.barrier()
+
+    def wait_for_main(self) -> None:
+        """A barrier that may wait up to PREPARE_TIMEOUT: the ranks that reach it first wait
+        while rank 0 does the work that only rank 0 does (filling the cache)."""
+        if self.active:
+            dist.barrier(group=self.wait_group)
 
     def close(self) -> None:
         if self.owns_group and dist.is_initialized():
@@ -80,7 +96,8 @@ def setup(device: torch.device) -> tuple[Context, torch.device]:
     owns = not dist.is_initialized()
     if owns:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
-    return Context(rank=rank, world=world, local_rank=local_rank, owns_group=owns), device
+    wait_group = dist.new_group(backend="gloo", timeout=PREPARE_TIMEOUT)  # every rank creates it, in the same order
+    return Context(rank=rank, world=world, local_rank=local_rank, owns_group=owns, wait_group=wait_group), device
 
 
 def global_batches(

@@ -35,7 +35,9 @@ from deepfm.calibration import Calibration, postprocess
 from deepfm.checkpoint import CHECKPOINT, RUN, load_checkpoint, save_checkpoint, write_atomic
 from deepfm.config import RunConfig, TrainConfig
 from deepfm.dataset import Batch, DatasetWriter, EncodedDataset, shuffled_order
-from deepfm.distributed import Context, broadcast_buffers, data_parallel, gather_array, gather_rows, global_batches, my_slice, setup, sum_scalar
+from deepfm.distributed import (
+    Context, all_gather_rows, broadcast_buffers, data_parallel, gather_array, gather_rows, global_batches, my_slice, setup, sum_scalar,
+)  # fmt: skip
 from deepfm.drift import PROFILE_FILE, profile
 from deepfm.errors import ConfigError, DataError, TrainingError
 from deepfm.features import FeaturePipeline
@@ -434,11 +436,13 @@ class Trainer:
         # A rank sees at most len(data) rows, so it holds at most ceil(len(data) / stride).
         stride = max(1, math.ceil(len(data) / TRAIN_METRIC_ROWS))
         p.reserve(math.ceil(len(data) / stride))
-        every = max(1, math.ceil(len(data) / batch_size) // CURVE_POINTS)  # batches per curve point
-        # disable=None: a bar on a terminal, nothing in a log file.
+        global_batch = batch_size * self.ctx.world
+        every = max(1, math.ceil(len(data) / global_batch) // CURVE_POINTS)  # (global) batches per curve point
+        # disable=None: a bar on a terminal, nothing in a log file. It counts every rank's rows
+        # (p.batch counts global batches), shown by rank 0 only.
         bar = tqdm(
-            total=len(data), initial=p.seen, unit="row", unit_scale=True, desc=f"epoch {epoch}",
-            disable=None if cfg.progress else True, leave=False, mininterval=0.5,
+            total=len(data), initial=min(p.batch * global_batch, len(data)), unit="row", unit_scale=True,
+            desc=f"epoch {epoch}", disable=None if cfg.progress and self.ctx.main else True, leave=False, mininterval=0.5,
         )  # fmt: skip
         t0, seconds0 = time.perf_counter(), p.seconds
         # Each epoch has its own order, derived from the seed: runs are reproducible, and a
@@ -451,10 +455,16 @@ class Trainer:
             logit, loss = self._step(batch, global_rows)
             n = len(batch)
             loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
+            # Several ranks: one rank's NaN has already reached every rank's weights through the
+            # summed gradients, so every rank must stop here, before a checkpoint is written,
+            # rather than only the rank that saw it (the others would wait in the next collective).
+            any_loss = sum_scalar(loss_value, self.ctx, self.device)
+            if not math.isfinite(any_loss):
+                bad = loss_value if not math.isfinite(loss_value) else any_loss
+                where = "" if not self.ctx.active or not math.isfinite(loss_value) else " on another rank"
                 kept = f"; the last good checkpoint is kept in {self.checkpoint}" if self.checkpoint else ""
                 raise TrainingError(
-                    f"training loss became {loss_value} in epoch {epoch} (step {p.steps + 1}){kept}. "
+                    f"training loss became {bad}{where} in epoch {epoch} (step {p.steps + 1}){kept}. "
                     "Lower the learning rates (--lr, --embedding-lr) and start again or resume"
                 )
             p.steps += 1
@@ -464,15 +474,15 @@ class Trainer:
             p.add(batch.labels[keep].cpu().numpy(), logit.detach()[keep].cpu().numpy())
             p.since, p.since_rows, p.since_loss = p.since + 1, p.since_rows + n, p.since_loss + loss_value * n
             if p.since == every:
-                self._curve_point(len(data))
-            bar.update(n)
+                self._curve_point(len(data), global_batch)
+            bar.update(global_rows)
             p.seconds = seconds0 + time.perf_counter() - t0
-            bar.set_postfix(loss=f"{p.loss_sum / p.seen:.4f}", rows_s=f"{p.seen / max(p.seconds, 1e-9):.0f}")
+            bar.set_postfix(loss=f"{p.loss_sum / p.seen:.4f}", rows_s=f"{bar.n / max(p.seconds, 1e-9):.0f}")
             if self.checkpoint is not None and cfg.checkpoint_every and p.steps % cfg.checkpoint_every == 0:
                 self._save_checkpoint()
         bar.close()
         if p.since:
-            self._curve_point(len(data))
+            self._curve_point(len(data), global_batch)
 
     def _batches(self, data: EncodedDataset, batch_size: int, seed: int) -> Iterator[tuple[Batch, int]]:
         """(batch, rows in its global batch) for the epoch's batches from the one in progress on.
@@ -486,16 +496,20 @@ class Trainer:
         for rows, global_rows in global_batches(shuffled_order(len(data), seed), batch_size, self.ctx, self.progress.batch, min_part):
             yield data.batch(rows), global_rows
 
-    def _curve_point(self, rows: int) -> None:
+    def _curve_point(self, rows: int, global_batch: int) -> None:
+        """A learning-curve point for the batches since the last one. Its position counts the
+        global batches done, so every rank's rows; its loss and AUC are this rank's rows."""
         p = self.progress
-        self.history.curve.append(
-            _curve_point(p.epoch - 1 + p.seen / rows, p.since_rows, p.since_loss, *([x] for x in p.last(p.since_held)))
-        )
+        position = p.epoch - 1 + min(p.batch * global_batch, rows) / rows
+        self.history.curve.append(_curve_point(position, p.since_rows, p.since_loss, *([x] for x in p.last(p.since_held))))
         p.since, p.since_rows, p.since_loss, p.since_held = 0, 0, 0.0, 0
 
     # ------------------------------------------------------------ checkpoints
     def _save_checkpoint(self) -> None:
-        if self.checkpoint is None or not self.ctx.main:
+        if self.checkpoint is None:
+            return
+        rng = self._rng_states()  # collective: every rank comes here at the same step
+        if not self.ctx.main:
             return
         p, h = self.progress, self.history
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
@@ -505,7 +519,7 @@ class Trainer:
         for i, st in adam["state"].items():
             tensors.update({f"adam.{i}.{k}": v for k, v in st.items()})
         tensors["rowadam.exp_avg"], tensors["rowadam.exp_avg_sq"] = self.row_opt.exp_avg, self.row_opt.exp_avg_sq
-        tensors["rng.torch"] = torch.get_rng_state()
+        tensors.update(rng)
         # The epoch so far, batch by batch (the learning curve slices the last batches).
         tensors["epoch.labels"] = torch.from_numpy(p.labels[: p.filled].copy())
         tensors["epoch.logits"] = torch.from_numpy(p.logits[: p.filled].copy())
@@ -515,14 +529,47 @@ class Trainer:
             "history": dataclasses.asdict(h),
             "adam_groups": adam["param_groups"],
             "rowadam": {"steps": self.row_opt.steps, "lr": self.row_opt.lr},
+            "world_size": self.ctx.world,
         }
         with record_function("checkpoint"):
             save_checkpoint(self.checkpoint, tensors, state)
+
+    def _rng_states(self) -> dict[str, torch.Tensor]:
+        """Every rank's random generators (dropout masks), for rank 0 to save: ``rng.torch``
+        (world, S) uint8 and, on CUDA, ``rng.cuda`` the same for the rank's GPU."""
+        states = {"rng.torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            states["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        return {k: all_gather_rows(v.to(self.device).reshape(1, -1), self.ctx).cpu() for k, v in states.items()}
+
+    def _set_rng_states(self, tensors: dict[str, torch.Tensor]) -> None:
+        """This rank's generators from :meth:`_rng_states`' tensors (an older checkpoint has
+        one (S,) state, which every rank takes)."""
+        for key in ("rng.torch", "rng.cuda"):
+            if key not in tensors or (key == "rng.cuda" and self.device.type != "cuda"):
+                continue
+            rows = tensors[key].reshape(-1, tensors[key].shape[-1])
+            # clone: a row of the (world, S) tensor is a view starting inside its storage, and
+            # set_rng_state on such a view segfaults (seen with torch 2.13).
+            mine = rows[min(self.ctx.rank, len(rows) - 1)].clone()
+            if key == "rng.torch":
+                torch.set_rng_state(mine)
+            else:
+                torch.cuda.set_rng_state(mine, self.device)
 
     def _restore(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
         """Load a checkpoint written by :meth:`_save_checkpoint` into this trainer."""
         def part(prefix: str) -> dict[str, torch.Tensor]:
             return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+        # A global batch is batch_size x world rows and the checkpoint counts global batches:
+        # another world size would skip the wrong rows (and each rank has its own generator).
+        world = state.get("world_size")  # None: written before deepfm recorded it
+        if world is not None and world != self.ctx.world:
+            raise TrainingError(
+                f"the checkpoint was written by a run of {world} process(es), this one has {self.ctx.world}: "
+                f"resume it with --nproc {world}"
+            )
 
         try:
             self.model.load_state_dict(part("model."))
@@ -536,7 +583,7 @@ class Trainer:
             self.row_opt.exp_avg.copy_(tensors["rowadam.exp_avg"])
             self.row_opt.exp_avg_sq.copy_(tensors["rowadam.exp_avg_sq"])
             self.row_opt.steps, self.row_opt.lr = state["rowadam"]["steps"], state["rowadam"]["lr"]
-            torch.set_rng_state(tensors["rng.torch"])
+            self._set_rng_states(tensors)
             # Rank 0 wrote its own rows of the epoch so far; the other ranks' are lost, which
             # leaves the resumed epoch's training metrics on fewer rows (the weights are exact).
             progress = dict(state["progress"])
@@ -682,23 +729,20 @@ def _train(
         split_parts = (0.9, 0.1, 0.0)
         log.info("no --valid or --split given: using the last 10%% of %s for validation", data)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     checkpoint = out / CHECKPOINT
     if not resume:
-        if checkpoint.exists():
-            raise ConfigError(
-                f"{out} holds the checkpoint of an interrupted run: carry on with "
-                f"'deepfm train --resume {out}', or remove {checkpoint} to start again"
-            )
+        check_start(config, data, out, valid, test, split, world=ctx.world)
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
         run = {"config": config.to_dict(), "data": str(data), "valid": _str(valid), "test": _str(test),
                "split": split_parts, "cache": cache, "cache_dir": _str(cache_dir), "files": _identities(data, valid, test),
-               "neg_sample_rate": neg_sample_rate, "warm_start": _str(warm_start)}  # fmt: skip
+               "neg_sample_rate": neg_sample_rate, "warm_start": _str(warm_start), "world_size": ctx.world}  # fmt: skip
         if ctx.main:
             write_atomic(out / RUN, json.dumps(run, indent=1).encode())
     with tempfile.TemporaryDirectory(prefix=".encoded-", dir=out) as tmp:
         t0 = time.perf_counter()
         if cache and not ctx.main:
-            ctx.barrier()  # rank 0 fills the cache first; the others then read it
+            ctx.wait_for_main()  # rank 0 fills the cache first; the others then read it
         if cache:
             where = Path(cache_dir) if cache_dir is not None else default_cache_dir()
             base_key = _sha256_file(Path(warm_start) / "manifest.json") if warm_start is not None else None
@@ -712,7 +756,7 @@ def _train(
             pipeline, parts = prepare(config, data, Path(tmp), valid=valid, test=test, split=split_parts, base=base.pipeline if base else None)
             hit = False
         if cache and ctx.main:
-            ctx.barrier()
+            ctx.wait_for_main()
         rows_before = len(parts.train)
         # What `deepfm drift` compares new data with: the held-out valid part when there is one
         # (rows the vocabulary was not fitted on, so their OOV rate is what new rows of the same
@@ -733,6 +777,11 @@ def _train(
             warm = {"from": str(warm_start), **warm_start_weights(model, pipeline, base)}
             log.info("warm start from %s: %d known values kept, %d new, %d evicted", warm_start,
                      warm["known_values_kept"], warm["new_values"], warm["evicted_values"])  # fmt: skip
+        if ctx.active:
+            # Every rank built the same model from train.seed; from here on each draws its own
+            # dropout masks. With one shared generator, row i of every rank's part would get
+            # the same mask, which one process drawing for the whole global batch never does.
+            torch.manual_seed(int(np.random.SeedSequence([cfg.seed, ctx.rank]).generate_state(1)[0]))
         batch_size = cfg.resolve_batch_size(len(parts.train))
         log.info(
             "training %s on %d rows (%d fields, %d embedding rows), batch %d on %s%s",
@@ -793,11 +842,47 @@ def _train(
     return bundle
 
 
+def check_start(
+    config: RunConfig, data: str | Path, out: str | Path, valid: str | Path | None = None, test: str | Path | None = None,
+    split: str | tuple[float, float, float] | None = None, world: int = 1,
+) -> None:  # fmt: skip
+    """What :func:`train` checks before it reads anything: the split, that the data files
+    exist, the device (one GPU per process), and that ``out`` holds no interrupted run.
+    ``deepfm train --nproc N`` calls it before it starts any process, so a mistake is one
+    error line rather than one per rank."""
+    parse_split(split)
+    for flag, path in (("--data", data), ("--valid", valid), ("--test", test)):
+        if path is not None and not Path(path).exists():
+            raise DataError(f"file not found (given as {flag})", path=str(path))
+    device = resolve_device(config.train.device)
+    if device.type == "cuda" and world > 1 and torch.cuda.device_count() < world:
+        raise ConfigError(f"{world} processes want a GPU each; PyTorch sees {torch.cuda.device_count()}")
+    if (Path(out) / CHECKPOINT).exists():
+        raise ConfigError(
+            f"{out} holds the checkpoint of an interrupted run: carry on with "
+            f"'deepfm train --resume {out}', or remove {Path(out) / CHECKPOINT} to start again"
+        )
+
+
 def resume(out: str | Path, train_overrides: dict[str, Any] | None = None, **kwargs: Any) -> Bundle:
     """Carry on with the interrupted run in ``out``: same config and data as it was started
     with (``run.json``), from its last checkpoint. ``train_overrides`` may change settings
     that do not alter the model, such as lr, embedding_lr, epochs or threads (after a NaN
     loss, say); without them the result is what the uninterrupted run would have saved."""
+    config, run = check_resume(out, train_overrides, world=int(os.environ.get("WORLD_SIZE", "1")))
+    split = tuple(run["split"]) if run["split"] is not None else None
+    return train(
+        config, run["data"], out, valid=run["valid"], test=run["test"], split=split,  # type: ignore[arg-type]
+        cache=run["cache"], cache_dir=run["cache_dir"], resume=True, neg_sample_rate=run.get("neg_sample_rate", 1.0),
+        warm_start=run.get("warm_start"), **kwargs,
+    )  # fmt: skip
+
+
+def check_resume(out: str | Path, train_overrides: dict[str, Any] | None = None, world: int = 1) -> tuple[RunConfig, dict[str, Any]]:
+    """The config (with ``train_overrides``) and run.json of the interrupted run in ``out``,
+    or a ConfigError or DataError saying why it cannot be resumed as asked: in ``world``
+    processes, on the files it started with. ``deepfm train --resume --nproc N`` calls it
+    before it starts any process."""
     from deepfm.config import with_overrides
 
     out = Path(out)
@@ -819,12 +904,13 @@ def resume(out: str | Path, train_overrides: dict[str, Any] | None = None, **kwa
     config = with_overrides(config, model={}, train=train_overrides or {}, data={})
     if _identities(run["data"], run["valid"], run["test"]) != run["files"]:
         raise DataError(f"the data files changed since the run started ({run['files']}); start it again without --resume")
-    split = tuple(run["split"]) if run["split"] is not None else None
-    return train(
-        config, run["data"], out, valid=run["valid"], test=run["test"], split=split,  # type: ignore[arg-type]
-        cache=run["cache"], cache_dir=run["cache_dir"], resume=True, neg_sample_rate=run.get("neg_sample_rate", 1.0),
-        warm_start=run.get("warm_start"), **kwargs,
-    )  # fmt: skip
+    started = run.get("world_size", 1)  # run.json before deepfm recorded it: checked on the checkpoint only
+    if "world_size" in run and started != world:
+        raise ConfigError(
+            f"{out} was started in {started} process(es) and must carry on in as many (the checkpoint counts "
+            f"global batches of --batch-size x processes): resume it with {'--nproc ' + str(started) if started > 1 else 'no --nproc'}"
+        )
+    return config, run
 
 
 def _identities(*paths: str | Path | None) -> list[list[Any] | None]:

@@ -42,11 +42,14 @@ def test_ranks_split_each_global_batch() -> None:
     assert sum(len(range(1003)[my_slice(1003, Context(rank=r, world=3))]) for r in range(3)) == 1003
 
 
-@pytest.mark.parametrize("l2_embedding", [1e-5, 0.0])  # with L2 the rows used are gathered too
-def test_two_processes_match_one_at_equal_global_batch(tmp_path: Path, l2_embedding: float) -> None:
+# Without dropout both runs take the same steps: the weights match too. With the defaults
+# (dropout 0.2, L2 on the rows used, which are then gathered too) each rank draws its own
+# masks, so only the AUC can match.
+@pytest.mark.parametrize(("l2_embedding", "dropout"), [(0.0, 0.0), (1e-5, 0.2)])
+def test_two_processes_match_one_at_equal_global_batch(tmp_path: Path, l2_embedding: float, dropout: float) -> None:
     data = write_records_csv(tmp_path / "d.csv", simple_records(6000, seed=3))
     fields = tuple(replace(f, hash_buckets=64) if f.name == "user" else f for f in simple_schema().fields)
-    config = small_config(replace(simple_schema(), fields=fields), epochs=2, l2_embedding=l2_embedding)
+    config = small_config(replace(simple_schema(), fields=fields), {"dropout": dropout}, epochs=2, l2_embedding=l2_embedding)
     one = train(replace(config, train=replace(config.train, batch_size=256)), data, tmp_path / "one", split="0.7,0.15,0.15")
 
     cfg_file = tmp_path / "two.yaml"
@@ -62,10 +65,14 @@ def test_two_processes_match_one_at_equal_global_batch(tmp_path: Path, l2_embedd
     assert metrics["world_size"] == 2 and metrics["batch_size"] == 128
     assert metrics["test_auc"] == pytest.approx(one.metrics["test_auc"], abs=0.003)
     assert 0.75 < metrics["test_auc"] < 0.95  # a model that learned the planted signal
-    # The same steps on the same rows: the tables differ only by float summation order.
-    a = load_file(str(tmp_path / "one" / "model.safetensors"))
-    b = load_file(str(tmp_path / "two" / "model.safetensors"))
-    assert set(a) == set(b) and all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+    if dropout == 0.0:  # the same steps on the same rows: the tables differ only by float summation order
+        a = load_file(str(tmp_path / "one" / "model.safetensors"))
+        b = load_file(str(tmp_path / "two" / "model.safetensors"))
+        assert set(a) == set(b) and all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+    # The learning curve's positions count every rank's rows: the same as one process's.
+    positions = [p["epoch"] for p in metrics["train_curve"]]
+    assert positions == pytest.approx([p["epoch"] for p in one.metrics["train_curve"]])
+    assert positions[-1] == 2.0 and 1.0 in positions and positions == sorted(positions)
     # only rank 0 wrote, and it cleaned up what a finished run leaves no need for
     leftovers = {p.name for p in (tmp_path / "two").iterdir()}
     assert "run.json" not in leftovers and "checkpoint.safetensors" not in leftovers and "manifest.json" in leftovers
@@ -94,6 +101,50 @@ def test_nproc_checks_the_config_before_it_starts_any_process(
     assert "--neg-sample-rate must be in (0, 1], got 2" in capsys.readouterr().err
     assert cli.main(["train", "--resume", str(tmp_path / "m"), "--nproc", "2", "--data", str(data)]) == 2
     assert "--resume carries on the run as it was started; leave out --data" in capsys.readouterr().err
+    # what train() would refuse on every rank (parse_split, the files, an interrupted run)
+    assert cli.main(["train", "--data", str(data), "--nproc", "2", "--split", "0.5,0.6", "--out", str(tmp_path / "m")]) == 2
+    assert "--split fractions must add up to 1" in capsys.readouterr().err
+    # (a preset reads nothing before training; an inferred schema would read the file first)
+    assert cli.main(["train", "--data", str(tmp_path / "nope.csv"), "--preset", "criteo", "--nproc", "2", "--out", str(tmp_path / "m")]) == 2
+    assert f"{tmp_path / 'nope.csv'}: file not found (given as --data)" in capsys.readouterr().err
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "checkpoint.safetensors").write_bytes(b"")
+    assert cli.main(["train", "--data", str(data), "--nproc", "2", "--out", str(tmp_path / "m")]) == 2
+    assert "holds the checkpoint of an interrupted run" in capsys.readouterr().err
+
+
+def test_a_run_resumes_only_in_as_many_processes_as_it_started_in(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpoint counts global batches (--batch-size x processes): another process count
+    would skip the wrong rows, so run.json and the checkpoint both refuse it."""
+    from conftest import nan_loss_at_step  # type: ignore[import-not-found]
+
+    from deepfm import cli
+    from deepfm.checkpoint import CHECKPOINT, load_checkpoint
+    from deepfm.errors import ConfigError, TrainingError
+    from deepfm.train import Trainer, resume
+
+    monkeypatch.setattr(cli, "_launch", lambda *a: pytest.fail("launched processes for a run that cannot resume"))
+    data = write_records_csv(tmp_path / "d.csv", simple_records(800, seed=2))
+    config = small_config(simple_schema(), checkpoint_every=2, batch_size=64)
+    real_step = nan_loss_at_step(monkeypatch, 5)
+    with pytest.raises(TrainingError):
+        train(config, data, tmp_path / "run", split="0.8,0.2", cache=False)
+    monkeypatch.setattr(Trainer, "_step", real_step)
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["world_size"] == 1
+    assert cli.main(["train", "--resume", str(tmp_path / "run"), "--nproc", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "was started in 1 process(es) and must carry on in as many" in err and "resume it with no --nproc" in err
+    # A checkpoint of 2 processes, resumed in 1: refused by the trainer too (run.json aside).
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    (tmp_path / "run" / "run.json").write_text(json.dumps({**run, "world_size": 2}))
+    with pytest.raises(ConfigError, match="started in 2 process.*resume it with --nproc 2"):
+        resume(tmp_path / "run")
+    tensors, state = load_checkpoint(tmp_path / "run" / CHECKPOINT)
+    trainer = Trainer(_tiny_model("deepfm"), config.train, torch.device("cpu"))  # refused before any weight is read
+    with pytest.raises(TrainingError, match="written by a run of 2 process"):
+        trainer._restore(tensors, {**state, "world_size": 2})
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="finds the ranks to kill in /proc")
@@ -272,7 +323,14 @@ def _trainer_rank(rank: int, world: int) -> dict[str, Any]:
     from deepfm.distributed import broadcast_buffers
 
     ctx = Context(rank=rank, world=world)
-    states = {kind: _trainer_steps(ctx, kind).model.state_dict() for kind in KINDS}
+    trainers = {kind: _trainer_steps(ctx, kind) for kind in KINDS}
+    states = {kind: t.model.state_dict() for kind, t in trainers.items()}
+    # Each rank steps its own copy of the table and RowAdam's moments: they must stay equal.
+    tables = {}
+    for kind, t in trainers.items():
+        mine = torch.cat([t.model.embedding.weight.detach().reshape(-1), t.row_opt.exp_avg.reshape(-1), t.row_opt.exp_avg_sq.reshape(-1)])
+        tables[kind] = [torch.zeros_like(mine) for _ in range(world)]
+        dist.all_gather(tables[kind], mine)
     # Batch norm: parts normalize with their own statistics, so no match with one process;
     # but DDP keeps the weights equal on both ranks, and scoring takes rank 0's buffers.
     model = _trainer_steps(ctx, "deepfm", batch_norm=True).model
@@ -284,7 +342,7 @@ def _trainer_rank(rank: int, world: int) -> dict[str, Any]:
     broadcast_buffers(model, ctx)
     synced = [torch.zeros_like(bn.running_mean) for _ in range(world)]
     dist.all_gather(synced, bn.running_mean)
-    return {"states": states, "weights": gathered, "means": means, "synced": synced}
+    return {"states": states, "tables": tables, "weights": gathered, "means": means, "synced": synced}
 
 
 def test_trainer_steps_of_two_ranks_match_one_process_for_every_kind(tmp_path: Path) -> None:
@@ -299,6 +357,44 @@ def test_trainer_steps_of_two_ranks_match_one_process_for_every_kind(tmp_path: P
             assert torch.allclose(got["states"][kind][name], value, atol=1e-6), (kind, name)
         before = _tiny_model(kind).state_dict()  # the steps moved the weights, so the match is not trivial
         assert all(not torch.allclose(before[name], want[name], atol=1e-4) for name in ("bias", "embedding.weight"))
+        assert torch.equal(got["tables"][kind][0], got["tables"][kind][1]), kind  # bit for bit on both ranks
     assert torch.equal(got["weights"][0], got["weights"][1])
     assert not torch.equal(got["means"][0], got["means"][1])  # each rank updated its own
     assert torch.equal(got["synced"][0], got["synced"][1])
+
+
+def _train_with_nan_on_rank_1(data: str, out: str, rank: int, world: int) -> dict[str, Any]:
+    """deepfm.train on this spawned rank (the group is already up), rank 1's 4th step giving a
+    NaN loss; the TrainingError each rank raised."""
+    from deepfm.errors import TrainingError
+    from deepfm.train import Trainer
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    real_step, calls = Trainer._step, {"n": 0}
+
+    def step(self: Trainer, batch: Any, global_rows: int) -> Any:
+        logit, loss = real_step(self, batch, global_rows)
+        calls["n"] += 1
+        return logit, loss * float("nan") if rank == 1 and calls["n"] == 4 else loss
+
+    Trainer._step = step  # type: ignore[method-assign]  # this spawned process only
+    config = small_config(simple_schema(), checkpoint_every=1, batch_size=64)
+    try:
+        train(config, data, out, split="0.8,0.2", cache=False)
+    except TrainingError as exc:
+        return {"error": str(exc)}
+    return {"error": None}
+
+
+def test_nan_loss_on_one_rank_stops_every_rank_before_the_checkpoint(tmp_path: Path) -> None:
+    """A NaN on rank 1 has already reached rank 0's weights through the summed gradients:
+    both ranks stop at that step, and the checkpoint is the step before, with finite weights."""
+    from deepfm.checkpoint import CHECKPOINT, load_checkpoint
+
+    data = write_records_csv(tmp_path / "d.csv", simple_records(2000, seed=4))
+    got = _spawn_ranks(tmp_path, functools.partial(_train_with_nan_on_rank_1, str(data), str(tmp_path / "run")))
+    assert got["error"] is not None and "training loss became nan on another rank in epoch 1 (step 4)" in got["error"]
+    tensors, state = load_checkpoint(tmp_path / "run" / CHECKPOINT)
+    assert state["progress"]["steps"] == 3 and state["world_size"] == 2
+    assert all(torch.isfinite(v).all() for k, v in tensors.items() if k.startswith("model."))
+    assert tensors["rng.torch"].shape[0] == 2 and not torch.equal(tensors["rng.torch"][0], tensors["rng.torch"][1])
