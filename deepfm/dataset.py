@@ -158,7 +158,7 @@ class EncodedDataset:
                     break
                 yield self.batch(slice(start, min(start + batch_size, n)))
             return
-        order = shuffled_order(n, seed)
+        order = EpochOrder(n, seed)
         for start in range(skip * batch_size, n, batch_size):
             if drop_last and start + batch_size > n:
                 break
@@ -166,13 +166,53 @@ class EncodedDataset:
             yield self.batch(idx)
 
 
-def shuffled_order(n: int, seed: int, block: int = SHUFFLE_BLOCK) -> np.ndarray:
-    """A permutation of range(n): blocks in random order, rows shuffled inside each block."""
-    rng = np.random.default_rng(seed)
-    if n <= block:
-        return rng.permutation(n)
-    starts = rng.permutation(np.arange(0, n, block))
-    return np.concatenate([s + rng.permutation(min(block, n - s)) for s in starts])
+class EpochOrder:
+    """A permutation of range(n) without an array of n rows: blocks of ``block`` rows in
+    random order (the last block may be short), rows shuffled inside each block. Holds the
+    block order and where each block starts in the epoch, O(n / block); a block's own
+    permutation is drawn when a slice reaches it, from a generator seeded by (seed, block),
+    so the order is the same on every process and for any way of slicing it.
+    ``order[start:stop]`` -> (stop - start,) int64 row numbers."""
+
+    def __init__(self, n: int, seed: int, block: int = SHUFFLE_BLOCK) -> None:
+        self.n, self.seed, self.block = n, seed, block
+        self.blocks = np.random.default_rng(seed).permutation(-(-n // block))  # (n_blocks,) in epoch order
+        sizes = np.minimum(block, n - self.blocks * block)
+        self.ends = np.cumsum(sizes)  # epoch position just past each block
+        self._cache: dict[int, np.ndarray] = {}  # block -> its rows, for the blocks last sliced
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        if not isinstance(index, slice):
+            raise TypeError(f"EpochOrder takes slices, not {type(index).__name__}")
+        start, stop, step = index.indices(self.n)
+        if step != 1:
+            raise ValueError("EpochOrder slices take no step")
+        if start >= stop:
+            return np.zeros(0, dtype=np.int64)
+        parts: list[np.ndarray] = []
+        cache: dict[int, np.ndarray] = {}
+        first = int(np.searchsorted(self.ends, start, side="right"))
+        for i in range(first, len(self.blocks)):
+            begin = int(self.ends[i - 1]) if i else 0
+            if begin >= stop:
+                break
+            b = int(self.blocks[i])
+            cache[b] = rows = self._cache[b] if b in self._cache else self._block_rows(b)
+            parts.append(rows[max(start - begin, 0) : stop - begin])
+        # Consecutive batches share the block they straddle: keep it, drop the ones behind.
+        self._cache = cache
+        return np.concatenate(parts)
+
+    def _block_rows(self, b: int) -> np.ndarray:
+        """Block b's rows in their epoch order. (size,) int64"""
+        # spawn_key=(b,) is SeedSequence(seed).spawn()'s b-th child: independent of the block
+        # order's generator and of the other blocks', without spawning them all.
+        rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(b,)))
+        size = min(self.block, self.n - b * self.block)
+        return b * self.block + rng.permutation(size)
 
 
 class DatasetWriter:

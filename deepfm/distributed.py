@@ -38,6 +38,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from deepfm.dataset import EpochOrder
+
 
 # How long the other ranks wait for rank 0 to parse and encode the data into the cache: hours
 # at Criteo-1TB size (2.3 h a pass on 2 cores, docs/scale.md), where the process group's own
@@ -101,13 +103,13 @@ def setup(device: torch.device) -> tuple[Context, torch.device]:
 
 
 def global_batches(
-    order: np.ndarray, batch_size: int, ctx: Context, skip: int = 0, min_part: int = 1
+    order: EpochOrder | np.ndarray, batch_size: int, ctx: Context, skip: int = 0, min_part: int = 1
 ) -> Iterator[tuple[np.ndarray, int]]:
     """(this rank's rows, the global batch's row count) for each global batch of
-    ``batch_size x world`` rows of ``order``; the rows are sorted so gathers read memory in
-    order. A last global batch too small to give every rank ``min_part`` rows is left out:
-    every rank must step, or the collectives would wait forever. Skips the first ``skip``
-    global batches (a resumed epoch)."""
+    ``batch_size x world`` rows of ``order``, sliced one global batch at a time; the rows are
+    sorted so gathers read memory in order. A last global batch too small to give every rank
+    ``min_part`` rows is left out: every rank must step, or the collectives would wait
+    forever. Skips the first ``skip`` global batches (a resumed epoch)."""
     size = batch_size * ctx.world
     for start in range(skip * size, len(order), size):
         rows = np.sort(order[start : start + size])

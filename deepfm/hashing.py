@@ -43,7 +43,6 @@ def hash64(strings: pa.Array | pa.ChunkedArray) -> np.ndarray:
     out = np.empty_like(h)
     out[order] = h
     return _mix(out)
-    return _mix(h)
 
 
 def _mix(z: np.ndarray) -> np.ndarray:

@@ -9,6 +9,9 @@ which cost a fifth of a training step on CPU.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+
 import torch
 
 
@@ -41,7 +44,12 @@ class RowAdam:
             grads = grads.add(rows, alpha=2.0 * self.l2 / max(batch_size, 1))
         uniq, inverse = self._unique(ids)
         g = torch.zeros((uniq.shape[0], grads.shape[1]), dtype=grads.dtype, device=grads.device)
-        g.index_add_(0, inverse, grads)
+        # On CUDA index_add_ sums duplicate rows with atomic adds, in no fixed order; ranks of a
+        # data-parallel run must get the same rows bit for bit from the same gathered grads.
+        # Deterministic mode fixes the order (torch's docs list index_add on CUDA among the
+        # ops it makes deterministic). The CPU sum already is deterministic: left as it was.
+        with deterministic() if g.is_cuda else nullcontext():
+            g.index_add_(0, inverse, grads)
         self.steps += 1
         b1, b2 = self.betas
         m = self.exp_avg.index_select(0, uniq).lerp_(g, 1 - b1)
@@ -76,3 +84,15 @@ class RowAdam:
         self.exp_avg.copy_(state["exp_avg"])  # type: ignore[arg-type]
         self.exp_avg_sq.copy_(state["exp_avg_sq"])  # type: ignore[arg-type]
         self.steps, self.lr = int(state["steps"]), float(state["lr"])  # type: ignore[arg-type]
+
+
+@contextmanager
+def deterministic() -> Iterator[None]:
+    """torch's deterministic algorithms on for the block; the caller's settings (on or off,
+    warn only or not) are put back afterwards, also when the block raises."""
+    was_on, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was_on, warn_only=warn_only)

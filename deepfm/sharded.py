@@ -34,7 +34,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from deepfm.dataset import Batch, EncodedDataset, shuffled_order
+from deepfm.dataset import Batch, EncodedDataset, EpochOrder
 from deepfm.distributed import Context, global_batches
 from deepfm.errors import ConfigError
 from deepfm.features import FeaturePipeline
@@ -299,7 +299,7 @@ def rank_batches(data: EncodedDataset, global_batch: int, seed: int) -> Iterator
     world, rank = dist.get_world_size(), dist.get_rank()
     if global_batch % world:
         raise ConfigError(f"the global batch ({global_batch}) must split evenly over {world} ranks")
-    order = shuffled_order(len(data), seed)
-    order = order[: len(order) - len(order) % global_batch]
-    for rows, _ in global_batches(order, global_batch // world, Context(rank=rank, world=world)):
+    part = global_batch // world
+    # min_part = part: a last global batch short of global_batch is dropped on every rank.
+    for rows, _ in global_batches(EpochOrder(len(data), seed), part, Context(rank=rank, world=world), min_part=part):
         yield data.batch(rows)

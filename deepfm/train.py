@@ -34,7 +34,7 @@ from deepfm.bundle import Bundle
 from deepfm.calibration import Calibration, postprocess
 from deepfm.checkpoint import CHECKPOINT, RUN, load_checkpoint, save_checkpoint, write_atomic
 from deepfm.config import RunConfig, TrainConfig
-from deepfm.dataset import Batch, DatasetWriter, EncodedDataset, shuffled_order
+from deepfm.dataset import Batch, DatasetWriter, EncodedDataset, EpochOrder
 from deepfm.distributed import (
     Context, all_gather_rows, broadcast_buffers, data_parallel, gather_array, gather_rows, global_batches, my_slice, setup, sum_scalar,
 )  # fmt: skip
@@ -493,7 +493,7 @@ class Trainer:
                 yield batch, len(batch)
             return
         min_part = 2 if self.model.config.batch_norm else 1  # batch norm needs two rows per rank
-        for rows, global_rows in global_batches(shuffled_order(len(data), seed), batch_size, self.ctx, self.progress.batch, min_part):
+        for rows, global_rows in global_batches(EpochOrder(len(data), seed), batch_size, self.ctx, self.progress.batch, min_part):
             yield data.batch(rows), global_rows
 
     def _curve_point(self, rows: int, global_batch: int) -> None:

@@ -36,10 +36,14 @@ def check_compatible(old: Bundle, config_schema: Any, model_config: Any) -> None
         o = old_fields.get(f.name)
         if o is None:
             raise ConfigError(f"warm start from {old.path}: field {f.name!r} is not in that model's schema")
-        same = ("kind", "mode", "transform", "binning", "bins", "separator", "pooling")
-        changed = [k for k in same if getattr(o, k) != getattr(f, k)]
+        # hash_buckets too: another count sends a value to another row, and a vocabulary's
+        # rows have nothing in common with buckets.
+        same = ("kind", "mode", "transform", "binning", "bins", "separator", "pooling", "hash_buckets")
+        changed = [f"{k} {getattr(o, k)!r} -> {getattr(f, k)!r}" for k in same if getattr(o, k) != getattr(f, k)]
         if changed:
-            raise ConfigError(f"warm start from {old.path}: field {f.name!r} changed {changed}; only min_count and max_vocab may")
+            raise ConfigError(
+                f"warm start from {old.path}: field {f.name!r} changed {', '.join(changed)}; only min_count and max_vocab may"
+            )
     if [f.name for f in config_schema.fields] != list(old_fields):
         raise ConfigError(f"warm start from {old.path}: the fields must be that model's, in its order: {list(old_fields)}")
     if model_config != old.config.model:

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from deepfm.dataset import DatasetWriter, shuffled_order
+from deepfm.dataset import DatasetWriter, EpochOrder
 from deepfm.features import FeaturePipeline
 from deepfm.io import TableSource
 from deepfm.schema import FieldSpec, Schema
@@ -108,20 +108,60 @@ def test_batches_cover_every_row_once(tmp_path: Path) -> None:
     assert sum(len(b) for b in ds.batches(64, drop_last=True)) == 256
 
 
-def test_shuffled_order_blocks() -> None:
-    order = shuffled_order(1000, seed=3, block=128)
-    assert np.array_equal(np.sort(order), np.arange(1000))
+@pytest.mark.parametrize("n", [100, 128, 1000, 1024])  # below, at and above a block; short last block
+def test_epoch_order_is_a_permutation_of_whole_blocks(n: int) -> None:
+    order = EpochOrder(n, seed=3, block=128)
+    whole = order[0 : len(order)]
+    assert len(order) == n and whole.dtype == np.int64
+    assert np.array_equal(np.sort(whole), np.arange(n))
     # rows stay within their block of 128: consecutive runs of 128 (or the short last block)
-    # hold the rows of one block
+    # hold the rows of one block, which is what releasing pages every block relies on
     pos = 0
     seen_blocks = []
-    while pos < 1000:
-        blk = order[pos] // 128
-        size = min(128, 1000 - blk * 128)
-        assert np.all(order[pos : pos + size] // 128 == blk)
+    while pos < n:
+        blk = whole[pos] // 128
+        size = min(128, n - blk * 128)
+        assert np.all(whole[pos : pos + size] // 128 == blk)
         seen_blocks.append(blk)
         pos += size
-    assert sorted(seen_blocks) == list(range(8))
+    assert sorted(seen_blocks) == list(range(-(-n // 128)))
+    # slices of any size concatenate to the whole, whether read in turn (cached blocks) or
+    # out of turn from a fresh order (blocks drawn again)
+    for size in (1, 37, 128, 300):
+        assert np.array_equal(np.concatenate([order[s : s + size] for s in range(0, n, size)]), whole)
+    fresh = EpochOrder(n, seed=3, block=128)
+    starts = np.random.default_rng(0).permutation(np.arange(0, n, 37))
+    assert all(np.array_equal(fresh[s : s + 37], whole[s : s + 37]) for s in starts)
+    assert order[n : n + 5].size == 0 and np.array_equal(order[-5:], whole[-5:])
+
+
+def test_epoch_order_depends_on_the_seed_only() -> None:
+    a, b, c = (EpochOrder(1000, seed, block=128)[0:1000] for seed in (4, 4, 5))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert not np.array_equal(a, np.arange(1000))
+    assert EpochOrder(0, seed=4)[0:10].size == 0
+
+
+def test_epoch_order_at_criteo_1tb_scale_holds_only_the_block_order() -> None:
+    """4.4B rows: an array of the order would be 35 GB; the lazy one keeps 16,785 blocks'
+    order and ends, and a slice draws the blocks it reaches (2 MiB each)."""
+    import time
+    import tracemalloc
+
+    n = 4_400_000_000
+    tracemalloc.start()
+    try:
+        t0 = time.perf_counter()
+        order = EpochOrder(n, seed=1)
+        tail = order[n - 5000 : n]  # the last block of the epoch, and maybe the one before
+        seconds = time.perf_counter() - t0
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(order) == n and tail.size == 5000 and np.unique(tail).size == 5000
+    assert 0 <= tail.min() and tail.max() < n
+    assert seconds < 0.5, seconds
+    assert peak < 16 * 2**20, peak  # numpy reports its buffers to tracemalloc
 
 
 def _mapped_rss_kib(path: Path) -> int:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from conftest import REPO, simple_records, simple_schema, small_config, write_records_csv  # type: ignore[import-not-found]
 from safetensors.torch import load_file
 
-from deepfm.dataset import shuffled_order
+from deepfm.dataset import EpochOrder
 from deepfm.distributed import Context, global_batches, my_slice
 from deepfm.train import train
 
@@ -30,7 +30,7 @@ yaml = pytest.importorskip("yaml")
 
 
 def test_ranks_split_each_global_batch() -> None:
-    order = shuffled_order(1003, seed=5)
+    order = EpochOrder(1003, seed=5, block=128)  # global batches straddle blocks
     ranks = [list(global_batches(order, 100, Context(rank=r, world=3))) for r in range(3)]
     assert len({len(parts) for parts in ranks}) == 1  # every rank steps alike
     for i, start in enumerate(range(0, 1003, 300)):  # the global batches one process would draw
@@ -38,7 +38,7 @@ def test_ranks_split_each_global_batch() -> None:
         assert np.array_equal(together, np.sort(order[start : start + 300]))
         assert {parts[i][1] for parts in ranks} == {len(order[start : start + 300])}  # each rank knows the global size
     # a last global batch of 2 rows cannot give 3 ranks a row each: left out on every rank
-    assert [len(list(global_batches(shuffled_order(302, 1), 100, Context(rank=r, world=3)))) for r in range(3)] == [1, 1, 1]
+    assert [len(list(global_batches(EpochOrder(302, 1), 100, Context(rank=r, world=3)))) for r in range(3)] == [1, 1, 1]
     assert sum(len(range(1003)[my_slice(1003, Context(rank=r, world=3))]) for r in range(3)) == 1003
 
 

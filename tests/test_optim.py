@@ -1,8 +1,9 @@
 """RowAdam against torch's own Adam: same maths on the rows a batch touched, nothing else moves."""
 
+import pytest
 import torch
 
-from deepfm.optim import RowAdam
+from deepfm.optim import RowAdam, deterministic
 
 
 def test_row_adam_equals_dense_adam_when_every_row_is_touched() -> None:
@@ -62,3 +63,20 @@ def test_distinct_ids_by_marking_equal_torch_unique() -> None:
         got = opt._unique(ids)
         assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
         assert opt._seen is not None and not opt._seen.any()
+
+
+@pytest.mark.parametrize("on, warn_only", [(False, False), (True, True), (True, False)])
+def test_deterministic_block_puts_the_callers_settings_back(on: bool, warn_only: bool) -> None:
+    """RowAdam's CUDA sum runs inside this block; the settings must survive it, also when
+    the block raises."""
+    saved = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        torch.use_deterministic_algorithms(on, warn_only=warn_only)
+        with deterministic():
+            assert torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
+        assert (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()) == (on, warn_only)
+        with pytest.raises(RuntimeError, match="inside"), deterministic():
+            raise RuntimeError("inside")
+        assert (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()) == (on, warn_only)
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])

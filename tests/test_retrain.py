@@ -313,6 +313,27 @@ def test_warm_start_refuses_another_shape(full_and_sampled: tuple[Bundle, Bundle
     assert main(["train", "--warm-start", str(full.path), "--data", str(days[2]["train"]), "--preset", "criteo", "--out", str(tmp_path / "y")]) == 2
 
 
+def test_warm_start_refuses_other_hash_buckets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Hashed ids mean other values under another bucket count, and a vocabulary has no rows
+    in common with buckets: either change is refused, naming the field and both counts."""
+    from dataclasses import replace
+
+    from conftest import simple_records, simple_schema, write_records_csv
+    from deepfm.errors import ConfigError
+
+    data = write_records_csv(tmp_path / "d.csv", simple_records(600, seed=1))
+    def buckets(n: int):  # type: ignore[no-untyped-def]
+        fields = tuple(replace(f, hash_buckets=n) if f.name == "user" else f for f in simple_schema().fields)
+        return small_config(replace(simple_schema(), fields=fields), epochs=1)
+    old = train(buckets(8), data, tmp_path / "old", split="0.8,0.2", cache=False)
+    with pytest.raises(ConfigError, match=r"'user' changed hash_buckets 8 -> 16"):
+        train(buckets(16), data, tmp_path / "x", split="0.8,0.2", cache=False, warm_start=old.path)
+    # back to a vocabulary, from the command line: a usage error, not a traceback
+    args = ["train", "--warm-start", str(old.path), "--hash-buckets", "0", "--data", str(data), "--split", "0.8,0.2", "--out", str(tmp_path / "y")]
+    assert main(args) == 2
+    assert "'user' changed hash_buckets 8 -> 0" in capsys.readouterr().err
+
+
 def test_resume_of_a_warm_started_downsampled_run_is_the_same_run(tmp_path: Path) -> None:
     import torch
     from safetensors.torch import load_file
