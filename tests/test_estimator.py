@@ -158,7 +158,10 @@ def test_pipeline_with_column_transformer_and_function_transformer(data) -> None
 def test_cross_val_score_with_roc_auc(data) -> None:
     X, y = data
     scores = cross_val_score(DeepFMClassifier(**SMALL), X, y, cv=3, scoring="roc_auc")
-    assert scores.shape == (3,) and np.all(scores > 0.6), scores  # true AUC of these rows ~0.75
+    # The true probabilities give AUC 0.74 on these rows; 1000 training rows reach about 0.6
+    # (means 0.60-0.63 over seeds 1-6, single folds 0.56-0.68: a fold's AUC on 500 rows has a
+    # standard error of about 0.025). A model that learned nothing would average 0.5.
+    assert scores.shape == (3,) and np.all(scores > 0.5) and scores.mean() > 0.58, scores
     # score() is the same AUC as the roc_auc scorer.
     default = cross_val_score(DeepFMClassifier(**SMALL), X, y, cv=3)
     np.testing.assert_allclose(default, scores)
