@@ -5,18 +5,23 @@
 Criteo-layout rows from ``deepfm synth`` (made once in --workdir), the criteo preset, default
 model (embedding 16, MLP 400-400-400), one epoch at a global batch of 4096:
 
-- ``sharded``: ShardedDeepFM, C3/C12/C16-sized tables (>= --row-wise-min-rows) row-wise,
-  the others whole; fused row-wise Adagrad on the tables, Adam on the MLP;
+- ``sharded``: ShardedDeepFM, tables of at least --row-wise-min-rows rows row-wise (on 1M
+  rows: none at the default 100,000, five at 40,000), the others whole; fused row-wise
+  Adagrad on the tables, Adam on the MLP; each rank uses cores / ranks threads;
 - what each rank holds: table rows and bytes (weights + row-wise Adagrad state) against the
   whole table a data-parallel rank keeps (plus its two Adam moments).
 
 Prints one JSON line (rank 0): samples/s of the epoch, rows and bytes per rank, peak RSS per
-rank. Compare with ``deepfm train --nproc N`` on the same file for the data-parallel speed.
+rank. ``--json PATH`` also writes it to PATH, with the date, the command, the model config,
+the commit, and the machine's CPU count and load averages (other work shares the cores).
+Compare with ``deepfm train --nproc N`` on the same file for the data-parallel speed.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import datetime
 import json
 import os
 import resource
@@ -40,7 +45,8 @@ def worker(args: argparse.Namespace) -> None:
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    threads = max(1, (os.cpu_count() or 1) // world)
+    torch.set_num_threads(threads)
     config = RunConfig(schema=PRESETS["criteo"]())
     encoded = args.workdir / f"encoded-{args.rows}"
     if rank == 0 and not (encoded / "done").exists():
@@ -59,6 +65,7 @@ def worker(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     model = ShardedDeepFM(layout, config.model, tables, row_wise_min_rows=args.row_wise_min_rows)
     model.load_from(DeepFM(layout, config.model))
+    load_before = os.getloadavg()[0]  # other work on the machine: the epoch shares its cores
     steps, t0 = 0, time.perf_counter()
     rows = 0
     for batch in rank_batches(train, args.batch, seed=1):
@@ -76,7 +83,7 @@ def worker(args: argparse.Namespace) -> None:
     if rank == 0:
         d1 = config.model.embedding_dim + 1
         n = layout.num_embeddings
-        print(json.dumps({
+        result = {
             "rows": args.rows, "world": world, "global_batch": args.batch, "steps": steps,
             "samples_per_s": round(float(done[0]) / seconds), "seconds": round(seconds, 1),
             "num_embeddings": n, "rows_held": held.tolist(),
@@ -84,8 +91,33 @@ def worker(args: argparse.Namespace) -> None:
             "data_parallel_table_mib_per_rank": round(n * d1 * 4 * 3 / 2**20, 1),  # weights + Adam's two moments
             "placement": {k: v[0] for k, v in model.placement.items() if v[0] == "row_wise"},
             "peak_rss_gib_per_rank": [round(float(x), 2) for x in rss],
-        }))  # fmt: skip
+        }  # fmt: skip
+        print(json.dumps(result))
+        if args.json is not None:
+            record = {
+                "benchmark": "sharded",
+                "date": datetime.date.today().isoformat(),
+                "command": args.command,
+                "config": {
+                    "model": dataclasses.asdict(config.model), "row_wise_min_rows": args.row_wise_min_rows,
+                    "global_batch": args.batch, "epochs": 1, "threads_per_rank": threads,
+                    "table_optimizer": "fbgemm fused row-wise Adagrad", "dense_optimizer": "Adam",
+                },
+                "deepfm_commit": _git("rev-parse", "--short", "HEAD"),
+                "deepfm_tree_dirty": bool(_git("status", "--porcelain", "--", "deepfm")),
+                "cpu_count": os.cpu_count(),
+                "load_average_before": load_before,
+                "load_average_after": os.getloadavg()[0],
+                **result,
+            }  # fmt: skip
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(record, indent=1) + "\n")
     dist.destroy_process_group()
+
+
+def _git(*args: str) -> str:
+    done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else ""
 
 
 def main() -> None:
@@ -95,7 +127,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4096, help="global batch (rows over all ranks)")
     ap.add_argument("--row-wise-min-rows", type=int, default=100_000)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/deepfm-sharded"))
+    ap.add_argument("--json", type=Path, help="also write the result, with date, command and config, to this file")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--command", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         worker(args)
@@ -107,6 +141,9 @@ def main() -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.nproc), __file__, "--worker",
            "--rows", str(args.rows), "--batch", str(args.batch), "--row-wise-min-rows", str(args.row_wise_min_rows),
            "--workdir", str(args.workdir)]  # fmt: skip
+    if args.json is not None:
+        command = " ".join(["python benchmarks/sharded.py", *sys.argv[1:]])
+        cmd += ["--json", str(args.json.resolve()), "--command", command]
     subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 

@@ -236,7 +236,8 @@ def _add_run_args(p: argparse.ArgumentParser, data_required: bool = True) -> Non
                    "instead of fitting a vocabulary (0: vocabularies); memory is then fixed whatever the distinct values")  # fmt: skip
     g.add_argument("--seed", type=int)
     g.add_argument("--device", help="auto, cpu or cuda")
-    g.add_argument("--threads", type=int, help="torch threads (default: one per core)")
+    g.add_argument("--threads", type=int, help="torch threads per process (default: PyTorch's, which follows "
+                   "OMP_NUM_THREADS; one per core, or cores / N under --nproc N)")
     g.add_argument("--checkpoint-every", type=int, help="steps between checkpoints in the output folder (default 2000; 0: epoch ends only)")
     p.add_argument("--quiet", action="store_true")
 
@@ -356,8 +357,13 @@ def _launch(argv: list[str], nproc: int) -> int:
         elif not a.startswith("--nproc="):
             rest.append(a)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "deepfm", *rest]
-    logging.getLogger(__name__).info("launching: %s", " ".join(command))
-    return subprocess.run(command, check=False).returncode
+    env = dict(os.environ)
+    if "OMP_NUM_THREADS" not in env:
+        # torchrun would give every rank one thread; share the cores this process may use.
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        env["OMP_NUM_THREADS"] = str(max(1, cores // nproc))
+    logging.getLogger(__name__).info("launching with OMP_NUM_THREADS=%s: %s", env["OMP_NUM_THREADS"], " ".join(command))
+    return subprocess.run(command, check=False, env=env).returncode
 
 
 def _resume_overrides(args: argparse.Namespace) -> dict[str, Any]:

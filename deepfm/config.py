@@ -44,7 +44,7 @@ class TrainConfig:
     lr_decay: float = 0.1  # multiply both learning rates by this when valid AUC stalls
     seed: int = 2024
     device: str = "auto"  # auto | cpu | cuda
-    threads: int = 0  # torch intra-op threads; 0 = one per core
+    threads: int = 0  # torch intra-op threads per process; 0 = PyTorch's default (OMP_NUM_THREADS, else one per core)
     eval_batch_size: int = 16384
     progress: bool = True
     checkpoint_every: int = 2000  # steps between checkpoints (and one at each epoch's end); 0: epoch ends only
