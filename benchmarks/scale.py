@@ -78,6 +78,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=45_000_000)
     ap.add_argument("--rows-eval", type=int, default=2_000_000, help="rows at the end of the file for the evaluate stage")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/deepfm-scale"))
+    ap.add_argument("--json", type=Path, help="results file (default benchmarks/results/scale-<rows>-<date>.json)")
     args = ap.parse_args()
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
@@ -105,11 +106,14 @@ def main() -> None:
         "stages": stages,
         "train_metrics": {k: m.get(k) for k in (
             "train_rows", "preprocess_seconds", "preprocess_rows_per_s", "train_seconds", "train_samples_per_s",
-            "test_predict_samples_per_s", "valid_auc", "test_auc", "test_logloss", "total_seconds", "batch_size")},
+            "valid_predict_samples_per_s", "test_predict_samples_per_s", "valid_auc", "test_auc", "test_logloss",
+            "total_seconds", "batch_size")},
+        # the epoch's training metrics, on the sampled rows (TRAIN_METRIC_ROWS)
+        "train_epoch": {k: m["history"][-1].get(k) for k in ("train_loss", "train_auc", "train_logloss", "train_metric_rows")},
         "embedding_rows": json.loads((out / "pipeline.json").read_text())["num_embeddings"],
         "evaluate": evaluated,
     }  # fmt: skip
-    path = ROOT / "benchmarks" / "results" / f"scale-{args.rows}-{result['date']}.json"
+    path = args.json or ROOT / "benchmarks" / "results" / f"scale-{args.rows}-{result['date']}.json"
     path.write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
 

@@ -332,7 +332,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not 0 < rate <= 1:
             raise _usage(f"--neg-sample-rate must be in (0, 1], got {rate}")
         if launch:
-            check_start(config, args.data, args.out, args.valid, args.test, args.split, world=args.nproc)
+            check_start(config, args.data, args.out, args.valid, args.test, args.split, nproc=args.nproc)
             return _launch(args.argv, args.nproc)
         bundle = train(
             config, args.data, args.out, valid=args.valid, test=args.test, split=args.split,

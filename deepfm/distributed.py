@@ -98,7 +98,9 @@ def setup(device: torch.device) -> tuple[Context, torch.device]:
     owns = not dist.is_initialized()
     if owns:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
-    wait_group = dist.new_group(backend="gloo", timeout=PREPARE_TIMEOUT)  # every rank creates it, in the same order
+    # Every rank creates it, in the same order. Only with a group of its own: a caller that set
+    # up the group (and may call train() more than once) keeps its default timeout.
+    wait_group = dist.new_group(backend="gloo", timeout=PREPARE_TIMEOUT) if owns else None
     return Context(rank=rank, world=world, local_rank=local_rank, owns_group=owns, wait_group=wait_group), device
 
 

@@ -50,6 +50,10 @@ from deepfm.warm import check_compatible, warm_start_weights
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 2  # bump when the encoded layout changes
+# The epoch order's version (dataset.EpochOrder; 1: the full permutation of deepfm before it,
+# drawn differently): a checkpoint taken inside an epoch skips that epoch's first batches,
+# which must be the same batches when it resumes.
+EPOCH_ORDER = 2
 CURVE_POINTS = 20  # train-loss points per epoch in the learning curve
 # Training AUC and logloss (per epoch and on the learning curve) are measured on at most about
 # this many of an epoch's rows: every k-th row of the shuffled order, a uniform sample. Without
@@ -530,6 +534,7 @@ class Trainer:
             "adam_groups": adam["param_groups"],
             "rowadam": {"steps": self.row_opt.steps, "lr": self.row_opt.lr},
             "world_size": self.ctx.world,
+            "epoch_order": EPOCH_ORDER,
         }
         with record_function("checkpoint"):
             save_checkpoint(self.checkpoint, tensors, state)
@@ -568,7 +573,13 @@ class Trainer:
         if world is not None and world != self.ctx.world:
             raise TrainingError(
                 f"the checkpoint was written by a run of {world} process(es), this one has {self.ctx.world}: "
-                f"resume it with --nproc {world}"
+                f"resume it with {'--nproc ' + str(world) if world > 1 else 'no --nproc'}"
+            )
+        if state.get("epoch_order", 1) != EPOCH_ORDER and state["progress"]["batch"] > 0:
+            raise TrainingError(
+                f"the checkpoint was taken inside epoch {state['progress']['epoch']} by a deepfm that ordered an "
+                "epoch's rows differently: resumed here, it would train some of the epoch's rows twice and skip "
+                "others. Resume it with the deepfm that wrote it, or start the run again without --resume"
             )
 
         try:
@@ -731,7 +742,9 @@ def _train(
     out = Path(out)
     checkpoint = out / CHECKPOINT
     if not resume:
-        check_start(config, data, out, valid, test, split, world=ctx.world)
+        # One GPU per process on this machine: torchrun's LOCAL_WORLD_SIZE (several machines
+        # each run their share of the world).
+        check_start(config, data, out, valid, test, split, nproc=int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world)))
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
         run = {"config": config.to_dict(), "data": str(data), "valid": _str(valid), "test": _str(test),
@@ -844,19 +857,22 @@ def _train(
 
 def check_start(
     config: RunConfig, data: str | Path, out: str | Path, valid: str | Path | None = None, test: str | Path | None = None,
-    split: str | tuple[float, float, float] | None = None, world: int = 1,
+    split: str | tuple[float, float, float] | None = None, nproc: int = 1,
 ) -> None:  # fmt: skip
-    """What :func:`train` checks before it reads anything: the split, that the data files
-    exist, the device (one GPU per process), and that ``out`` holds no interrupted run.
-    ``deepfm train --nproc N`` calls it before it starts any process, so a mistake is one
-    error line rather than one per rank."""
+    """What :func:`train` checks before it reads the data: the split, that the data files
+    exist, the device (one GPU for each of the ``nproc`` processes on this machine), and that
+    ``out`` holds no interrupted run. ``deepfm train --nproc N`` calls it before it starts any
+    process, so a mistake is one error line rather than one per rank."""
     parse_split(split)
-    for flag, path in (("--data", data), ("--valid", valid), ("--test", test)):
+    for name, path in (("data", data), ("valid", valid), ("test", test)):
         if path is not None and not Path(path).exists():
-            raise DataError(f"file not found (given as {flag})", path=str(path))
+            raise DataError(f"file not found (the {name} file)", path=str(path))
     device = resolve_device(config.train.device)
-    if device.type == "cuda" and world > 1 and torch.cuda.device_count() < world:
-        raise ConfigError(f"{world} processes want a GPU each; PyTorch sees {torch.cuda.device_count()}")
+    if device.type == "cuda" and nproc > 1 and torch.cuda.device_count() < nproc:
+        raise ConfigError(
+            f"{nproc} processes on this machine want a GPU each; PyTorch sees {torch.cuda.device_count()}: "
+            "start fewer processes, or train on the CPU (--device cpu)"
+        )
     if (Path(out) / CHECKPOINT).exists():
         raise ConfigError(
             f"{out} holds the checkpoint of an interrupted run: carry on with "

@@ -145,22 +145,18 @@ def test_epoch_order_depends_on_the_seed_only() -> None:
 def test_epoch_order_at_criteo_1tb_scale_holds_only_the_block_order() -> None:
     """4.4B rows: an array of the order would be 35 GB; the lazy one keeps 16,785 blocks'
     order and ends, and a slice draws the blocks it reaches (2 MiB each)."""
-    import time
     import tracemalloc
 
     n = 4_400_000_000
     tracemalloc.start()
     try:
-        t0 = time.perf_counter()
         order = EpochOrder(n, seed=1)
         tail = order[n - 5000 : n]  # the last block of the epoch, and maybe the one before
-        seconds = time.perf_counter() - t0
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert len(order) == n and tail.size == 5000 and np.unique(tail).size == 5000
     assert 0 <= tail.min() and tail.max() < n
-    assert seconds < 0.5, seconds
     assert peak < 16 * 2**20, peak  # numpy reports its buffers to tracemalloc
 
 

@@ -106,7 +106,7 @@ def test_nproc_checks_the_config_before_it_starts_any_process(
     assert "--split fractions must add up to 1" in capsys.readouterr().err
     # (a preset reads nothing before training; an inferred schema would read the file first)
     assert cli.main(["train", "--data", str(tmp_path / "nope.csv"), "--preset", "criteo", "--nproc", "2", "--out", str(tmp_path / "m")]) == 2
-    assert f"{tmp_path / 'nope.csv'}: file not found (given as --data)" in capsys.readouterr().err
+    assert f"{tmp_path / 'nope.csv'}: file not found (the data file)" in capsys.readouterr().err
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "checkpoint.safetensors").write_bytes(b"")
     assert cli.main(["train", "--data", str(data), "--nproc", "2", "--out", str(tmp_path / "m")]) == 2
@@ -145,6 +145,10 @@ def test_a_run_resumes_only_in_as_many_processes_as_it_started_in(
     trainer = Trainer(_tiny_model("deepfm"), config.train, torch.device("cpu"))  # refused before any weight is read
     with pytest.raises(TrainingError, match="written by a run of 2 process"):
         trainer._restore(tensors, {**state, "world_size": 2})
+    # Taken inside an epoch by a deepfm that ordered epochs differently: its skip would be wrong.
+    assert state["progress"]["batch"] > 0
+    with pytest.raises(TrainingError, match="ordered an epoch's rows differently"):
+        trainer._restore(tensors, {k: v for k, v in state.items() if k != "epoch_order"})
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="finds the ranks to kill in /proc")
