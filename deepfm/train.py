@@ -464,8 +464,8 @@ class Trainer:
             # rather than only the rank that saw it (the others would wait in the next collective).
             any_loss = sum_scalar(loss_value, self.ctx, self.device)
             if not math.isfinite(any_loss):
-                bad = loss_value if not math.isfinite(loss_value) else any_loss
-                where = "" if not self.ctx.active or not math.isfinite(loss_value) else " on another rank"
+                mine = math.isfinite(loss_value)  # finite here: another rank's loss was not
+                bad, where = (any_loss, " on another rank") if mine else (loss_value, "")
                 kept = f"; the last good checkpoint is kept in {self.checkpoint}" if self.checkpoint else ""
                 raise TrainingError(
                     f"training loss became {bad}{where} in epoch {epoch} (step {p.steps + 1}){kept}. "
@@ -745,8 +745,7 @@ def _train(
         # One GPU per process on this machine: torchrun's LOCAL_WORLD_SIZE (several machines
         # each run their share of the world).
         check_start(config, data, out, valid, test, split, nproc=int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world)))
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
+        out.mkdir(parents=True, exist_ok=True)
         run = {"config": config.to_dict(), "data": str(data), "valid": _str(valid), "test": _str(test),
                "split": split_parts, "cache": cache, "cache_dir": _str(cache_dir), "files": _identities(data, valid, test),
                "neg_sample_rate": neg_sample_rate, "warm_start": _str(warm_start), "world_size": ctx.world}  # fmt: skip
