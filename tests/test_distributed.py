@@ -370,23 +370,19 @@ def test_trainer_steps_of_two_ranks_match_one_process_for_every_kind(tmp_path: P
 def _train_with_nan_on_rank_1(data: str, out: str, rank: int, world: int) -> dict[str, Any]:
     """deepfm.train on this spawned rank (the group is already up), rank 1's 4th step giving a
     NaN loss; the TrainingError each rank raised."""
+    from conftest import nan_loss_at_step  # type: ignore[import-not-found]
+
     from deepfm.errors import TrainingError
-    from deepfm.train import Trainer
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
-    real_step, calls = Trainer._step, {"n": 0}
-
-    def step(self: Trainer, batch: Any, global_rows: int) -> Any:
-        logit, loss = real_step(self, batch, global_rows)
-        calls["n"] += 1
-        return logit, loss * float("nan") if rank == 1 and calls["n"] == 4 else loss
-
-    Trainer._step = step  # type: ignore[method-assign]  # this spawned process only
     config = small_config(simple_schema(), checkpoint_every=1, batch_size=64)
-    try:
-        train(config, data, out, split="0.8,0.2", cache=False)
-    except TrainingError as exc:
-        return {"error": str(exc)}
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        if rank == 1:
+            nan_loss_at_step(monkeypatch, 4)
+        try:
+            train(config, data, out, split="0.8,0.2", cache=False)
+        except TrainingError as exc:
+            return {"error": str(exc)}
     return {"error": None}
 
 
