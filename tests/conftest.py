@@ -17,12 +17,54 @@ import numpy as np
 import pytest
 
 from deepfm.config import RunConfig, TrainConfig
-from deepfm.io import ReadOptions
+from deepfm.io import ReadOptions, TableSource
 from deepfm.model import ModelConfig
 from deepfm.schema import CRITEO_COLUMNS, FieldSpec, Schema
 
 REPO = Path(__file__).resolve().parents[1]
 CRITEO_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "criteo" / "criteo_sampled_data_10k.csv"
+
+
+# ---------------------------------------------------------------- comparing scores
+# How far apart two float32 forward passes of the same input may land. A record scored at
+# another batch position, or in a batch of another size, goes through another BLAS kernel
+# path (MKL's AVX-512 GEMM handles the rows past its block size in a remainder loop that sums
+# in another order), so each layer may round a few float32 ulps (2^-23 ~ 1.2e-7 relative)
+# differently. 1e-5 relative is ~100 ulps: it absorbs that on any x86 CPU and is still far
+# below what a different input moves a score by.
+FLOAT32_RTOL, FLOAT32_ATOL = 1e-5, 1e-7
+
+
+def assert_scores_close(got: Any, want: Any, what: str) -> None:
+    """Scores of the same inputs computed at other batch positions or in other batch sizes:
+    equal at float32 tolerance (FLOAT32_RTOL), not bit for bit."""
+    np.testing.assert_allclose(
+        got, want, rtol=FLOAT32_RTOL, atol=FLOAT32_ATOL,
+        err_msg=f"{what}: same inputs, other batch positions or sizes, compared at float32 tolerance",
+    )  # fmt: skip
+
+
+def assert_scores_differ(a: float, b: float, what: str) -> None:
+    """Scores of different inputs: further apart than float32 rounding can move them."""
+    assert not np.isclose(a, b, rtol=FLOAT32_RTOL, atol=FLOAT32_ATOL), f"{what}: {a} and {b} should differ"
+
+
+def assert_identical_scores(got: Any, want: Any, why: str) -> None:
+    """Scores of an identical computation (same rows, same batch shapes, same thread count):
+    equal bit for bit on any CPU, since the same kernels then run in the same order."""
+    np.testing.assert_array_equal(got, want, err_msg=f"identical computation expected: {why}")
+
+
+def encoded_rows(predictor: Any, records: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """Each record as the model sees it, through ``predictor``'s checks and fitted pipeline:
+    (ids, values, every multi-hot bag's ids) as plain tuples, for exact comparison of inputs."""
+    table = predictor.records_table(records)
+    chunk = predictor.pipeline.encode(next(TableSource(table).chunks(predictor.schema.names, len(records))), with_labels=False)
+    rows = []
+    for r in range(len(chunk)):
+        bags = tuple(tuple(ids[offsets[r] : offsets[r + 1]].tolist()) for offsets, ids in chunk.multi_hot)
+        rows.append((tuple(chunk.ids[r].tolist()), tuple(chunk.values[r].tolist()), bags))
+    return rows
 
 
 # ---------------------------------------------------------------- configs

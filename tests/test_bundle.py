@@ -4,6 +4,7 @@ refuse incomplete or tampered folders; never pickle."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 import subprocess
@@ -16,7 +17,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import SIMPLE_FIELDS, simple_records, simple_schema, small_config, write_records_csv
+from conftest import (
+    SIMPLE_FIELDS, assert_identical_scores, assert_scores_close, assert_scores_differ, encoded_rows, simple_records,
+    simple_schema, small_config, write_records_csv,
+)  # fmt: skip
 from deepfm.bundle import Bundle
 from deepfm.cli import main
 from deepfm.errors import BundleError
@@ -73,7 +77,7 @@ def test_reload_has_identical_weights(trained) -> None:
     saved = load_file(str(tmp / "model" / "model.safetensors"))
     live = bundle.model.state_dict()
     assert set(saved) == set(live)
-    for k in saved:
+    for k in saved:  # copies, no arithmetic: bit for bit
         assert torch.equal(saved[k], live[k]), k
         assert torch.equal(loaded.model.state_dict()[k], live[k]), k
     assert loaded.metrics["test_auc"] == bundle.metrics["test_auc"]
@@ -96,14 +100,18 @@ def test_fresh_process_and_cli_predictions_bit_identical(trained, tmp_path: Path
         "rows = json.load(open(sys.argv[1]))\n"
         "np.save(sys.argv[3], Bundle.load(sys.argv[2]).predict(rows))\n"
     )
+    # Bit for bit, on any CPU: the child scores the same 300 rows in one batch of the same
+    # shape, with as many threads as this process, so the same kernels sum in the same order.
+    same_threads = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     subprocess.run(
         [sys.executable, "-c", code, str(tmp_path / "rows.json"), str(tmp / "model"), str(tmp_path / "p.npy")],
         check=True,
         capture_output=True,
         timeout=120,
+        env=same_threads,
     )
     fresh = np.load(tmp_path / "p.npy")
-    assert np.array_equal(fresh, here)
+    assert_identical_scores(fresh, here, "a fresh process, the same batch and thread count")
 
     # and through `deepfm predict` on a file holding the same rows
     csv = write_records_csv(tmp_path / "score.csv", records[-300:])
@@ -111,11 +119,11 @@ def test_fresh_process_and_cli_predictions_bit_identical(trained, tmp_path: Path
     script = Path(sys.executable).parent / "deepfm"
     command = [str(script)] if script.is_file() else [sys.executable, "-m", "deepfm"]
     subprocess.run([*command, "predict", str(tmp / "model"), "--data", str(csv), "--out", str(out), "--quiet"],
-                   check=True, capture_output=True, timeout=120)  # fmt: skip
+                   check=True, capture_output=True, timeout=120, env=same_threads)  # fmt: skip
     table = pacsv.read_csv(out)
     assert table.column_names == ["probability"]
     from_cli = table.column("probability").to_numpy()
-    assert np.array_equal(from_cli, here)
+    assert_identical_scores(from_cli, here, "the file's 300 rows are read into one batch of the same shape")
     # the in-process CLI writes the same file
     assert main(["predict", str(tmp / "model"), "--data", str(csv), "--out", str(tmp_path / "again.csv"), "--quiet"]) == 0
     assert (tmp_path / "again.csv").read_bytes() == out.read_bytes()
@@ -145,11 +153,16 @@ def test_predict_missing_field_and_unseen_value(trained) -> None:
     p = bundle.predict(cases)
     assert p.shape == (len(cases),)
     assert np.all(np.isfinite(p)) and np.all((p > 0) & (p < 1))
-    assert p[1] == p[2]  # an absent field is a missing value
-    assert p[3] == p[4]  # every unseen value shares the OOV row
-    assert p[3] != p[0] and p[1] != p[3]  # OOV and missing are different rows from a known value and each other
-    assert p[5] == p[0]  # ["red", "big"] == "red|big"
-    assert bundle.predict(base)[0] == p[0]  # a single dict works too
+    # The model's inputs, exactly; the scores at float32 tolerance (other batch positions).
+    enc = encoded_rows(bundle.predictor(), cases)
+    assert enc[1] == enc[2]  # an absent field is a missing value
+    assert enc[3] == enc[4]  # every unseen value shares the OOV row
+    assert enc[3] != enc[0] and enc[1] != enc[3]  # OOV and missing are different rows from a known value and each other
+    assert enc[5] == enc[0]  # ["red", "big"] == "red|big"
+    assert_scores_close(p[[2, 4, 5]], p[[1, 3, 0]], "absent and None, two unseen values, a list and joined text")
+    assert_scores_differ(p[3], p[0], "an unseen item against a known one")
+    assert_scores_differ(p[1], p[3], "a missing item against an unseen one")
+    assert_scores_close(bundle.predict(base), p[:1], "a single dict: a batch of one")
 
 
 def test_predict_dataframe(trained) -> None:
@@ -158,7 +171,7 @@ def test_predict_dataframe(trained) -> None:
     tmp, records, bundle = trained
     rows = score_rows(records[:50])
     df = pd.DataFrame(rows)
-    assert np.array_equal(bundle.predict(df), bundle.predict(rows))
+    assert_identical_scores(bundle.predict(df), bundle.predict(rows), "the same 50 rows in one batch either way")
 
 
 @pytest.mark.parametrize("missing", ["model.safetensors", "pipeline.json"])

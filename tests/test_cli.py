@@ -124,6 +124,7 @@ def test_predict_one_probability_per_row(criteo_run, capsys, tmp_path: Path) -> 
     assert a.column_names == ["C1", "probability"] and b.column_names == ["probability"]
     assert a.column("C1").to_pylist() == [r[14] for r in rows]
     pa_, pb = a.column("probability").to_numpy(), b.column("probability").to_numpy()
+    # Bit for bit: both files' 257 rows are read into one batch of the same shape.
     assert np.array_equal(pa_, pb)
     assert np.all((pa_ > 0) & (pa_ < 1))
     assert len((tmp_path / "b.csv").read_text().strip().splitlines()) == 257 + 1  # header + one line per row

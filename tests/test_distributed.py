@@ -185,6 +185,7 @@ def test_two_process_run_killed_then_resumed_gives_the_same_weights(tmp_path: Pa
     done = run([sys.executable, "-m", "deepfm", "train", "--resume", str(out), "--nproc", "2", "--quiet"])
     assert done.returncode == 0, done.stderr[-3000:]
     got, want = load_file(str(out / "model.safetensors")), load_file(str(tmp_path / "ref" / "model.safetensors"))
+    # The resumed ranks repeat the reference's steps on the same batches with the same threads.
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
 
 

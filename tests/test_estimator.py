@@ -23,7 +23,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from conftest import REPO
+from conftest import REPO, assert_identical_scores, assert_scores_close, assert_scores_differ
 from deepfm import Bundle, DeepFMClassifier, FieldSpec
 from deepfm.errors import BundleError, ConfigError, DataError
 
@@ -62,9 +62,31 @@ def fitted(data) -> DeepFMClassifier:
 # messages for empty, complex, 1-D, multiclass and NaN-label input, and training accuracy
 # above 0.83 on 200 rows of blobs. For data that small the instance trains on every row
 # (a 20-row holdout stops early on noise) in batches of 32.
-@parametrize_with_checks([DeepFMClassifier(**{**SMALL, "epochs": 5, "batch_size": 32, "validation_fraction": 0})])
+# Two checks compare scores of rows moved to other batch positions (another order, a subset
+# scored alone) at rtol 1e-7, about one float32 ulp: that holds on some BLAS kernels only
+# (it fails under .ci/kernel-check, and would on CPUs whose GEMM rounds rows past its block
+# differently). They are expected to fail; the test below checks both at float32 tolerance.
+BATCH_POSITION_CHECKS = {
+    name: "float32 scores move by ulps with the batch position; checked at float32 tolerance instead"
+    for name in ("check_methods_sample_order_invariance", "check_methods_subset_invariance")
+}
+
+
+@parametrize_with_checks(
+    [DeepFMClassifier(**{**SMALL, "epochs": 5, "batch_size": 32, "validation_fraction": 0})],
+    expected_failed_checks=lambda estimator: BATCH_POSITION_CHECKS,
+)
 def test_sklearn_estimator_checks(estimator, check) -> None:
     check(estimator)
+
+
+def test_scores_do_not_depend_on_row_order_or_subsets(data, fitted) -> None:
+    X, _ = data
+    full = fitted.predict_proba(X)[:, 1]
+    order = np.random.default_rng(0).permutation(len(X))
+    assert_scores_close(fitted.predict_proba(X.iloc[order])[:, 1], full[order], "the rows in another order")
+    for lo in range(0, 300, 37):
+        assert_scores_close(fitted.predict_proba(X.iloc[lo : lo + 37])[:, 1], full[lo : lo + 37], "a subset scored alone")
 
 
 def test_constructor_stores_arguments_unchanged() -> None:
@@ -83,11 +105,12 @@ def test_pandas_polars_and_arrow_give_the_same_predictions(data, fitted) -> None
     as_polars, as_arrow = pl.from_pandas(X), pa.Table.from_pandas(X, preserve_index=False)
     expected = fitted.predict_proba(X)
     assert expected.shape == (len(X), 2) and np.allclose(expected.sum(axis=1), 1.0)
-    np.testing.assert_array_equal(fitted.predict_proba(as_polars), expected)
-    np.testing.assert_array_equal(fitted.predict_proba(as_arrow), expected)
-    # Fitting on each form gives the same model: the same Parquet reaches the same train().
+    assert_identical_scores(fitted.predict_proba(as_polars), expected, "the same rows in the same batches")
+    assert_identical_scores(fitted.predict_proba(as_arrow), expected, "the same rows in the same batches")
+    # Fitting on each form gives the same model: the same Parquet reaches the same train(),
+    # which repeats the same steps in the same order.
     for other in (as_polars, as_arrow):
-        np.testing.assert_array_equal(DeepFMClassifier(**SMALL).fit(other, y).predict_proba(X), expected)
+        assert_identical_scores(DeepFMClassifier(**SMALL).fit(other, y).predict_proba(X), expected, "the same training run")
     assert list(fitted.feature_names_in_) == list(X.columns) and fitted.n_features_in_ == X.shape[1]
 
 
@@ -134,7 +157,7 @@ def test_numpy_arrays_are_positional(data) -> None:
     assert [f.name for f in clf.bundle_.config.schema.fields] == ["x0", "x1", "x2"]
     with pytest.warns(UserWarning, match="fitted without feature names"):
         by_frame = clf.predict_proba(numeric)
-    np.testing.assert_array_equal(by_frame, clf.predict_proba(numeric.to_numpy()))
+    assert_identical_scores(by_frame, clf.predict_proba(numeric.to_numpy()), "the same rows in the same batches")
 
 
 # ---------------------------------------------------------------- scikit-learn's tools
@@ -151,7 +174,7 @@ def test_pipeline_with_column_transformer_and_function_transformer(data) -> None
     assert kinds["night"] == "categorical" and kinds["genres"] == "multi_hot" and kinds["price"] == "numeric"
     proba = pipe.predict_proba(X)
     assert proba.shape == (len(X), 2)
-    np.testing.assert_array_equal(proba, model.predict_proba(scale.transform(add_night.transform(X))))
+    assert_identical_scores(proba, model.predict_proba(scale.transform(add_night.transform(X))), "the same transformed rows")
     assert pipe.score(X, y) > 0.6  # AUC: the planted signal is learned
 
 
@@ -184,12 +207,12 @@ def test_clone_and_pickle_round_trips(data, fitted) -> None:
     expected = fitted.predict_proba(X)
     copy = clone(fitted)
     assert not hasattr(copy, "bundle_") and copy.get_params() == fitted.get_params()
-    np.testing.assert_array_equal(copy.fit(X, y).predict_proba(X), expected)  # same seed, same model
+    assert_identical_scores(copy.fit(X, y).predict_proba(X), expected, "same seed: the same training run")
 
     payload = pickle.dumps(fitted)
     assert b"torch" not in payload  # the bundle's files travel, not torch objects
     restored = pickle.loads(payload)
-    np.testing.assert_array_equal(restored.predict_proba(X), expected)
+    assert_identical_scores(restored.predict_proba(X), expected, "the same weights, rows and batches")
     assert list(restored.classes_) == list(fitted.classes_) and restored.get_params() == fitted.get_params()
     assert restored.bundle_.metrics == fitted.bundle_.metrics
 
@@ -204,7 +227,7 @@ def test_save_and_load_the_bundle(tmp_path: Path, data) -> None:
     assert not list(folder.glob("*.pkl"))
 
     loaded = DeepFMClassifier.load(folder)
-    np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+    assert_identical_scores(loaded.predict_proba(X), clf.predict_proba(X), "the same weights, rows and batches")
     assert list(loaded.classes_) == ["click", "skip"] and list(loaded.predict(X[:20])) == list(clf.predict(X[:20]))
     assert list(loaded.feature_names_in_) == list(X.columns) and loaded.get_params() == clf.get_params()
     # The folder is an ordinary bundle: deepfm.Bundle reads it, lists given as joined text.
@@ -236,21 +259,23 @@ def test_multi_hot_lists_are_learned(data, fitted) -> None:
     odd = base.iloc[:3].copy()
     odd["genres"] = [[f"action{sep}anime"], ["never-seen"], ["action", "anime"]]
     p = fitted.predict_proba(odd)[:, 1]
-    assert p[0] == p[1] != p[2]
+    assert_scores_close(p[0], p[1], "a value holding the separator and a never-seen value: both OOV")
+    assert_scores_differ(p[0], p[2], "one unseen value against two known ones")
     # Every Arrow list layout gives the same lists (a list view, large lists, a sliced array).
     expected = fitted.predict_proba(X[10:60])
     table = pa.Table.from_pandas(X, preserve_index=False)
     at = table.column_names.index("genres")
     for kind in (pa.list_view(pa.string()), pa.large_list(pa.large_string())):
         genres = pa.array(X["genres"].tolist(), kind)
-        np.testing.assert_array_equal(fitted.predict_proba(table.set_column(at, "genres", genres).slice(10, 50)), expected)
+        got = fitted.predict_proba(table.set_column(at, "genres", genres).slice(10, 50))
+        assert_identical_scores(got, expected, "the same 50 rows in one batch")
     # Lists of numbers are multi-hot too; 3.0 and 3 are the same value.
     rng = np.random.default_rng(1)
     ids = [list(rng.integers(0, 5, 2)) for _ in range(300)]
     y = np.array([int(3 in i) for i in ids])
     clf = DeepFMClassifier(**SMALL, fields={"ids": {"kind": "multi_hot", "min_count": 1}}).fit(pd.DataFrame({"ids": ids}), y)
     as_ints = clf.predict_proba(pd.DataFrame({"ids": [[3], [1]]}))
-    np.testing.assert_array_equal(clf.predict_proba(pd.DataFrame({"ids": [[3.0], [1.0]]})), as_ints)
+    assert_identical_scores(clf.predict_proba(pd.DataFrame({"ids": [[3.0], [1.0]]})), as_ints, "the same ids at the same positions")
     assert as_ints[0, 1] > as_ints[1, 1]
 
 

@@ -149,7 +149,7 @@ def test_shapes_and_dtypes() -> None:
     assert batch.ids.dtype == torch.int64
     e = model.embedding(batch.ids, batch.values, batch.multi_hot)
     assert e.shape == (11, LAYOUT.n_fields, 5)
-    assert torch.equal(model.head(e), out)
+    assert torch.equal(model.head(e), out)  # the same batch through the same layers: bit for bit
 
 
 def test_ids_stay_int64_through_dataset(tmp_path) -> None:

@@ -10,7 +10,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from conftest import SIMPLE_FIELDS, criteo_rows, simple_records, simple_schema, small_config, write_records_csv
+from conftest import (
+    SIMPLE_FIELDS, assert_identical_scores, assert_scores_close, assert_scores_differ, criteo_rows, encoded_rows,
+    simple_records, simple_schema, small_config, write_records_csv,
+)  # fmt: skip
 from deepfm.errors import DataError
 from deepfm.features import FeaturePipeline
 from deepfm.io import ReadOptions, Reader, TableSource
@@ -30,10 +33,11 @@ def predictor(tmp_path_factory: pytest.TempPathFactory) -> Predictor:
 def test_bundle_predict_goes_through_the_predictor(predictor: Predictor) -> None:
     rows = [{k: r[k] for k in SIMPLE_FIELDS} for r in simple_records(300, seed=3)]
     p = predictor.predict(rows)
-    assert np.array_equal(p, predictor.bundle.predict(rows))
-    # one table for many requests scores each row as it would alone
+    assert_identical_scores(p, predictor.bundle.predict(rows), "Bundle.predict runs the Predictor on the same batch")
+    # one table for many requests scores each row as the one request of all the rows would:
+    # checked in parts, joined, then scored in the same single batch of 300
     parts = [predictor.check_records(rows[i : i + 7]) for i in range(0, 300, 7)]
-    assert np.array_equal(predictor.predict_table(predictor.table(parts)), p)
+    assert_identical_scores(predictor.predict_table(predictor.table(parts)), p, "parts joined into the same table")
 
 
 @pytest.mark.parametrize(
@@ -70,10 +74,16 @@ def test_values_as_a_file_would_hold_them(predictor: Predictor) -> None:
         {**base, "tags": "red|small"},
         {**base, "label": 0},  # the label is dropped
     ]
+    # Every way of writing it encodes to the same model input, exactly ...
+    assert encoded_rows(predictor, same) == [encoded_rows(predictor, [base])[0]] * len(same)
+    # ... so the scores agree, at float32 tolerance: rows 1-5 sit at other batch positions
     p = predictor.predict(same)
-    assert np.all(p == p[0])
-    missing = predictor.predict([{**base, "price": None}, {**base, "price": float("nan")}, {**base, "price": ""}])
-    assert missing[0] == missing[1] == missing[2] != p[0]
+    assert_scores_close(p, np.full(len(same), p[0]), "one record written six ways")
+    gaps = [{**base, "price": None}, {**base, "price": float("nan")}, {**base, "price": ""}]
+    assert len(set(encoded_rows(predictor, gaps))) == 1 and encoded_rows(predictor, gaps)[0] != encoded_rows(predictor, [base])[0]
+    missing = predictor.predict(gaps)
+    assert_scores_close(missing, np.full(3, missing[0]), "None, NaN and '' are one missing value")
+    assert_scores_differ(missing[0], p[0], "a missing price against price 4")
     table = predictor.records_table([base, {"item": 7.0}])
     assert table.column_names == list(SIMPLE_FIELDS)
     assert table.column("item").to_pylist() == ["item2", "7"]  # 7.0 and 7 are one category
@@ -85,7 +95,7 @@ def test_dataframe_columns_outside_the_schema_are_ignored(predictor: Predictor) 
 
     rows = [{k: r[k] for k in SIMPLE_FIELDS} for r in simple_records(20, seed=4)]
     frame = pd.DataFrame(rows).assign(request_id=range(20))
-    assert np.array_equal(predictor.predict(frame), predictor.predict(rows))
+    assert_identical_scores(predictor.predict(frame), predictor.predict(rows), "the same 20 rows in one batch either way")
 
 
 def test_example_record_is_typical(predictor: Predictor) -> None:

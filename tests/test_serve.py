@@ -19,7 +19,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import REPO, SIMPLE_FIELDS, simple_records, simple_schema, small_config, write_records_csv
+from conftest import (
+    REPO, SIMPLE_FIELDS, assert_scores_close, assert_scores_differ, simple_records, simple_schema, small_config,
+    write_records_csv,
+)  # fmt: skip
 from deepfm.bundle import Bundle
 from deepfm.cli import main
 from deepfm.train import train
@@ -142,7 +145,7 @@ def test_predictions_match_the_python_api(server: Server, model_dir: Path) -> No
     assert status == 200
     expected = Bundle.load(model_dir).predict(records)
     assert answer["model"] == Bundle.load(model_dir).model_id
-    np.testing.assert_allclose(answer["probabilities"], expected, rtol=0, atol=1e-6)
+    assert_scores_close(answer["probabilities"], expected, "the server's batches against Bundle.predict's")
     status, answer = server.post({"records": []})
     assert status == 200 and answer["probabilities"] == []
 
@@ -159,9 +162,11 @@ def test_missing_field_is_a_missing_value(server: Server) -> None:
     ]
     status, answer = server.post({"records": cases})
     assert status == 200
-    p = answer["probabilities"]
-    assert p[0] == p[1] and p[2] == p[3] and p[0] != p[3] and p[5] == p[3]
-    assert all(0 < x < 1 for x in p)
+    p = np.array(answer["probabilities"])
+    # One request, six batch positions: float32 tolerance (conftest's FLOAT32_RTOL).
+    assert_scores_close(p[[1, 2, 5]], p[[0, 3, 3]], "absent and null price, a list and joined text, a label riding along")
+    assert_scores_differ(p[0], p[3], "a missing price against price 10")
+    assert np.all((0 < p) & (p < 1))
 
 
 def test_concurrent_requests_get_their_own_probabilities(server: Server, model_dir: Path) -> None:
@@ -173,7 +178,7 @@ def test_concurrent_requests_get_their_own_probabilities(server: Server, model_d
     bundle = Bundle.load(model_dir)
     for recs, (status, answer) in zip(requests, answers):
         assert status == 200
-        np.testing.assert_allclose(answer["probabilities"], bundle.predict(recs), rtol=0, atol=1e-6)
+        assert_scores_close(answer["probabilities"], bundle.predict(recs), "requests batched together against each alone")
 
 
 # ---------------------------------------------------------------- bad requests

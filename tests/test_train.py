@@ -28,7 +28,7 @@ def test_same_seed_same_weights(tmp_path: Path) -> None:
     train(config, data, tmp_path / "b", split="0.8,0.2")
     a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
     assert set(a) == set(b)
-    for k in a:
+    for k in a:  # the same steps on the same batches, one thread: bit for bit on any CPU
         assert torch.equal(a[k], b[k]), k
     # the check has teeth: another seed gives other weights
     train(small_config(simple_schema(), seed=124, epochs=2), data, tmp_path / "c", split="0.8,0.2")
@@ -42,7 +42,7 @@ def test_same_seed_same_weights_criteo_layout(tmp_path: Path) -> None:
     train(config, data, tmp_path / "a", split="0.8,0.1,0.1")
     train(config, data, tmp_path / "b", split="0.8,0.1,0.1")
     a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
-    for k in a:
+    for k in a:  # the same steps on the same batches, one thread: bit for bit on any CPU
         assert torch.equal(a[k], b[k]), k
     ma = json.loads((tmp_path / "a" / "metrics.json").read_text())
     mb = json.loads((tmp_path / "b" / "metrics.json").read_text())
