@@ -183,10 +183,13 @@ class ShardedDeepFM:
         if sum(t.rows for t in tables) != layout.num_embeddings or len(tables) != layout.n_fields:
             raise ConfigError(f"the field tables ({len(tables)} fields, {sum(t.rows for t in tables)} rows) do not cut "
                               f"this layout's table ({layout.n_fields} fields, {layout.num_embeddings} rows)")  # fmt: skip
+        config = config.resolved(layout.n_fields)  # "auto" init from the fields, as DeepFM does
         self.layout, self.config, self.tables = layout, config, list(tables)
         self.world, self.rank = dist.get_world_size(), dist.get_rank()
         self.device = torch.device(device)
-        embedding = ShardedFieldEmbedding(tables, config.embedding_dim, layout.n_single, list(layout.scaled_positions), config.init_std)
+        embedding = ShardedFieldEmbedding(
+            tables, config.embedding_dim, layout.n_single, list(layout.scaled_positions), float(config.init_std)
+        )  # fmt: skip
         model = DeepFM(layout, config, embedding=embedding)
         self.width = embedding.width  # columns per table row: D+1 padded to a multiple of 4
         # Fused into fbgemm's backward: the table rows a batch touched are stepped in place.

@@ -18,6 +18,8 @@ usual warm-up of Adam's bias correction is the documented, reproducible choice.
 
 from __future__ import annotations
 
+import dataclasses
+
 from typing import Any
 
 import numpy as np
@@ -46,7 +48,9 @@ def check_compatible(old: Bundle, config_schema: Any, model_config: Any) -> None
             )
     if [f.name for f in config_schema.fields] != list(old_fields):
         raise ConfigError(f"warm start from {old.path}: the fields must be that model's, in its order: {list(old_fields)}")
-    if model_config != old.config.model:
+    # The initialization may differ ("auto" against the std it resolved to): the weights come
+    # from the old model, and new rows start as a fresh model's would.
+    if dataclasses.replace(model_config, init_std=old.config.model.init_std) != old.config.model:
         raise ConfigError(f"warm start from {old.path}: the model settings must stay as they were ({old.config.model})")
 
 
