@@ -5,13 +5,15 @@ Two things can stand between them, applied in this order by :func:`postprocess`:
 1. Negative downsampling. A model trained on all positives and a share ``w`` of the negatives
    sees odds ``1/w`` times too high; the true probability is ``q / (q + (1 - q) / w)`` for a
    model output ``q`` (equivalently: logit + log w).
-2. A fitted calibration (``deepfm calibrate``): Platt scaling ``sigmoid(a * logit(p) + b)`` or
+2. A fitted calibration: Platt scaling ``sigmoid(a * logit(p) + b)``, which training fits on
+   the validation rows by default (``train.calibrate``), or, by ``deepfm calibrate``, Platt or
    isotonic regression (a non-decreasing step function, applied by linear interpolation
    between its points and clipped at the ends, as scikit-learn's IsotonicRegression does).
 
 The state is stored in a bundle as ``calibration.json`` (signed by its manifest) and every
 prediction path (Bundle.predict_encoded and what calls it) goes through :func:`postprocess`.
-Fitting uses scikit-learn (the ``sklearn`` extra); applying needs NumPy only.
+Platt's two parameters are fitted with PyTorch's L-BFGS; isotonic regression uses
+scikit-learn (the ``sklearn`` extra); applying needs NumPy only.
 """
 
 from __future__ import annotations
@@ -90,11 +92,6 @@ def postprocess(p: np.ndarray, state: Calibration) -> np.ndarray:
 def fit(probs: np.ndarray, labels: np.ndarray, method: str, base: Calibration = Calibration()) -> Calibration:
     """Fit ``method`` (platt or isotonic) mapping ``probs`` -- already through ``base``'s
     downsampling correction -- to ``labels``. Returns ``base`` with that fit. (N,), (N,)"""
-    try:
-        from sklearn.isotonic import IsotonicRegression
-        from sklearn.linear_model import LogisticRegression
-    except ImportError:  # pragma: no cover - the extra is installed in the test environment
-        raise ConfigError("fitting a calibration needs scikit-learn: pip install 'deepfm[sklearn]'") from None
     p = np.asarray(probs, dtype=np.float64).ravel()
     y = np.asarray(labels, dtype=np.float64).ravel()
     if method not in ("platt", "isotonic"):
@@ -102,11 +99,34 @@ def fit(probs: np.ndarray, labels: np.ndarray, method: str, base: Calibration = 
     if p.size == 0 or y.min() == y.max():
         raise ConfigError(f"calibration needs rows of both classes; got {p.size} rows with labels {sorted(set(y.tolist()))}")
     if method == "platt":
-        # An (almost) unregularised logistic regression on the logit: two parameters.
-        lr = LogisticRegression(C=1e6, solver="lbfgs", max_iter=1000).fit(_logit(p)[:, None], y)
-        return base.with_fit("platt", platt=(float(lr.coef_[0, 0]), float(lr.intercept_[0])))
+        return base.with_fit("platt", platt=fit_platt(_logit(p), y))
+    try:
+        from sklearn.isotonic import IsotonicRegression
+    except ImportError:  # pragma: no cover - the extra is installed in the test environment
+        raise ConfigError("isotonic calibration needs scikit-learn: pip install 'deepfm[sklearn]'") from None
     iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(p, y)
     return base.with_fit("isotonic", x=tuple(map(float, iso.X_thresholds_)), y=tuple(map(float, iso.y_thresholds_)))
+
+
+def fit_platt(z: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(a, b) minimizing the log loss of sigmoid(a * z + b) against labels ``y``: an
+    unregularized two-parameter logistic regression, by L-BFGS in float64. (N,), (N,)"""
+    import torch
+    import torch.nn.functional as F
+
+    x, t = torch.from_numpy(np.asarray(z, dtype=np.float64)), torch.from_numpy(np.asarray(y, dtype=np.float64))
+    ab = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([ab], lr=1.0, max_iter=200, tolerance_grad=1e-12, tolerance_change=1e-15, line_search_fn="strong_wolfe")
+
+    def loss() -> torch.Tensor:
+        opt.zero_grad()
+        value = F.binary_cross_entropy_with_logits(ab[0] * x + ab[1], t)
+        value.backward()
+        return value
+
+    opt.step(loss)  # type: ignore[arg-type]
+    a, b = (float(v) for v in ab.detach())
+    return a, b
 
 
 def _logit(p: np.ndarray) -> np.ndarray:

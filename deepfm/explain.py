@@ -11,8 +11,8 @@ input (a scaled numeric's value times the field vector, a multi-hot list pooled)
   model's logit row by row;
 - a drill-down for one pair (the strongest unless chosen): every value combination seen,
   decoded to the raw values through the fitted vocabulary, with its count, its mean
-  contribution to the logit and its mean effect on the probability,
-  sigmoid(logit) - sigmoid(logit - <v_i, v_j>).
+  contribution to the logit and its mean effect on the probability users get,
+  p(logit) - p(logit - <v_i, v_j>), with p the sigmoid followed by the bundle's calibration.
 
 Memory is bounded by F x F per pass plus the drill-down's distinct combinations and one
 probability per row: no (N, F, F) tensor is ever held.
@@ -283,6 +283,7 @@ class _Combinations:
     def __init__(self, bundle: Bundle, pair: tuple[int, int]) -> None:
         self.keyers = (_FieldKeys(bundle, pair[0]), _FieldKeys(bundle, pair[1]))
         self.dim = bundle.config.model.embedding_dim
+        self.calibration = bundle.calibration
         self.pending: list[tuple[np.ndarray, np.ndarray]] = []  # (keys (K, 2), [count, contribution, effect] (K, 3))
         self.pending_rows = 0
 
@@ -291,7 +292,7 @@ class _Combinations:
         its logits (B,)."""
         i, j, d = self.keyers[0].index, self.keyers[1].index, self.dim
         c = (e[:, i, :d] * e[:, j, :d]).sum(dim=1).double().cpu().numpy()  # (B,) <v_i, v_j>
-        effect = _sigmoid(logit) - _sigmoid(logit - c)
+        effect = postprocess(_sigmoid(logit), self.calibration) - postprocess(_sigmoid(logit - c), self.calibration)
         keys = np.stack([self.keyers[0].keys(batch), self.keyers[1].keys(batch)], axis=1)  # (B, 2)
         self.pending.append(_reduce(keys, np.stack([np.ones(len(keys)), c, effect], axis=1)))
         self.pending_rows += len(self.pending[-1][0])

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from deepfm.bundle import Bundle
 from deepfm.calibration import Calibration, postprocess
+from deepfm.calibration import fit as fit_calibration
 from deepfm.checkpoint import CHECKPOINT, RUN, load_checkpoint, save_checkpoint, write_atomic
 from deepfm.config import RunConfig, TrainConfig
 from deepfm.dataset import Batch, DatasetWriter, EncodedDataset, EpochOrder
@@ -412,7 +413,7 @@ class Trainer:
             history.best_epoch = int(row["epoch"])
             return False
         score = row.get("valid_auc_for_stopping", row["valid_auc"])
-        if score > p.best_score + 1e-6:
+        if score > p.best_score + self.config.min_improvement:
             p.best_score, p.bad, history.best_epoch = score, 0, int(row["epoch"])
             self.best_state = copy.deepcopy(self.model.state_dict())
             return False
@@ -795,6 +796,9 @@ def _train(
             # the same mask, which one process drawing for the whole global batch never does.
             torch.manual_seed(int(np.random.SeedSequence([cfg.seed, ctx.rank]).generate_state(1)[0]))
         batch_size = cfg.resolve_batch_size(len(parts.train))
+        # The run's "auto" settings made concrete, in the config saved with the model: it
+        # trains the same model again.
+        config = dataclasses.replace(config, model=model.config, train=dataclasses.replace(cfg, batch_size=batch_size))
         log.info(
             "training %s on %d rows (%d fields, %d embedding rows), batch %d on %s%s",
             config.model.kind, len(parts.train), layout.n_fields, layout.num_embeddings, batch_size, device,
@@ -809,6 +813,7 @@ def _train(
         elif resume:
             log.info("no checkpoint in %s yet: starting the run from its beginning", out)
         history = trainer.fit(parts.train, parts.valid, batch_size, on_epoch=on_epoch, resume=state)
+        fitted = calibrate_on_valid(trainer, parts.valid) if cfg.calibrate and parts.valid is not None else None
         metrics: dict[str, Any] = {
             "model": config.model.kind,
             "epochs": len(history.epochs),
@@ -819,6 +824,8 @@ def _train(
             "train_rows_before_downsampling": rows_before,
             "neg_sample_rate": neg_sample_rate,
             "warm_start": warm,
+            "resolved": {"init_std": model.config.init_std, "batch_size": batch_size},
+            "valid_calibration": fitted,
             "train_samples_per_s": history.train_samples / max(history.train_seconds, 1e-9),
             "train_seconds": history.train_seconds,
             "preprocess_seconds": prep_seconds,
@@ -842,7 +849,7 @@ def _train(
                     metrics["evaluation"] = {"part": name, "calibration": calibration(part.labels, p), "roc": roc_curve(part.labels, p)}
         metrics["total_seconds"] = time.perf_counter() - t_start
         extra = {PROFILE_FILE: json.dumps(train_profile).encode()}
-        bundle = Bundle(config, pipeline, model.cpu().eval(), metrics, calibration=calib, extra=extra)
+        bundle = Bundle(config, pipeline, model.cpu().eval(), metrics, calibration=trainer.calibration, extra=extra)
         if ctx.main:  # the other ranks hold the same weights and metrics
             bundle.save(out)
             log.info("saved the model to %s", out)
@@ -852,6 +859,29 @@ def _train(
                 on_trained(bundle, evaluated)
         del parts, evaluated  # release the memory maps before the folder goes
     return bundle
+
+
+MIN_CALIBRATION_ROWS = 50  # of each class in the validation part, to fit Platt's two parameters
+
+
+def calibrate_on_valid(trainer: Trainer, valid: EncodedDataset) -> dict[str, Any] | None:
+    """Fit Platt scaling on the validation rows' scores and make it part of the trainer's
+    calibration (after any downsampling correction). Returns what was fitted, or None when
+    the rows hold fewer than MIN_CALIBRATION_ROWS of a class."""
+    labels = np.asarray(valid.labels, dtype=np.float64)
+    positives = int(labels.sum())
+    if min(positives, len(labels) - positives) < MIN_CALIBRATION_ROWS:
+        log.info("no calibration: the validation part has %d positive and %d negative rows", positives, len(labels) - positives)
+        return None
+    scores = trainer.predict(valid)
+    fitted = fit_calibration(scores, labels, "platt", base=trainer.calibration)
+    a, b = fitted.platt
+    if not a > 0:  # a model ranking the validation rows no better than chance: leave it be
+        log.warning("no calibration: Platt scaling on the validation rows would reverse the ranking (a = %.3g)", a)
+        return None
+    trainer.calibration = fitted
+    log.info("Platt calibration on %d validation rows: sigmoid(%.3f * logit + %.3f)", len(labels), a, b)
+    return {"method": "platt", "platt": [a, b], "rows": len(labels), "valid_logloss_before": logloss(labels, scores)}
 
 
 def check_start(

@@ -12,11 +12,12 @@ import pyarrow.csv as pacsv
 import pytest
 
 from conftest import FLOAT32_ATOL, FLOAT32_RTOL, PLANTED, PNG, SIZES, assert_scores_close, planted_rows, planted_sign, simple_records, simple_schema, small_config, write_records_csv, write_rows
+from deepfm.calibration import postprocess
 from deepfm.cli import main
 from deepfm.errors import ConfigError
 from deepfm.explain import _log_bin_label, explain, parse_pair
 from deepfm.features import _log_bin_keys
-from deepfm.io import ReadOptions
+from deepfm.io import ReadOptions, TableSource
 from deepfm.train import train
 
 pytest.importorskip("matplotlib")
@@ -51,7 +52,10 @@ def test_decomposition_adds_up_to_the_model_logit(planted) -> None:
     table = pacsv.read_csv(fresh, parse_options=pacsv.ParseOptions(delimiter="\t"))
     p = bundle.predict(table)
     assert_scores_close(expl.probabilities, p, "the parts' probabilities against the forward pass")
-    logit = np.log(p) - np.log1p(-p)
+    # The parts add up to the model's own logit, before the calibration fitted in training.
+    chunk = next(TableSource(table).chunks(bundle.config.schema.names, table.num_rows))
+    raw = bundle.predict_encoded(bundle.pipeline.encode(chunk, with_labels=False), calibrated=False)
+    logit = np.log(raw) - np.log1p(-raw)
     assert sum(s.mean for s in expl.parts.values()) == pytest.approx(logit.mean(), abs=1e-4)
     assert expl.parts["bias"].std == 0.0 and expl.parts["bias"].mean == pytest.approx(float(bundle.model.bias.detach()))
     # The pair matrix is symmetric with a zero diagonal, and its upper triangle is the FM term.
@@ -66,7 +70,8 @@ def test_decomposition_adds_up_to_the_model_logit(planted) -> None:
 
 def test_pair_numbers_by_hand_for_single_rows(planted) -> None:
     """On one row, the drill-down's contribution is <v_i, v_j> from the weight table and its
-    effect is sigmoid(logit) - sigmoid(logit - contribution); the matrix holds |<v_i, v_j>|."""
+    effect is p(logit) - p(logit - contribution), p the sigmoid and the bundle's calibration;
+    the matrix holds |<v_i, v_j>|."""
     bundle, _, tmp = planted
     rows = planted_rows(3, seed=5)
     w = bundle.model.embedding.weight.detach().double().numpy()
@@ -81,8 +86,11 @@ def test_pair_numbers_by_hand_for_single_rows(planted) -> None:
         (combo,) = expl.drilldown.up + expl.drilldown.down
         assert combo.values == (row[3], row[5]) and combo.count == 1
         assert combo.mean_contribution == pytest.approx(want, rel=1e-5, abs=1e-7)
-        logit = math.log(expl.probabilities[0] / (1 - expl.probabilities[0]))
-        assert combo.mean_effect == pytest.approx(1 / (1 + math.exp(-logit)) - 1 / (1 + math.exp(-(logit - want))), rel=1e-4, abs=1e-8)
+        chunk = next(TableSource(pacsv.read_csv(one, parse_options=pacsv.ParseOptions(delimiter="\t"))).chunks(names, 1))
+        raw = bundle.predict_encoded(pipe.encode(chunk, with_labels=False), calibrated=False)[0]
+        logit = math.log(raw / (1 - raw))
+        p = [postprocess(np.array([1 / (1 + math.exp(-z))]), bundle.calibration)[0] for z in (logit, logit - want)]
+        assert combo.mean_effect == pytest.approx(p[0] - p[1], rel=1e-4, abs=1e-8)
         brute = np.array([[abs(float(vec[a] @ vec[b])) if a != b else 0.0 for b in names] for a in names])
         np.testing.assert_allclose(expl.pair_mean_abs, brute, rtol=1e-5, atol=1e-7)
 

@@ -51,10 +51,12 @@ def test_same_seed_same_weights_criteo_layout(tmp_path: Path) -> None:
 
 def test_best_epoch_weights_are_restored(tmp_path: Path) -> None:
     """With a learning rate high enough to overfit, valid AUC peaks early; the saved model is
-    that epoch's (its valid AUC recomputed after training equals the one logged then)."""
+    that epoch's (its valid AUC recomputed after training equals the one logged then). Every
+    gain counts (min_improvement 0), and the vectors start small enough for these 800 rows to
+    overfit within 6 epochs."""
     data = write_records_csv(tmp_path / "d.csv", simple_records(800, seed=4))
     config = small_config(simple_schema(), epochs=6, patience=10, lr=0.05, embedding_lr=0.05, seed=1, batch_size=16,
-                          model={"hidden": (64, 64)})  # fmt: skip
+                          min_improvement=0.0, model={"hidden": (64, 64), "init_std": 0.01})  # fmt: skip
     bundle = train(config, data, tmp_path / "m", split="0.7,0.3")
     m = bundle.metrics
     history = m["history"]
@@ -153,3 +155,42 @@ def test_training_metrics_on_every_kth_row_of_a_large_epoch(tmp_path: Path, monk
         got = [{k: v for k, v in row.items() if k not in ("seconds", "samples_per_s")} for row in resumed.metrics[key]]
         want = [{k: v for k, v in row.items() if k not in ("seconds", "samples_per_s")} for row in sampled.metrics[key]]
         assert got == want, key
+
+
+def test_auto_init_gives_the_pairwise_term_its_set_spread(tmp_path: Path) -> None:
+    """init_std "auto" draws the vectors so that the FM pairwise term starts with std
+    INIT_PAIRWISE_STD whatever the number of fields; the run saves the std it resolved to,
+    with the batch size, in the bundle's config and metrics.json."""
+    from deepfm.layers import fm_pairwise
+    from deepfm.model import INIT_PAIRWISE_STD, DeepFM, InputLayout, ModelConfig, auto_init_std
+
+    assert (auto_init_std(10, 16), auto_init_std(39, 16)) == (0.061, 0.0303)  # Frappe's and Criteo's fields
+    for fields in (6, 20, 39):
+        torch.manual_seed(0)
+        model = DeepFM(InputLayout(num_embeddings=200_000, n_single=fields), ModelConfig(embedding_dim=16))
+        assert model.config.init_std == auto_init_std(fields, 16)
+        rows = torch.randint(0, 200_000, (20_000, fields))
+        pairs = fm_pairwise(model.embedding.weight.detach()[rows][..., :16])
+        assert float(pairs.std()) == pytest.approx(INIT_PAIRWISE_STD, rel=0.05)
+    data = write_records_csv(tmp_path / "d.csv", simple_records(1500, seed=2))
+    bundle = train(small_config(simple_schema(), model={"init_std": "auto"}, batch_size="auto"), data, tmp_path / "m", split="0.8,0.2")
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert saved["model"]["init_std"] == bundle.metrics["resolved"]["init_std"] == auto_init_std(4, 4)
+    assert saved["train"]["batch_size"] == bundle.metrics["resolved"]["batch_size"] == bundle.metrics["batch_size"]
+
+
+def test_training_calibrates_on_the_validation_rows(tmp_path: Path) -> None:
+    """Platt scaling fitted on the validation scores is part of the saved model: it lowers the
+    validation log loss (or keeps it: the identity is one of its fits), leaves AUC alone, and
+    is left out when asked or when the validation part is too small to fit it."""
+    data = write_records_csv(tmp_path / "d.csv", simple_records(3000, seed=5))
+    bundle = train(small_config(simple_schema(), epochs=4, lr=0.05, embedding_lr=0.05), data, tmp_path / "m", split="0.7,0.3")
+    fit, m = bundle.metrics["valid_calibration"], bundle.metrics
+    assert bundle.calibration.method == "platt" and list(bundle.calibration.platt) == fit["platt"] and fit["rows"] == 900
+    assert m["valid_logloss"] <= fit["valid_logloss_before"]
+    assert m["valid_auc"] == pytest.approx(max(h["valid_auc"] for h in m["history"]), abs=1e-9)
+    off = train(small_config(simple_schema(), epochs=4, lr=0.05, embedding_lr=0.05, calibrate=False), data, tmp_path / "o", split="0.7,0.3")
+    assert off.calibration.method == "none" and off.metrics["valid_calibration"] is None
+    assert off.metrics["valid_logloss"] == pytest.approx(fit["valid_logloss_before"], rel=1e-9)  # same run, uncalibrated
+    few = train(small_config(simple_schema(), epochs=1), data, tmp_path / "f", split="0.97,0.03")  # 90 rows: < 50 of a class
+    assert few.calibration.method == "none" and few.metrics["valid_calibration"] is None
