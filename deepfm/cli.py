@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "predictions are corrected back (valid/test keep every row)")  # fmt: skip
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("schema", help="print the schema inferred for a file, as a YAML config to edit")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--label", default="label", help="the label column (default: label)")
+    _add_read_options(p)
+    p.set_defaults(func=cmd_schema)
+
     p = sub.add_parser("compare", help="train several model kinds with several seeds on the same split")
     _add_run_args(p)
     p.add_argument("--models", default="lr,fm,dnn,wide_deep,dcn,deepfm", help="model kinds, comma-separated")
@@ -110,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=50, help="the most trials (default 50)")
     p.add_argument("--minutes", type=float, help="time budget; no new trial starts after it")
     p.add_argument("--keep-trials", action="store_true", help="keep every trial's model folder")
+    p.add_argument("--metric", choices=["auc", "logloss"], default="auc",
+                   help="rank trials by validation AUC (default) or log loss; every trial is calibrated first")
     p.add_argument("--out", type=Path, default=Path("runs/tune"), help="best.yaml, trials.md, trials.json")
     p.set_defaults(func=cmd_tune)
 
@@ -262,12 +270,12 @@ def _run_config(args: argparse.Namespace) -> Any:
     """The RunConfig of train/compare: --config, --preset or an inferred schema, then flags."""
     from dataclasses import replace
 
-    from deepfm.config import RunConfig, infer_schema, load_config, with_overrides
-    from deepfm.io import ReadOptions, Reader
+    from deepfm.config import RunConfig, load_config, read_options, with_overrides
     from deepfm.schema import PRESETS
 
-    if args.config and args.preset:
-        raise _usage("give --config or --preset, not both")
+    raw = load_config(args.config) if args.config else {}
+    if args.preset and {"fields", "preset"} & raw.keys():
+        raise _usage(f"{args.config} names its fields already: give --config or --preset, not both")
     if getattr(args, "warm_start", None) is not None:
         from deepfm.bundle import Bundle
 
@@ -277,14 +285,17 @@ def _run_config(args: argparse.Namespace) -> Any:
         if given:
             raise _usage(f"--warm-start keeps the schema and model of {args.warm_start}; leave out {', '.join(given)}")
         config = Bundle.load(args.warm_start).config
-    elif args.config:
-        config = RunConfig.from_dict(load_config(args.config), where=str(args.config))
-    elif args.preset:
-        config = RunConfig(schema=PRESETS[args.preset]())
-    else:
-        options = ReadOptions(**{k: v for k, v in _read_overrides(args).items() if v is not None})
-        config = RunConfig(schema=infer_schema(Reader(args.data, options), args.label or "label"), data=options)
-        log.info("inferred the schema: %s", ", ".join(f"{f.name}:{f.kind}" for f in config.schema.fields))
+    elif {"fields", "preset"} & raw.keys():
+        config = RunConfig.from_dict(raw, where=str(args.config))
+    else:  # the fields from --preset or from the data; the rest (model, train, data) from --config
+        where = str(args.config or "the flags")
+        options = replace(read_options(raw, where), **{k: v for k, v in _read_overrides(args).items() if v is not None})
+        if args.preset:
+            schema = PRESETS[args.preset]()
+        else:
+            columns = raw.get("columns")
+            schema = _inferred_schema(args.data, raw.get("label", args.label or "label"), options, columns)
+        config = RunConfig.from_dict({**raw, **schema.to_dict()}, where=where)
     for flag, key in (("min_count", "min_count"), ("max_vocab", "max_vocab")):
         if getattr(args, flag) is not None:
             fields = tuple(replace(f, **{key: getattr(args, flag)}) for f in config.schema.fields)
@@ -306,6 +317,37 @@ def _run_config(args: argparse.Namespace) -> Any:
         },
         data=_read_overrides(args),
     )  # fmt: skip
+
+
+def _inferred_schema(data: Path, label: str, options: Any, columns: list[str] | None = None) -> Any:
+    """The schema inferred for ``data`` (whose column names are ``columns`` when it has no
+    header), logged as the YAML ``deepfm schema`` prints."""
+    from dataclasses import replace
+
+    from deepfm.io import Reader
+    from deepfm.schema_inference import infer_schema, schema_yaml
+
+    schema, guesses = infer_schema(Reader(data, options, column_names=columns), label)
+    if columns is not None:
+        schema = replace(schema, columns=tuple(columns))
+    log.info("inferred the schema (deepfm schema --data %s prints it to edit):\n%s", data, schema_yaml(schema, guesses, str(data)))
+    return schema
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from deepfm.io import ReadOptions, Reader
+    from deepfm.schema_inference import infer_schema, schema_yaml
+
+    options = ReadOptions(**{k: v for k, v in _read_overrides(args).items() if v is not None})
+    schema, guesses = infer_schema(Reader(args.data, options), args.label)
+    text = schema_yaml(schema, guesses, str(args.data))
+    if options != ReadOptions():  # what it took to read the file, for the config to say too
+        from dataclasses import asdict
+
+        given = {k: v for k, v in asdict(options).items() if v != getattr(ReadOptions(), k)}
+        text += "data: " + json.dumps(given) + "\n"
+    sys.stdout.write(text)
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -426,8 +468,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
         _run_config(args), args.data, args.out, trials=args.trials,
         timeout=args.minutes * 60 if args.minutes else None, valid=args.valid, test=args.test,
         split=args.split, cache=not args.no_cache, cache_dir=args.cache_dir, keep_trials=args.keep_trials,
+        metric=args.metric,
     )  # fmt: skip
-    keys = ("trials", "pruned", "best_trial", "best_valid_auc", "best", "default")
+    keys = ("trials", "pruned", "metric", "best_trial", "best_valid_auc", "best_valid_logloss", "best", "default")
     print(json.dumps({"best_config": str(args.out / "best.yaml"), **{k: summary[k] for k in keys}}, default=str))
     return 0
 

@@ -41,11 +41,12 @@ except ImportError as exc:  # the estimator is optional: `import deepfm` works w
     raise ImportError("deepfm.DeepFMClassifier needs scikit-learn: pip install 'deepfm[sklearn]'") from exc
 
 from deepfm.bundle import Bundle
-from deepfm.config import RunConfig, TrainConfig, numeric_field
+from deepfm.config import RunConfig, TrainConfig
 from deepfm.errors import BundleError, ConfigError, DataError
 from deepfm.io import as_table
 from deepfm.model import ModelConfig
 from deepfm.schema import KINDS, FieldSpec, Schema
+from deepfm.schema_inference import guess_field
 from deepfm.train import train
 
 ESTIMATOR_FILE = "estimator.json"  # classes, feature names and parameters, beside the bundle
@@ -226,20 +227,24 @@ class DeepFMClassifier(ClassifierMixin, BaseEstimator):
             options["kind"] = override
         elif override is not None:
             raise ConfigError(f"fields[{name!r}]: expected a kind {list(KINDS)} or a dict of field options, got {override!r}")
-        kind = options.setdefault("kind", kind_of_type)
-        if kind is None:
+        if kind_of_type is None and "kind" not in options:
             raise ConfigError(
                 f"column {name!r} has Arrow type {columns[0].type}, which has no default kind; "
                 f"convert it or name its kind with fields={{{name!r}: 'categorical'}}"
             )
-        if kind_of_type == "multi_hot" and kind != "multi_hot":
-            raise ConfigError(f"column {name!r} holds lists: it can only be a multi_hot field, not {kind!r}")
         if kind_of_type == "multi_hot":
-            given = options.get("separator")
-            options["separator"] = _separator(name, columns, given)
-        if kind == "numeric" and kind_of_type == "numeric" and not {"mode", "binning"} & options.keys():
-            x = pc.cast(columns[0], pa.float64()).to_numpy()
-            return numeric_field(name, x, **{k: v for k, v in options.items() if k != "kind"})
+            if options.setdefault("kind", "multi_hot") != "multi_hot":
+                raise ConfigError(f"column {name!r} holds lists: it can only be a multi_hot field, not {options['kind']!r}")
+            options["separator"] = _separator(name, columns, options.get("separator"))
+        else:
+            # The rules files get (deepfm.schema_inference), on X's values: kind, binning, separator.
+            guess = guess_field(name, columns[0]).spec
+            if options.setdefault("kind", guess.kind) == guess.kind == "numeric":
+                options.setdefault("binning", guess.binning)
+            elif options["kind"] == "numeric" and not {"mode", "binning"} & options.keys():
+                options["binning"] = "log" if _integral(columns[0]) else "quantile"
+            elif options["kind"] == guess.kind == "multi_hot":
+                options.setdefault("separator", guess.separator)
         return FieldSpec.from_dict({**options, "name": name}, where=f"fields[{name!r}]")
 
     # ------------------------------------------------------------ predict
@@ -423,6 +428,15 @@ def _is_list(t: pa.DataType) -> bool:
     views = (getattr(pa.types, "is_list_view", None), getattr(pa.types, "is_large_list_view", None))
     plain = pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
     return plain or any(f is not None and f(t) for f in views)
+
+
+def _integral(column: pa.ChunkedArray) -> bool:
+    """Every value a whole number (counts: log bins), for a column declared numeric."""
+    if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+        return False
+    x = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+    x = x[~np.isnan(x)]
+    return bool(x.size) and bool(np.all(x == np.round(x)))
 
 
 def _kind(t: pa.DataType) -> str | None:

@@ -280,8 +280,9 @@ def test_bad_values_in_yaml_config(tmp_path: Path, capsys) -> None:
     cfg.write_text("label: label\nfields: [{name: c}\n")  # broken YAML
     err = cli_error(capsys, train_argv(data, cfg, tmp_path / "out"))
     expect_in(err, str(cfg), "YAML")
+    cfg.write_text("label: label\nfields: [{name: c}]\n")  # fields, and a preset too
     err = cli_error(capsys, ["train", "--data", str(data), "--config", str(cfg), "--preset", "criteo"])
-    expect_in(err, "--config or --preset")
+    expect_in(err, str(cfg), "names its fields already", "--config or --preset")
 
 
 # ---------------------------------------------------------------- bundles and records

@@ -210,7 +210,8 @@ def test_train_parquet_with_inferred_schema(tmp_path: Path, capsys) -> None:
     run(capsys, ["train", "--data", str(data), "--out", str(out), "--epochs", "1", "--embedding-dim", "4", "--hidden", "8", *FAST])
     config = json.loads((out / "config.json").read_text())
     kinds = {f["name"]: f["kind"] for f in config["fields"]}
-    assert kinds == {"user": "categorical", "item": "categorical", "price": "numeric", "tags": "categorical"}
+    # tags hold "red|small": lists, found by the data (deepfm.schema_inference)
+    assert kinds == {"user": "categorical", "item": "categorical", "price": "numeric", "tags": "multi_hot"}
     m = json.loads((out / "metrics.json").read_text())
     assert (m["train_rows"], m["valid_rows"]) == (1080, 120)  # default 0.9/0.1 split by row order
 

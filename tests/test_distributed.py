@@ -94,9 +94,9 @@ def test_nproc_checks_the_config_before_it_starts_any_process(
     monkeypatch.setattr(cli, "_launch", lambda *a: pytest.fail("launched processes for a config that cannot run"))
     data = write_records_csv(tmp_path / "d.csv", simple_records(50, seed=1))
     bad = tmp_path / "bad.yaml"
-    bad.write_text("model:\n  embedding_dim: 4\n")
+    bad.write_text("model:\n  embedding_dim: -4\n")
     assert cli.main(["train", "--data", str(data), "--config", str(bad), "--nproc", "2", "--out", str(tmp_path / "m")]) == 2
-    assert capsys.readouterr().err.strip() == f"deepfm train: error: {bad}: schema: 'fields' must be a non-empty list"
+    assert capsys.readouterr().err.strip() == f"deepfm train: error: {bad}: model.embedding_dim must be a positive integer, got -4"
     assert cli.main(["train", "--data", str(data), "--nproc", "2", "--neg-sample-rate", "2", "--out", str(tmp_path / "m")]) == 2
     assert "--neg-sample-rate must be in (0, 1], got 2" in capsys.readouterr().err
     assert cli.main(["train", "--resume", str(tmp_path / "m"), "--nproc", "2", "--data", str(data)]) == 2

@@ -118,8 +118,9 @@ def test_column_kinds_are_inferred_and_can_be_overridden() -> None:
     rng = np.random.default_rng(0)
     n = 400
     X = pd.DataFrame({
-        "count": rng.integers(0, 50, n),                          # integers -> numeric, log bins
+        "count": np.floor(rng.lognormal(1, 1.5, n)).astype(int), # counts from 0 over orders of magnitude -> log bins
         "amount": rng.normal(size=n),                             # floats -> numeric, quantile bins
+        "store_id": rng.integers(1000, 1100, n),                  # integers naming things -> categorical
         "city": rng.choice(["paris", "oslo", "rome"], n),         # strings -> categorical
         "segment": pd.Categorical(rng.choice(["a", "b"], n)),     # categorical dtype -> categorical
         "member": rng.random(n) < 0.5,                            # bools -> categorical
@@ -128,8 +129,8 @@ def test_column_kinds_are_inferred_and_can_be_overridden() -> None:
     y = rng.integers(0, 2, n)
     kinds = {f.name: f for f in DeepFMClassifier(**SMALL).fit(X, y).bundle_.config.schema.fields}
     assert {k: f.kind for k, f in kinds.items()} == {
-        "count": "numeric", "amount": "numeric", "city": "categorical", "segment": "categorical",
-        "member": "categorical", "tags": "multi_hot",
+        "count": "numeric", "amount": "numeric", "store_id": "categorical", "city": "categorical",
+        "segment": "categorical", "member": "categorical", "tags": "multi_hot",
     }  # fmt: skip
     assert (kinds["count"].binning, kinds["amount"].binning) == ("log", "quantile")
     assert kinds["tags"].separator == ";"  # "|" occurs in a value ("x|y"), so the next one
@@ -146,7 +147,9 @@ def test_column_kinds_are_inferred_and_can_be_overridden() -> None:
     assert (kinds["tags"].pooling, kinds["tags"].separator, kinds["tags"].min_count) == ("sum", "#", 1)
     # A polars frame with a categorical and a list column infers the same kinds.
     clf = DeepFMClassifier(**SMALL).fit(pl.from_pandas(X), y)
-    assert [f.kind for f in clf.bundle_.config.schema.fields] == ["numeric", "numeric", "categorical", "categorical", "categorical", "multi_hot"]
+    assert [f.kind for f in clf.bundle_.config.schema.fields] == [
+        "numeric", "numeric", "categorical", "categorical", "categorical", "categorical", "multi_hot"
+    ]  # fmt: skip
 
 
 def test_numpy_arrays_are_positional(data) -> None:
