@@ -1,10 +1,16 @@
 """``deepfm tune``: hyperparameter search with Optuna (``pip install deepfm[tune]``).
 
-Each trial is a normal ``train`` run (early stopping inside it) scored by its validation
-AUC. Optuna's TPE sampler proposes learning rates, embedding size, dropout, L2, min_count and
-batch size; a median pruner stops trials whose per-epoch validation AUC falls behind. The
-search stops after ``trials`` trials or ``timeout`` seconds, whichever comes first, and
-writes ``best.yaml`` so that ``deepfm train --config best.yaml`` trains the best model again.
+Each trial is a normal ``train`` run (early stopping inside it, and the Platt calibration
+training fits on the validation rows) scored by its validation AUC or log loss (``metric``).
+Optuna's TPE sampler proposes learning rates, embedding size and initial scale, dropout, L2,
+min_count and batch size; a median pruner stops trials whose per-epoch validation score falls
+behind. The search stops after ``trials`` trials or ``timeout`` seconds, whichever comes
+first, and writes ``best.yaml`` so that ``deepfm train --config best.yaml`` trains the best
+model again.
+
+Tuning on AUC alone used to pick overconfident models (a better ranking at a worse log loss):
+every trial is now calibrated on its validation rows before it is scored, so the winner is as
+well calibrated as the defaults, and ``metric="logloss"`` ranks trials by calibrated log loss.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ log = logging.getLogger(__name__)
 BATCH_SIZES = ("auto", 256, 512, 1024, 2048, 4096)  # auto: see TrainConfig.resolve_batch_size
 EMBEDDING_DIMS = (8, 16, 32)
 MIN_COUNTS = (1, 2, 3, 5, 10)
+INIT_STDS = ("auto", 0.01, 0.03, 0.1)  # auto: see deepfm.model.auto_init_std
+METRICS = {"auc": "maximize", "logloss": "minimize"}  # valid_<metric> of each trial
 
 
 def suggest(trial: Any, base: RunConfig) -> RunConfig:
@@ -38,6 +46,7 @@ def suggest(trial: Any, base: RunConfig) -> RunConfig:
         base.model,
         embedding_dim=trial.suggest_categorical("embedding_dim", EMBEDDING_DIMS),
         dropout=trial.suggest_float("dropout", 0.0, 0.5),
+        init_std=trial.suggest_categorical("init_std", INIT_STDS),
     )
     training = replace(
         base.train,
@@ -62,20 +71,25 @@ def tune(
     cache: bool = True,
     cache_dir: str | Path | None = None,
     keep_trials: bool = False,
+    metric: str = "auc",
 ) -> dict[str, Any]:
     """Search, write ``best.yaml``, ``trials.json`` and ``trials.md`` to ``out``, and return
-    the summary. The default config is trial 0, so the search can only improve on it."""
+    the summary. The default config is trial 0, so the search can only improve on it.
+    ``metric``: "auc" (higher is better) or "logloss" (lower), on the validation rows."""
     try:
         import optuna
     except ImportError as exc:  # an optional extra
         raise ConfigError("deepfm tune needs Optuna: pip install 'deepfm[tune]'") from exc
     if trials < 1:
         raise ConfigError(f"--trials must be >= 1, got {trials}")
+    if metric not in METRICS:
+        raise ConfigError(f"--metric must be one of {list(METRICS)}, got {metric!r}")
+    key = f"valid_{metric}"
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
-        direction="maximize",
+        direction=METRICS[metric],
         sampler=optuna.samplers.TPESampler(seed=config.train.seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
     )
@@ -90,8 +104,8 @@ def tune(
         folder = out / "trials" / f"{trial.number:03d}"
 
         def report(row: dict[str, float]) -> None:
-            if "valid_auc" in row and math.isfinite(row["valid_auc"]):
-                trial.report(row["valid_auc"], int(row["epoch"]))
+            if key in row and math.isfinite(row[key]):
+                trial.report(row[key], int(row["epoch"]))
                 if trial.should_prune():
                     raise optuna.TrialPruned()
 
@@ -101,10 +115,11 @@ def tune(
             if not keep_trials:
                 shutil.rmtree(folder, ignore_errors=True)
         m = bundle.metrics
-        if "valid_auc" not in m:
+        if key not in m:
             raise ConfigError("tuning needs validation rows: give --split with a validation part or --valid")
         results[trial.number] = {k: m.get(k) for k in ("valid_auc", "valid_logloss", "test_auc", "test_logloss", "epochs", "train_seconds")}
-        return float(m["valid_auc"])
+        results[trial.number]["calibrated"] = m.get("valid_calibration") is not None
+        return float(m[key])
 
     study.optimize(objective, n_trials=trials, timeout=timeout, catch=())
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -119,7 +134,7 @@ def tune(
         {
             "trial": t.number,
             "state": t.state.name.lower(),
-            "valid_auc": t.value,
+            "valid_auc": None,  # pruned trials have none
             **results.get(t.number, {}),
             **t.params,
         }
@@ -129,8 +144,10 @@ def tune(
         "data": str(data),
         "trials": len(study.trials),
         "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
+        "metric": metric,
         "best_trial": best.number,
-        "best_valid_auc": best.value,
+        "best_valid_auc": results[best.number]["valid_auc"],
+        "best_valid_logloss": results[best.number]["valid_logloss"],
         "best_params": best.params,
         "best": results[best.number],
         "default": results.get(0),
@@ -138,7 +155,7 @@ def tune(
     }
     (out / "trials.json").write_text(json.dumps(summary, indent=1, default=str))
     (out / "trials.md").write_text(to_markdown(summary))
-    log.info("best trial %d: valid AUC %.4f; config written to %s", best.number, best.value, out / "best.yaml")
+    log.info("best trial %d: valid %s %.4f; config written to %s", best.number, metric, best.value, out / "best.yaml")
     return summary
 
 
@@ -159,14 +176,16 @@ def _as_params(config: RunConfig) -> dict[str, Any]:
         "embedding_lr": min(max(t.embedding_lr, 3e-4), 3e-2),
         "l2_embedding": min(max(t.l2_embedding, 1e-7), 1e-2),
         "batch_size": t.batch_size if t.batch_size == "auto" else nearest(float(t.batch_size), BATCH_SIZES),
+        "init_std": "auto" if m.init_std == "auto" else min(INIT_STDS[1:], key=lambda c: abs(math.log(float(c) / float(m.init_std)))),
     }
 
 
 def to_markdown(summary: dict[str, Any]) -> str:
-    keys = ["trial", "state", "valid_auc", "test_auc", "epochs", *summary["best_params"].keys()]
+    keys = ["trial", "state", "valid_auc", "valid_logloss", "test_auc", "test_logloss", "epochs", *summary["best_params"].keys()]
     lines = [
-        f"Data: `{summary['data']}`; {summary['trials']} trials ({summary['pruned']} pruned); "
-        f"best: trial {summary['best_trial']}, valid AUC {summary['best_valid_auc']:.4f}.",
+        f"Data: `{summary['data']}`; {summary['trials']} trials ({summary['pruned']} pruned), ranked by valid "
+        f"{summary['metric']}; best: trial {summary['best_trial']}, valid AUC {summary['best_valid_auc']:.4f}, "
+        f"valid log loss {summary['best_valid_logloss']:.4f} (calibrated on the validation rows).",
         "",
         "| " + " | ".join(keys) + " |",
         "|" + "---|" * len(keys),
