@@ -13,7 +13,6 @@ Loading never unpickles anything: JSON, Arrow and safetensors only.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -24,11 +23,11 @@ from safetensors.torch import load_file, save_file
 
 from deepfm.calibration import FILE as CALIBRATION_FILE
 from deepfm.calibration import Calibration
-from deepfm.checkpoint import write_atomic
 from deepfm.config import RunConfig
 from deepfm.errors import BundleError
 from deepfm.features import FeaturePipeline
 from deepfm.model import DeepFM, InputLayout
+from deepfm.util.files import sha256_file, write_atomic
 
 FORMAT_VERSION = 1
 REQUIRED = ("config.json", "pipeline.json", "vocab.arrow", "model.safetensors", "manifest.json")
@@ -86,7 +85,7 @@ class Bundle:
         write_atomic(folder / "metrics.json", json.dumps(self.metrics, indent=1).encode())
         write_atomic(folder / CALIBRATION_FILE, self.calibration.to_json().encode())
         files += ["config.json", "model.safetensors", *OPTIONAL, *extra]
-        manifest = {"format_version": FORMAT_VERSION, "sha256": {f: _sha256(folder / f) for f in sorted(files)}}
+        manifest = {"format_version": FORMAT_VERSION, "sha256": {f: sha256_file(folder / f) for f in sorted(files)}}
         write_atomic(folder / "manifest.json", json.dumps(manifest, indent=1).encode())
         self.path, self.extra = folder, extra
         return folder
@@ -111,7 +110,7 @@ class Bundle:
                 raise BundleError(f"{folder}/manifest.json: {name!r} is not a file name of this folder")
             if not (folder / name).is_file():
                 raise BundleError(f"{folder}: {name} is listed in manifest.json but missing")
-            if _sha256(folder / name) != digest:
+            if sha256_file(folder / name) != digest:
                 raise BundleError(f"{folder}: {name} does not match its sha256 in manifest.json (changed or truncated)")
         raw = _read_json(folder / "config.json")
         if raw.get("format_version") != FORMAT_VERSION or "layout" not in raw:
@@ -141,7 +140,7 @@ class Bundle:
         digest), so two folders with the same id hold the same model. "unsaved" before save."""
         if self.path is None or not (self.path / "manifest.json").is_file():
             return "unsaved"
-        return _sha256(self.path / "manifest.json")[:16]
+        return sha256_file(self.path / "manifest.json")[:16]
 
     # ------------------------------------------------------------ predict
     def predictor(self) -> Any:
@@ -173,14 +172,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise BundleError(f"{path}: expected a JSON object")
     return data
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _jsonable(obj: Any) -> Any:

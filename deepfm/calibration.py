@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 
 from deepfm.errors import BundleError, ConfigError
+from deepfm.util.maths import logit, sigmoid
 
 FILE = "calibration.json"
 METHODS = ("none", "platt", "isotonic")
-_EPS = 1e-12
 
 
 @dataclass(frozen=True)
@@ -82,8 +82,7 @@ def postprocess(p: np.ndarray, state: Calibration) -> np.ndarray:
         p = p * w / (p * w + (1.0 - p))
     if state.method == "platt":
         a, b = state.platt
-        z = a * _logit(p) + b
-        p = np.exp(-np.logaddexp(0.0, -z))  # sigmoid that never overflows
+        p = sigmoid(a * logit(p) + b)
     elif state.method == "isotonic":
         p = np.interp(p, state.x, state.y)  # clips to the end values outside [x0, xn]
     return p
@@ -99,7 +98,7 @@ def fit(probs: np.ndarray, labels: np.ndarray, method: str, base: Calibration = 
     if p.size == 0 or y.min() == y.max():
         raise ConfigError(f"calibration needs rows of both classes; got {p.size} rows with labels {sorted(set(y.tolist()))}")
     if method == "platt":
-        return base.with_fit("platt", platt=fit_platt(_logit(p), y))
+        return base.with_fit("platt", platt=fit_platt(logit(p), y))
     try:
         from sklearn.isotonic import IsotonicRegression
     except ImportError:  # pragma: no cover - the extra is installed in the test environment
@@ -127,11 +126,6 @@ def fit_platt(z: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     opt.step(loss)  # type: ignore[arg-type]
     a, b = (float(v) for v in ab.detach())
     return a, b
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, _EPS, 1.0 - _EPS)
-    return np.log(p) - np.log1p(-p)
 
 
 def describe(state: Calibration) -> dict[str, Any]:

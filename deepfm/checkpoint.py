@@ -1,4 +1,4 @@
-"""Crash-safe files: atomic writes, and the training checkpoint.
+"""The training checkpoint.
 
 A checkpoint is one safetensors file: the tensors a Trainer needs to carry on exactly where it
 stopped (weights, both optimizers' moments, the best weights so far, the torch RNG, the
@@ -10,10 +10,7 @@ Nothing in it is pickled: loading it cannot run code.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,33 +19,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from deepfm.errors import TrainingError
+from deepfm.util.files import atomic_path
 
 CHECKPOINT = "checkpoint.safetensors"  # in the run's output folder while it trains
 RUN = "run.json"  # how the run was started: what `deepfm train --resume` starts again
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path to write ``path``'s new content to; when the block ends, the file is
-    fsynced and renamed over ``path`` and the folder fsynced (so the rename itself is durable).
-    A crash at any moment leaves the old file or the new one, whole."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    yield tmp
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through :func:`atomic_path`."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
 
 
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:

@@ -37,6 +37,7 @@ from deepfm.errors import ConfigError
 from deepfm.features import FIRST_VALUE, MISSING, OOV
 from deepfm.io import ReadOptions
 from deepfm.predict import open_input
+from deepfm.util.maths import sigmoid
 
 PAIR_BATCH = 4096  # rows per (B, F, F) product: 4096 x 39 x 39 floats is 25 MB
 SCALED_BIN = 0.5  # drill-down bins of a scaled numeric, in standard deviations
@@ -199,7 +200,7 @@ def explain(
         drilldown=drill,
         # What users get (downsampling correction, fitted calibration): the report's reliability
         # diagram and ROC are drawn from these.
-        probabilities=postprocess(1.0 / (1.0 + np.exp(-np.concatenate(scan.logits))), bundle.calibration),
+        probabilities=postprocess(sigmoid(np.concatenate(scan.logits)), bundle.calibration),
         labels=np.concatenate(scan.labels) if scan.labels else None,
     )
 
@@ -292,7 +293,7 @@ class _Combinations:
         its logits (B,)."""
         i, j, d = self.keyers[0].index, self.keyers[1].index, self.dim
         c = (e[:, i, :d] * e[:, j, :d]).sum(dim=1).double().cpu().numpy()  # (B,) <v_i, v_j>
-        effect = postprocess(_sigmoid(logit), self.calibration) - postprocess(_sigmoid(logit - c), self.calibration)
+        effect = postprocess(sigmoid(logit), self.calibration) - postprocess(sigmoid(logit - c), self.calibration)
         keys = np.stack([self.keyers[0].keys(batch), self.keyers[1].keys(batch)], axis=1)  # (B, 2)
         self.pending.append(_reduce(keys, np.stack([np.ones(len(keys)), c, effect], axis=1)))
         self.pending_rows += len(self.pending[-1][0])
@@ -538,10 +539,6 @@ def _stats(sums: list[float], rows: int) -> PartStats:
     shift, centred, absolute, square = sums
     mean = centred / rows
     return PartStats(mean=shift + mean, mean_abs=absolute / rows, std=math.sqrt(max(square / rows - mean**2, 0.0)))
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
 
 
 def _listed(a: np.ndarray | None) -> Any:

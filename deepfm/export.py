@@ -38,11 +38,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from deepfm.bundle import Bundle, _sha256
+from deepfm.bundle import Bundle
 from deepfm.errors import BundleError, DeepFMError, require_extra
 from deepfm.features import EncodedChunk, FeaturePipeline
 from deepfm.model import DeepFM
 from deepfm.predict import TorchEngine
+from deepfm.util.files import sha256_file
 
 ENCODING = (
     "ids[:, j] = offset_j + local id of field j (0: unseen or rare value, 1: missing, 2 + i: "
@@ -146,7 +147,7 @@ def export_onnx(bundle: Bundle, path: str | Path, check_rows: int = 2000) -> dic
     meta = program.model.metadata_props
     meta["deepfm.model_id"] = bundle.model_id
     meta["deepfm.pipeline"] = (bundle.path / "pipeline.json").read_text()
-    meta["deepfm.vocab_sha256"] = _sha256(bundle.path / "vocab.arrow")
+    meta["deepfm.vocab_sha256"] = sha256_file(bundle.path / "vocab.arrow")
     meta["deepfm.inputs"] = json.dumps(_describe_inputs(model))
     meta["deepfm.encoding"] = ENCODING
     # The graph's probability is the model's own; users get it after this (deepfm.calibration.postprocess).

@@ -76,6 +76,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from deepfm.schema import CRITEO_COLUMNS as SCHEMA_COLUMNS
+from deepfm.util.maths import sigmoid
 
 logger = logging.getLogger(__name__)
 
@@ -242,11 +243,6 @@ def _rank_scale(ranks: np.ndarray) -> np.ndarray:
     return (1.0 + ranks / RANK_R0) ** -RANK_POWER
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    # exp(-log(1 + e^-x)) is accurate for very negative logits and never overflows.
-    return np.exp(-np.logaddexp(0.0, -x))
-
-
 @dataclass
 class _Features:
     num_vals: np.ndarray  # (n, 13) int64, arbitrary where missing
@@ -396,7 +392,7 @@ class _World:
             # Safeguarded Newton: mean sigmoid is increasing in the bias.
             lo, hi, b = -40.0, 40.0, float(np.log(TARGET_CTR / (1 - TARGET_CTR)))
             for _ in range(100):
-                p = _sigmoid(b + c * z)
+                p = sigmoid(b + c * z)
                 err = p.mean() - TARGET_CTR
                 if abs(err) < 1e-12:
                     break
@@ -406,7 +402,7 @@ class _World:
             return b
 
         def auc_for(c: float) -> float:
-            p = _sigmoid(bias_for(c) + c * z)
+            p = sigmoid(bias_for(c) + c * z)
             neg = 1.0 - p
             below = np.cumsum(neg) - neg  # expected negatives ranked below each row
             return float((p * below).sum() / (p.sum() * neg.sum()))
@@ -419,7 +415,7 @@ class _World:
         self.bias = bias_for(self.scale)
 
     def p_true(self, x: _Features) -> np.ndarray:
-        return _sigmoid(self.bias + self.scale * self._mix(self._parts(x)))
+        return sigmoid(self.bias + self.scale * self._mix(self._parts(x)))
 
     # ---- days ---------------------------------------------------------------------------
     def day(self, k: int) -> _World:

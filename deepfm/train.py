@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import copy
 import functools
-import dataclasses
 import hashlib
+import dataclasses
 import json
 import logging
 import math
@@ -33,7 +33,7 @@ from tqdm import tqdm
 from deepfm.bundle import Bundle
 from deepfm.calibration import Calibration, postprocess
 from deepfm.calibration import fit as fit_calibration
-from deepfm.checkpoint import CHECKPOINT, RUN, load_checkpoint, save_checkpoint, write_atomic
+from deepfm.checkpoint import CHECKPOINT, RUN, load_checkpoint, save_checkpoint
 from deepfm.config import RunConfig, TrainConfig
 from deepfm.dataset import Batch, DatasetWriter, EncodedDataset, EpochOrder
 from deepfm.distributed import (
@@ -47,6 +47,8 @@ from deepfm.metrics import auc, calibration, logloss, roc_curve, summary
 from deepfm.model import DeepFM, InputLayout
 from deepfm.optim import RowAdam
 from deepfm.sampling import downsample
+from deepfm.util.files import file_identity, sha256_file, write_atomic
+from deepfm.util.maths import sigmoid
 from deepfm.warm import check_compatible, warm_start_weights
 
 log = logging.getLogger(__name__)
@@ -198,7 +200,7 @@ def prepare_cached(
     identity = {
         "format": CACHE_FORMAT,
         "code": _encoder_version(),
-        "files": [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files],
+        "files": [file_identity(p) for p in files],
         "roles": [valid is not None, test is not None],
         "schema": config.schema.to_dict(),
         "data": dataclasses.asdict(config.data),
@@ -372,7 +374,7 @@ class Trainer:
                 labels, logits = gather_array(labels, self.ctx, self.device), gather_array(logits, self.ctx, self.device)
             history.train_seconds += p.seconds
             history.train_samples += len(train)
-            probs = _sigmoid(logits)
+            probs = sigmoid(logits)
             row: dict[str, float] = {
                 "epoch": epoch,
                 "train_loss": sum_scalar(p.loss_sum, self.ctx, self.device) / max(sum_scalar(p.loss_rows, self.ctx, self.device), 1),
@@ -758,7 +760,7 @@ def _train(
         check_start(config, data, out, valid, test, split, nproc=int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world)))
         out.mkdir(parents=True, exist_ok=True)
         run = {"config": config.to_dict(), "data": str(data), "valid": _str(valid), "test": _str(test),
-               "split": split_parts, "cache": cache, "cache_dir": _str(cache_dir), "files": _identities(data, valid, test),
+               "split": split_parts, "cache": cache, "cache_dir": _str(cache_dir), "files": [file_identity(p) for p in (data, valid, test)],
                "neg_sample_rate": neg_sample_rate, "warm_start": _str(warm_start), "world_size": ctx.world}  # fmt: skip
         if ctx.main:
             write_atomic(out / RUN, json.dumps(run, indent=1).encode())
@@ -768,7 +770,7 @@ def _train(
             ctx.wait_for_main()  # rank 0 fills the cache first; the others then read it
         if cache:
             where = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-            base_key = _sha256_file(Path(warm_start) / "manifest.json") if warm_start is not None else None
+            base_key = sha256_file(Path(warm_start) / "manifest.json") if warm_start is not None else None
             pipeline, parts, hit = prepare_cached(
                 config, data, where, valid=valid, test=test, split=split_parts,
                 base=base.pipeline if base else None, base_key=base_key,
@@ -957,7 +959,7 @@ def check_resume(out: str | Path, train_overrides: dict[str, Any] | None = None,
     if changed:
         raise ConfigError(f"--resume carries on the same run: {', '.join(changed)} cannot change")
     config = with_overrides(config, model={}, train=train_overrides or {}, data={})
-    if _identities(run["data"], run["valid"], run["test"]) != run["files"]:
+    if [file_identity(p) for p in (run["data"], run["valid"], run["test"])] != run["files"]:
         raise DataError(f"the data files changed since the run started ({run['files']}); start it again without --resume")
     started = run.get("world_size", 1)  # run.json before deepfm recorded it: checked on the checkpoint only
     if "world_size" in run and started != world:
@@ -966,22 +968,6 @@ def check_resume(out: str | Path, train_overrides: dict[str, Any] | None = None,
             f"global batches of --batch-size x processes): resume it with {'--nproc ' + str(started) if started > 1 else 'no --nproc'}"
         )
     return config, run
-
-
-def _identities(*paths: str | Path | None) -> list[list[Any] | None]:
-    """(path, size, modification time) of each file: a resumed run must read the same data."""
-    out: list[list[Any] | None] = []
-    for p in paths:
-        if p is None or not Path(p).is_file():
-            out.append(None)
-        else:
-            st = Path(p).stat()
-            out.append([str(Path(p).resolve()), st.st_size, st.st_mtime_ns])
-    return out
-
-
-def _sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _str(p: str | Path | None) -> str | None:
@@ -1007,10 +993,6 @@ def resolve_device(name: str) -> torch.device:
 def _curve_point(position: float, rows: int, loss_sum: float, labels: list[np.ndarray], logits: list[np.ndarray]) -> dict[str, float]:
     """One learning-curve point: rows, mean loss and AUC of the batches since the point before."""
     return {"epoch": position, "rows": rows, "loss": loss_sum / rows, "auc": auc(np.concatenate(labels), np.concatenate(logits))}
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
 
 
 def _fmt(x: float | None) -> str:

@@ -1,0 +1,4 @@
+"""Helpers every layer may use: files (atomic writes, digests), maths on arrays, metrics.
+
+Nothing here imports the rest of deepfm.
+"""
