@@ -41,7 +41,7 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 def load_records(model: Path, data: Path, rows: int) -> list[dict[str, Any]]:
     """The first ``rows`` rows of ``data`` as records of the model's fields (missing values left out)."""
     from deepfm.bundle import Bundle
-    from deepfm.predict import open_input
+    from deepfm.inference.predictor import open_input
 
     bundle = Bundle.load(model)
     schema = bundle.config.schema

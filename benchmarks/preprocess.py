@@ -22,8 +22,8 @@ from pathlib import Path
 
 def child(path: str) -> None:
     from deepfm.config import RunConfig
-    from deepfm.schema import criteo_schema
-    from deepfm.train import prepare
+    from deepfm.data.schema import criteo_schema
+    from deepfm.training.job import prepare
 
     with tempfile.TemporaryDirectory() as tmp:
         t0, cpu0 = time.perf_counter(), _cpu_seconds()

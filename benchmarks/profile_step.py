@@ -24,9 +24,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from deepfm.config import RunConfig, TrainConfig
-from deepfm.model import DeepFM, InputLayout, ModelConfig
-from deepfm.schema import criteo_schema
-from deepfm.train import Trainer, default_cache_dir, prepare_cached
+from deepfm.model.deepfm import DeepFM, InputLayout, ModelConfig
+from deepfm.data.schema import criteo_schema
+from deepfm.training.job import Trainer, default_cache_dir, prepare_cached
 
 LABELS = ["data", "embedding lookup", "fm", "mlp", "loss", "backward", "dense optimizer", "embedding optimizer"]
 

@@ -38,10 +38,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def worker(args: argparse.Namespace) -> None:
     from deepfm.config import RunConfig
-    from deepfm.model import DeepFM, InputLayout
-    from deepfm.schema import PRESETS
-    from deepfm.sharded import ShardedDeepFM, field_tables, rank_batches
-    from deepfm.train import prepare
+    from deepfm.model.deepfm import DeepFM, InputLayout
+    from deepfm.data.schema import PRESETS
+    from deepfm.training.sharded import ShardedDeepFM, field_tables, rank_batches
+    from deepfm.training.job import prepare
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -55,8 +55,8 @@ def worker(args: argparse.Namespace) -> None:
         pipeline.save(encoded / "pipeline")
         (encoded / "done").write_text("")
     dist.barrier()
-    from deepfm.dataset import EncodedDataset
-    from deepfm.features import FeaturePipeline
+    from deepfm.data.encoded import EncodedDataset
+    from deepfm.features.pipeline import FeaturePipeline
 
     pipeline = FeaturePipeline.load(encoded / "pipeline")
     train = EncodedDataset(encoded / "train")

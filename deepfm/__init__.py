@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 from deepfm.bundle import Bundle
 from deepfm.config import RunConfig, TrainConfig, load_config
 from deepfm.errors import BundleError, ConfigError, DataError, DeepFMError
-from deepfm.io import ReadOptions
-from deepfm.model import DeepFM, ModelConfig
-from deepfm.predict import Predictor, evaluate, predict_file
-from deepfm.schema import FieldSpec, Schema, criteo_schema
-from deepfm.train import resume, train
+from deepfm.data.readers import ReadOptions
+from deepfm.model.deepfm import DeepFM, ModelConfig
+from deepfm.inference.predictor import Predictor, evaluate, predict_file
+from deepfm.data.schema import FieldSpec, Schema, criteo_schema
+from deepfm.training.job import resume, train
 
 if TYPE_CHECKING:
     from deepfm.estimator import DeepFMClassifier

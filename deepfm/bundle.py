@@ -21,12 +21,12 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from deepfm.calibration import FILE as CALIBRATION_FILE
-from deepfm.calibration import Calibration
+from deepfm.model.calibration import FILE as CALIBRATION_FILE
+from deepfm.model.calibration import Calibration
 from deepfm.config import RunConfig
 from deepfm.errors import BundleError
-from deepfm.features import FeaturePipeline
-from deepfm.model import DeepFM, InputLayout
+from deepfm.features.pipeline import FeaturePipeline
+from deepfm.model.deepfm import DeepFM, InputLayout
 from deepfm.util.files import sha256_file, write_atomic
 
 FORMAT_VERSION = 1
@@ -147,7 +147,7 @@ class Bundle:
         """The Predictor of this bundle (PyTorch engine), built once."""
         if self._predictor is None:
             # Imported here: predict.py builds on this module, not the other way round.
-            from deepfm.predict import Predictor
+            from deepfm.inference.predictor import Predictor
 
             self._predictor = Predictor(self)
         return self._predictor

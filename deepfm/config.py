@@ -25,9 +25,9 @@ import numpy as np
 import yaml
 
 from deepfm.errors import ConfigError
-from deepfm.io import ReadOptions
-from deepfm.model import ModelConfig
-from deepfm.schema import PRESETS, FieldSpec, Schema, check_keys, coerce_numbers
+from deepfm.data.readers import ReadOptions
+from deepfm.model.deepfm import ModelConfig
+from deepfm.data.schema import PRESETS, FieldSpec, Schema, check_keys, coerce_numbers
 
 
 @dataclass(frozen=True)

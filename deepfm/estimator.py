@@ -43,11 +43,11 @@ except ImportError as exc:  # the estimator is optional: `import deepfm` works w
 from deepfm.bundle import Bundle
 from deepfm.config import RunConfig, TrainConfig
 from deepfm.errors import BundleError, ConfigError, DataError
-from deepfm.io import as_table
-from deepfm.model import ModelConfig
-from deepfm.schema import KINDS, FieldSpec, Schema
-from deepfm.schema_inference import guess_field
-from deepfm.train import train
+from deepfm.data.readers import as_table
+from deepfm.model.deepfm import ModelConfig
+from deepfm.data.schema import KINDS, FieldSpec, Schema
+from deepfm.data.schema_inference import guess_field
+from deepfm.training.job import train
 
 ESTIMATOR_FILE = "estimator.json"  # classes, feature names and parameters, beside the bundle
 # Tried in order for list columns; the pipeline trims whitespace around tokens, so no spaces.

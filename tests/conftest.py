@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from deepfm.config import RunConfig, TrainConfig
-from deepfm.io import ReadOptions, TableSource
-from deepfm.model import ModelConfig
-from deepfm.schema import CRITEO_COLUMNS, FieldSpec, Schema
+from deepfm.data.readers import ReadOptions, TableSource
+from deepfm.model.deepfm import ModelConfig
+from deepfm.data.schema import CRITEO_COLUMNS, FieldSpec, Schema
 
 REPO = Path(__file__).resolve().parents[1]
 CRITEO_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "criteo" / "criteo_sampled_data_10k.csv"
@@ -96,7 +96,7 @@ def nan_loss_at_step(monkeypatch: pytest.MonkeyPatch, step: int) -> Any:
     """Make the Trainer's ``step``-th step (counted from this call) return a NaN loss, as a
     diverging run would; training then stops and keeps its last good checkpoint. Returns the
     real step, to put back before resuming."""
-    from deepfm.train import Trainer
+    from deepfm.training.job import Trainer
 
     real_step = Trainer._step
     calls = {"n": 0}
@@ -251,7 +251,7 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path, Path]:
     """A small DeepFM trained on 12k planted rows (a few seconds; its test part is the last
     1200), 2k fresh rows, and the folder that holds them: (bundle, fresh.tsv, folder)."""
     from deepfm.bundle import Bundle
-    from deepfm.train import train
+    from deepfm.training.job import train
 
     tmp = tmp_path_factory.mktemp("planted")
     data = write_planted(tmp / "train.tsv", 12_000, seed=1)

@@ -20,9 +20,9 @@ from conftest import simple_schema, small_config  # type: ignore[import-not-foun
 from safetensors.torch import save_file
 
 from deepfm.bundle import Bundle
-from deepfm.model import DeepFM, InputLayout
-from deepfm.sharded import ShardedDeepFM, field_tables, rank_batches
-from deepfm.train import prepare
+from deepfm.model.deepfm import DeepFM, InputLayout
+from deepfm.training.sharded import ShardedDeepFM, field_tables, rank_batches
+from deepfm.training.job import prepare
 
 GLOBAL_BATCH = 256
 

@@ -16,9 +16,9 @@ from deepfm.bundle import Bundle
 from deepfm.cli import main
 from deepfm.config import RunConfig, load_config
 from deepfm.errors import BundleError, ConfigError, DataError
-from deepfm.io import ReadOptions
-from deepfm.schema import FieldSpec, Schema
-from deepfm.train import prepare, train
+from deepfm.data.readers import ReadOptions
+from deepfm.data.schema import FieldSpec, Schema
+from deepfm.training.job import prepare, train
 
 COLS = ["label", "c", "x"]
 N = 100

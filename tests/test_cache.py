@@ -8,8 +8,8 @@ from pathlib import Path
 
 from conftest import small_config, write_criteo_tsv  # type: ignore[import-not-found]
 
-from deepfm.schema import criteo_schema
-from deepfm.train import train
+from deepfm.data.schema import criteo_schema
+from deepfm.training.job import train
 
 
 def _metrics(out: Path) -> dict:

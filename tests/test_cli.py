@@ -22,7 +22,7 @@ from conftest import (
     write_rows,
 )
 from deepfm.cli import main
-from deepfm.schema import CRITEO_COLUMNS
+from deepfm.data.schema import CRITEO_COLUMNS
 
 FAST = ["--threads", "1", "--quiet"]
 METRIC_KEYS = ("valid_auc", "valid_logloss", "test_auc", "test_logloss", "epochs", "train_samples_per_s")

@@ -10,10 +10,10 @@ import pyarrow as pa
 import pytest
 import torch
 
-from deepfm.dataset import DatasetWriter, EpochOrder
-from deepfm.features import FeaturePipeline
-from deepfm.io import TableSource
-from deepfm.schema import FieldSpec, Schema
+from deepfm.data.encoded import DatasetWriter, EpochOrder
+from deepfm.features.pipeline import FeaturePipeline
+from deepfm.data.readers import TableSource
+from deepfm.data.schema import FieldSpec, Schema
 
 
 def _pipeline_and_chunks(n: int = 500, batch_rows: int = 70):
@@ -176,7 +176,7 @@ def _mapped_rss_kib(path: Path) -> int:
 def test_epoch_keeps_mapped_pages_out_of_the_resident_set(tmp_path: Path) -> None:
     """A shuffled epoch over a 48 MB id file leaves at most a few shuffle blocks of it
     resident, and every row still comes back exactly once with its own values."""
-    from deepfm.dataset import SHUFFLE_BLOCK, EncodedChunk
+    from deepfm.data.encoded import SHUFFLE_BLOCK, EncodedChunk
 
     n, s = 8 * SHUFFLE_BLOCK + 1000, 6  # 8 full blocks and a short one
     rows = np.arange(n, dtype=np.int32)
@@ -213,7 +213,7 @@ def test_truncated_file_names_the_file(tmp_path: Path) -> None:
     w.close()
     ids = tmp_path / "d" / "ids.bin"
     ids.write_bytes(ids.read_bytes()[:-8])
-    from deepfm.dataset import EncodedDataset
+    from deepfm.data.encoded import EncodedDataset
 
     with pytest.raises(ValueError, match=r"ids\.bin: .* expected at least"):
         EncodedDataset(tmp_path / "d")

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from conftest import REPO, simple_records, simple_schema, small_config, write_records_csv  # type: ignore[import-not-found]
 from safetensors.torch import load_file
 
-from deepfm.dataset import EpochOrder
-from deepfm.distributed import Context, global_batches, my_slice
-from deepfm.train import train
+from deepfm.data.encoded import EpochOrder
+from deepfm.training.distributed import Context, global_batches, my_slice
+from deepfm.training.job import train
 
 yaml = pytest.importorskip("yaml")
 
@@ -89,7 +89,7 @@ def test_nproc_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
 def test_nproc_checks_the_config_before_it_starts_any_process(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from deepfm import cli
+    from deepfm.cli import commands as cli
 
     monkeypatch.setattr(cli, "_launch", lambda *a: pytest.fail("launched processes for a config that cannot run"))
     data = write_records_csv(tmp_path / "d.csv", simple_records(50, seed=1))
@@ -120,10 +120,10 @@ def test_a_run_resumes_only_in_as_many_processes_as_it_started_in(
     would skip the wrong rows, so run.json and the checkpoint both refuse it."""
     from conftest import nan_loss_at_step  # type: ignore[import-not-found]
 
-    from deepfm import cli
-    from deepfm.checkpoint import CHECKPOINT, load_checkpoint
+    from deepfm.cli import commands as cli
+    from deepfm.training.checkpoint import CHECKPOINT, load_checkpoint
     from deepfm.errors import ConfigError, TrainingError
-    from deepfm.train import Trainer, resume
+    from deepfm.training.job import Trainer, resume
 
     monkeypatch.setattr(cli, "_launch", lambda *a: pytest.fail("launched processes for a run that cannot resume"))
     data = write_records_csv(tmp_path / "d.csv", simple_records(800, seed=2))
@@ -158,7 +158,7 @@ def test_two_process_run_killed_then_resumed_gives_the_same_weights(tmp_path: Pa
     import signal
     import time
 
-    from deepfm.checkpoint import CHECKPOINT, load_checkpoint
+    from deepfm.training.checkpoint import CHECKPOINT, load_checkpoint
 
     data = write_records_csv(tmp_path / "d.csv", simple_records(4000, seed=8))
     args = ["--data", str(data), "--split", "0.8,0.1,0.1", "--epochs", "2", "--batch-size", "16", "--hidden", "16",
@@ -233,7 +233,7 @@ def _spawn_ranks(tmp_path: Path, body: Callable[[int, int], dict[str, Any]]) -> 
 def _ddp_steps(rank: int, world: int) -> dict[str, Any]:
     """Two steps of a global batch of 7 rows cut 4 / 3, through deepfm.distributed.data_parallel:
     the gradients of the dense part after each."""
-    from deepfm.distributed import data_parallel
+    from deepfm.training.distributed import data_parallel
 
     torch.manual_seed(0)
     module = _TwoPart()
@@ -284,7 +284,7 @@ KINDS = ("lr", "fm", "dnn", "wide_deep", "dcn", "deepfm")
 def _tiny_model(kind: str, batch_norm: bool = False) -> Any:
     """The seeded DeepFM the trainer tests step: 3 single fields (one a scaled numeric) and a
     mean-pooled multi-hot field over 40 table rows."""
-    from deepfm.model import DeepFM, InputLayout, ModelConfig
+    from deepfm.model.deepfm import DeepFM, InputLayout, ModelConfig
 
     torch.manual_seed(0)
     layout = InputLayout(num_embeddings=40, n_single=3, scaled_positions=(2,), poolings=("mean",))
@@ -295,8 +295,8 @@ def _trainer_steps(ctx: Context, kind: str, batch_norm: bool = False) -> Any:
     """Three Trainer steps on global batches of 13 rows (two ranks: parts of 7 and 6), with a
     scaled numeric, a mean-pooled multi-hot field and L2 on the rows. Returns the Trainer."""
     from deepfm.config import TrainConfig
-    from deepfm.dataset import Batch
-    from deepfm.train import Trainer
+    from deepfm.data.encoded import Batch
+    from deepfm.training.job import Trainer
 
     g = torch.Generator().manual_seed(3)
     n = 13
@@ -325,7 +325,7 @@ def _trainer_steps(ctx: Context, kind: str, batch_norm: bool = False) -> Any:
 def _trainer_rank(rank: int, world: int) -> dict[str, Any]:
     import torch.distributed as dist
 
-    from deepfm.distributed import broadcast_buffers
+    from deepfm.training.distributed import broadcast_buffers
 
     ctx = Context(rank=rank, world=world)
     trainers = {kind: _trainer_steps(ctx, kind) for kind in KINDS}
@@ -390,7 +390,7 @@ def _train_with_nan_on_rank_1(data: str, out: str, rank: int, world: int) -> dic
 def test_nan_loss_on_one_rank_stops_every_rank_before_the_checkpoint(tmp_path: Path) -> None:
     """A NaN on rank 1 has already reached rank 0's weights through the summed gradients:
     both ranks stop at that step, and the checkpoint is the step before, with finite weights."""
-    from deepfm.checkpoint import CHECKPOINT, load_checkpoint
+    from deepfm.training.checkpoint import CHECKPOINT, load_checkpoint
 
     data = write_records_csv(tmp_path / "d.csv", simple_records(2000, seed=4))
     got = _spawn_ranks(tmp_path, functools.partial(_train_with_nan_on_rank_1, str(data), str(tmp_path / "run")))

@@ -12,13 +12,13 @@ import pyarrow.csv as pacsv
 import pytest
 
 from conftest import FLOAT32_ATOL, FLOAT32_RTOL, PLANTED, PNG, SIZES, assert_scores_close, planted_rows, planted_sign, simple_records, simple_schema, small_config, write_records_csv, write_rows
-from deepfm.calibration import postprocess
+from deepfm.model.calibration import postprocess
 from deepfm.cli import main
 from deepfm.errors import ConfigError
-from deepfm.explain import _log_bin_label, explain, parse_pair
-from deepfm.features import _log_bin_keys
-from deepfm.io import ReadOptions, TableSource
-from deepfm.train import train
+from deepfm.analysis.explain import _log_bin_label, explain, parse_pair
+from deepfm.features.pipeline import _log_bin_keys
+from deepfm.data.readers import ReadOptions, TableSource
+from deepfm.training.job import train
 
 pytest.importorskip("matplotlib")
 
@@ -205,7 +205,7 @@ def test_cli_explain_errors_name_the_problem(planted, capsys) -> None:
 def test_missing_matplotlib_names_the_extra(monkeypatch) -> None:
     import sys
 
-    from deepfm import plots
+    from deepfm.analysis import plots
 
     plots._pyplot.cache_clear()
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails

@@ -16,10 +16,10 @@ from conftest import SIMPLE_FIELDS, simple_records, simple_schema, small_config,
 from deepfm.bundle import Bundle
 from deepfm.cli import main
 from deepfm.errors import BundleError
-from deepfm.export import export_onnx, random_encoded
-from deepfm.layers import pool_bags
-from deepfm.predict import Predictor
-from deepfm.train import train
+from deepfm.inference.export import export_onnx, random_encoded
+from deepfm.model.layers import pool_bags
+from deepfm.inference.predictor import Predictor
+from deepfm.training.job import train
 
 onnx = pytest.importorskip("onnx")
 
@@ -52,7 +52,7 @@ def test_onnx_matches_pytorch_on_10k_generated_rows(exported) -> None:
 
 def test_criteo_layout_exports_with_ids_only(criteo_tsv: Path, tmp_path: Path) -> None:
     """Bucketized numerics and categoricals only: the graph's one input is ids."""
-    from deepfm.schema import criteo_schema
+    from deepfm.data.schema import criteo_schema
 
     bundle = train(small_config(criteo_schema()), criteo_tsv, tmp_path / "model", split="0.8,0.1,0.1")
     report = export_onnx(bundle, tmp_path / "c.onnx", check_rows=3000)

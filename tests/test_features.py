@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from conftest import write_rows
-from deepfm.dataset import Batch
-from deepfm.features import MISSING, OOV, FeaturePipeline
-from deepfm.io import Reader, ReadOptions, TableSource, as_table
-from deepfm.layers import FieldEmbedding
-from deepfm.schema import FieldSpec, Schema
+from deepfm.data.encoded import Batch
+from deepfm.features.pipeline import MISSING, OOV, FeaturePipeline
+from deepfm.data.readers import Reader, ReadOptions, TableSource, as_table
+from deepfm.model.layers import FieldEmbedding
+from deepfm.data.schema import FieldSpec, Schema
 
 
 def fit(schema: Schema, table: pa.Table) -> FeaturePipeline:
@@ -68,7 +68,7 @@ def test_ties_in_counts_are_deterministic() -> None:
 def test_vocabulary_fitted_on_training_rows_only(tmp_path: Path) -> None:
     """Through prepare(): a value present only in the valid/test part is OOV there."""
     from conftest import small_config
-    from deepfm.train import prepare
+    from deepfm.training.job import prepare
 
     rows = [[str(i % 2), "common" if i % 3 else "other", str(i)] for i in range(100)]
     for i in range(80, 100):

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from conftest import simple_records, simple_schema, write_criteo_tsv, write_records_csv  # type: ignore[import-not-found]
 
-from deepfm import features
-from deepfm.features import FeaturePipeline
-from deepfm.io import Chunk, ReadOptions, Reader
-from deepfm.schema import Schema, criteo_schema
+from deepfm.features import pipeline as features
+from deepfm.features.pipeline import FeaturePipeline
+from deepfm.data.readers import Chunk, ReadOptions, Reader
+from deepfm.data.schema import Schema, criteo_schema
 
 
 @pytest.fixture(params=["memory", "disk"])

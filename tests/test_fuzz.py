@@ -22,10 +22,10 @@ from conftest import simple_records, simple_schema, small_config, write_records_
 from deepfm.bundle import Bundle
 from deepfm.config import RunConfig
 from deepfm.errors import DeepFMError
-from deepfm.features import FeaturePipeline
-from deepfm.io import ReadOptions, Reader
-from deepfm.schema import FieldSpec, Schema
-from deepfm.train import prepare, train
+from deepfm.features.pipeline import FeaturePipeline
+from deepfm.data.readers import ReadOptions, Reader
+from deepfm.data.schema import FieldSpec, Schema
+from deepfm.training.job import prepare, train
 
 CASES = int(os.environ.get("DEEPFM_FUZZ_CASES", "60"))
 FUZZ = settings(

@@ -19,11 +19,11 @@ from test_fit_encode import assert_fit_encode_matches, spill_to  # type: ignore[
 
 from deepfm.bundle import Bundle
 from deepfm.errors import ConfigError
-from deepfm.features import FIRST_VALUE, MISSING, FeaturePipeline
-from deepfm.hashing import hash64, hashed_ids
-from deepfm.io import ReadOptions, TableSource, as_table
-from deepfm.schema import FieldSpec, Schema
-from deepfm.train import train
+from deepfm.features.pipeline import FIRST_VALUE, MISSING, FeaturePipeline
+from deepfm.features.hashing import hash64, hashed_ids
+from deepfm.data.readers import ReadOptions, TableSource, as_table
+from deepfm.data.schema import FieldSpec, Schema
+from deepfm.training.job import train
 
 MASK = 2**64 - 1
 
@@ -66,7 +66,7 @@ def test_hashed_ids_in_range_and_missing() -> None:
 
 def test_same_ids_in_every_process() -> None:
     """Python's hash() of a str changes with PYTHONHASHSEED; this one must not."""
-    code = "import pyarrow as pa; from deepfm.hashing import hashed_ids; print(hashed_ids(pa.array(['a','b7','ccc','été']), 1000, 2, 1).tolist())"
+    code = "import pyarrow as pa; from deepfm.features.hashing import hashed_ids; print(hashed_ids(pa.array(['a','b7','ccc','été']), 1000, 2, 1).tolist())"
     outs = set()
     for seed in ("1", "2", "random"):
         env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(REPO)}
@@ -127,8 +127,8 @@ def test_hashed_bundle_trains_saves_loads_predicts_explains(tmp_path: Path) -> N
 
 
 def test_explain_and_drift_read_a_hashed_field(tmp_path: Path) -> None:
-    from deepfm import drift
-    from deepfm.explain import explain
+    from deepfm.analysis import drift
+    from deepfm.analysis.explain import explain
 
     data = write_records_csv(tmp_path / "d.csv", simple_records(2000, seed=6))
     bundle = train(small_config(hashed_schema(buckets=8)), data, tmp_path / "run", split="0.8,0.2")

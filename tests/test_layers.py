@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import brute_pairwise, hand_field_vectors, random_inputs
-from deepfm.layers import MLP, CrossNetwork, FieldEmbedding, fm_pairwise
+from deepfm.model.layers import MLP, CrossNetwork, FieldEmbedding, fm_pairwise
 
 
 @pytest.mark.parametrize("shape", [(7, 5, 3), (4, 2, 8), (3, 13, 1), (1, 40, 4)])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss, roc_auc_score
 
-from deepfm.metrics import auc, calibration, logloss, roc_curve, summary
+from deepfm.util.metrics import auc, calibration, logloss, roc_curve, summary
 
 
 @pytest.mark.parametrize("seed", range(6))

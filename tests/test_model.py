@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from conftest import brute_pairwise, hand_field_vectors, random_inputs
-from deepfm.dataset import Batch, DatasetWriter
-from deepfm.features import EncodedChunk
-from deepfm.model import DeepFM, InputLayout, ModelConfig
+from deepfm.data.encoded import Batch, DatasetWriter
+from deepfm.features.pipeline import EncodedChunk
+from deepfm.model.deepfm import DeepFM, InputLayout, ModelConfig
 
 N_ROWS, DIM = 60, 3
 SCALED = [0, 2]

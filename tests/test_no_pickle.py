@@ -18,8 +18,8 @@ from conftest import (  # type: ignore[import-not-found]
     assert_identical_scores, simple_records, simple_schema, small_config, write_records_csv,
 )  # fmt: skip
 from deepfm.bundle import Bundle
-from deepfm.checkpoint import CHECKPOINT, load_checkpoint
-from deepfm.train import train
+from deepfm.training.checkpoint import CHECKPOINT, load_checkpoint
+from deepfm.training.job import train
 
 PACKAGE = Path(deepfm.__file__).parent
 
@@ -96,7 +96,7 @@ def test_every_load_path_runs_with_the_unpicklers_trapped(tmp_path: Path, monkey
               on_epoch=lambda row: (_ for _ in ()).throw(RuntimeError("stop")))  # fmt: skip
     tensors, state = load_checkpoint(out / CHECKPOINT)
     assert tensors and state["progress"]["steps"] > 0
-    from deepfm.train import resume
+    from deepfm.training.job import resume
 
     bundle = resume(out)
     loaded = Bundle.load(out)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from deepfm.optim import RowAdam, deterministic
+from deepfm.model.optim import RowAdam, deterministic
 
 
 def test_row_adam_equals_dense_adam_when_every_row_is_touched() -> None:

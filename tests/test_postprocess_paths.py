@@ -13,10 +13,10 @@ import pytest
 
 from conftest import SIMPLE_FIELDS, simple_records, simple_schema, small_config, write_records_csv  # type: ignore[import-not-found]
 from deepfm.bundle import Bundle
-from deepfm.calibration import Calibration, postprocess
+from deepfm.model.calibration import Calibration, postprocess
 from deepfm.cli import main
-from deepfm.predict import Predictor, calibrate
-from deepfm.train import train
+from deepfm.inference.predictor import Predictor, calibrate
+from deepfm.training.job import train
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("fastapi")
@@ -64,7 +64,7 @@ def test_every_path_returns_the_corrected_probability(tmp_path: Path, capsys: py
 
 
 def _chunks(predictor: Predictor, rows: list[dict]):  # type: ignore[no-untyped-def]
-    from deepfm.io import TableSource
+    from deepfm.data.readers import TableSource
 
     return TableSource(predictor.records_table(rows)).chunks(predictor.schema.names, 10_000)
 

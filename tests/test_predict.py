@@ -15,11 +15,11 @@ from conftest import (
     simple_records, simple_schema, small_config, write_records_csv,
 )  # fmt: skip
 from deepfm.errors import DataError
-from deepfm.features import FeaturePipeline
-from deepfm.io import ReadOptions, Reader, TableSource
-from deepfm.predict import Predictor
-from deepfm.schema import CRITEO_COLUMNS, criteo_schema
-from deepfm.train import train
+from deepfm.features.pipeline import FeaturePipeline
+from deepfm.data.readers import ReadOptions, Reader, TableSource
+from deepfm.inference.predictor import Predictor
+from deepfm.data.schema import CRITEO_COLUMNS, criteo_schema
+from deepfm.training.job import train
 
 
 @pytest.fixture(scope="module")

@@ -157,7 +157,7 @@ def test_report_of_a_model_trained_before_the_curves_were_recorded(trained) -> N
     """A bundle whose metrics lack the within-epoch curve and the recorded evaluation still
     gets per-epoch curves, and says what is missing instead of failing."""
     from deepfm.bundle import Bundle
-    from deepfm.report import build_report
+    from deepfm.analysis.report import build_report
 
     _, out, _, _ = trained
     bundle = Bundle.load(out)

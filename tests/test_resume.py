@@ -17,9 +17,9 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import nan_loss_at_step, simple_records, simple_schema, small_config, write_records_csv  # type: ignore[import-not-found]
-from deepfm.checkpoint import CHECKPOINT, RUN, load_checkpoint
+from deepfm.training.checkpoint import CHECKPOINT, RUN, load_checkpoint
 from deepfm.errors import ConfigError, DataError, TrainingError
-from deepfm.train import Trainer, resume, train
+from deepfm.training.job import Trainer, resume, train
 
 # Long enough (4 epochs of ~150 steps) that a kill lands inside an epoch; dropout so the
 # RNG state is part of what must be restored.
@@ -142,7 +142,7 @@ def test_damaged_checkpoint_is_refused_with_its_name(tmp_path: Path) -> None:
 def test_checkpoint_round_trip_owns_its_tensors(tmp_path: Path) -> None:
     """What load_checkpoint returns is a copy: a checkpoint file changed afterwards (the next
     one written over it, a disk fault) cannot change a loaded trainer's state."""
-    from deepfm.checkpoint import save_checkpoint
+    from deepfm.training.checkpoint import save_checkpoint
 
     tensors = {"w": torch.arange(4096, dtype=torch.float32), "ids": torch.arange(7)}
     save_checkpoint(tmp_path / CHECKPOINT, tensors, {"epoch": 3})

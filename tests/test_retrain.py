@@ -12,15 +12,15 @@ import pytest
 
 from conftest import small_config
 from deepfm.bundle import Bundle
-from deepfm.calibration import Calibration, fit, postprocess
+from deepfm.model.calibration import Calibration, fit, postprocess
 from deepfm.cli import main
 from deepfm.errors import BundleError
-from deepfm.metrics import logloss
-from deepfm.predict import calibrate, evaluate, predict_file
-from deepfm.sampling import BLOCK, keep_mask
-from deepfm.schema import criteo_schema
-from deepfm.synth import write_synth
-from deepfm.train import train
+from deepfm.util.metrics import logloss
+from deepfm.inference.predictor import calibrate, evaluate, predict_file
+from deepfm.data.sampling import BLOCK, keep_mask
+from deepfm.data.schema import criteo_schema
+from deepfm.data.synth import write_synth
+from deepfm.training.job import train
 
 TRAIN, VALID, TEST = 40_000, 10_000, 10_000
 
@@ -120,13 +120,13 @@ def test_every_path_returns_corrected_probabilities(full_and_sampled: tuple[Bund
     assert np.allclose(loaded.predict_encoded(enc_chunk), postprocess(raw, Calibration(neg_sample_rate=0.25)))
     assert np.allclose(from_file[: len(raw)], postprocess(raw, Calibration(neg_sample_rate=0.25)))
     # The report's reliability diagram and ROC come from explain's probabilities: the same ones.
-    from deepfm.explain import explain
+    from deepfm.analysis.explain import explain
 
     assert np.allclose(explain(loaded, test, rows=2000).probabilities, from_file[:2000], atol=1e-6)
 
 
 def _chunks(bundle: Bundle, path: Path):  # type: ignore[no-untyped-def]
-    from deepfm.predict import open_input
+    from deepfm.inference.predictor import open_input
 
     schema = bundle.config.schema
     reader = open_input(bundle, path)
@@ -175,7 +175,7 @@ def test_calibrate_command_stores_and_applies(full_and_sampled: tuple[Bundle, Bu
     assert after["ece"] < before["ece"]
     assert after["logloss"] < before["logloss"] + 0.002
     # The report shows the reliability diagram before and after, and the ECE row.
-    from deepfm.report import build_report
+    from deepfm.analysis.report import build_report
 
     page = build_report(bundle)
     assert "data-figure='reliability_before'" in page and "data-figure='reliability_after'" in page and ">ECE<" in page
@@ -194,7 +194,7 @@ def test_calibrate_command_stores_and_applies(full_and_sampled: tuple[Bundle, Bu
 def test_grow_vocabulary_keeps_ids_adds_and_evicts() -> None:
     import pyarrow as pa
 
-    from deepfm.vocab import grow_vocabulary
+    from deepfm.features.vocab import grow_vocabulary
 
     old, old_counts = pa.array(["a", "b", "c", "d"]), np.array([10, 8, 6, 4])
     new, new_counts = pa.array(["x", "c", "a", "y", "z", "q"]), np.array([5, 3, 1, 9, 1, 2])
@@ -222,7 +222,7 @@ def warm(full_and_sampled: tuple[Bundle, Bundle], days: dict[int, dict[str, Path
 
 
 def _reader_chunks(path: Path, schema):  # type: ignore[no-untyped-def]
-    from deepfm.io import Reader
+    from deepfm.data.readers import Reader
 
     reader = Reader(path, column_names=schema.columns)
     return reader.chunks([schema.label, *schema.names], schema.numeric_columns)
@@ -231,9 +231,9 @@ def _reader_chunks(path: Path, schema):  # type: ignore[no-untyped-def]
 def test_warm_start_keeps_known_vectors_and_adds_new_rows(full_and_sampled: tuple[Bundle, Bundle], days: dict[int, dict[str, Path]]) -> None:
     import torch
 
-    from deepfm.features import OOV, FeaturePipeline
-    from deepfm.model import DeepFM, InputLayout
-    from deepfm.warm import warm_start_weights
+    from deepfm.features.pipeline import OOV, FeaturePipeline
+    from deepfm.model.deepfm import DeepFM, InputLayout
+    from deepfm.training.warm import warm_start_weights
 
     old, _ = full_and_sampled
     schema = old.config.schema
@@ -273,8 +273,8 @@ def test_warm_start_keeps_known_vectors_and_adds_new_rows(full_and_sampled: tupl
 def test_warm_pipeline_encodes_like_a_loaded_one(warm: Bundle, days: dict[int, dict[str, Path]], tmp_path: Path) -> None:
     """The single-parse encoding during training, the grown pipeline and the same pipeline
     loaded from the bundle give identical ids."""
-    from deepfm.features import FeaturePipeline
-    from deepfm.train import prepare
+    from deepfm.features.pipeline import FeaturePipeline
+    from deepfm.training.job import prepare
 
     schema = warm.config.schema
     loaded = Bundle.load(warm.path).pipeline
@@ -341,7 +341,7 @@ def test_resume_of_a_warm_started_downsampled_run_is_the_same_run(tmp_path: Path
     from safetensors.torch import load_file
 
     from conftest import simple_records, simple_schema, write_records_csv
-    from deepfm.train import resume
+    from deepfm.training.job import resume
 
     day1 = write_records_csv(tmp_path / "d1.csv", simple_records(1500, seed=3))
     day2 = write_records_csv(tmp_path / "d2.csv", simple_records(3000, seed=4))
@@ -365,7 +365,7 @@ def test_resume_of_a_warm_started_downsampled_run_is_the_same_run(tmp_path: Path
 
 # ---------------------------------------------------------------- drift
 def test_psi_formula() -> None:
-    from deepfm.drift import psi
+    from deepfm.analysis.drift import psi
 
     e, a = np.array([50, 30, 20]), np.array([20, 30, 50])
     pe, pa_ = e / e.sum(), a / a.sum()
@@ -394,7 +394,7 @@ def test_drift_check_sees_the_simulated_days(full_and_sampled: tuple[Bundle, Bun
     assert code == 1
     assert "threshold crossed: psi>0.25" in capsys.readouterr().err
     d2 = json.loads(out.read_text())
-    from deepfm.synth import CATEGORICAL_SPECS, CHURN_MIN_CARD
+    from deepfm.data.synth import CATEGORICAL_SPECS, CHURN_MIN_CARD
 
     churned = [d2["fields"][c.name] for c in CATEGORICAL_SPECS if c.cardinality >= CHURN_MIN_CARD]
     kept = [d2["fields"][c.name] for c in CATEGORICAL_SPECS if c.cardinality < CHURN_MIN_CARD]

@@ -12,9 +12,9 @@ from conftest import small_config, write_criteo_tsv, write_rows  # type: ignore[
 from deepfm.cli import main
 from deepfm.config import RunConfig, TrainConfig
 from deepfm.errors import ConfigError, DataError
-from deepfm.io import ReadOptions, Reader, as_table
-from deepfm.schema import CRITEO_COLUMNS, criteo_schema
-from deepfm.train import parse_split, train
+from deepfm.data.readers import ReadOptions, Reader, as_table
+from deepfm.data.schema import CRITEO_COLUMNS, criteo_schema
+from deepfm.training.job import parse_split, train
 
 
 def test_an_error_in_an_early_chunk_does_not_hang_the_reader(tmp_path: Path) -> None:
@@ -26,7 +26,7 @@ def test_an_error_in_an_early_chunk_does_not_hang_the_reader(tmp_path: Path) -> 
     outcome: list[BaseException] = []
 
     def consume() -> None:
-        from deepfm.io import to_label
+        from deepfm.data.readers import to_label
 
         try:
             for chunk in reader.chunks(["label", "c"]):

@@ -13,8 +13,8 @@ import yaml
 
 from conftest import write_rows
 from deepfm.cli import main
-from deepfm.schema import Schema
-from deepfm.schema_inference import guess_field, infer_fields
+from deepfm.data.schema import Schema
+from deepfm.data.schema_inference import guess_field, infer_fields
 
 
 def movie_like(n: int = 20_000, seed: int = 0) -> dict[str, np.ndarray | list[str]]:

@@ -17,7 +17,7 @@ from conftest import REPO, simple_records, simple_schema, write_records_csv  # t
 from safetensors.torch import load_file
 from sklearn.metrics import roc_auc_score
 
-from deepfm.sharded import FieldTable, plan_tables
+from deepfm.training.sharded import FieldTable, plan_tables
 
 
 def test_plan_splits_large_tables_and_balances_the_rest() -> None:
@@ -45,7 +45,7 @@ def _torchrun(n: int, data: Path, out: Path) -> dict:
 def test_two_processes_with_sharded_tables_match_one(tmp_path: Path) -> None:
     from deepfm.bundle import Bundle
     from deepfm.errors import ConfigError
-    from deepfm.sharded import require_torchrec
+    from deepfm.training.sharded import require_torchrec
 
     try:
         require_torchrec()

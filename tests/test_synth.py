@@ -11,8 +11,8 @@ import pyarrow.compute as pc
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from deepfm import synth
-from deepfm.synth import CRITEO_COLUMNS, SynthResult, generate_table, write_synth
+from deepfm.data import synth
+from deepfm.data.synth import CRITEO_COLUMNS, SynthResult, generate_table, write_synth
 
 SPECS = {s.name: s for s in (*synth.NUMERIC_SPECS, *synth.CATEGORICAL_SPECS)}
 HEX8 = re.compile(r"^[0-9a-f]{8}$")

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 from conftest import nan_loss_at_step, simple_records, simple_schema, small_config, write_criteo_tsv, write_records_csv
 from deepfm.config import TrainConfig
 from deepfm.errors import ConfigError
-from deepfm.schema import criteo_schema
-from deepfm.train import train
+from deepfm.data.schema import criteo_schema
+from deepfm.training.job import train
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -110,10 +110,10 @@ def test_training_metrics_on_every_kth_row_of_a_large_epoch(tmp_path: Path, monk
     import importlib
     import math
 
-    train_module = importlib.import_module("deepfm.train")  # the package's `train` is the function
-    from deepfm.checkpoint import load_checkpoint
+    train_module = importlib.import_module("deepfm.training.job")
+    from deepfm.training.checkpoint import load_checkpoint
     from deepfm.errors import TrainingError
-    from deepfm.train import Trainer, resume
+    from deepfm.training.job import Trainer, resume
 
     real_auc = train_module.auc
     seen: list[tuple[np.ndarray, np.ndarray]] = []
@@ -162,8 +162,8 @@ def test_auto_init_gives_the_pairwise_term_its_set_spread(tmp_path: Path) -> Non
     """init_std "auto" draws the vectors so that the FM pairwise term starts with std
     INIT_PAIRWISE_STD whatever the number of fields; the run saves the std it resolved to,
     with the batch size, in the bundle's config and metrics.json."""
-    from deepfm.layers import fm_pairwise
-    from deepfm.model import INIT_PAIRWISE_STD, DeepFM, InputLayout, ModelConfig, auto_init_std
+    from deepfm.model.layers import fm_pairwise
+    from deepfm.model.deepfm import INIT_PAIRWISE_STD, DeepFM, InputLayout, ModelConfig, auto_init_std
 
     assert (auto_init_std(10, 16), auto_init_std(39, 16)) == (0.061, 0.0303)  # Frappe's and Criteo's fields
     for fields in (6, 20, 39):

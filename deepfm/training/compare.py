@@ -18,8 +18,8 @@ import numpy as np
 
 from deepfm.config import RunConfig
 from deepfm.errors import ConfigError
-from deepfm.model import MODEL_KINDS
-from deepfm.train import train
+from deepfm.model.deepfm import MODEL_KINDS
+from deepfm.training.job import train
 
 log = logging.getLogger(__name__)
 

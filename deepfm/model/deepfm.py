@@ -21,10 +21,10 @@ import torch
 from torch import nn
 from torch.profiler import record_function
 
-from deepfm.dataset import Batch
+from deepfm.data.encoded import Batch
 from deepfm.errors import ConfigError
-from deepfm.schema import check_keys, coerce_numbers
-from deepfm.layers import ACTIVATIONS, MLP, CrossNetwork, FieldEmbedding, fm_pairwise
+from deepfm.data.schema import check_keys, coerce_numbers
+from deepfm.model.layers import ACTIVATIONS, MLP, CrossNetwork, FieldEmbedding, fm_pairwise
 
 MODEL_KINDS = ("deepfm", "fm", "lr", "dnn", "wide_deep", "dcn")
 # init_std "auto": the spread, in logit units, of the pairwise FM term at initialization.

@@ -36,8 +36,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from deepfm.errors import ConfigError
-from deepfm.io import Reader
-from deepfm.schema import FieldSpec, Schema
+from deepfm.data.readers import Reader
+from deepfm.data.schema import FieldSpec, Schema
 
 SAMPLE_ROWS = 100_000  # rows of a file looked at
 SMALL_CODE_SET = 32

@@ -271,7 +271,7 @@ def _run_config(args: argparse.Namespace) -> Any:
     from dataclasses import replace
 
     from deepfm.config import RunConfig, load_config, read_options, with_overrides
-    from deepfm.schema import PRESETS
+    from deepfm.data.schema import PRESETS
 
     raw = load_config(args.config) if args.config else {}
     if args.preset and {"fields", "preset"} & raw.keys():
@@ -324,8 +324,8 @@ def _inferred_schema(data: Path, label: str, options: Any, columns: list[str] | 
     header), logged as the YAML ``deepfm schema`` prints."""
     from dataclasses import replace
 
-    from deepfm.io import Reader
-    from deepfm.schema_inference import infer_schema, schema_yaml
+    from deepfm.data.readers import Reader
+    from deepfm.data.schema_inference import infer_schema, schema_yaml
 
     schema, guesses = infer_schema(Reader(data, options, column_names=columns), label)
     if columns is not None:
@@ -335,8 +335,8 @@ def _inferred_schema(data: Path, label: str, options: Any, columns: list[str] | 
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from deepfm.io import ReadOptions, Reader
-    from deepfm.schema_inference import infer_schema, schema_yaml
+    from deepfm.data.readers import ReadOptions, Reader
+    from deepfm.data.schema_inference import infer_schema, schema_yaml
 
     options = ReadOptions(**{k: v for k, v in _read_overrides(args).items() if v is not None})
     schema, guesses = infer_schema(Reader(args.data, options), args.label)
@@ -351,7 +351,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from deepfm.train import check_resume, check_start, resume, train
+    from deepfm.training.job import check_resume, check_start, resume, train
 
     if args.nproc is not None and args.nproc < 1:
         raise _usage(f"--nproc must be at least 1, got {args.nproc}")
@@ -438,8 +438,8 @@ def _print_summary(out: Path, bundle: Any) -> int:
 def _report_writer(path: Path) -> Any:
     """train's ``on_trained`` hook for --report: the report explains the rows of the evaluated
     part (test, else valid) while they still exist."""
-    from deepfm.plots import require_matplotlib
-    from deepfm.report import write_report
+    from deepfm.analysis.plots import require_matplotlib
+    from deepfm.analysis.report import write_report
 
     require_matplotlib()  # fail before training, not after it
 
@@ -450,7 +450,7 @@ def _report_writer(path: Path) -> Any:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from deepfm.compare import compare, to_markdown
+    from deepfm.training.compare import compare, to_markdown
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     summary = compare(
@@ -462,7 +462,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from deepfm.tune import tune
+    from deepfm.training.tune import tune
 
     summary = tune(
         _run_config(args), args.data, args.out, trials=args.trials,
@@ -476,7 +476,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from deepfm.predict import Predictor, evaluate
+    from deepfm.inference.predictor import Predictor, evaluate
 
     predictor = Predictor.load(args.model, args.engine, args.onnx)
     result = evaluate(predictor, args.data, _model_read_options(predictor.bundle, args))
@@ -486,7 +486,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from deepfm.bundle import Bundle
-    from deepfm.predict import calibrate
+    from deepfm.inference.predictor import calibrate
 
     bundle = Bundle.load(args.model)
     record = calibrate(bundle, args.data, args.method, _model_read_options(bundle, args))
@@ -500,7 +500,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_drift(args: argparse.Namespace) -> int:
     """Exit 0: within every threshold; 1: a threshold crossed (listed on stderr); 2: bad input."""
     from deepfm.bundle import Bundle
-    from deepfm.drift import Threshold, check
+    from deepfm.analysis.drift import Threshold, check
 
     thresholds = [Threshold.parse(t) for t in args.fail_on]
     bundle = Bundle.load(args.model)
@@ -508,7 +508,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
     out = args.out or args.model / "drift.json"
     out.write_text(json.dumps(report, indent=1))
     if args.report:
-        from deepfm.report import write_report
+        from deepfm.analysis.report import write_report
 
         write_report(bundle, args.model / "report.html")
     worst = sorted(report["fields"].items(), key=lambda kv: -kv[1]["psi"])[:3]
@@ -521,7 +521,7 @@ def cmd_drift(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from deepfm.predict import Predictor, predict_file
+    from deepfm.inference.predictor import Predictor, predict_file
 
     predictor = Predictor.load(args.model, args.engine, args.onnx)
     keep = [k for k in args.keep.split(",") if k]
@@ -532,8 +532,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from deepfm.bundle import Bundle
-    from deepfm.explain import explain, parse_pair, write_explanation
-    from deepfm.plots import require_matplotlib
+    from deepfm.analysis.explain import explain, parse_pair, write_explanation
+    from deepfm.analysis.plots import require_matplotlib
 
     require_matplotlib()
     bundle = Bundle.load(args.model)
@@ -553,9 +553,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from deepfm.bundle import Bundle
-    from deepfm.explain import parse_pair
-    from deepfm.plots import require_matplotlib
-    from deepfm.report import write_report
+    from deepfm.analysis.explain import parse_pair
+    from deepfm.analysis.plots import require_matplotlib
+    from deepfm.analysis.report import write_report
 
     require_matplotlib()
     bundle = Bundle.load(args.model)
@@ -568,7 +568,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from deepfm.bundle import Bundle
     from deepfm.errors import require_extra
-    from deepfm.export import export_onnx
+    from deepfm.inference.export import export_onnx
 
     require_extra("onnx", "onnx", "onnxscript", "onnxruntime")  # before loading the model
     if args.check_rows < 0:
@@ -579,7 +579,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from deepfm.errors import require_extra
-    from deepfm.serve import ServeSettings, serve
+    from deepfm.inference.serve import ServeSettings, serve
 
     require_extra("serve", "fastapi", "uvicorn")
     if args.engine == "onnx":
@@ -596,7 +596,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from deepfm.synth import write_synth
+    from deepfm.data.synth import write_synth
 
     if args.rows < 1:
         raise _usage(f"--rows must be at least 1, got {args.rows}")
@@ -620,7 +620,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from deepfm.demo import run_demo
+    from deepfm.cli.demo import run_demo
 
     if args.rows < 1000:
         raise _usage(f"--rows must be at least 1000 for the demo's three parts, got {args.rows}")

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from deepfm.errors import ConfigError, DataError, require_extra
-from deepfm.predict import CheckedRecords, Predictor, json_type
+from deepfm.inference.predictor import CheckedRecords, Predictor, json_type
 
 log = logging.getLogger("deepfm.serve")
 
@@ -398,4 +398,4 @@ def serve(
         return
     del predictor  # each worker process loads its own
     os.environ[SETTINGS_ENV] = settings.to_json()
-    uvicorn.run("deepfm.serve:app_from_env", factory=True, workers=workers, **options)
+    uvicorn.run("deepfm.inference.serve:app_from_env", factory=True, workers=workers, **options)

@@ -27,8 +27,8 @@ import torch
 
 from deepfm.bundle import Bundle
 from deepfm.errors import ConfigError
-from deepfm.features import FIRST_VALUE, MISSING, OOV, FeaturePipeline, _lookup
-from deepfm.model import DeepFM
+from deepfm.features.pipeline import FIRST_VALUE, MISSING, OOV, FeaturePipeline, _lookup
+from deepfm.model.deepfm import DeepFM
 
 
 def check_compatible(old: Bundle, config_schema: Any, model_config: Any) -> None:

@@ -34,12 +34,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from deepfm.dataset import Batch, EncodedDataset, EpochOrder
-from deepfm.distributed import Context, global_batches
+from deepfm.data.encoded import Batch, EncodedDataset, EpochOrder
+from deepfm.training.distributed import Context, global_batches
 from deepfm.errors import ConfigError
-from deepfm.features import FeaturePipeline
-from deepfm.layers import scale_numeric
-from deepfm.model import DeepFM, InputLayout, ModelConfig
+from deepfm.features.pipeline import FeaturePipeline
+from deepfm.model.layers import scale_numeric
+from deepfm.model.deepfm import DeepFM, InputLayout, ModelConfig
 
 INSTALL_HINT = 'pip install "deepfm[shard]" && pip install --no-deps torchrec (see deepfm/sharded.py)'
 

@@ -17,12 +17,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from deepfm import plots
+from deepfm.analysis import plots
 from deepfm.bundle import Bundle
-from deepfm.dataset import EncodedDataset
-from deepfm.explain import Combination, Explanation, explain
-from deepfm.io import ReadOptions
-from deepfm.metrics import calibration, roc_curve, summary
+from deepfm.data.encoded import EncodedDataset
+from deepfm.analysis.explain import Combination, Explanation, explain
+from deepfm.data.readers import ReadOptions
+from deepfm.util.metrics import calibration, roc_curve, summary
 
 STYLE = """
 body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 1.5em auto; max-width: 1340px;

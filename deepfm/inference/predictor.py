@@ -23,14 +23,14 @@ import pyarrow.csv as pacsv
 import torch
 
 from deepfm.bundle import Bundle
-from deepfm.calibration import Calibration, describe, fit, postprocess
-from deepfm.dataset import Batch
+from deepfm.model.calibration import Calibration, describe, fit, postprocess
+from deepfm.data.encoded import Batch
 from deepfm.errors import ConfigError, DataError
-from deepfm.features import EncodedChunk, FeaturePipeline
-from deepfm.io import Chunk, ReadOptions, Reader, TableSource, as_table, record_value, to_float
-from deepfm.metrics import calibration, summary
-from deepfm.model import DeepFM
-from deepfm.schema import FieldSpec, Schema
+from deepfm.features.pipeline import EncodedChunk, FeaturePipeline
+from deepfm.data.readers import Chunk, ReadOptions, Reader, TableSource, as_table, record_value, to_float
+from deepfm.util.metrics import calibration, summary
+from deepfm.model.deepfm import DeepFM
+from deepfm.data.schema import FieldSpec, Schema
 
 
 class Engine(Protocol):
@@ -94,7 +94,7 @@ class Predictor:
         if engine == "torch":
             return cls(bundle)
         if engine == "onnx":
-            from deepfm.export import OnnxEngine  # a sibling module; needs the [onnx] extra
+            from deepfm.inference.export import OnnxEngine  # a sibling module; needs the [onnx] extra
 
             return cls(bundle, OnnxEngine(onnx_path or Path(folder) / "model.onnx", bundle, threads=threads))
         raise ConfigError(f"engine must be 'torch' or 'onnx', got {engine!r}")

@@ -40,9 +40,9 @@ from torch import nn
 
 from deepfm.bundle import Bundle
 from deepfm.errors import BundleError, DeepFMError, require_extra
-from deepfm.features import EncodedChunk, FeaturePipeline
-from deepfm.model import DeepFM
-from deepfm.predict import TorchEngine
+from deepfm.features.pipeline import EncodedChunk, FeaturePipeline
+from deepfm.model.deepfm import DeepFM
+from deepfm.inference.predictor import TorchEngine
 from deepfm.util.files import sha256_file
 
 ENCODING = (

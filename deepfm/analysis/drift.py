@@ -30,11 +30,11 @@ from typing import Any
 import numpy as np
 
 from deepfm.bundle import Bundle
-from deepfm.dataset import EncodedDataset
+from deepfm.data.encoded import EncodedDataset
 from deepfm.errors import BundleError, ConfigError
-from deepfm.features import FIRST_VALUE, MISSING, OOV, EncodedChunk, FeaturePipeline
-from deepfm.io import ReadOptions
-from deepfm.metrics import auc, logloss
+from deepfm.features.pipeline import FIRST_VALUE, MISSING, OOV, EncodedChunk, FeaturePipeline
+from deepfm.data.readers import ReadOptions
+from deepfm.util.metrics import auc, logloss
 
 PROFILE_FILE = "profile.json"
 TOP = 50  # vocabulary values with a bucket of their own
@@ -155,7 +155,7 @@ def check(
 ) -> dict[str, Any]:
     """Compare the rows of ``path`` with the model's training profile. Returns the report
     (JSON-able); ``report["failed"]`` lists the thresholds crossed and where."""
-    from deepfm.predict import open_input
+    from deepfm.inference.predictor import open_input
 
     reference = load_profile(bundle)
     pipeline, schema = bundle.pipeline, bundle.config.schema

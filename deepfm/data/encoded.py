@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deepfm.features import EncodedChunk
+from deepfm.features.pipeline import EncodedChunk
 
 SHUFFLE_BLOCK = 1 << 18  # rows per shuffle block
 

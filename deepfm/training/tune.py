@@ -27,7 +27,7 @@ import yaml
 
 from deepfm.config import RunConfig
 from deepfm.errors import ConfigError
-from deepfm.train import train
+from deepfm.training.job import train
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import numpy as np
 from deepfm.errors import ConfigError
 
 if TYPE_CHECKING:
-    from deepfm.explain import Explanation
+    from deepfm.analysis.explain import Explanation
 
 DPI = 100
 LABEL_CHARS = 22  # longer value labels are cut in the drill-down grid

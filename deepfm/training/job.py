@@ -30,26 +30,28 @@ from torch import nn
 from torch.profiler import record_function
 from tqdm import tqdm
 
+import deepfm.data
+import deepfm.features
 from deepfm.bundle import Bundle
-from deepfm.calibration import Calibration, postprocess
-from deepfm.calibration import fit as fit_calibration
-from deepfm.checkpoint import CHECKPOINT, RUN, load_checkpoint, save_checkpoint
+from deepfm.model.calibration import Calibration, postprocess
+from deepfm.model.calibration import fit as fit_calibration
+from deepfm.training.checkpoint import CHECKPOINT, RUN, load_checkpoint, save_checkpoint
 from deepfm.config import RunConfig, TrainConfig
-from deepfm.dataset import Batch, DatasetWriter, EncodedDataset, EpochOrder
-from deepfm.distributed import (
+from deepfm.data.encoded import Batch, DatasetWriter, EncodedDataset, EpochOrder
+from deepfm.training.distributed import (
     Context, all_gather_rows, broadcast_buffers, data_parallel, gather_array, gather_rows, global_batches, my_slice, setup, sum_scalar,
 )  # fmt: skip
-from deepfm.drift import PROFILE_FILE, profile
+from deepfm.analysis.drift import PROFILE_FILE, profile
 from deepfm.errors import ConfigError, DataError, TrainingError
-from deepfm.features import FeaturePipeline
-from deepfm.io import Reader
-from deepfm.metrics import auc, calibration, logloss, roc_curve, summary
-from deepfm.model import DeepFM, InputLayout
-from deepfm.optim import RowAdam
-from deepfm.sampling import downsample
+from deepfm.features.pipeline import FeaturePipeline
+from deepfm.data.readers import Reader
+from deepfm.util.metrics import auc, calibration, logloss, roc_curve, summary
+from deepfm.model.deepfm import DeepFM, InputLayout
+from deepfm.model.optim import RowAdam
+from deepfm.data.sampling import downsample
 from deepfm.util.files import file_identity, sha256_file, write_atomic
 from deepfm.util.maths import sigmoid
-from deepfm.warm import check_compatible, warm_start_weights
+from deepfm.training.warm import check_compatible, warm_start_weights
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 2  # bump when the encoded layout changes
@@ -236,14 +238,12 @@ def prepare_cached(
 
 @functools.lru_cache(maxsize=1)
 def _encoder_version() -> str:
-    """A digest of the code that fits and encodes: a cache entry never outlives a change to it."""
-    import deepfm.features
-    import deepfm.io
-    import deepfm.schema
-
+    """A digest of the code that reads, fits and encodes (every module of deepfm.data and
+    deepfm.features): a cache entry never outlives a change to it."""
     h = hashlib.sha256()
-    for module in (deepfm.features, deepfm.io, deepfm.schema):
-        h.update(Path(module.__file__ or "").read_bytes())
+    for package in (deepfm.data, deepfm.features):
+        for path in sorted(Path(package.__file__ or "").parent.glob("*.py")):
+            h.update(path.name.encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:16]
 
 

@@ -34,10 +34,10 @@ import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
 from deepfm.errors import BundleError, DataError
-from deepfm.hashing import hashed_ids
-from deepfm.io import Chunk, to_float, to_label, to_strings
-from deepfm.schema import FieldSpec, Schema
-from deepfm.vocab import grow_vocabulary
+from deepfm.features.hashing import hashed_ids
+from deepfm.data.readers import Chunk, to_float, to_label, to_strings
+from deepfm.data.schema import FieldSpec, Schema
+from deepfm.features.vocab import grow_vocabulary
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from deepfm.dataset import EpochOrder
+from deepfm.data.encoded import EpochOrder
 
 
 # How long the other ranks wait for rank 0 to parse and encode the data into the cache: hours

@@ -75,7 +75,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from deepfm.schema import CRITEO_COLUMNS as SCHEMA_COLUMNS
+from deepfm.data.schema import CRITEO_COLUMNS as SCHEMA_COLUMNS
 from deepfm.util.maths import sigmoid
 
 logger = logging.getLogger(__name__)

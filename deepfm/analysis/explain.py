@@ -31,12 +31,12 @@ import numpy as np
 import torch
 
 from deepfm.bundle import Bundle
-from deepfm.calibration import postprocess
-from deepfm.dataset import Batch, EncodedDataset
+from deepfm.model.calibration import postprocess
+from deepfm.data.encoded import Batch, EncodedDataset
 from deepfm.errors import ConfigError
-from deepfm.features import FIRST_VALUE, MISSING, OOV
-from deepfm.io import ReadOptions
-from deepfm.predict import open_input
+from deepfm.features.pipeline import FIRST_VALUE, MISSING, OOV
+from deepfm.data.readers import ReadOptions
+from deepfm.inference.predictor import open_input
 from deepfm.util.maths import sigmoid
 
 PAIR_BATCH = 4096  # rows per (B, F, F) product: 4096 x 39 x 39 floats is 25 MB
@@ -208,7 +208,7 @@ def explain(
 def write_explanation(explanation: Explanation, out: str | Path, top_k: int = 10) -> list[Path]:
     """``explain.json`` and the figures (pairs.png, decomposition.png, drilldown.png where
     the model has FM pairs) in ``out``. Returns the paths written."""
-    from deepfm import plots
+    from deepfm.analysis import plots
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
