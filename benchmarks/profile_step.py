@@ -24,7 +24,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from deepfm.config import RunConfig, TrainConfig
-from deepfm.model.deepfm import DeepFM, InputLayout, ModelConfig
+from deepfm.model.deepfm import DeepFM, InputLayout
+from deepfm.config import ModelConfig
 from deepfm.data.schema import criteo_schema
 from deepfm.training.job import Trainer, default_cache_dir, prepare_cached
 

@@ -10,19 +10,18 @@
 
 from typing import TYPE_CHECKING, Any
 
+from deepfm._version import __version__
 from deepfm.bundle import Bundle
-from deepfm.config import RunConfig, TrainConfig, load_config
-from deepfm.errors import BundleError, ConfigError, DataError, DeepFMError
+from deepfm.config import ModelConfig, RunConfig, TrainConfig, load_config
 from deepfm.data.readers import ReadOptions
-from deepfm.model.deepfm import DeepFM, ModelConfig
-from deepfm.inference.predictor import Predictor, evaluate, predict_file
 from deepfm.data.schema import FieldSpec, Schema, criteo_schema
+from deepfm.errors import BundleError, ConfigError, DataError, DeepFMError
+from deepfm.inference.predictor import Predictor, evaluate, predict_file
+from deepfm.model.deepfm import DeepFM
 from deepfm.training.job import resume, train
 
 if TYPE_CHECKING:
     from deepfm.estimator import DeepFMClassifier
-
-__version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
@@ -37,5 +36,5 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "Bundle", "BundleError", "ConfigError", "DataError", "DeepFM", "DeepFMError", "FieldSpec", "ModelConfig",
     "Predictor", "ReadOptions", "RunConfig", "Schema", "TrainConfig", "criteo_schema", "evaluate", "load_config",
-    "predict_file", "resume", "train",
+    "predict_file", "resume", "train", "__version__",
 ]  # fmt: skip

@@ -5,7 +5,7 @@
     vocab.arrow       vocabularies (Arrow IPC)
     model.safetensors weights
     metrics.json      what training measured
-    calibration.json  downsampling correction and fitted calibration (deepfm.calibration)
+    calibration.json  downsampling correction and fitted calibration (deepfm.model.calibration)
     manifest.json     sha256 of every file above, checked on load
 
 Loading never unpickles anything: JSON, Arrow and safetensors only.
@@ -24,9 +24,11 @@ from safetensors.torch import load_file, save_file
 from deepfm.model.calibration import FILE as CALIBRATION_FILE
 from deepfm.model.calibration import Calibration
 from deepfm.config import RunConfig
+from deepfm.data.encoded import EncodedChunk
 from deepfm.errors import BundleError
 from deepfm.features.pipeline import FeaturePipeline
 from deepfm.model.deepfm import DeepFM, InputLayout
+from deepfm.scoring import Scorer
 from deepfm.util.files import sha256_file, write_atomic
 
 FORMAT_VERSION = 1
@@ -51,7 +53,7 @@ class Bundle:
         self.config, self.pipeline, self.model = config, pipeline, model
         self.metrics = metrics or {}
         self.path = path
-        self._predictor: Any = None
+        self._scorer: Scorer | None = None
         self.calibration = calibration or Calibration()
         # Files saved beside the bundle's own (the estimator's classes): kept when it is saved again.
         self.extra = dict(extra or {})
@@ -143,25 +145,23 @@ class Bundle:
         return sha256_file(self.path / "manifest.json")[:16]
 
     # ------------------------------------------------------------ predict
-    def predictor(self) -> Any:
-        """The Predictor of this bundle (PyTorch engine), built once."""
-        if self._predictor is None:
-            # Imported here: predict.py builds on this module, not the other way round.
-            from deepfm.inference.predictor import Predictor
-
-            self._predictor = Predictor(self)
-        return self._predictor
+    def predictor(self) -> Scorer:
+        """The scoring path of this bundle (PyTorch engine), built once: a
+        :class:`~deepfm.scoring.Scorer`, as :class:`deepfm.Predictor` is one."""
+        if self._scorer is None:
+            self._scorer = Scorer(self)
+        return self._scorer
 
     def predict(self, data: object, batch_size: int = 65536) -> np.ndarray:
         """Click probabilities for records (list of dicts), a pandas/polars DataFrame or an
         Arrow table, through the Predictor. Missing fields count as missing values, unseen
         values as OOV; an unknown field in a record is an error. -> (N,) float64"""
-        return self.predictor().predict(data, batch_size)  # type: ignore[no-any-return]
+        return self.predictor().predict(data, batch_size)
 
-    def predict_encoded(self, chunk: Any, calibrated: bool = True) -> np.ndarray:
-        """Probabilities for an EncodedChunk, through :func:`deepfm.calibration.postprocess`
+    def predict_encoded(self, chunk: EncodedChunk, calibrated: bool = True) -> np.ndarray:
+        """Probabilities for an EncodedChunk, through :func:`deepfm.model.calibration.postprocess`
         (``calibrated=False``: the model's own, uncorrected). -> (N,) float64"""
-        return self.predictor().predict_encoded(chunk, calibrated=calibrated)  # type: ignore[no-any-return]
+        return self.predictor().predict_encoded(chunk, calibrated=calibrated)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

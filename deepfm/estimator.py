@@ -44,7 +44,7 @@ from deepfm.bundle import Bundle
 from deepfm.config import RunConfig, TrainConfig
 from deepfm.errors import BundleError, ConfigError, DataError
 from deepfm.data.readers import as_table
-from deepfm.model.deepfm import ModelConfig
+from deepfm.config import ModelConfig
 from deepfm.data.schema import KINDS, FieldSpec, Schema
 from deepfm.data.schema_inference import guess_field
 from deepfm.training.job import train

@@ -18,7 +18,7 @@ import pytest
 
 from deepfm.config import RunConfig, TrainConfig
 from deepfm.data.readers import ReadOptions, TableSource
-from deepfm.model.deepfm import ModelConfig
+from deepfm.config import ModelConfig
 from deepfm.data.schema import CRITEO_COLUMNS, FieldSpec, Schema
 
 REPO = Path(__file__).resolve().parents[1]

@@ -284,7 +284,8 @@ KINDS = ("lr", "fm", "dnn", "wide_deep", "dcn", "deepfm")
 def _tiny_model(kind: str, batch_norm: bool = False) -> Any:
     """The seeded DeepFM the trainer tests step: 3 single fields (one a scaled numeric) and a
     mean-pooled multi-hot field over 40 table rows."""
-    from deepfm.model.deepfm import DeepFM, InputLayout, ModelConfig
+    from deepfm.model.deepfm import DeepFM, InputLayout
+    from deepfm.config import ModelConfig
 
     torch.manual_seed(0)
     layout = InputLayout(num_embeddings=40, n_single=3, scaled_positions=(2,), poolings=("mean",))

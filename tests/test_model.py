@@ -8,8 +8,9 @@ import torch
 
 from conftest import brute_pairwise, hand_field_vectors, random_inputs
 from deepfm.data.encoded import Batch, DatasetWriter
-from deepfm.features.pipeline import EncodedChunk
-from deepfm.model.deepfm import DeepFM, InputLayout, ModelConfig
+from deepfm.data.encoded import EncodedChunk
+from deepfm.model.deepfm import DeepFM, InputLayout
+from deepfm.config import ModelConfig
 
 N_ROWS, DIM = 60, 3
 SCALED = [0, 2]

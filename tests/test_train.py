@@ -163,7 +163,8 @@ def test_auto_init_gives_the_pairwise_term_its_set_spread(tmp_path: Path) -> Non
     INIT_PAIRWISE_STD whatever the number of fields; the run saves the std it resolved to,
     with the batch size, in the bundle's config and metrics.json."""
     from deepfm.model.layers import fm_pairwise
-    from deepfm.model.deepfm import INIT_PAIRWISE_STD, DeepFM, InputLayout, ModelConfig, auto_init_std
+    from deepfm.model.deepfm import DeepFM, InputLayout
+    from deepfm.config import INIT_PAIRWISE_STD, ModelConfig, auto_init_std
 
     assert (auto_init_std(10, 16), auto_init_std(39, 16)) == (0.061, 0.0303)  # Frappe's and Criteo's fields
     for fields in (6, 20, 39):

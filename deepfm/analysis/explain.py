@@ -20,7 +20,6 @@ probability per row: no (N, F, F) tensor is ever held.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -203,21 +202,6 @@ def explain(
         probabilities=postprocess(sigmoid(np.concatenate(scan.logits)), bundle.calibration),
         labels=np.concatenate(scan.labels) if scan.labels else None,
     )
-
-
-def write_explanation(explanation: Explanation, out: str | Path, top_k: int = 10) -> list[Path]:
-    """``explain.json`` and the figures (pairs.png, decomposition.png, drilldown.png where
-    the model has FM pairs) in ``out``. Returns the paths written."""
-    from deepfm.analysis import plots
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    written = [out / "explain.json"]
-    written[0].write_text(json.dumps(explanation.to_json(top_k), indent=1))
-    for name, png in plots.explanation_figures(explanation).items():
-        (out / f"{name}.png").write_bytes(png)
-        written.append(out / f"{name}.png")
-    return written
 
 
 def parse_pair(text: str | None) -> tuple[str, str] | None:

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import functools
 import io
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from deepfm.analysis.explain import Explanation
 from deepfm.errors import ConfigError
-
-if TYPE_CHECKING:
-    from deepfm.analysis.explain import Explanation
 
 DPI = 100
 LABEL_CHARS = 22  # longer value labels are cut in the drill-down grid

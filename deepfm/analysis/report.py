@@ -1,4 +1,5 @@
-"""One self-contained HTML report of a trained model: learning curves, calibration (reliability
+"""What the analysis writes: the explanation's folder (explain.json and its figures) and one
+self-contained HTML report of a trained model: learning curves, calibration (reliability
 diagram with counts), ROC and the field-interaction explanation. Images are embedded as
 base64 PNG and the style is inline, so the file can be mailed or archived on its own.
 
@@ -96,6 +97,19 @@ def write_report(bundle: Bundle, out: str | Path, **kwargs: Any) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(build_report(bundle, **kwargs), encoding="utf-8")
     return out
+
+
+def write_explanation(explanation: Explanation, out: str | Path, top_k: int = 10) -> list[Path]:
+    """``explain.json`` and the figures (pairs.png, decomposition.png, drilldown.png where
+    the model has FM pairs) in ``out``. Returns the paths written."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "explain.json"]
+    written[0].write_text(json.dumps(explanation.to_json(top_k), indent=1))
+    for name, png in plots.explanation_figures(explanation).items():
+        (out / f"{name}.png").write_bytes(png)
+        written.append(out / f"{name}.png")
+    return written
 
 
 # ---------------------------------------------------------------- sections

@@ -532,8 +532,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from deepfm.bundle import Bundle
-    from deepfm.analysis.explain import explain, parse_pair, write_explanation
+    from deepfm.analysis.explain import explain, parse_pair
     from deepfm.analysis.plots import require_matplotlib
+    from deepfm.analysis.report import write_explanation
 
     require_matplotlib()
     bundle = Bundle.load(args.model)

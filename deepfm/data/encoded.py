@@ -1,4 +1,4 @@
-"""EncodedDataset: encoded rows in memory-mapped files, and the batch iterator.
+"""Encoded rows: a chunk in memory, a dataset of memory-mapped files, and the batches.
 
 A dataset folder holds raw little-endian arrays plus ``meta.json``:
 
@@ -28,9 +28,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deepfm.features.pipeline import EncodedChunk
-
 SHUFFLE_BLOCK = 1 << 18  # rows per shuffle block
+
+
+@dataclass
+class EncodedChunk:
+    """Encoded rows. Shapes: ids (N, S) int64, values (N, V) float32, labels (N,) float32;
+    multi_hot[k] = (offsets (N+1,) int64, ids (nnz,) int64) for the k-th multi-hot field."""
+
+    ids: np.ndarray
+    values: np.ndarray
+    multi_hot: list[tuple[np.ndarray, np.ndarray]]
+    labels: np.ndarray | None
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
 
 
 @dataclass

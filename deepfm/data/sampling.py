@@ -13,8 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepfm.data.encoded import DatasetWriter, EncodedDataset
-from deepfm.features.pipeline import EncodedChunk
+from deepfm.data.encoded import DatasetWriter, EncodedChunk, EncodedDataset
 
 BLOCK = 65_536
 _TAG = 0x5A3D  # keeps these coins apart from other seeded streams of the same seed

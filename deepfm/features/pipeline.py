@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 
+from deepfm.data.encoded import EncodedChunk
 from deepfm.errors import BundleError, DataError
 from deepfm.features.hashing import hashed_ids
 from deepfm.data.readers import Chunk, to_float, to_label, to_strings
@@ -45,20 +46,6 @@ OOV, MISSING, FIRST_VALUE = 0, 1, 2
 _RESERVOIR = 200_000  # values kept per field to place quantile bin edges
 SPILL_MEMORY = 512 << 20  # bytes of the single-parse spill kept in memory; the rest goes to disk
 _DICT_LOOKUP_ROWS = 1024  # keys looked up in a dict (below) rather than by pc.index_in
-
-
-@dataclass
-class EncodedChunk:
-    """Encoded rows. Shapes: ids (N, S) int64, values (N, V) float32, labels (N,) float32;
-    multi_hot[k] = (offsets (N+1,) int64, ids (nnz,) int64) for the k-th multi-hot field."""
-
-    ids: np.ndarray
-    values: np.ndarray
-    multi_hot: list[tuple[np.ndarray, np.ndarray]]
-    labels: np.ndarray | None
-
-    def __len__(self) -> int:
-        return int(self.ids.shape[0])
 
 
 @dataclass
@@ -81,6 +68,11 @@ class FieldState:
             assert self.vocab is not None
             self._index = (self.vocab, {k: FIRST_VALUE + i for i, k in enumerate(self.vocab.to_pylist())})
         return self._index[1]
+
+    def local_ids(self, keys: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """Local ids of raw keys (text, or int64 bin keys): FIRST_VALUE + position in the
+        vocabulary or the hash bucket, OOV for unseen values, MISSING for nulls. (N,) int64"""
+        return _lookup(keys, self)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -40,9 +40,10 @@ from torch import nn
 
 from deepfm.bundle import Bundle
 from deepfm.errors import BundleError, DeepFMError, require_extra
-from deepfm.features.pipeline import EncodedChunk, FeaturePipeline
+from deepfm.data.encoded import EncodedChunk
+from deepfm.features.pipeline import FeaturePipeline
 from deepfm.model.deepfm import DeepFM
-from deepfm.inference.predictor import TorchEngine
+from deepfm.scoring import TorchEngine
 from deepfm.util.files import sha256_file
 
 ENCODING = (

@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 
 from deepfm.errors import ConfigError, DataError, require_extra
-from deepfm.inference.predictor import CheckedRecords, Predictor, json_type
+from deepfm.features.records import CheckedRecords, json_type
+from deepfm.inference.predictor import Predictor
 
 log = logging.getLogger("deepfm.serve")
 
@@ -223,7 +224,7 @@ def create_app(predictor: Predictor, settings: ServeSettings) -> Any:
     from starlette.exceptions import HTTPException
     from starlette.requests import ClientDisconnect
 
-    from deepfm import __version__
+    from deepfm._version import __version__
 
     batcher = Batcher(lambda parts: predictor.predict_table(predictor.table(parts)), settings.max_batch_rows)
     model_id = predictor.model_id

@@ -1,6 +1,12 @@
 """The maths: layers, the DeepFM family, the row-wise optimizer and the probability
-post-processing. No files, no training loop."""
+post-processing. No files and no training loop: the model knows no optimizer."""
 
-from deepfm.model.deepfm import MODEL_KINDS, DeepFM, InputLayout, ModelConfig, auto_init_std
+from deepfm._deprecated import moved_names
+from deepfm.model.deepfm import DeepFM, InputLayout
 
-__all__ = ["MODEL_KINDS", "DeepFM", "InputLayout", "ModelConfig", "auto_init_std"]
+__all__ = ["DeepFM", "InputLayout"]
+
+# deepfm 0.1's deepfm.model module held the model's config too.
+__getattr__ = moved_names(
+    __name__, {name: "deepfm.config" for name in ("INIT_PAIRWISE_STD", "MODEL_KINDS", "ModelConfig", "auto_init_std")}
+)

@@ -13,96 +13,16 @@ The ablations switch parts off on the same code: ``lr`` (bias + first order), ``
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 from torch.profiler import record_function
 
+from deepfm.config import ModelConfig
 from deepfm.data.encoded import Batch
-from deepfm.errors import ConfigError
-from deepfm.data.schema import check_keys, coerce_numbers
-from deepfm.model.layers import ACTIVATIONS, MLP, CrossNetwork, FieldEmbedding, fm_pairwise
-
-MODEL_KINDS = ("deepfm", "fm", "lr", "dnn", "wide_deep", "dcn")
-# init_std "auto": the spread, in logit units, of the pairwise FM term at initialization.
-# Vectors drawn too small leave the pairs unlearned for many epochs (Frappe's valid AUC sits at
-# 0.926 for ten epochs at std 0.01 and climbs to 0.94 from 0.05 up); too large, and the noise
-# of rarely seen values' random vectors swamps small data (the Criteo sample loses 0.05 AUC at
-# 0.1). The number of pairs sets how much noise a given std makes: see auto_init_std.
-INIT_PAIRWISE_STD = 0.1
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    kind: str = "deepfm"
-    embedding_dim: int = 16
-    hidden: tuple[int, ...] = (400, 400, 400)
-    activation: str = "relu"
-    dropout: float = 0.2
-    batch_norm: bool = False
-    cross_layers: int = 3  # dcn only
-    # std of the vectors' normal initialization; "auto": from the number of fields and the
-    # embedding size (auto_init_std), resolved when the data is known (see ``resolved``)
-    init_std: float | str = "auto"
-
-    def __post_init__(self) -> None:
-        coerce_numbers(self, "model", floats=("dropout",), ints=("embedding_dim", "cross_layers"))
-        if self.init_std != "auto":
-            coerce_numbers(self, "model", floats=("init_std",))
-            if not float(self.init_std) > 0:  # type: ignore[arg-type]
-                raise ConfigError(f"model.init_std must be > 0 or 'auto', got {self.init_std!r}")
-        if self.kind not in MODEL_KINDS:
-            raise ConfigError(f"model.kind must be one of {list(MODEL_KINDS)}, got {self.kind!r}")
-        if not isinstance(self.embedding_dim, int) or self.embedding_dim < 1:
-            raise ConfigError(f"model.embedding_dim must be a positive integer, got {self.embedding_dim!r}")
-        object.__setattr__(self, "hidden", tuple(self.hidden))
-        if any(not isinstance(h, int) or h < 1 for h in self.hidden):
-            raise ConfigError(f"model.hidden must be a list of positive integers, got {list(self.hidden)}")
-        if self.activation not in ACTIVATIONS:
-            raise ConfigError(f"model.activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
-        if not 0.0 <= float(self.dropout) < 1.0:
-            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
-
-    def resolved(self, n_fields: int) -> ModelConfig:
-        """This config with its "auto" settings made concrete for ``n_fields`` fields."""
-        if self.init_std != "auto":
-            return self
-        return replace(self, init_std=auto_init_std(n_fields, self.embedding_dim))
-
-    @property
-    def uses_first_order(self) -> bool:
-        return self.kind in ("deepfm", "fm", "lr", "wide_deep")
-
-    @property
-    def uses_pairwise(self) -> bool:
-        return self.kind in ("deepfm", "fm")
-
-    @property
-    def uses_dnn(self) -> bool:
-        return self.kind in ("deepfm", "dnn", "wide_deep", "dcn")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["hidden"] = list(self.hidden)
-        return d
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        check_keys("model", data, {f.name for f in fields(cls)})
-        return cls(**data)
-
-
-def auto_init_std(n_fields: int, dim: int) -> float:
-    """The vectors' initial std sigma that gives the pairwise term sum_{i<j} <v_i, v_j> the
-    spread INIT_PAIRWISE_STD: with P = F(F-1)/2 pairs of D products of N(0, sigma^2) draws its
-    std is sigma^2 sqrt(P D). 10 fields of 16 (Frappe): 0.061; Criteo's 39: 0.030. Kept in
-    [0.01, 0.1], the range measured to work (docs/accuracy.md)."""
-    pairs = max(n_fields * (n_fields - 1) // 2, 1)
-    return round(min(0.1, max(0.01, math.sqrt(INIT_PAIRWISE_STD / math.sqrt(pairs * dim)))), 4)
-
+from deepfm.model.layers import MLP, CrossNetwork, FieldEmbedding, fm_pairwise
 
 @dataclass(frozen=True)
 class InputLayout:

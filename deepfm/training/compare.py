@@ -18,7 +18,7 @@ import numpy as np
 
 from deepfm.config import RunConfig
 from deepfm.errors import ConfigError
-from deepfm.model.deepfm import MODEL_KINDS
+from deepfm.config import MODEL_KINDS
 from deepfm.training.job import train
 
 log = logging.getLogger(__name__)

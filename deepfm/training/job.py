@@ -41,9 +41,9 @@ from deepfm.data.encoded import Batch, DatasetWriter, EncodedDataset, EpochOrder
 from deepfm.training.distributed import (
     Context, all_gather_rows, broadcast_buffers, data_parallel, gather_array, gather_rows, global_batches, my_slice, setup, sum_scalar,
 )  # fmt: skip
-from deepfm.analysis.drift import PROFILE_FILE, profile
 from deepfm.errors import ConfigError, DataError, TrainingError
 from deepfm.features.pipeline import FeaturePipeline
+from deepfm.features.profile import PROFILE_FILE, profile
 from deepfm.data.readers import Reader
 from deepfm.util.metrics import auc, calibration, logloss, roc_curve, summary
 from deepfm.model.deepfm import DeepFM, InputLayout

@@ -39,7 +39,8 @@ from deepfm.training.distributed import Context, global_batches
 from deepfm.errors import ConfigError
 from deepfm.features.pipeline import FeaturePipeline
 from deepfm.model.layers import scale_numeric
-from deepfm.model.deepfm import DeepFM, InputLayout, ModelConfig
+from deepfm.model.deepfm import DeepFM, InputLayout
+from deepfm.config import ModelConfig
 
 INSTALL_HINT = 'pip install "deepfm[shard]" && pip install --no-deps torchrec (see deepfm/sharded.py)'
 

@@ -27,7 +27,7 @@ import torch
 
 from deepfm.bundle import Bundle
 from deepfm.errors import ConfigError
-from deepfm.features.pipeline import FIRST_VALUE, MISSING, OOV, FeaturePipeline, _lookup
+from deepfm.features.pipeline import FIRST_VALUE, MISSING, OOV, FeaturePipeline
 from deepfm.model.deepfm import DeepFM
 
 
@@ -61,7 +61,7 @@ def row_map(old: FeaturePipeline, new: FeaturePipeline, field: str) -> tuple[np.
         local_old = local_new = np.arange(o.size, dtype=np.int64)
     else:
         local_old = np.arange(o.size, dtype=np.int64)
-        found = _lookup(o.vocab, n)  # FIRST_VALUE + position in the new vocabulary, or OOV
+        found = n.local_ids(o.vocab)  # FIRST_VALUE + position in the new vocabulary, or OOV
         local_new = np.concatenate([[OOV, MISSING], found]).astype(np.int64)
         keep = np.r_[True, True, found != OOV]
         local_old, local_new = local_old[keep], local_new[keep]

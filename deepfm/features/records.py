@@ -1,0 +1,189 @@
+"""Records, DataFrames and tables checked against a schema: the Arrow table the pipeline
+encodes, with errors that name the record index and the field.
+
+These are the checks of the Python API (``Bundle.predict``) and of the HTTP service. A record
+is a mapping {field: value}; an absent field or ``None`` is a missing value, a field the
+schema does not know is an error (a typo would otherwise be a missing value). A DataFrame or
+an Arrow table is read as a file would be, its extra columns ignored.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from deepfm.data.readers import Chunk, TableSource, as_table, record_value, to_float
+from deepfm.data.schema import FieldSpec, Schema
+from deepfm.errors import DataError
+from deepfm.features.pipeline import FeaturePipeline
+
+
+@dataclass
+class CheckedRecords:
+    """Records that passed :meth:`RecordChecker.check`, by column: for each field given, one
+    value per record (None: missing; float for numeric fields, text for the others)."""
+
+    rows: int
+    columns: dict[str, list[object]]
+
+
+class RecordChecker:
+    """The checks for one schema; everything per schema is built once here."""
+
+    def __init__(self, schema: Schema) -> None:
+        self.schema = schema
+        self._specs = {f.name: f for f in schema.fields}
+        self.numeric = {f.name for f in schema.fields if f.kind == "numeric"}
+        self.multi_hot = {f.name: f.separator for f in schema.fields if f.kind == "multi_hot"}
+        # The label and the file's other declared columns may ride along in a record; they are
+        # dropped. Anything else is a mistake worth reporting (a typo would be a missing value).
+        self._ignored = {schema.label, *(schema.columns or ())} - set(self._specs)
+
+    def to_table(self, data: object) -> pa.Table:
+        """Records (a list of dicts, or one dict) checked strictly (see :meth:`check`); a
+        pandas/polars DataFrame or an Arrow table as it is."""
+        if isinstance(data, dict):
+            data = [data]
+        if isinstance(data, (list, tuple)):
+            return self.records_table(data)
+        return as_table(data, numeric=self.numeric, multi_hot=self.multi_hot)
+
+    def records_table(self, records: object) -> pa.Table:
+        """Records -> a table with exactly the schema's fields, every value checked (see
+        :meth:`check`). Numeric fields float64, the others text, absent fields null."""
+        return self.table([self.check(records)])
+
+    def check(self, records: object) -> CheckedRecords:
+        """Check records (a list of {field: value}) and put their values in columns. Raises
+        DataError naming the record index and the field: an unknown field, a list or object
+        where one value belongs, a boolean, a number that does not parse or is not finite.
+        ``None`` or an absent field is a missing value. Pure Python for plain values, so a
+        request of one record costs microseconds; see :meth:`table` for the Arrow side."""
+        if not isinstance(records, (list, tuple)):
+            raise DataError(f"expected a list of records (objects of field -> value), got {json_type(records)}")
+        n = len(records)
+        columns: dict[str, list[object]] = {}
+        text_numbers: set[str] = set()
+        for i, rec in enumerate(records):
+            if not isinstance(rec, dict):
+                raise DataError(f"expected an object of field -> value, got {json_type(rec)}", line=f"record {i}")
+            for key, v in rec.items():
+                if key not in self._specs:
+                    if key in self._ignored:
+                        continue
+                    raise DataError(self._unknown_message(key), line=f"record {i}", field=str(key))
+                column = columns.get(key)
+                if column is None:
+                    column = columns[key] = [None] * n
+                x = self._value(v, key, i)
+                if key in self.numeric and x is not None and type(x) is not float:
+                    text_numbers.add(key)  # a string, parsed below
+                column[i] = x
+        for name in text_numbers:  # numbers written as text: parsed and checked as in a file
+            table = pa.table({name: pa.array([None if v is None else str(v) for v in columns[name]], pa.string())})
+            x = to_float(Chunk(table=table, row0=0, reader=TableSource(table)), name)  # type: ignore[arg-type]
+            columns[name] = [None if v != v else float(v) for v in x.tolist()]
+        return CheckedRecords(rows=n, columns=columns)
+
+    def _value(self, v: object, key: str, i: int) -> object:
+        """Record ``i``'s value of field ``key`` as its column holds it: None, a float, or text."""
+        # Plain JSON values take a shortcut; record_value has the full rules (same results).
+        t = type(v)
+        try:
+            if key in self.numeric:
+                x = float(v) if t is float or t is int else record_value(v, True)  # type: ignore[arg-type]
+            else:
+                x = v if t is str else record_value(v, False, self.multi_hot.get(key))
+        except ValueError as exc:
+            raise DataError(str(exc), line=f"record {i}", field=key) from None
+        except OverflowError:  # an integer beyond any float
+            raise DataError(f"expected a finite number, got an integer of {len(str(v))} digits", line=f"record {i}", field=key) from None
+        if type(x) is float:
+            if x != x:
+                return None  # NaN is a missing value, as in a file
+            if x in (math.inf, -math.inf):
+                raise DataError(f"expected a finite number, got {v!r}", line=f"record {i}", field=key)
+        return x
+
+    def table(self, parts: list[CheckedRecords]) -> pa.Table:
+        """One table of the schema's fields from checked records (several requests at once).
+        Numeric fields float64, the others text, absent fields null."""
+        arrays = []
+        for spec in self.schema.fields:
+            values: list[object] = []
+            for part in parts:
+                values.extend(part.columns.get(spec.name) or [None] * part.rows)
+            arrays.append(pa.array(values, pa.float64() if spec.name in self.numeric else pa.string()))
+        return pa.table(arrays, names=self.schema.names)
+
+    def _unknown_message(self, key: object) -> str:
+        names = self.schema.names
+        close = difflib.get_close_matches(key, names, n=1) if isinstance(key, str) else []
+        if close:
+            return f"unknown field; did you mean {close[0]!r}?"
+        shown = ", ".join(names[:12]) + (f", ... ({len(names)} fields)" if len(names) > 12 else "")
+        return f"unknown field; the model's fields are {shown}"
+
+
+def json_type(value: object) -> str:
+    """How a JSON reader would name a value's type: an object, a list, a string, ..."""
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
+
+
+def describe_fields(schema: Schema) -> list[dict[str, Any]]:
+    """The fields a record may hold: name, kind, what each accepts, and its options."""
+    fields = []
+    for spec in schema.fields:
+        entry: dict[str, Any] = {"name": spec.name, "kind": spec.kind, "accepts": _accepts(spec)}
+        if spec.kind == "numeric":
+            entry["mode"] = spec.mode
+        if spec.kind == "multi_hot":
+            entry["separator"] = spec.separator
+        if spec.is_hashed:  # any value is accepted; values may share a row
+            entry["hash_buckets"] = spec.hash_buckets
+        fields.append(entry)
+    return fields
+
+
+def example_record(pipeline: FeaturePipeline) -> dict[str, Any]:
+    """A record of typical values: each categorical's most frequent value, numbers inside
+    the most common bin or at the training mean."""
+    out: dict[str, Any] = {}
+    for spec in pipeline.schema.fields:
+        st = pipeline.states[spec.name]
+        vocab = [] if st.vocab is None else st.vocab.slice(0, 2).to_pylist()
+        if spec.kind == "categorical":
+            out[spec.name] = vocab[0] if vocab else "a"
+        elif spec.kind == "multi_hot":
+            out[spec.name] = vocab or ["a"]
+        elif spec.is_scaled:
+            m = st.mean if "standardize" in spec.transform else 0.0
+            out[spec.name] = round(float(np.sign(m) * np.expm1(abs(m))) if "log1p" in spec.transform else m, 3)
+        elif spec.binning == "quantile":
+            out[spec.name] = round(st.edges[len(st.edges) // 2], 3) if st.edges else 0.0
+        else:
+            out[spec.name] = _log_bin_value(int(vocab[0])) if vocab else 0
+    return out
+
+
+def _log_bin_value(key: int) -> int | float:
+    """A number in log bin ``key`` (see the pipeline's log bins): small keys are the value
+    itself, larger ones sign * (100 + floor(log(|x|)^2))."""
+    if abs(key) < 100:
+        return key
+    b = abs(key) - 100
+    return int(np.sign(key)) * round(float(np.exp(np.sqrt(b + 0.5))), 1)
+
+
+def _accepts(spec: FieldSpec) -> str:
+    if spec.kind == "numeric":
+        return "a number (or a string holding one); null or absent = missing"
+    if spec.kind == "multi_hot":
+        return f"a list of strings or numbers, or one string joined by {spec.separator!r}; null, [] or absent = missing"
+    return "a string or number; null or absent = missing"
