@@ -23,7 +23,7 @@ from pathlib import Path
 def child(path: str) -> None:
     from deepfm.config import RunConfig
     from deepfm.data.schema import criteo_schema
-    from deepfm.training.job import prepare
+    from deepfm.training import prepare
 
     with tempfile.TemporaryDirectory() as tmp:
         t0, cpu0 = time.perf_counter(), _cpu_seconds()

@@ -27,7 +27,7 @@ from deepfm.config import RunConfig, TrainConfig
 from deepfm.model.deepfm import DeepFM, InputLayout
 from deepfm.config import ModelConfig
 from deepfm.data.schema import criteo_schema
-from deepfm.training.job import Trainer, default_cache_dir, prepare_cached
+from deepfm.training import Trainer, default_cache_dir, prepare_cached
 
 LABELS = ["data", "embedding lookup", "fm", "mlp", "loss", "backward", "dense optimizer", "embedding optimizer"]
 

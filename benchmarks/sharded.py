@@ -41,7 +41,7 @@ def worker(args: argparse.Namespace) -> None:
     from deepfm.model.deepfm import DeepFM, InputLayout
     from deepfm.data.schema import PRESETS
     from deepfm.training.sharded import ShardedDeepFM, field_tables, rank_batches
-    from deepfm.training.job import prepare
+    from deepfm.training import prepare
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()

@@ -96,9 +96,9 @@ def nan_loss_at_step(monkeypatch: pytest.MonkeyPatch, step: int) -> Any:
     """Make the Trainer's ``step``-th step (counted from this call) return a NaN loss, as a
     diverging run would; training then stops and keeps its last good checkpoint. Returns the
     real step, to put back before resuming."""
-    from deepfm.training.job import Trainer
+    from deepfm.training import Trainer
 
-    real_step = Trainer._step
+    real_step = Trainer.step
     calls = {"n": 0}
 
     def nan_step(self: Trainer, batch: Any, global_rows: int) -> Any:
@@ -106,7 +106,7 @@ def nan_loss_at_step(monkeypatch: pytest.MonkeyPatch, step: int) -> Any:
         calls["n"] += 1
         return logit, loss * float("nan") if calls["n"] == step else loss
 
-    monkeypatch.setattr(Trainer, "_step", nan_step)
+    monkeypatch.setattr(Trainer, "step", nan_step)
     return real_step
 
 
@@ -251,7 +251,7 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path, Path]:
     """A small DeepFM trained on 12k planted rows (a few seconds; its test part is the last
     1200), 2k fresh rows, and the folder that holds them: (bundle, fresh.tsv, folder)."""
     from deepfm.bundle import Bundle
-    from deepfm.training.job import train
+    from deepfm.training import train
 
     tmp = tmp_path_factory.mktemp("planted")
     data = write_planted(tmp / "train.tsv", 12_000, seed=1)

@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from deepfm.bundle import Bundle
 from deepfm.model.deepfm import DeepFM, InputLayout
 from deepfm.training.sharded import ShardedDeepFM, field_tables, rank_batches
-from deepfm.training.job import prepare
+from deepfm.training import prepare
 
 GLOBAL_BATCH = 256
 

@@ -18,7 +18,7 @@ from deepfm.config import RunConfig, load_config
 from deepfm.errors import BundleError, ConfigError, DataError
 from deepfm.data.readers import ReadOptions
 from deepfm.data.schema import FieldSpec, Schema
-from deepfm.training.job import prepare, train
+from deepfm.training import prepare, train
 
 COLS = ["label", "c", "x"]
 N = 100

@@ -24,7 +24,7 @@ from conftest import (
 from deepfm.bundle import Bundle
 from deepfm.cli import main
 from deepfm.errors import BundleError
-from deepfm.training.job import train
+from deepfm.training import train
 
 N = 3000
 EXPECTED_FILES = {"config.json", "pipeline.json", "vocab.arrow", "model.safetensors", "metrics.json", "calibration.json", "profile.json", "manifest.json"}

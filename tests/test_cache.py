@@ -9,7 +9,7 @@ from pathlib import Path
 from conftest import small_config, write_criteo_tsv  # type: ignore[import-not-found]
 
 from deepfm.data.schema import criteo_schema
-from deepfm.training.job import train
+from deepfm.training import train
 
 
 def _metrics(out: Path) -> dict:

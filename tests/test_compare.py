@@ -42,9 +42,10 @@ def test_compare_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 
 def test_compare_refuses_unknown_models(tmp_path: Path) -> None:
-    from deepfm.training.compare import compare
     from deepfm.config import RunConfig
     from deepfm.data.schema import criteo_schema
+    from deepfm.training import RunInputs
+    from deepfm.training.compare import compare
 
     with pytest.raises(ConfigError, match="xgboost"):
-        compare(RunConfig(schema=criteo_schema()), tmp_path / "none.tsv", tmp_path / "o", ["deepfm", "xgboost"])
+        compare(RunConfig(schema=criteo_schema()), RunInputs(tmp_path / "none.tsv"), tmp_path / "o", ["deepfm", "xgboost"])

@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 
 from deepfm.data.encoded import EpochOrder
 from deepfm.training.distributed import Context, global_batches, my_slice
-from deepfm.training.job import train
+from deepfm.training import train
 
 yaml = pytest.importorskip("yaml")
 
@@ -121,9 +121,9 @@ def test_a_run_resumes_only_in_as_many_processes_as_it_started_in(
     from conftest import nan_loss_at_step  # type: ignore[import-not-found]
 
     from deepfm.cli import commands as cli
-    from deepfm.training.checkpoint import CHECKPOINT, load_checkpoint
     from deepfm.errors import ConfigError, TrainingError
-    from deepfm.training.job import Trainer, resume
+    from deepfm.training import Trainer, resume
+    from deepfm.training.checkpoint import CHECKPOINT, load_checkpoint, restore_trainer
 
     monkeypatch.setattr(cli, "_launch", lambda *a: pytest.fail("launched processes for a run that cannot resume"))
     data = write_records_csv(tmp_path / "d.csv", simple_records(800, seed=2))
@@ -131,7 +131,7 @@ def test_a_run_resumes_only_in_as_many_processes_as_it_started_in(
     real_step = nan_loss_at_step(monkeypatch, 5)
     with pytest.raises(TrainingError):
         train(config, data, tmp_path / "run", split="0.8,0.2", cache=False)
-    monkeypatch.setattr(Trainer, "_step", real_step)
+    monkeypatch.setattr(Trainer, "step", real_step)
     assert json.loads((tmp_path / "run" / "run.json").read_text())["world_size"] == 1
     assert cli.main(["train", "--resume", str(tmp_path / "run"), "--nproc", "2"]) == 2
     err = capsys.readouterr().err
@@ -144,11 +144,11 @@ def test_a_run_resumes_only_in_as_many_processes_as_it_started_in(
     tensors, state = load_checkpoint(tmp_path / "run" / CHECKPOINT)
     trainer = Trainer(_tiny_model("deepfm"), config.train, torch.device("cpu"))  # refused before any weight is read
     with pytest.raises(TrainingError, match="written by a run of 2 process"):
-        trainer._restore(tensors, {**state, "world_size": 2})
+        restore_trainer(trainer, tensors, {**state, "world_size": 2})
     # Taken inside an epoch by a deepfm that ordered epochs differently: its skip would be wrong.
     assert state["progress"]["batch"] > 0
     with pytest.raises(TrainingError, match="ordered an epoch's rows differently"):
-        trainer._restore(tensors, {k: v for k, v in state.items() if k != "epoch_order"})
+        restore_trainer(trainer, tensors, {k: v for k, v in state.items() if k != "epoch_order"})
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="finds the ranks to kill in /proc")
@@ -297,7 +297,7 @@ def _trainer_steps(ctx: Context, kind: str, batch_norm: bool = False) -> Any:
     scaled numeric, a mean-pooled multi-hot field and L2 on the rows. Returns the Trainer."""
     from deepfm.config import TrainConfig
     from deepfm.data.encoded import Batch
-    from deepfm.training.job import Trainer
+    from deepfm.training import Trainer
 
     g = torch.Generator().manual_seed(3)
     n = 13
@@ -319,7 +319,7 @@ def _trainer_steps(ctx: Context, kind: str, batch_norm: bool = False) -> Any:
     for step in range(3):
         order = np.random.default_rng(step).permutation(n)
         for rows, global_rows in global_batches(order, math.ceil(n / ctx.world), ctx):  # one global batch of 13
-            trainer._step(batch(rows), global_rows)
+            trainer.step(batch(rows), global_rows)
     return trainer
 
 

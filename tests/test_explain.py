@@ -18,7 +18,7 @@ from deepfm.errors import ConfigError
 from deepfm.analysis.explain import _log_bin_label, explain, parse_pair
 from deepfm.features.pipeline import _log_bin_keys
 from deepfm.data.readers import ReadOptions, TableSource
-from deepfm.training.job import train
+from deepfm.training import train
 
 pytest.importorskip("matplotlib")
 

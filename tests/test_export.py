@@ -19,7 +19,7 @@ from deepfm.errors import BundleError
 from deepfm.inference.export import export_onnx, random_encoded
 from deepfm.model.layers import pool_bags
 from deepfm.inference.predictor import Predictor
-from deepfm.training.job import train
+from deepfm.training import train
 
 onnx = pytest.importorskip("onnx")
 

@@ -68,7 +68,7 @@ def test_ties_in_counts_are_deterministic() -> None:
 def test_vocabulary_fitted_on_training_rows_only(tmp_path: Path) -> None:
     """Through prepare(): a value present only in the valid/test part is OOV there."""
     from conftest import small_config
-    from deepfm.training.job import prepare
+    from deepfm.training import prepare
 
     rows = [[str(i % 2), "common" if i % 3 else "other", str(i)] for i in range(100)]
     for i in range(80, 100):

@@ -25,7 +25,7 @@ from deepfm.errors import DeepFMError
 from deepfm.features.pipeline import FeaturePipeline
 from deepfm.data.readers import ReadOptions, Reader
 from deepfm.data.schema import FieldSpec, Schema
-from deepfm.training.job import prepare, train
+from deepfm.training import prepare, train
 
 CASES = int(os.environ.get("DEEPFM_FUZZ_CASES", "60"))
 FUZZ = settings(

@@ -23,7 +23,7 @@ from deepfm.features.pipeline import FIRST_VALUE, MISSING, FeaturePipeline
 from deepfm.features.hashing import hash64, hashed_ids
 from deepfm.data.readers import ReadOptions, TableSource, as_table
 from deepfm.data.schema import FieldSpec, Schema
-from deepfm.training.job import train
+from deepfm.training import train
 
 MASK = 2**64 - 1
 

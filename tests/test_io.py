@@ -14,7 +14,7 @@ from conftest import small_config, write_rows
 from deepfm.features.pipeline import FeaturePipeline
 from deepfm.data.readers import Reader, ReadOptions, to_float, to_label, to_strings
 from deepfm.data.schema import FieldSpec, Schema
-from deepfm.training.job import parse_split, prepare
+from deepfm.training import parse_split, prepare
 
 COLS = ["label", "c", "x"]
 ROWS = [["1", "red", "1.5"], ["0", "blue", ""], ["1", "", "-2"], ["0", "red", "7"]]

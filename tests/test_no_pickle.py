@@ -19,7 +19,7 @@ from conftest import (  # type: ignore[import-not-found]
 )  # fmt: skip
 from deepfm.bundle import Bundle
 from deepfm.training.checkpoint import CHECKPOINT, load_checkpoint
-from deepfm.training.job import train
+from deepfm.training import train
 
 PACKAGE = Path(deepfm.__file__).parent
 
@@ -96,7 +96,7 @@ def test_every_load_path_runs_with_the_unpicklers_trapped(tmp_path: Path, monkey
               on_epoch=lambda row: (_ for _ in ()).throw(RuntimeError("stop")))  # fmt: skip
     tensors, state = load_checkpoint(out / CHECKPOINT)
     assert tensors and state["progress"]["steps"] > 0
-    from deepfm.training.job import resume
+    from deepfm.training import resume
 
     bundle = resume(out)
     loaded = Bundle.load(out)

@@ -16,7 +16,7 @@ from deepfm.bundle import Bundle
 from deepfm.model.calibration import Calibration, postprocess
 from deepfm.cli import main
 from deepfm.inference.predictor import Predictor, calibrate
-from deepfm.training.job import train
+from deepfm.training import train
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("fastapi")

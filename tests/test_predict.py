@@ -19,7 +19,7 @@ from deepfm.features.pipeline import FeaturePipeline
 from deepfm.data.readers import ReadOptions, Reader, TableSource
 from deepfm.inference.predictor import Predictor
 from deepfm.data.schema import CRITEO_COLUMNS, criteo_schema
-from deepfm.training.job import train
+from deepfm.training import train
 
 
 @pytest.fixture(scope="module")

@@ -17,9 +17,10 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import nan_loss_at_step, simple_records, simple_schema, small_config, write_records_csv  # type: ignore[import-not-found]
-from deepfm.training.checkpoint import CHECKPOINT, RUN, load_checkpoint
+from deepfm.training.checkpoint import CHECKPOINT, load_checkpoint
+from deepfm.training.inputs import RUN
 from deepfm.errors import ConfigError, DataError, TrainingError
-from deepfm.training.job import Trainer, resume, train
+from deepfm.training import Trainer, resume, train
 
 # Long enough (4 epochs of ~150 steps) that a kill lands inside an epoch; dropout so the
 # RNG state is part of what must be restored.
@@ -98,7 +99,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, monke
     assert all(bool(torch.isfinite(t.float()).all()) for t in tensors.values())
     assert not (out / "manifest.json").exists()
 
-    monkeypatch.setattr(Trainer, "_step", real_step)  # the fault is gone: carry on, with a smaller step
+    monkeypatch.setattr(Trainer, "step", real_step)  # the fault is gone: carry on, with a smaller step
     bundle = resume(out, {"lr": 0.005})
     assert bundle.metrics["epochs"] == 3 and (out / "manifest.json").exists()
 

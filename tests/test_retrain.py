@@ -20,7 +20,7 @@ from deepfm.inference.predictor import calibrate, evaluate, predict_file
 from deepfm.data.sampling import BLOCK, keep_mask
 from deepfm.data.schema import criteo_schema
 from deepfm.data.synth import write_synth
-from deepfm.training.job import train
+from deepfm.training import train
 
 TRAIN, VALID, TEST = 40_000, 10_000, 10_000
 
@@ -274,7 +274,7 @@ def test_warm_pipeline_encodes_like_a_loaded_one(warm: Bundle, days: dict[int, d
     """The single-parse encoding during training, the grown pipeline and the same pipeline
     loaded from the bundle give identical ids."""
     from deepfm.features.pipeline import FeaturePipeline
-    from deepfm.training.job import prepare
+    from deepfm.training import prepare
 
     schema = warm.config.schema
     loaded = Bundle.load(warm.path).pipeline
@@ -341,7 +341,7 @@ def test_resume_of_a_warm_started_downsampled_run_is_the_same_run(tmp_path: Path
     from safetensors.torch import load_file
 
     from conftest import simple_records, simple_schema, write_records_csv
-    from deepfm.training.job import resume
+    from deepfm.training import resume
 
     day1 = write_records_csv(tmp_path / "d1.csv", simple_records(1500, seed=3))
     day2 = write_records_csv(tmp_path / "d2.csv", simple_records(3000, seed=4))

@@ -14,7 +14,7 @@ from deepfm.config import RunConfig, TrainConfig
 from deepfm.errors import ConfigError, DataError
 from deepfm.data.readers import ReadOptions, Reader, as_table
 from deepfm.data.schema import CRITEO_COLUMNS, criteo_schema
-from deepfm.training.job import parse_split, train
+from deepfm.training import parse_split, train
 
 
 def test_an_error_in_an_early_chunk_does_not_hang_the_reader(tmp_path: Path) -> None:

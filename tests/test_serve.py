@@ -25,7 +25,7 @@ from conftest import (
 )  # fmt: skip
 from deepfm.bundle import Bundle
 from deepfm.cli import main
-from deepfm.training.job import train
+from deepfm.training import train
 
 MAX_RECORDS = 50
 MAX_BODY = 20_000

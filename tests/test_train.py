@@ -14,7 +14,7 @@ from conftest import nan_loss_at_step, simple_records, simple_schema, small_conf
 from deepfm.config import TrainConfig
 from deepfm.errors import ConfigError
 from deepfm.data.schema import criteo_schema
-from deepfm.training.job import train
+from deepfm.training import train
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -110,26 +110,26 @@ def test_training_metrics_on_every_kth_row_of_a_large_epoch(tmp_path: Path, monk
     import importlib
     import math
 
-    train_module = importlib.import_module("deepfm.training.job")
+    progress_module = importlib.import_module("deepfm.training.progress")  # the epoch's sample and its AUC
     from deepfm.training.checkpoint import load_checkpoint
     from deepfm.errors import TrainingError
-    from deepfm.training.job import Trainer, resume
+    from deepfm.training import Trainer, resume
 
-    real_auc = train_module.auc
+    real_auc = progress_module.auc
     seen: list[tuple[np.ndarray, np.ndarray]] = []
 
     def recording_auc(labels: np.ndarray, scores: np.ndarray) -> float:
         seen.append((np.array(labels), np.array(scores)))
         return real_auc(labels, scores)
 
-    monkeypatch.setattr(train_module, "auc", recording_auc)
+    monkeypatch.setattr(progress_module, "auc", recording_auc)
     data = write_records_csv(tmp_path / "d.csv", simple_records(3000, seed=2))
     config = small_config(simple_schema(), epochs=2, batch_size=50, checkpoint_every=5)  # 50: not a multiple of the stride
     full = train(config, data, tmp_path / "full", split="0.8,0.2", cache=False)
     n = full.metrics["train_rows"]
     full_calls = [c for c in seen if len(c[0]) == n]
     seen.clear()
-    monkeypatch.setattr(train_module, "TRAIN_METRIC_ROWS", 300)
+    monkeypatch.setattr(progress_module, "TRAIN_METRIC_ROWS", 300)
     stride = math.ceil(n / 300)
     sampled = train(config, data, tmp_path / "sampled", split="0.8,0.2", cache=False)
     sampled_calls = [c for c in seen if len(c[0]) == math.ceil(n / stride)]
@@ -150,7 +150,7 @@ def test_training_metrics_on_every_kth_row_of_a_large_epoch(tmp_path: Path, monk
     with pytest.raises(TrainingError):
         train(config, data, tmp_path / "cut", split="0.8,0.2", cache=False)
     assert load_checkpoint(tmp_path / "cut" / "checkpoint.safetensors")[1]["progress"]["steps"] == 20
-    monkeypatch.setattr(Trainer, "_step", real_step)
+    monkeypatch.setattr(Trainer, "step", real_step)
     resumed = resume(tmp_path / "cut")
     for key in ("history", "train_curve"):
         got = [{k: v for k, v in row.items() if k not in ("seconds", "samples_per_s")} for row in resumed.metrics[key]]

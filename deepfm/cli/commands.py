@@ -319,6 +319,16 @@ def _run_config(args: argparse.Namespace) -> Any:
     )  # fmt: skip
 
 
+def _run_inputs(args: argparse.Namespace, **more: Any) -> Any:
+    """The RunInputs of train/compare/tune: the data files, split and cache flags."""
+    from deepfm.training import RunInputs
+
+    return RunInputs(
+        args.data, valid=args.valid, test=args.test, split=args.split, cache=not args.no_cache,
+        cache_dir=args.cache_dir, **more,
+    )  # fmt: skip
+
+
 def _inferred_schema(data: Path, label: str, options: Any, columns: list[str] | None = None) -> Any:
     """The schema inferred for ``data`` (whose column names are ``columns`` when it has no
     header), logged as the YAML ``deepfm schema`` prints."""
@@ -351,7 +361,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from deepfm.training.job import check_resume, check_start, resume, train
+    from deepfm.training import check_resume, check_start, resume, run_training
 
     if args.nproc is not None and args.nproc < 1:
         raise _usage(f"--nproc must be at least 1, got {args.nproc}")
@@ -373,14 +383,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         rate = 1.0 if args.neg_sample_rate is None else args.neg_sample_rate
         if not 0 < rate <= 1:
             raise _usage(f"--neg-sample-rate must be in (0, 1], got {rate}")
+        inputs = _run_inputs(args, neg_sample_rate=rate, warm_start=args.warm_start)
         if launch:
-            check_start(config, args.data, args.out, args.valid, args.test, args.split, nproc=args.nproc)
+            check_start(config, inputs, args.out, nproc=args.nproc)
             return _launch(args.argv, args.nproc)
-        bundle = train(
-            config, args.data, args.out, valid=args.valid, test=args.test, split=args.split,
-            cache=not args.no_cache, cache_dir=args.cache_dir, on_trained=on_trained, neg_sample_rate=rate,
-            warm_start=args.warm_start,
-        )  # fmt: skip
+        bundle = run_training(config, inputs, args.out, on_trained=on_trained)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # rank 0 saved the model and prints its summary
     return _print_summary(out, bundle)
@@ -453,10 +460,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from deepfm.training.compare import compare, to_markdown
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    summary = compare(
-        _run_config(args), args.data, args.out, models, seeds=args.seeds,
-        valid=args.valid, test=args.test, split=args.split, cache=not args.no_cache, cache_dir=args.cache_dir,
-    )  # fmt: skip
+    summary = compare(_run_config(args), _run_inputs(args), args.out, models, seeds=args.seeds)
     print(to_markdown(summary))
     return 0
 
@@ -465,10 +469,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from deepfm.training.tune import tune
 
     summary = tune(
-        _run_config(args), args.data, args.out, trials=args.trials,
-        timeout=args.minutes * 60 if args.minutes else None, valid=args.valid, test=args.test,
-        split=args.split, cache=not args.no_cache, cache_dir=args.cache_dir, keep_trials=args.keep_trials,
-        metric=args.metric,
+        _run_config(args), _run_inputs(args), args.out, trials=args.trials,
+        timeout=args.minutes * 60 if args.minutes else None, keep_trials=args.keep_trials, metric=args.metric,
     )  # fmt: skip
     keys = ("trials", "pruned", "metric", "best_trial", "best_valid_auc", "best_valid_logloss", "best", "default")
     print(json.dumps({"best_config": str(args.out / "best.yaml"), **{k: summary[k] for k in keys}}, default=str))

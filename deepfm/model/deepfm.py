@@ -128,3 +128,16 @@ class DeepFM(nn.Module):
 
     def dense_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if not n.startswith("embedding.")]
+
+
+class Head(nn.Module):
+    """A model's part after the embedding as a module of its own, so DistributedDataParallel
+    can wrap it (training looks the table's rows up itself): forward(e) = model.head(e),
+    (B, F, D+1) -> (B,) logits."""
+
+    def __init__(self, model: DeepFM) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        return self.model.head(e)

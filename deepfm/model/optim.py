@@ -1,4 +1,6 @@
-"""RowAdam: Adam for an embedding table that touches only the rows a batch used.
+"""The optimizers: RowAdam for the embedding table, Adam for the dense parameters.
+
+RowAdam is Adam for an embedding table that touches only the rows a batch used.
 
 Training looks rows up outside autograd, makes them leaves, and hands their gradients here:
 one (ids, grads) pair per occurrence. Occurrences of the same row are summed, then Adam's
@@ -84,6 +86,15 @@ class RowAdam:
         self.exp_avg.copy_(state["exp_avg"])  # type: ignore[arg-type]
         self.exp_avg_sq.copy_(state["exp_avg_sq"])  # type: ignore[arg-type]
         self.steps, self.lr = int(state["steps"]), float(state["lr"])  # type: ignore[arg-type]
+
+
+def dense_adam(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Adam:
+    """Adam for the dense parameters, with the fused kernel where this torch has it (one pass
+    over each tensor)."""
+    try:
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
 
 
 @contextmanager

@@ -1,28 +1,44 @@
-"""The training checkpoint.
+"""The training checkpoint: a Trainer's whole state in one file, and back.
 
 A checkpoint is one safetensors file: the tensors a Trainer needs to carry on exactly where it
-stopped (weights, both optimizers' moments, the best weights so far, the torch RNG, the
-predictions of the epoch in progress) plus a JSON header with the rest (epoch, batches done,
-history, learning rates). It is written to a temporary file, fsynced and renamed over the
-last one, so a kill at any moment leaves either the old checkpoint or the new one, whole.
-Nothing in it is pickled: loading it cannot run code.
+stopped (weights, both optimizers' moments, the best weights so far, every rank's torch RNG,
+the predictions of the epoch in progress) plus a JSON header with the rest (epoch, batches
+done, history, early stopping's score, learning rates). It is written to a temporary file,
+fsynced and renamed over the last one, so a kill at any moment leaves either the old
+checkpoint or the new one, whole. Nothing in it is pickled: loading it cannot run code.
+
+Tensors: ``model.*``, ``best.*``, ``adam.<i>.<name>``, ``rowadam.exp_avg``,
+``rowadam.exp_avg_sq``, ``rng.torch`` (world, S) and on CUDA ``rng.cuda``, ``epoch.labels``
+and ``epoch.logits``. Header (``state``): ``progress``, ``history``, ``adam_groups``,
+``rowadam``, ``world_size`` and ``epoch_order`` (CHANGELOG.md has the history of both).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+from torch import nn
+from torch.profiler import record_function
 
 from deepfm.errors import TrainingError
+from deepfm.model.optim import RowAdam
+from deepfm.training.distributed import Context
+from deepfm.training.progress import EpochProgress, History
+from deepfm.training.stopping import EarlyStopping
 from deepfm.util.files import atomic_path
 
 CHECKPOINT = "checkpoint.safetensors"  # in the run's output folder while it trains
-RUN = "run.json"  # how the run was started: what `deepfm train --resume` starts again
+# The epoch order's version (data.encoded.EpochOrder; 1: the full permutation of deepfm before
+# it, drawn differently): a checkpoint taken inside an epoch skips that epoch's first batches,
+# which must be the same batches when it resumes.
+EPOCH_ORDER = 2
 
 
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
@@ -46,3 +62,137 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     except (OSError, SafetensorError, ValueError, KeyError, TypeError) as exc:
         raise TrainingError(f"{path}: not a readable deepfm checkpoint ({exc}); start the run again without --resume") from None
     return tensors, state
+
+
+# ---------------------------------------------------------------- a Trainer's state
+class Trainer(Protocol):
+    """What a checkpoint holds of a :class:`deepfm.training.trainer.Trainer`."""
+
+    model: nn.Module
+    device: torch.device
+    ctx: Context
+    dense_opt: torch.optim.Optimizer
+    row_opt: RowAdam
+    stopping: EarlyStopping
+    progress: EpochProgress
+    history: History
+
+
+def save_trainer(trainer: Trainer, path: Path) -> None:
+    """Write ``trainer``'s state to ``path``. Collective: every rank calls it at the same step
+    (each rank's generator is gathered); rank 0 writes."""
+    rng = _rng_states(trainer)
+    if not trainer.ctx.main:
+        return
+    p, stopping = trainer.progress, trainer.stopping
+    tensors = {f"model.{k}": v for k, v in trainer.model.state_dict().items()}
+    if stopping.best_state is not None:
+        tensors.update({f"best.{k}": v for k, v in stopping.best_state.items()})
+    adam = trainer.dense_opt.state_dict()
+    for i, st in adam["state"].items():
+        tensors.update({f"adam.{i}.{k}": v for k, v in st.items()})
+    tensors["rowadam.exp_avg"], tensors["rowadam.exp_avg_sq"] = trainer.row_opt.exp_avg, trainer.row_opt.exp_avg_sq
+    tensors.update(rng)
+    # The epoch so far, batch by batch (the learning curve slices the last batches).
+    tensors["epoch.labels"] = torch.from_numpy(p.labels[: p.filled].copy())
+    tensors["epoch.logits"] = torch.from_numpy(p.logits[: p.filled].copy())
+    progress = {name: getattr(p, name) for name in EpochProgress.scalars()}
+    state = {
+        "progress": {**progress, "best_score": stopping.best_score, "bad": stopping.bad},
+        "history": dataclasses.asdict(trainer.history),
+        "adam_groups": adam["param_groups"],
+        "rowadam": {"steps": trainer.row_opt.steps, "lr": trainer.row_opt.lr},
+        "world_size": trainer.ctx.world,
+        "epoch_order": EPOCH_ORDER,
+    }
+    with record_function("checkpoint"):
+        save_checkpoint(path, tensors, state)
+
+
+def restore_trainer(trainer: Trainer, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+    """Load a checkpoint written by :func:`save_trainer` into ``trainer``."""
+    _check_resumable(trainer, state)
+    try:
+        _restore_weights(trainer, tensors, state)
+        _restore_progress(trainer, tensors, state)
+    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+        raise TrainingError(f"the checkpoint does not fit this model or trainer ({exc}); start the run again without --resume") from None
+
+
+def _check_resumable(trainer: Trainer, state: dict[str, Any]) -> None:
+    # A global batch is batch_size x world rows and the checkpoint counts global batches:
+    # another world size would skip the wrong rows (and each rank has its own generator).
+    world, here = state.get("world_size"), trainer.ctx.world  # None: written before deepfm recorded it
+    if world is not None and world != here:
+        raise TrainingError(
+            f"the checkpoint was written by a run of {world} process(es), this one has {here}: "
+            f"resume it with {'--nproc ' + str(world) if world > 1 else 'no --nproc'}"
+        )
+    if state.get("epoch_order", 1) != EPOCH_ORDER and state["progress"]["batch"] > 0:
+        raise TrainingError(
+            f"the checkpoint was taken inside epoch {state['progress']['epoch']} by a deepfm that ordered an "
+            "epoch's rows differently: resumed here, it would train some of the epoch's rows twice and skip "
+            "others. Resume it with the deepfm that wrote it, or start the run again without --resume"
+        )
+
+
+def _restore_weights(trainer: Trainer, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+    """The model, the best weights, both optimizers and this rank's generators."""
+
+    def part(prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+    trainer.model.load_state_dict(part("model."))
+    best = part("best.")
+    trainer.stopping.best_state = {k: v.to(trainer.device) for k, v in best.items()} if best else None
+    adam_state: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in part("adam.").items():
+        i, name = k.split(".", 1)
+        adam_state.setdefault(int(i), {})[name] = v
+    trainer.dense_opt.load_state_dict({"state": adam_state, "param_groups": state["adam_groups"]})
+    row_opt = trainer.row_opt
+    row_opt.exp_avg.copy_(tensors["rowadam.exp_avg"])
+    row_opt.exp_avg_sq.copy_(tensors["rowadam.exp_avg_sq"])
+    row_opt.steps, row_opt.lr = state["rowadam"]["steps"], state["rowadam"]["lr"]
+    _set_rng_states(trainer, tensors)
+
+
+def _restore_progress(trainer: Trainer, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+    """The epoch in progress, the history and early stopping's score. Rank 0 wrote its own rows
+    of the epoch so far; the other ranks' are lost, which leaves the resumed epoch's training
+    metrics on fewer rows (the weights are exact)."""
+    progress = dict(state["progress"])
+    trainer.stopping.best_score, trainer.stopping.bad = progress.pop("best_score"), progress.pop("bad")
+    progress.setdefault("loss_rows", progress["filled"])  # written before the metric sample: every row held
+    if trainer.ctx.main:
+        labels, logits = tensors["epoch.labels"].numpy().copy(), tensors["epoch.logits"].numpy().copy()
+    else:  # rank 0's loss so far is counted once, by rank 0
+        labels, logits = np.zeros(0, np.float32), np.zeros(0, np.float32)
+        progress.update(filled=0, loss_sum=0.0, loss_rows=0)
+    trainer.progress = EpochProgress(**progress, labels=labels, logits=logits)
+    trainer.history = History(**state["history"])
+
+
+def _rng_states(trainer: Trainer) -> dict[str, torch.Tensor]:
+    """Every rank's random generators (dropout masks), for rank 0 to save: ``rng.torch``
+    (world, S) uint8 and, on CUDA, ``rng.cuda`` the same for the rank's GPU."""
+    states = {"rng.torch": torch.get_rng_state()}
+    if trainer.device.type == "cuda":
+        states["rng.cuda"] = torch.cuda.get_rng_state(trainer.device)
+    return {k: trainer.ctx.all_gather_rows(v.to(trainer.device).reshape(1, -1)).cpu() for k, v in states.items()}
+
+
+def _set_rng_states(trainer: Trainer, tensors: dict[str, torch.Tensor]) -> None:
+    """This rank's generators from :func:`_rng_states`' tensors (an older checkpoint has one
+    (S,) state, which every rank takes)."""
+    for key in ("rng.torch", "rng.cuda"):
+        if key not in tensors or (key == "rng.cuda" and trainer.device.type != "cuda"):
+            continue
+        rows = tensors[key].reshape(-1, tensors[key].shape[-1])
+        # clone: a row of the (world, S) tensor is a view starting inside its storage, and
+        # set_rng_state on such a view segfaults (seen with torch 2.13).
+        mine = rows[min(trainer.ctx.rank, len(rows) - 1)].clone()
+        if key == "rng.torch":
+            torch.set_rng_state(mine)
+        else:
+            torch.cuda.set_rng_state(mine, trainer.device)

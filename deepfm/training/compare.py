@@ -19,25 +19,17 @@ import numpy as np
 from deepfm.config import RunConfig
 from deepfm.errors import ConfigError
 from deepfm.config import MODEL_KINDS
-from deepfm.training.job import train
+from deepfm.training.inputs import RunInputs
+from deepfm.training.job import run_training
 
 log = logging.getLogger(__name__)
 
 
 def compare(
-    config: RunConfig,
-    data: str | Path,
-    out: str | Path,
-    models: list[str],
-    seeds: int = 3,
-    valid: str | Path | None = None,
-    test: str | Path | None = None,
-    split: str | None = None,
-    cache: bool = True,
-    cache_dir: str | Path | None = None,
+    config: RunConfig, inputs: RunInputs, out: str | Path, models: list[str], seeds: int = 3
 ) -> dict[str, Any]:
-    """Train every model kind with ``seeds`` seeds; write ``compare.json`` and ``compare.md``
-    to ``out`` and return the summary. Runs are kept in ``out/runs/<model>-seed<k>``."""
+    """Train every model kind with ``seeds`` seeds on ``inputs``; write ``compare.json`` and
+    ``compare.md`` to ``out`` and return the summary. Runs are kept in ``out/runs/<model>-seed<k>``."""
     unknown = [m for m in models if m not in MODEL_KINDS]
     if unknown or not models:
         raise ConfigError(f"--models must name some of {list(MODEL_KINDS)}, got {models}")
@@ -50,7 +42,7 @@ def compare(
             seed = config.train.seed + k
             run_config = replace(config, model=replace(config.model, kind=kind), train=replace(config.train, seed=seed))
             t0 = time.perf_counter()
-            bundle = train(run_config, data, out / "runs" / f"{kind}-seed{seed}", valid=valid, test=test, split=split, cache=cache, cache_dir=cache_dir)
+            bundle = run_training(run_config, inputs, out / "runs" / f"{kind}-seed{seed}")
             m = bundle.metrics
             part = "test" if "test_auc" in m else "valid"
             runs.append({
@@ -59,7 +51,7 @@ def compare(
                 "epochs": m["epochs"], "train_seconds": m["train_seconds"], "seconds": time.perf_counter() - t0,
             })  # fmt: skip
             log.info("%s seed %d: %s AUC %.4f logloss %.4f", kind, seed, part, runs[-1]["auc"], runs[-1]["logloss"])
-    summary = {"data": str(data), "seeds": seeds, "models": _summarize(runs, models), "runs": runs}
+    summary = {"data": inputs.data, "seeds": seeds, "models": _summarize(runs, models), "runs": runs}
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps(summary, indent=1))
     (out / "compare.md").write_text(to_markdown(summary))

@@ -21,6 +21,9 @@ global rows), so that summing over ranks gives the gradient one process would co
 Metrics: training labels and logits, and the validation predictions (each rank scores a
 slice), are gathered so every rank sees the global figures and takes the same early-stopping
 decision; only rank 0 writes checkpoints, run.json and the bundle.
+
+A :class:`Context` says where a process stands and does what a Trainer needs from the others;
+with one process (world 1, no torchrun) its collectives are the identity.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from deepfm.data.encoded import EpochOrder
+from deepfm.data.encoded import Batch, EncodedDataset, EpochOrder
+from deepfm.errors import ConfigError
 
 
 # How long the other ranks wait for rank 0 to parse and encode the data into the cache: hours
@@ -83,6 +87,55 @@ class Context:
             # reference cycles that outlive the trainer holding it: collect them first.
             gc.collect()
             dist.destroy_process_group()
+
+    # ------------------------------------------------------------ what a Trainer asks
+    # Each is the identity, or the plain single-process way, when world == 1: a Trainer calls
+    # them alike on every rank and never asks which rank it is on.
+    def data_parallel(self, module: nn.Module, params: list[nn.Parameter]) -> nn.Module:
+        """``module`` under DistributedDataParallel for ``params`` (see :func:`data_parallel`)."""
+        return data_parallel(module, params) if self.active else module
+
+    def batches(
+        self, data: EncodedDataset, batch_size: int, seed: int, skip: int = 0, min_part: int = 1
+    ) -> Iterator[tuple[Batch, int]]:
+        """(batch, rows in its global batch) for a shuffled epoch of ``data`` from global batch
+        ``skip`` on: this rank's part of each global batch (see :func:`global_batches`)."""
+        if not self.active:
+            for batch in data.batches(batch_size, shuffle=True, seed=seed, skip=skip):
+                yield batch, len(batch)
+            return
+        for rows, global_rows in global_batches(EpochOrder(len(data), seed), batch_size, self, skip, min_part):
+            yield data.batch(rows), global_rows
+
+    def share_of(self, loss: torch.Tensor, rows: int, global_rows: int) -> torch.Tensor:
+        """This rank's share of the global batch's mean loss: its mean x rows / global rows."""
+        return loss * (rows / global_rows) if self.active else loss
+
+    def gather_rows(
+        self, ids: torch.Tensor, grads: torch.Tensor, used: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Every rank's embedding-row occurrences (see :func:`gather_rows`)."""
+        return gather_rows(ids, grads, used, self) if self.active else (ids, grads, used)
+
+    def all_gather_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """Every rank's ``x`` (K_r, C) concatenated in rank order (see :func:`all_gather_rows`)."""
+        return all_gather_rows(x, self)
+
+    def gather(self, x: np.ndarray, device: torch.device) -> np.ndarray:
+        """Every rank's 1-D array concatenated in rank order (see :func:`gather_array`)."""
+        return gather_array(x, self, device)
+
+    def sum(self, x: float, device: torch.device) -> float:
+        """``x`` summed over the ranks."""
+        return sum_scalar(x, self, device)
+
+    def share(self, n: int) -> slice:
+        """This rank's contiguous share of ``n`` rows (see :func:`my_slice`)."""
+        return my_slice(n, self)
+
+    def broadcast_buffers(self, module: nn.Module) -> None:
+        """Rank 0's buffers on every rank (see :func:`broadcast_buffers`)."""
+        broadcast_buffers(module, self)
 
 
 def setup(device: torch.device) -> tuple[Context, torch.device]:
@@ -200,3 +253,12 @@ def my_slice(n: int, ctx: Context) -> slice:
     """This rank's contiguous share of ``n`` rows (scoring a part in parallel)."""
     bounds = np.linspace(0, n, ctx.world + 1).astype(np.int64)
     return slice(int(bounds[ctx.rank]), int(bounds[ctx.rank + 1]))
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device train.device names: auto is CUDA when PyTorch sees a GPU, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda asked for, but PyTorch sees no CUDA device")
+    return torch.device(name)

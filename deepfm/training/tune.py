@@ -27,7 +27,8 @@ import yaml
 
 from deepfm.config import RunConfig
 from deepfm.errors import ConfigError
-from deepfm.training.job import train
+from deepfm.training.inputs import RunInputs
+from deepfm.training.job import run_training
 
 log = logging.getLogger(__name__)
 
@@ -61,21 +62,17 @@ def suggest(trial: Any, base: RunConfig) -> RunConfig:
 
 def tune(
     config: RunConfig,
-    data: str | Path,
+    inputs: RunInputs,
     out: str | Path,
     trials: int = 50,
     timeout: float | None = None,
-    valid: str | Path | None = None,
-    test: str | Path | None = None,
-    split: str | None = None,
-    cache: bool = True,
-    cache_dir: str | Path | None = None,
     keep_trials: bool = False,
     metric: str = "auc",
 ) -> dict[str, Any]:
     """Search, write ``best.yaml``, ``trials.json`` and ``trials.md`` to ``out``, and return
-    the summary. The default config is trial 0, so the search can only improve on it.
-    ``metric``: "auc" (higher is better) or "logloss" (lower), on the validation rows."""
+    the summary. Every trial trains on ``inputs``. The default config is trial 0, so the
+    search can only improve on it. ``metric``: "auc" (higher is better) or "logloss" (lower),
+    on the validation rows."""
     try:
         import optuna
     except ImportError as exc:  # an optional extra
@@ -84,7 +81,6 @@ def tune(
         raise ConfigError(f"--trials must be >= 1, got {trials}")
     if metric not in METRICS:
         raise ConfigError(f"--metric must be one of {list(METRICS)}, got {metric!r}")
-    key = f"valid_{metric}"
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -95,41 +91,62 @@ def tune(
     )
     # Trial 0 is the config as given (defaults when nothing was set), mapped into the space.
     study.enqueue_trial(_as_params(config), skip_if_exists=True)
-    configs: dict[int, RunConfig] = {}
-    results: dict[int, dict[str, Any]] = {}
+    trial_runs = _Trials(config, inputs, out, f"valid_{metric}", keep_trials)
+    study.optimize(trial_runs.objective, n_trials=trials, timeout=timeout, catch=())
+    if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+        raise ConfigError("no trial finished: raise --timeout or --trials")
+    best = study.best_trial
+    best_dict = trial_runs.configs[best.number].to_dict()
+    best_dict["train"]["progress"] = True
+    (out / "best.yaml").write_text(yaml.safe_dump(best_dict, sort_keys=False))
+    summary = _summary(study, trial_runs.results, inputs, metric)
+    (out / "trials.json").write_text(json.dumps(summary, indent=1, default=str))
+    (out / "trials.md").write_text(to_markdown(summary))
+    log.info("best trial %d: valid %s %.4f; config written to %s", best.number, metric, best.value, out / "best.yaml")
+    return summary
 
-    def objective(trial: Any) -> float:
-        run_config = suggest(trial, config)
-        configs[trial.number] = run_config
-        folder = out / "trials" / f"{trial.number:03d}"
+
+class _Trials:
+    """The runs of a study: each trial trains a model with its config, reports every epoch's
+    validation score to the pruner, and records its figures."""
+
+    def __init__(self, config: RunConfig, inputs: RunInputs, out: Path, key: str, keep: bool) -> None:
+        self.config, self.inputs, self.out, self.key, self.keep = config, inputs, out, key, keep
+        self.configs: dict[int, RunConfig] = {}
+        self.results: dict[int, dict[str, Any]] = {}
+
+    def objective(self, trial: Any) -> float:
+        import optuna
+
+        run_config = suggest(trial, self.config)
+        self.configs[trial.number] = run_config
+        folder = self.out / "trials" / f"{trial.number:03d}"
 
         def report(row: dict[str, float]) -> None:
-            if key in row and math.isfinite(row[key]):
-                trial.report(row[key], int(row["epoch"]))
+            if self.key in row and math.isfinite(row[self.key]):
+                trial.report(row[self.key], int(row["epoch"]))
                 if trial.should_prune():
                     raise optuna.TrialPruned()
 
         try:
-            bundle = train(run_config, data, folder, valid=valid, test=test, split=split, cache=cache, cache_dir=cache_dir, on_epoch=report)
+            bundle = run_training(run_config, self.inputs, folder, on_epoch=report)
         finally:
-            if not keep_trials:
+            if not self.keep:
                 shutil.rmtree(folder, ignore_errors=True)
         m = bundle.metrics
-        if key not in m:
+        if self.key not in m:
             raise ConfigError("tuning needs validation rows: give --split with a validation part or --valid")
-        results[trial.number] = {k: m.get(k) for k in ("valid_auc", "valid_logloss", "test_auc", "test_logloss", "epochs", "train_seconds")}
-        results[trial.number]["calibrated"] = m.get("valid_calibration") is not None
-        return float(m[key])
+        keys = ("valid_auc", "valid_logloss", "test_auc", "test_logloss", "epochs", "train_seconds")
+        self.results[trial.number] = {k: m.get(k) for k in keys}
+        self.results[trial.number]["calibrated"] = m.get("valid_calibration") is not None
+        return float(m[self.key])
 
-    study.optimize(objective, n_trials=trials, timeout=timeout, catch=())
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if not done:
-        raise ConfigError("no trial finished: raise --timeout or --trials")
+
+def _summary(study: Any, results: dict[int, dict[str, Any]], inputs: RunInputs, metric: str) -> dict[str, Any]:
+    """trials.json: every trial's state, figures and parameters; the best and the default."""
+    import optuna
+
     best = study.best_trial
-    best_config = configs[best.number]
-    best_dict = best_config.to_dict()
-    best_dict["train"]["progress"] = True
-    (out / "best.yaml").write_text(yaml.safe_dump(best_dict, sort_keys=False))
     rows = [
         {
             "trial": t.number,
@@ -140,8 +157,8 @@ def tune(
         }
         for t in study.trials
     ]
-    summary = {
-        "data": str(data),
+    return {
+        "data": inputs.data,
         "trials": len(study.trials),
         "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
         "metric": metric,
@@ -153,10 +170,6 @@ def tune(
         "default": results.get(0),
         "rows": rows,
     }
-    (out / "trials.json").write_text(json.dumps(summary, indent=1, default=str))
-    (out / "trials.md").write_text(to_markdown(summary))
-    log.info("best trial %d: valid %s %.4f; config written to %s", best.number, metric, best.value, out / "best.yaml")
-    return summary
 
 
 def _as_params(config: RunConfig) -> dict[str, Any]:

@@ -1,0 +1,121 @@
+"""The encoded-data cache: the parts a run encoded, kept for later runs on the same data.
+
+An entry is a folder named by a digest of everything encoding depends on: the files (path,
+size, modification time), their roles, the schema, the reading options, the split, a warm
+start's base model, the cache format and the code of :mod:`deepfm.data` and
+:mod:`deepfm.features`. It holds the fitted pipeline and the encoded parts; ``complete.json``
+is written last and the folder renamed into place, so a reader sees a whole entry or none.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import deepfm.data
+import deepfm.features
+from deepfm.config import RunConfig
+from deepfm.data.encoded import EncodedDataset
+from deepfm.errors import DataError
+from deepfm.features.pipeline import FeaturePipeline
+from deepfm.training.parts import Parts, prepare
+from deepfm.util.files import file_identity
+
+log = logging.getLogger(__name__)
+CACHE_FORMAT = 2  # bump when the encoded layout changes (CHANGELOG.md: cache formats)
+
+
+def default_cache_dir() -> Path:
+    """Where encoded data is kept between runs: $DEEPFM_CACHE_DIR or ~/.cache/deepfm/encoded."""
+    env = os.environ.get("DEEPFM_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "deepfm" / "encoded"
+
+
+def prepare_cached(
+    config: RunConfig,
+    data: str | Path,
+    cache_dir: Path,
+    valid: str | Path | None = None,
+    test: str | Path | None = None,
+    split: tuple[float, float, float] | None = None,
+    base: FeaturePipeline | None = None,
+    base_key: str | None = None,
+) -> tuple[FeaturePipeline, Parts, bool]:
+    """:func:`~deepfm.training.parts.prepare`, reusing the encoded data of an earlier run on
+    the same files (path, size, modification time), schema, reading options, split and
+    ``base`` (named by ``base_key``, a digest of the bundle it came from). Returns
+    (pipeline, parts, hit)."""
+    if base is not None and base_key is None:
+        raise ValueError("prepare_cached with a base pipeline needs its base_key")
+    files = [Path(p) for p in (data, valid, test) if p is not None]
+    for p in files:
+        if not p.is_file():
+            raise DataError("file not found", path=str(p))
+    identity = {
+        "format": CACHE_FORMAT,
+        "code": _encoder_version(),
+        "files": [file_identity(p) for p in files],
+        "roles": [valid is not None, test is not None],
+        "schema": config.schema.to_dict(),
+        "data": dataclasses.asdict(config.data),
+        "split": split,
+        "base": base_key,
+    }
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+    folder = cache_dir / key
+    if (folder / "complete.json").is_file():
+        try:
+            return (*_load_prepared(folder), True)
+        except Exception as exc:  # a damaged cache entry is rebuilt, never trusted
+            log.warning("cache entry %s is unreadable (%s): encoding again", folder, exc)
+            shutil.rmtree(folder, ignore_errors=True)
+    _fill(folder, identity, lambda tmp: prepare(config, data, tmp, valid=valid, test=test, split=split, base=base))
+    log.info("encoded data cached in %s", folder)
+    return (*_load_prepared(folder), False)
+
+
+def _fill(folder: Path, identity: dict[str, Any], encode: Any) -> None:
+    """Encode into a temporary folder beside ``folder`` and rename it into place."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        pipeline, parts = encode(tmp)
+        pipeline.save(tmp)
+        done = {"skipped_rows": parts.skipped_rows, "rows_read": parts.rows_read, "identity": identity}
+        (tmp / "complete.json").write_text(json.dumps(done))
+        del parts
+        try:
+            os.replace(tmp, folder)  # atomic: a reader sees a whole entry or none
+        except OSError:  # another run finished the same entry first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@functools.lru_cache(maxsize=1)
+def _encoder_version() -> str:
+    """A digest of the code that reads, fits and encodes (every module of deepfm.data and
+    deepfm.features): a cache entry never outlives a change to it."""
+    h = hashlib.sha256()
+    for package in (deepfm.data, deepfm.features):
+        for path in sorted(Path(package.__file__ or "").parent.glob("*.py")):
+            h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _load_prepared(folder: Path) -> tuple[FeaturePipeline, Parts]:
+    done = json.loads((folder / "complete.json").read_text())
+    parts = {k: EncodedDataset(folder / k) if (folder / k / "meta.json").is_file() else None for k in ("train", "valid", "test")}
+    train_part = parts["train"]
+    if train_part is None:
+        raise DataError(f"cache entry {folder} has no training part")
+    return FeaturePipeline.load(folder), Parts(train_part, parts["valid"], parts["test"], done["skipped_rows"], done["rows_read"])

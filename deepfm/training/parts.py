@@ -1,0 +1,129 @@
+"""Data preparation: fit the FeaturePipeline on the training rows and encode every part.
+
+One parse of the data file fits the pipeline on the training part of the split and encodes
+every row into its part (:meth:`FeaturePipeline.fit_encode`); separate valid and test files
+are encoded after. Each part is an EncodedDataset folder: memory-mapped arrays, so the size
+of the data is bounded by the disk, not the memory. :mod:`deepfm.training.cache` keeps the
+parts between runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from deepfm.config import RunConfig
+from deepfm.data.encoded import DatasetWriter, EncodedDataset
+from deepfm.data.readers import Reader
+from deepfm.errors import ConfigError, DataError
+from deepfm.features.pipeline import FeaturePipeline
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Parts:
+    """Encoded data parts. valid/test may be absent."""
+
+    train: EncodedDataset
+    valid: EncodedDataset | None = None
+    test: EncodedDataset | None = None
+    skipped_rows: int = 0
+    rows_read: int = 0  # rows of every input file, fitted and encoded
+
+
+class _Split:
+    """The row ranges of the parts of one file, decided once the parse has counted its rows:
+    no counting pass first. Without fractions every row is a training row."""
+
+    def __init__(self, split: tuple[float, float, float] | None, data: str | Path) -> None:
+        self.split, self.data = split, data
+        self.bounds: dict[str, tuple[int, int]] = {}
+
+    def __call__(self, n: int) -> int:
+        """The rows to fit on, of the ``n`` rows read; sets the bounds of every part."""
+        split = self.split
+        if split is None:
+            self.bounds["train"] = (0, n)
+            return n
+        n_train, n_valid = int(round(split[0] * n)), int(round(split[1] * n))
+        if n_train == 0:
+            raise DataError(f"the training part of --split is empty ({n} rows)", path=str(self.data))
+        self.bounds["train"] = (0, n_train)
+        self.bounds["valid"] = (n_train, n_train + n_valid if split[2] > 0 else n)
+        if split[2] > 0:
+            self.bounds["test"] = (n_train + n_valid, n)
+        log.info("split %s by row order: train %d, valid %d, test %d rows", self.data, n_train, n_valid, n - n_train - n_valid)
+        return n_train
+
+
+def prepare(
+    config: RunConfig,
+    data: str | Path,
+    workdir: Path,
+    valid: str | Path | None = None,
+    test: str | Path | None = None,
+    split: tuple[float, float, float] | None = None,
+    base: FeaturePipeline | None = None,
+) -> tuple[FeaturePipeline, Parts]:
+    """Fit the pipeline on the training rows and encode every part into ``workdir``.
+    ``base``: grow that fitted pipeline instead of fitting afresh (warm start)."""
+    schema = config.schema
+    columns = [schema.label, *schema.names]
+    reader = Reader(data, config.data, column_names=schema.columns)
+    reader.check_columns(columns)
+    if split is not None and valid is not None:
+        raise ConfigError("give either --split or a --valid file, not both")
+    if split is not None and split[2] > 0 and test is not None:
+        raise ConfigError("--split already makes a test part; leave out --test or give two fractions")
+    pipeline = FeaturePipeline(schema)
+    parts = _fit_encode(pipeline, reader, columns, _Split(split, data), workdir, base)
+    skipped = reader.skipped
+    for name, path in (("valid", valid), ("test", test)):
+        if path is not None:
+            parts[name], skipped_here = _encode_file(pipeline, config, path, columns, workdir / name)
+            skipped += skipped_here
+    if skipped:
+        log.warning("skipped %d bad rows (on_bad_row=skip)", skipped)
+    train_part = parts["train"]
+    assert train_part is not None
+    rows_read = sum(len(p) for p in parts.values() if p is not None) + skipped
+    return pipeline, Parts(train_part, parts["valid"], parts["test"], skipped, rows_read)
+
+
+def _writer(pipeline: FeaturePipeline, folder: Path) -> DatasetWriter:
+    n_single, n_values, n_multi = len(pipeline.single_fields), len(pipeline.scaled_positions), len(pipeline.multi_hot_fields)
+    return DatasetWriter(folder, n_single, n_values, n_multi, id_dtype=pipeline.id_dtype)
+
+
+def _fit_encode(
+    pipeline: FeaturePipeline, reader: Reader, columns: list[str], split: _Split, workdir: Path, base: FeaturePipeline | None
+) -> dict[str, EncodedDataset | None]:
+    """One parse of the file: fit on the training rows, encode every row into its part."""
+    writers: dict[str, DatasetWriter] = {}
+    chunks = reader.chunks(columns, pipeline.schema.numeric_columns)
+    for row0, enc in pipeline.fit_encode(chunks, split, workdir / "spill", base=base):
+        if not writers:  # the pipeline is fitted: its size is known
+            writers = {k: _writer(pipeline, workdir / k) for k, (lo, hi) in split.bounds.items() if hi > lo}
+        for name, (lo, hi) in split.bounds.items():
+            a, b = max(lo, row0), min(hi, row0 + len(enc))
+            if b > a and name in writers:
+                writers[name].append(enc, slice(a - row0, b - row0))
+    shutil.rmtree(workdir / "spill", ignore_errors=True)
+    parts: dict[str, EncodedDataset | None] = {"train": None, "valid": None, "test": None}
+    parts.update({k: w.close() for k, w in writers.items()})
+    return parts
+
+
+def _encode_file(
+    pipeline: FeaturePipeline, config: RunConfig, path: str | Path, columns: list[str], folder: Path
+) -> tuple[EncodedDataset, int]:
+    """A whole file encoded by the fitted pipeline into ``folder``: (the part, rows skipped)."""
+    reader = Reader(path, config.data, column_names=config.schema.columns)
+    reader.check_columns(columns)
+    writer = _writer(pipeline, folder)
+    for chunk in reader.chunks(columns, config.schema.numeric_columns):
+        writer.append(pipeline.encode(chunk))
+    return writer.close(), reader.skipped

@@ -1,0 +1,229 @@
+"""The Trainer: fits a DeepFM on encoded data with ``fit`` (the epochs), ``epoch``, ``step``
+(one optimizer step) and ``predict``.
+
+Adam for the dense parameters, a row-wise Adam for the embedding table (only the rows in a
+batch are touched), L2 on the rows used. Its parts: early stopping and learning-rate decay
+(:mod:`.stopping`), the run's progress and history (:mod:`.progress`), checkpoints that let a
+run carry on bit for bit on CPU (:mod:`.checkpoint`), and the ranks of a data-parallel run
+behind a :class:`~deepfm.training.distributed.Context`, whose collectives are the identity
+in one process: the Trainer runs the same code on every rank.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.profiler import record_function
+
+from deepfm.config import TrainConfig
+from deepfm.data.encoded import Batch, EncodedDataset
+from deepfm.model.calibration import Calibration, postprocess
+from deepfm.model.deepfm import DeepFM, Head
+from deepfm.model.optim import RowAdam, dense_adam
+from deepfm.training.checkpoint import restore_trainer, save_trainer
+from deepfm.training.distributed import Context
+from deepfm.training.progress import CURVE_POINTS, EpochProgress, History, log_epoch, metric_stride
+from deepfm.training.stopping import EarlyStopping, Verdict, diverged
+from deepfm.util.metrics import auc, logloss
+
+log = logging.getLogger(__name__)
+
+
+class Trainer:
+    """Fits a DeepFM (see the module docstring). ``fit`` runs the epochs, ``epoch`` one epoch,
+    ``step`` one optimizer step; ``predict`` scores a data part."""
+
+    def __init__(
+        self, model: DeepFM, config: TrainConfig, device: torch.device, checkpoint: Path | None = None,
+        calibration: Calibration | None = None, ctx: Context | None = None,
+    ) -> None:  # fmt: skip
+        self.model, self.config, self.device = model.to(device), config, device
+        self.ctx = ctx or Context()
+        # Several ranks: everything after the embedding runs under DistributedDataParallel; the
+        # table's rows are synced by gathering them (deepfm.training.distributed explains why).
+        self.head = self.ctx.data_parallel(Head(self.model), self.model.dense_parameters())
+        # predict() returns what users will get: corrected for negative downsampling.
+        self.calibration = calibration or Calibration()
+        self.dense_opt = dense_adam(model.dense_parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.row_opt = RowAdam(model.embedding.weight.data, lr=config.embedding_lr, l2=config.l2_embedding)
+        self.checkpoint = checkpoint
+        self.stopping = EarlyStopping(config)
+        self.history = History()
+        self.progress = EpochProgress()
+
+    # ------------------------------------------------------------ epochs
+    def fit(
+        self,
+        train: EncodedDataset,
+        valid: EncodedDataset | None,
+        batch_size: int,
+        on_epoch: Callable[[dict[str, float]], None] | None = None,
+        resume: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None,
+    ) -> History:
+        """Train until early stopping. ``on_epoch`` sees each epoch's row of metrics (a tuner
+        reports it and may raise to stop the run). ``resume``: a loaded checkpoint."""
+        if resume is not None:
+            restore_trainer(self, *resume)
+        while self.progress.epoch <= self.config.epochs:
+            row = self.epoch(train, valid, batch_size)
+            if on_epoch is not None:
+                on_epoch(row)
+            log_epoch(row)
+            verdict = self.stopping.after_epoch(row, self.history, self.model)
+            if verdict is Verdict.FALL:
+                self._decay()
+            self.progress.next_epoch()
+            self.save_checkpoint()
+            if verdict is Verdict.STOP:
+                break
+        if self.stopping.restore_best(self.model):
+            log.info("restored the weights of epoch %d (valid AUC %.4f)", self.history.best_epoch, self.stopping.best_score)
+        return self.history
+
+    def epoch(self, train: EncodedDataset, valid: EncodedDataset | None, batch_size: int) -> dict[str, float]:
+        """The rest of the epoch in progress, then its row of metrics (also in the history)."""
+        p, epoch = self.progress, self.progress.epoch
+        self._train_epoch(train, batch_size)
+        self.history.train_seconds += p.seconds
+        self.history.train_samples += len(train)
+        row: dict[str, float] = {
+            "epoch": epoch,
+            **p.train_metrics(self.ctx, self.device),  # every rank's rows: the same on each rank
+            "lr": self.dense_opt.param_groups[0]["lr"],
+            "seconds": p.seconds,
+            "samples_per_s": len(train) / max(p.seconds, 1e-9),
+        }
+        if valid is not None and len(valid):
+            row.update(self._validate(valid, first=epoch == 1))
+        self.history.epochs.append(row)
+        return row
+
+    def _validate(self, valid: EncodedDataset, first: bool) -> dict[str, float]:
+        vp = self.predict(valid)
+        out = {"valid_auc": auc(valid.labels, vp), "valid_logloss": logloss(valid.labels, vp)}
+        if not math.isfinite(out["valid_auc"]):
+            # One class only: AUC is undefined, so early stopping follows -logloss.
+            if first:
+                log.warning("the validation part has a single class: early stopping on logloss, not AUC")
+            out["valid_auc_for_stopping"] = -out["valid_logloss"]
+        return out
+
+    def _decay(self) -> None:
+        """After a fall: back to the best weights, both learning rates times lr_decay. CTR models
+        overfit fast, and continuing from the best with a smaller step usually finds a little
+        more than pressing on would."""
+        self.stopping.restore_best(self.model)
+        decay = self.config.lr_decay
+        for group in self.dense_opt.param_groups:
+            group["lr"] *= decay
+        self.row_opt.lr *= decay
+        log.info("valid AUC did not improve: back to epoch %d, learning rates x%g", self.history.best_epoch, decay)
+
+    # ------------------------------------------------------------ batches
+    def _train_epoch(self, data: EncodedDataset, batch_size: int) -> None:
+        """The epoch's batches from the one in progress on; about CURVE_POINTS learning-curve
+        points go into the history."""
+        cfg, p = self.config, self.progress
+        self.model.train()
+        # Every `stride`-th row of the epoch goes into the training metrics (TRAIN_METRIC_ROWS).
+        # A rank sees at most len(data) rows, so it holds at most ceil(len(data) / stride).
+        stride = metric_stride(len(data))
+        p.reserve(math.ceil(len(data) / stride))
+        global_batch = batch_size * self.ctx.world
+        every = max(1, math.ceil(len(data) / global_batch) // CURVE_POINTS)  # (global) batches per curve point
+        bar = p.bar(len(data), global_batch, show=cfg.progress and self.ctx.main)
+        t0, seconds0 = time.perf_counter(), p.seconds
+        # Each epoch has its own order, derived from the seed: runs are reproducible, and a
+        # resumed epoch skips exactly the batches it had done.
+        batches = self.ctx.batches(data, batch_size, cfg.seed * 1000 + p.epoch, skip=p.batch, min_part=self._min_part)
+        for batch, global_rows in batches:
+            p.batch += 1
+            if len(batch) == 1 and self.model.config.batch_norm:
+                continue  # batch norm cannot normalize one row; it is one row of this epoch
+            self._train_batch(batch.to(self.device), global_rows, stride)
+            if p.since == every:
+                self.history.curve.append(p.curve_point(len(data), global_batch))
+            bar.update(global_rows)
+            p.seconds = seconds0 + time.perf_counter() - t0
+            bar.set_postfix(loss=f"{p.loss_sum / p.seen:.4f}", rows_s=f"{bar.n / max(p.seconds, 1e-9):.0f}")
+            if self.checkpoint is not None and cfg.checkpoint_every and p.steps % cfg.checkpoint_every == 0:
+                self.save_checkpoint()
+        bar.close()
+        if p.since:
+            self.history.curve.append(p.curve_point(len(data), global_batch))
+
+    @property
+    def _min_part(self) -> int:
+        return 2 if self.model.config.batch_norm else 1  # batch norm needs two rows per rank
+
+    def _train_batch(self, batch: Batch, global_rows: int, stride: int) -> None:
+        """One step, checked for a finite loss, and its rows counted into the epoch."""
+        p = self.progress
+        logit, loss = self.step(batch, global_rows)
+        loss_value = float(loss.detach())
+        # Several ranks: one rank's NaN has already reached every rank's weights through the
+        # summed gradients, so every rank must stop here, before a checkpoint is written,
+        # rather than only the rank that saw it (the others would wait in the next collective).
+        any_loss = self.ctx.sum(loss_value, self.device)
+        if not math.isfinite(any_loss):
+            raise diverged(loss_value, any_loss, p.epoch, p.steps + 1, self.checkpoint)
+        assert batch.labels is not None
+        keep = slice((-p.seen) % stride, None, stride)  # this epoch's rows k * stride
+        p.add_batch(len(batch), loss_value, batch.labels[keep].cpu().numpy(), logit.detach()[keep].cpu().numpy())
+
+    def step(self, batch: Batch, global_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on ``batch``, this rank's part of a global batch of ``global_rows``
+        rows. The table rows are looked up outside autograd and made leaves; their gradients go
+        to RowAdam, everything else to Adam. Returns (logits (B,), this part's mean loss)."""
+        emb = self.model.embedding
+        # record_function labels cost nothing unless a profiler listens (benchmarks/profile_step.py).
+        with record_function("embedding lookup"):
+            rows, bag_rows = emb.lookup(batch.ids, batch.multi_hot)
+            leaves = [rows.requires_grad_(), *(r.requires_grad_() for r in bag_rows)]
+            e = emb.combine(rows, batch.values, bag_rows, [offsets for offsets, _ in batch.multi_hot])
+        logit = self.head(e)
+        with record_function("loss"):
+            assert batch.labels is not None
+            loss = F.binary_cross_entropy_with_logits(logit, batch.labels)
+        with record_function("backward"):  # under DDP, the dense all-reduce overlaps this
+            self.dense_opt.zero_grad(set_to_none=True)
+            # This part's share of the global batch's mean loss: summed over the ranks (DDP for
+            # the dense part, RowAdam over the gathered rows), the gradient of one process.
+            self.ctx.share_of(loss, len(batch), global_rows).backward()
+        with record_function("dense optimizer"):
+            self.dense_opt.step()
+        ids = torch.cat([batch.ids.reshape(-1), *(mh_ids for _, mh_ids in batch.multi_hot)])
+        width = rows.shape[-1]
+        grads = torch.cat([leaf.grad.reshape(-1, width) for leaf in leaves])  # type: ignore[union-attr]
+        used = torch.cat([leaf.detach().reshape(-1, width) for leaf in leaves]) if self.row_opt.l2 else None
+        with record_function("embedding all-gather"):
+            ids, grads, used = self.ctx.gather_rows(ids, grads, used)
+        with record_function("embedding optimizer"):
+            self.row_opt.step(ids, grads, used, batch_size=global_rows)
+        return logit, loss
+
+    # ------------------------------------------------------------ scoring, checkpoints
+    @torch.no_grad()
+    def predict(self, data: EncodedDataset) -> np.ndarray:
+        """Probabilities for every row, in order, through the trainer's calibration (the
+        downsampling correction). Each rank scores its share; all get every score. -> (N,) float64"""
+        self.model.eval()
+        self.ctx.broadcast_buffers(self.model)  # batch norm's running statistics: rank 0's
+        mine, step = self.ctx.share(len(data)), self.config.eval_batch_size
+        batches = (data.batch(slice(a, min(a + step, mine.stop))) for a in range(mine.start, mine.stop, step))
+        out = [torch.sigmoid(self.model(b.to(self.device))).double().cpu().numpy() for b in batches]
+        scores = self.ctx.gather(np.concatenate(out) if out else np.zeros(0), self.device)
+        return postprocess(scores, self.calibration) if len(scores) else np.zeros(0)
+
+    def save_checkpoint(self) -> None:
+        """The trainer's whole state into its checkpoint file (collective; rank 0 writes)."""
+        if self.checkpoint is not None:
+            save_trainer(self, self.checkpoint)
