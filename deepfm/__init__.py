@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from deepfm._version import __version__
 from deepfm.bundle import Bundle
 from deepfm.config import ModelConfig, RunConfig, TrainConfig, load_config
-from deepfm.data.readers import ReadOptions
+from deepfm.data.source import ReadOptions
 from deepfm.data.schema import FieldSpec, Schema, criteo_schema
 from deepfm.errors import BundleError, ConfigError, DataError, DeepFMError
 from deepfm.inference.predictor import Predictor, evaluate, predict_file

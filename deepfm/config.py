@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from deepfm.data.readers import ReadOptions
+from deepfm.data.source import ReadOptions
 from deepfm.data.schema import PRESETS, Schema
 from deepfm.errors import ConfigError
 from deepfm.util.validation import check_keys, coerce_numbers

@@ -22,7 +22,8 @@ import torch
 
 from deepfm.config import RunConfig
 from deepfm.data.encoded import Batch, EncodedChunk
-from deepfm.data.readers import Chunk, TableSource
+from deepfm.data.tables import TableSource
+from deepfm.data.source import Chunk
 from deepfm.features.pipeline import FeaturePipeline
 from deepfm.features.records import CheckedRecords, RecordChecker, describe_fields, example_record
 from deepfm.model.calibration import Calibration, postprocess

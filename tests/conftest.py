@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from deepfm.config import RunConfig, TrainConfig
-from deepfm.data.readers import ReadOptions, TableSource
+from deepfm.data.tables import TableSource
+from deepfm.data.source import ReadOptions
 from deepfm.config import ModelConfig
 from deepfm.data.schema import CRITEO_COLUMNS, FieldSpec, Schema
 

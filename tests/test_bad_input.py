@@ -16,7 +16,7 @@ from deepfm.bundle import Bundle
 from deepfm.cli import main
 from deepfm.config import RunConfig, load_config
 from deepfm.errors import BundleError, ConfigError, DataError
-from deepfm.data.readers import ReadOptions
+from deepfm.data.source import ReadOptions
 from deepfm.data.schema import FieldSpec, Schema
 from deepfm.training import prepare, train
 

@@ -12,7 +12,7 @@ import torch
 
 from deepfm.data.encoded import DatasetWriter, EpochOrder
 from deepfm.features.pipeline import FeaturePipeline
-from deepfm.data.readers import TableSource
+from deepfm.data.tables import TableSource
 from deepfm.data.schema import FieldSpec, Schema
 
 

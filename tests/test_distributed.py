@@ -89,27 +89,28 @@ def test_nproc_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
 def test_nproc_checks_the_config_before_it_starts_any_process(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from deepfm.cli import commands as cli
+    from deepfm.cli import main
+    from deepfm.cli import train as cli_train
 
-    monkeypatch.setattr(cli, "_launch", lambda *a: pytest.fail("launched processes for a config that cannot run"))
+    monkeypatch.setattr(cli_train, "_launch", lambda *a: pytest.fail("launched processes for a config that cannot run"))
     data = write_records_csv(tmp_path / "d.csv", simple_records(50, seed=1))
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  embedding_dim: -4\n")
-    assert cli.main(["train", "--data", str(data), "--config", str(bad), "--nproc", "2", "--out", str(tmp_path / "m")]) == 2
+    assert main(["train", "--data", str(data), "--config", str(bad), "--nproc", "2", "--out", str(tmp_path / "m")]) == 2
     assert capsys.readouterr().err.strip() == f"deepfm train: error: {bad}: model.embedding_dim must be a positive integer, got -4"
-    assert cli.main(["train", "--data", str(data), "--nproc", "2", "--neg-sample-rate", "2", "--out", str(tmp_path / "m")]) == 2
+    assert main(["train", "--data", str(data), "--nproc", "2", "--neg-sample-rate", "2", "--out", str(tmp_path / "m")]) == 2
     assert "--neg-sample-rate must be in (0, 1], got 2" in capsys.readouterr().err
-    assert cli.main(["train", "--resume", str(tmp_path / "m"), "--nproc", "2", "--data", str(data)]) == 2
+    assert main(["train", "--resume", str(tmp_path / "m"), "--nproc", "2", "--data", str(data)]) == 2
     assert "--resume carries on the run as it was started; leave out --data" in capsys.readouterr().err
     # what train() would refuse on every rank (parse_split, the files, an interrupted run)
-    assert cli.main(["train", "--data", str(data), "--nproc", "2", "--split", "0.5,0.6", "--out", str(tmp_path / "m")]) == 2
+    assert main(["train", "--data", str(data), "--nproc", "2", "--split", "0.5,0.6", "--out", str(tmp_path / "m")]) == 2
     assert "--split fractions must add up to 1" in capsys.readouterr().err
     # (a preset reads nothing before training; an inferred schema would read the file first)
-    assert cli.main(["train", "--data", str(tmp_path / "nope.csv"), "--preset", "criteo", "--nproc", "2", "--out", str(tmp_path / "m")]) == 2
+    assert main(["train", "--data", str(tmp_path / "nope.csv"), "--preset", "criteo", "--nproc", "2", "--out", str(tmp_path / "m")]) == 2
     assert f"{tmp_path / 'nope.csv'}: file not found (the data file)" in capsys.readouterr().err
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "checkpoint.safetensors").write_bytes(b"")
-    assert cli.main(["train", "--data", str(data), "--nproc", "2", "--out", str(tmp_path / "m")]) == 2
+    assert main(["train", "--data", str(data), "--nproc", "2", "--out", str(tmp_path / "m")]) == 2
     assert "holds the checkpoint of an interrupted run" in capsys.readouterr().err
 
 
@@ -120,12 +121,13 @@ def test_a_run_resumes_only_in_as_many_processes_as_it_started_in(
     would skip the wrong rows, so run.json and the checkpoint both refuse it."""
     from conftest import nan_loss_at_step  # type: ignore[import-not-found]
 
-    from deepfm.cli import commands as cli
+    from deepfm.cli import main
+    from deepfm.cli import train as cli_train
     from deepfm.errors import ConfigError, TrainingError
     from deepfm.training import Trainer, resume
     from deepfm.training.checkpoint import CHECKPOINT, load_checkpoint, restore_trainer
 
-    monkeypatch.setattr(cli, "_launch", lambda *a: pytest.fail("launched processes for a run that cannot resume"))
+    monkeypatch.setattr(cli_train, "_launch", lambda *a: pytest.fail("launched processes for a run that cannot resume"))
     data = write_records_csv(tmp_path / "d.csv", simple_records(800, seed=2))
     config = small_config(simple_schema(), checkpoint_every=2, batch_size=64)
     real_step = nan_loss_at_step(monkeypatch, 5)
@@ -133,7 +135,7 @@ def test_a_run_resumes_only_in_as_many_processes_as_it_started_in(
         train(config, data, tmp_path / "run", split="0.8,0.2", cache=False)
     monkeypatch.setattr(Trainer, "step", real_step)
     assert json.loads((tmp_path / "run" / "run.json").read_text())["world_size"] == 1
-    assert cli.main(["train", "--resume", str(tmp_path / "run"), "--nproc", "2"]) == 2
+    assert main(["train", "--resume", str(tmp_path / "run"), "--nproc", "2"]) == 2
     err = capsys.readouterr().err
     assert "was started in 1 process(es) and must carry on in as many" in err and "resume it with no --nproc" in err
     # A checkpoint of 2 processes, resumed in 1: refused by the trainer too (run.json aside).

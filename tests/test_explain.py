@@ -17,7 +17,8 @@ from deepfm.cli import main
 from deepfm.errors import ConfigError
 from deepfm.analysis.explain import _log_bin_label, explain, parse_pair
 from deepfm.features.pipeline import _log_bin_keys
-from deepfm.data.readers import ReadOptions, TableSource
+from deepfm.data.tables import TableSource
+from deepfm.data.source import ReadOptions
 from deepfm.training import train
 
 pytest.importorskip("matplotlib")

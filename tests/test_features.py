@@ -15,7 +15,9 @@ import torch
 from conftest import write_rows
 from deepfm.data.encoded import Batch
 from deepfm.features.pipeline import MISSING, OOV, FeaturePipeline
-from deepfm.data.readers import Reader, ReadOptions, TableSource, as_table
+from deepfm.data.readers import open_reader
+from deepfm.data.tables import TableSource, as_table
+from deepfm.data.source import ReadOptions
 from deepfm.model.layers import FieldEmbedding
 from deepfm.data.schema import FieldSpec, Schema
 
@@ -157,7 +159,7 @@ def test_missing_from_a_file_reader(tmp_path: Path) -> None:
         FieldSpec("m", kind="multi_hot", min_count=1),
         FieldSpec("n", kind="numeric", mode="bucketized", binning="log", min_count=1),
     )
-    reader = Reader(path)
+    reader = open_reader(path)
     pipe = FeaturePipeline(schema).fit(reader.chunks(["label", *schema.names]))
     enc = pipe.encode(next(reader.chunks(["label", *schema.names])))
     st = pipe.states
@@ -375,7 +377,7 @@ def test_reader_block_size_chunks_encode_the_same(tmp_path: Path) -> None:
     cols = ["label", "c", "n"]
     out = []
     for block in (1 << 20, 1024):
-        reader = Reader(path, ReadOptions(block_size=block))
+        reader = open_reader(path, ReadOptions(block_size=block))
         pipe = FeaturePipeline(schema).fit(reader.chunks(cols))
         chunks = list(reader.chunks(cols))
         assert (len(chunks) > 5) == (block == 1024)

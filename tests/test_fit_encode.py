@@ -12,7 +12,8 @@ from conftest import simple_records, simple_schema, write_criteo_tsv, write_reco
 
 from deepfm.features import pipeline as features
 from deepfm.features.pipeline import FeaturePipeline
-from deepfm.data.readers import Chunk, ReadOptions, Reader
+from deepfm.data.readers import open_reader
+from deepfm.data.source import Chunk, ReadOptions
 from deepfm.data.schema import Schema, criteo_schema
 
 
@@ -57,7 +58,7 @@ def test_fit_encode_criteo_layout_with_split_after_parse(tmp_path: Path, spill_t
 
 def assert_fit_encode_matches(tmp_path: Path, path: Path, schema: Schema, options: ReadOptions, n_fit) -> None:  # type: ignore[no-untyped-def]
     columns = [schema.label, *schema.names]
-    reader = Reader(path, options, column_names=schema.columns)
+    reader = open_reader(path, options, column_names=schema.columns)
 
     fast = FeaturePipeline(schema)
     fast_chunks = list(fast.fit_encode(reader.chunks(columns, schema.numeric_columns), n_fit, tmp_path / "spill"))

@@ -23,7 +23,8 @@ from deepfm.bundle import Bundle
 from deepfm.config import RunConfig
 from deepfm.errors import DeepFMError
 from deepfm.features.pipeline import FeaturePipeline
-from deepfm.data.readers import ReadOptions, Reader
+from deepfm.data.readers import open_reader
+from deepfm.data.source import ReadOptions
 from deepfm.data.schema import FieldSpec, Schema
 from deepfm.training import prepare, train
 
@@ -78,7 +79,7 @@ def check_encoded(pipeline: FeaturePipeline, enc) -> None:  # type: ignore[no-un
 
 
 def read_and_encode(path: Path, options: ReadOptions, column_names: tuple[str, ...] | None) -> None:
-    reader = Reader(path, options, column_names=column_names)
+    reader = open_reader(path, options, column_names=column_names)
     cols = ["y", *SCHEMA.names]
     pipeline = FeaturePipeline(SCHEMA).fit(reader.chunks(cols, SCHEMA.numeric_columns))
     for chunk in reader.chunks(cols, SCHEMA.numeric_columns):

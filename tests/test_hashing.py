@@ -21,7 +21,8 @@ from deepfm.bundle import Bundle
 from deepfm.errors import ConfigError
 from deepfm.features.pipeline import FIRST_VALUE, MISSING, FeaturePipeline
 from deepfm.features.hashing import hash64, hashed_ids
-from deepfm.data.readers import ReadOptions, TableSource, as_table
+from deepfm.data.tables import TableSource, as_table
+from deepfm.data.source import ReadOptions
 from deepfm.data.schema import FieldSpec, Schema
 from deepfm.training import train
 

@@ -12,7 +12,10 @@ import pytest
 
 from conftest import small_config, write_rows
 from deepfm.features.pipeline import FeaturePipeline
-from deepfm.data.readers import Reader, ReadOptions, to_float, to_label, to_strings
+from deepfm.data.readers import open_reader
+from deepfm.data.source import Reader
+from deepfm.data.columns import to_float, to_label, to_strings
+from deepfm.data.source import ReadOptions
 from deepfm.data.schema import FieldSpec, Schema
 from deepfm.training import parse_split, prepare
 
@@ -38,7 +41,7 @@ def schema_cx(columns: tuple[str, ...] | None = None) -> Schema:
 
 def test_csv_with_header(tmp_path: Path) -> None:
     path = write_rows(tmp_path / "a.csv", ROWS, COLS)
-    r = Reader(path)
+    r = open_reader(path)
     assert r.format == "text" and r.has_header and r.delimiter == ","
     assert r.columns == COLS
     assert r.count_rows() == 4
@@ -53,21 +56,21 @@ def test_csv_with_header(tmp_path: Path) -> None:
 
 def test_tsv_without_header_uses_schema_columns(tmp_path: Path) -> None:
     plain = write_rows(tmp_path / "a.tsv", ROWS, None, "\t")
-    r = Reader(plain, column_names=tuple(COLS))
+    r = open_reader(plain, column_names=tuple(COLS))
     assert not r.has_header and r.delimiter == "\t" and r.columns == COLS
     assert r.count_rows() == 4
     no_header = read_all(r, COLS)
     assert no_header["c"] == ["red", "blue", None, "red"]
     # the same file with a header line is detected as having one
     headed = write_rows(tmp_path / "b.tsv", ROWS, COLS, "\t")
-    r2 = Reader(headed, column_names=tuple(COLS))
+    r2 = open_reader(headed, column_names=tuple(COLS))
     assert r2.has_header and r2.count_rows() == 4
     assert read_all(r2, COLS) == no_header
     # and without column names a headerless file is refused with advice
     from deepfm.errors import ConfigError
 
     with pytest.raises(ConfigError, match="no header"):
-        Reader(plain, ReadOptions(header="no"))
+        open_reader(plain, ReadOptions(header="no"))
 
 
 def test_headerless_through_prepare(tmp_path: Path) -> None:
@@ -89,7 +92,7 @@ def test_parquet(tmp_path: Path) -> None:
     )
     path = tmp_path / "d.parquet"
     pq.write_table(table, path)
-    r = Reader(path)
+    r = open_reader(path)
     assert r.format == "parquet" and r.count_rows() == 4
     chunk = next(r.chunks(COLS))
     np.testing.assert_array_equal(to_float(chunk, "x"), [1.5, np.nan, -2.0, 7.0])
@@ -98,7 +101,7 @@ def test_parquet(tmp_path: Path) -> None:
     # the extension is not needed: the magic bytes say Parquet
     other = tmp_path / "d.bin"
     other.write_bytes(path.read_bytes())
-    assert Reader(other).format == "parquet"
+    assert open_reader(other).format == "parquet"
     pipe, parts = prepare(small_config(schema_cx()), path, tmp_path / "w", split=(1.0, 0.0, 0.0))
     np.testing.assert_array_equal(np.asarray(parts.train.labels), [1, 0, 1, 0])
     c = pipe.states["c"]
@@ -111,7 +114,7 @@ def test_libfm(tmp_path: Path, neg: str, eol: str) -> None:
     lines = [f"1 3:1 10:1 20:1", f"{neg} 4:1 11:1 20:1", f"1 3:1 12:1 21:1", f"{neg} 5:1 10:1 21:1"]
     path = tmp_path / "d.libfm"
     path.write_bytes((eol.join(lines) + eol).encode())
-    r = Reader(path)
+    r = open_reader(path)
     assert r.format == "libfm"
     assert r.columns == ["label", "f1", "f2", "f3"]
     data = read_all(r, r.columns)
@@ -122,7 +125,7 @@ def test_libfm(tmp_path: Path, neg: str, eol: str) -> None:
     # format detection from the content, whatever the extension
     other = tmp_path / "d.txt"
     other.write_bytes(path.read_bytes())
-    assert Reader(other).format == "libfm"
+    assert open_reader(other).format == "libfm"
     schema = Schema(label="label", fields=tuple(FieldSpec(f"f{i}", min_count=1) for i in (1, 2, 3)))
     pipe, parts = prepare(small_config(schema), path, tmp_path / "w", split=(1.0, 0.0, 0.0))
     np.testing.assert_array_equal(np.asarray(parts.train.labels), [1, 0, 1, 0])
@@ -132,7 +135,7 @@ def test_libfm(tmp_path: Path, neg: str, eol: str) -> None:
 def test_libfm_tolerates_surrounding_spaces(tmp_path: Path) -> None:
     path = tmp_path / "d.libfm"
     path.write_text("1 3:1 10:1  \n  -1 4:1 11:1\n1\t3:1\t12:1 \n")
-    r = Reader(path)
+    r = open_reader(path)
     assert r.columns == ["label", "f1", "f2"]
     data = read_all(r, r.columns)
     assert data == {"label": ["1", "-1", "1"], "f1": ["3", "4", "3"], "f2": ["10", "11", "12"]}
@@ -144,10 +147,10 @@ def test_gzip_csv(tmp_path: Path) -> None:
     with gzip.open(gz, "wb") as f:
         f.write(plain.read_bytes())
     assert gz.read_bytes()[:2] == b"\x1f\x8b"
-    r = Reader(gz)
+    r = open_reader(gz)
     assert r.format == "text" and r.has_header and r.columns == COLS
     assert r.count_rows() == 4
-    assert read_all(r, COLS) == read_all(Reader(plain), COLS)
+    assert read_all(r, COLS) == read_all(open_reader(plain), COLS)
 
 
 def test_parse_split() -> None:
@@ -169,7 +172,7 @@ def test_split_is_by_row_order(tmp_path: Path, block_size: int) -> None:
     path = write_rows(tmp_path / "d.csv", rows, COLS)
     config = small_config(schema_cx(), data=ReadOptions(block_size=block_size))
     if block_size == 2048:
-        assert len(list(Reader(path, config.data).chunks(COLS))) > 3  # boundaries fall inside chunks
+        assert len(list(open_reader(path, config.data).chunks(COLS))) > 3  # boundaries fall inside chunks
     results = []
     for run in range(2):
         _, parts = prepare(config, path, tmp_path / f"w{run}", split=parse_split("0.8,0.1,0.1"))

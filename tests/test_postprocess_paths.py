@@ -64,7 +64,7 @@ def test_every_path_returns_the_corrected_probability(tmp_path: Path, capsys: py
 
 
 def _chunks(predictor: Predictor, rows: list[dict]):  # type: ignore[no-untyped-def]
-    from deepfm.data.readers import TableSource
+    from deepfm.data.tables import TableSource
 
     return TableSource(predictor.records_table(rows)).chunks(predictor.schema.names, 10_000)
 

@@ -16,7 +16,9 @@ from conftest import (
 )  # fmt: skip
 from deepfm.errors import DataError
 from deepfm.features.pipeline import FeaturePipeline
-from deepfm.data.readers import ReadOptions, Reader, TableSource
+from deepfm.data.readers import open_reader
+from deepfm.data.tables import TableSource
+from deepfm.data.source import ReadOptions
 from deepfm.inference.predictor import Predictor
 from deepfm.data.schema import CRITEO_COLUMNS, criteo_schema
 from deepfm.training import train
@@ -112,7 +114,7 @@ def test_small_lookups_give_the_ids_of_large_ones(tmp_path: Path) -> None:
     path = tmp_path / "c.tsv"
     path.write_text("\n".join("\t".join(r) for r in criteo_rows(3000, seed=5)) + "\n")
     schema = criteo_schema(min_count=60)  # rare values go to OOV rows
-    reader = Reader(path, ReadOptions(), column_names=CRITEO_COLUMNS)
+    reader = open_reader(path, ReadOptions(), column_names=CRITEO_COLUMNS)
     pipeline = FeaturePipeline(schema).fit(reader.chunks([schema.label, *schema.names], schema.numeric_columns))
     table = pa.concat_tables([c.table for c in reader.chunks(schema.names, schema.numeric_columns)])
     big = pipeline.encode(next(TableSource(table).chunks(schema.names, 3000)), with_labels=False)

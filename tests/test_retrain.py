@@ -222,9 +222,9 @@ def warm(full_and_sampled: tuple[Bundle, Bundle], days: dict[int, dict[str, Path
 
 
 def _reader_chunks(path: Path, schema):  # type: ignore[no-untyped-def]
-    from deepfm.data.readers import Reader
+    from deepfm.data.readers import open_reader
 
-    reader = Reader(path, column_names=schema.columns)
+    reader = open_reader(path, column_names=schema.columns)
     return reader.chunks([schema.label, *schema.names], schema.numeric_columns)
 
 

@@ -12,7 +12,9 @@ from conftest import small_config, write_criteo_tsv, write_rows  # type: ignore[
 from deepfm.cli import main
 from deepfm.config import RunConfig, TrainConfig
 from deepfm.errors import ConfigError, DataError
-from deepfm.data.readers import ReadOptions, Reader, as_table
+from deepfm.data.readers import open_reader
+from deepfm.data.tables import as_table
+from deepfm.data.source import ReadOptions
 from deepfm.data.schema import CRITEO_COLUMNS, criteo_schema
 from deepfm.training import parse_split, train
 
@@ -22,11 +24,11 @@ def test_an_error_in_an_early_chunk_does_not_hang_the_reader(tmp_path: Path) -> 
     rows = [["1", "a"] for _ in range(3000)]
     rows[5][0] = "7"  # a bad label in the first chunk
     path = write_rows(tmp_path / "d.csv", rows, ["label", "c"])
-    reader = Reader(path, ReadOptions(block_size=256))
+    reader = open_reader(path, ReadOptions(block_size=256))
     outcome: list[BaseException] = []
 
     def consume() -> None:
-        from deepfm.data.readers import to_label
+        from deepfm.data.columns import to_label
 
         try:
             for chunk in reader.chunks(["label", "c"]):

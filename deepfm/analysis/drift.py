@@ -26,7 +26,7 @@ import numpy as np
 
 from deepfm.bundle import Bundle
 from deepfm.data.encoded import EncodedChunk
-from deepfm.data.readers import ReadOptions
+from deepfm.data.source import ReadOptions
 from deepfm.errors import BundleError, ConfigError
 from deepfm.features.pipeline import MISSING, OOV
 from deepfm.features.profile import PROFILE_FILE, FieldCounts, vocab_buckets

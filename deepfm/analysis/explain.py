@@ -34,7 +34,7 @@ from deepfm.model.calibration import postprocess
 from deepfm.data.encoded import Batch, EncodedDataset
 from deepfm.errors import ConfigError
 from deepfm.features.pipeline import FIRST_VALUE, MISSING, OOV
-from deepfm.data.readers import ReadOptions
+from deepfm.data.source import ReadOptions
 from deepfm.inference.predictor import open_input
 from deepfm.util.maths import sigmoid
 

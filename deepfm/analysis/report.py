@@ -22,7 +22,7 @@ from deepfm.analysis import plots
 from deepfm.bundle import Bundle
 from deepfm.data.encoded import EncodedDataset
 from deepfm.analysis.explain import Combination, Explanation, explain
-from deepfm.data.readers import ReadOptions
+from deepfm.data.source import ReadOptions
 from deepfm.util.metrics import calibration, roc_curve, summary
 
 STYLE = """

@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from deepfm.errors import ConfigError
-from deepfm.data.readers import Reader
+from deepfm.data.source import Reader
 from deepfm.data.schema import FieldSpec, Schema
 
 SAMPLE_ROWS = 100_000  # rows of a file looked at
@@ -81,9 +81,9 @@ def infer_schema(reader: Reader, label: str = "label") -> tuple[Schema, list[Gue
             f"{reader.path}: no label column {label!r} among {reader.columns}; name it with --label "
             "or describe the file with --config / --preset"
         )
-    if reader.format == "libfm":
+    if reader.one_hot:  # libFM: every column holds the positions of one categorical field
         guesses = [_categorical(name, "a libFM position", {}) for name in reader.columns if name != label]
-        return Schema(label=label, fields=tuple(g.spec for g in guesses), label_values=(-1.0, 1.0)), guesses
+        return Schema(label=label, fields=tuple(g.spec for g in guesses), label_values=reader.label_values), guesses
     parts, rows = [], 0
     for chunk in reader.chunks(reader.columns):
         parts.append(chunk.table)

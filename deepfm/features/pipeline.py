@@ -36,7 +36,8 @@ import pyarrow.ipc as ipc
 from deepfm.data.encoded import EncodedChunk
 from deepfm.errors import BundleError, DataError
 from deepfm.features.hashing import hashed_ids
-from deepfm.data.readers import Chunk, to_float, to_label, to_strings
+from deepfm.data.columns import to_float, to_label, to_strings
+from deepfm.data.source import Chunk
 from deepfm.data.schema import FieldSpec, Schema
 from deepfm.features.vocab import grow_vocabulary
 
@@ -271,7 +272,7 @@ class FeaturePipeline:
             multi.append(_encode_multi_hot(to_strings(chunk, spec.name), spec.separator, st))
         labels = None
         if with_labels:
-            labels = to_label(chunk, self.schema.label, libfm=chunk.reader.format == "libfm")
+            labels = to_label(chunk, self.schema.label)
         return EncodedChunk(ids=ids, values=values, multi_hot=multi, labels=labels)
 
     # ------------------------------------------------------------ save/load
@@ -716,7 +717,7 @@ class _Fitter:
         if failed:
             raise min(failed, key=lambda f: f[0])[1]  # the error of the first field, as in order
         if self.spill is not None:
-            self.spill.put("label", to_label(chunk, self.schema.label, libfm=chunk.reader.format == "libfm"))
+            self.spill.put("label", to_label(chunk, self.schema.label))
 
     def _add_field(self, chunk: Chunk, spec: FieldSpec) -> None:
         name, spill = spec.name, self.spill

@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from deepfm.data.readers import Chunk, TableSource, as_table, record_value, to_float
+from deepfm.data.tables import TableSource, as_table, record_value
+from deepfm.data.columns import to_float
+from deepfm.data.source import Chunk
 from deepfm.data.schema import FieldSpec, Schema
 from deepfm.errors import DataError
 from deepfm.features.pipeline import FeaturePipeline

@@ -14,7 +14,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from deepfm.bundle import Bundle
-from deepfm.data.readers import ReadOptions, Reader
+from deepfm.data.readers import open_reader
+from deepfm.data.source import Reader
+from deepfm.data.source import ReadOptions
 from deepfm.errors import ConfigError, DataError
 from deepfm.inference.export import OnnxEngine
 from deepfm.model.calibration import Calibration, describe, fit, postprocess
@@ -46,7 +48,7 @@ def open_input(bundle: ScoredModel, path: str | Path, options: ReadOptions | Non
     """A Reader for data to score with ``bundle``: same reading settings as training unless
     given; a headerless file may leave out the label column."""
     schema = bundle.config.schema
-    reader = Reader(path, options or bundle.config.data, column_names=schema.columns, optional_label=schema.label)
+    reader = open_reader(path, options or bundle.config.data, column_names=schema.columns, optional_label=schema.label)
     reader.check_columns(schema.names, what="the model's schema")
     if need_label and schema.label not in reader.columns:
         raise DataError(f"no label column {schema.label!r} to evaluate against; the file has {reader.columns}", path=str(path))

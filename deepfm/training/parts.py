@@ -16,7 +16,8 @@ from pathlib import Path
 
 from deepfm.config import RunConfig
 from deepfm.data.encoded import DatasetWriter, EncodedDataset
-from deepfm.data.readers import Reader
+from deepfm.data.readers import open_reader
+from deepfm.data.source import Reader
 from deepfm.errors import ConfigError, DataError
 from deepfm.features.pipeline import FeaturePipeline
 
@@ -72,7 +73,7 @@ def prepare(
     ``base``: grow that fitted pipeline instead of fitting afresh (warm start)."""
     schema = config.schema
     columns = [schema.label, *schema.names]
-    reader = Reader(data, config.data, column_names=schema.columns)
+    reader = open_reader(data, config.data, column_names=schema.columns)
     reader.check_columns(columns)
     if split is not None and valid is not None:
         raise ConfigError("give either --split or a --valid file, not both")
@@ -121,7 +122,7 @@ def _encode_file(
     pipeline: FeaturePipeline, config: RunConfig, path: str | Path, columns: list[str], folder: Path
 ) -> tuple[EncodedDataset, int]:
     """A whole file encoded by the fitted pipeline into ``folder``: (the part, rows skipped)."""
-    reader = Reader(path, config.data, column_names=config.schema.columns)
+    reader = open_reader(path, config.data, column_names=config.schema.columns)
     reader.check_columns(columns)
     writer = _writer(pipeline, folder)
     for chunk in reader.chunks(columns, config.schema.numeric_columns):

@@ -1,5 +1,5 @@
 """DeepFMClassifier: the scikit-learn estimator over pandas / polars DataFrames, Arrow tables
-and 2-D arrays.
+and 2-D arrays (X as a table: :mod:`.tables`; y: :mod:`.labels`).
 
     clf = deepfm.DeepFMClassifier(epochs=5).fit(df, y, eval_set=(df_valid, y_valid))
     clf.predict_proba(df)[:, 1]        # (N, 2): P(classes_[0]), P(classes_[1])
@@ -23,35 +23,31 @@ from __future__ import annotations
 
 import json
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 try:
     from sklearn.base import BaseEstimator, ClassifierMixin
     from sklearn.metrics import roc_auc_score
-    from sklearn.utils.multiclass import check_classification_targets
-    from sklearn.utils.validation import check_is_fitted, column_or_1d
+    from sklearn.utils.validation import check_is_fitted
 except ImportError as exc:  # the estimator is optional: `import deepfm` works without it
     raise ImportError("deepfm.DeepFMClassifier needs scikit-learn: pip install 'deepfm[sklearn]'") from exc
 
 from deepfm.bundle import Bundle
-from deepfm.config import RunConfig, TrainConfig
-from deepfm.errors import BundleError, ConfigError, DataError
-from deepfm.data.readers import as_table
-from deepfm.config import ModelConfig
+from deepfm.config import ModelConfig, RunConfig, TrainConfig
 from deepfm.data.schema import KINDS, FieldSpec, Schema
 from deepfm.data.schema_inference import guess_field
-from deepfm.training.job import train
+from deepfm.errors import BundleError, ConfigError, DataError
+from deepfm.estimator.labels import encode_labels, fit_labels, holdout
+from deepfm.estimator.tables import (
+    align, default_kind, eval_pair, integral, join_lists, list_separator, to_table, write_parquet,
+)  # fmt: skip
+from deepfm.training import train
 
 ESTIMATOR_FILE = "estimator.json"  # classes, feature names and parameters, beside the bundle
-# Tried in order for list columns; the pipeline trims whitespace around tokens, so no spaces.
-SEPARATORS = ("|", ";", ",", "/", "\x1f", "\x1e", "\x1d", "\x1c")
 _MODEL, _TRAIN = ModelConfig(), TrainConfig()
 
 
@@ -140,26 +136,26 @@ class DeepFMClassifier(ClassifierMixin, BaseEstimator):
         """Fit on X (N rows) and y (N,). ``eval_set``: ``(X_valid, y_valid)`` (or a list holding
         one such pair) for early stopping on its AUC, in place of ``validation_fraction``."""
         model_config, train_config = self._model_config(), self._train_config()  # bad parameters fail first
-        table, named = _to_table(X, "X")
+        table, named = to_table(X, "X")
         shape = tuple(getattr(X, "shape", None) or table.shape)  # a table of no columns has no rows
         # Worded as scikit-learn's own checks word it, which its estimator checks look for.
         if shape[1] == 0:
             raise DataError(f"X has 0 feature(s) (shape={shape}) while a minimum of 1 is required.")
         if shape[0] == 0:
             raise DataError(f"X has 0 sample(s) (shape={shape}) while a minimum of 1 is required.")
-        labels, classes = _fit_labels(y, table.num_rows)
+        labels, classes = fit_labels(y, table.num_rows)
         valid: tuple[pa.Table, np.ndarray] | None = None
         if eval_set is not None:
-            vx, vy = _eval_pair(eval_set)
-            vtable = _align(_to_table(vx, "eval_set X"), table.column_names, named, "eval_set X")
-            valid = vtable, _encode_labels(vy, vtable.num_rows, classes, "eval_set y")
+            vx, vy = eval_pair(eval_set)
+            vtable = align(to_table(vx, "eval_set X"), table.column_names, named, "eval_set X")
+            valid = vtable, encode_labels(vy, vtable.num_rows, classes, "eval_set y")
         schema = self._schema(table, [] if valid is None else [valid[0]])
         config = RunConfig(schema=schema, model=model_config, train=train_config)
         if valid is None:
-            (table, labels), valid = _holdout(table, labels, self._validation_fraction(), config.train.seed)
+            (table, labels), valid = holdout(table, labels, self._validation_fraction(), config.train.seed)
         with tempfile.TemporaryDirectory(prefix="deepfm-fit-") as tmp:
-            data = _write(Path(tmp) / "train.parquet", table, labels, schema)
-            valid_path = None if valid is None else _write(Path(tmp) / "valid.parquet", *valid, schema)
+            data = write_parquet(Path(tmp) / "train.parquet", table, labels, schema)
+            valid_path = None if valid is None else write_parquet(Path(tmp) / "valid.parquet", *valid, schema)
             # Without validation rows, train on them all: "1,0" is a split with an empty valid part.
             split = None if valid_path is not None else (1.0, 0.0, 0.0)
             bundle = train(config, data, Path(tmp) / "model", valid=valid_path, split=split, cache=False)
@@ -217,7 +213,7 @@ class DeepFMClassifier(ClassifierMixin, BaseEstimator):
 
     def _field(self, name: str, columns: list[pa.ChunkedArray], override: Any) -> FieldSpec:
         """One column's spec. ``columns``: its values in X, then in the eval set."""
-        kind_of_type = _kind(columns[0].type)
+        kind_of_type = default_kind(columns[0].type)
         options: dict[str, Any] = {"min_count": self.min_count}
         if isinstance(override, FieldSpec):
             options.update({k: v for k, v in override.to_dict().items() if k != "name"})
@@ -235,14 +231,14 @@ class DeepFMClassifier(ClassifierMixin, BaseEstimator):
         if kind_of_type == "multi_hot":
             if options.setdefault("kind", "multi_hot") != "multi_hot":
                 raise ConfigError(f"column {name!r} holds lists: it can only be a multi_hot field, not {options['kind']!r}")
-            options["separator"] = _separator(name, columns, options.get("separator"))
+            options["separator"] = list_separator(name, columns, options.get("separator"))
         else:
             # The rules files get (deepfm.schema_inference), on X's values: kind, binning, separator.
             guess = guess_field(name, columns[0]).spec
             if options.setdefault("kind", guess.kind) == guess.kind == "numeric":
                 options.setdefault("binning", guess.binning)
             elif options["kind"] == "numeric" and not {"mode", "binning"} & options.keys():
-                options["binning"] = "log" if _integral(columns[0]) else "quantile"
+                options["binning"] = "log" if integral(columns[0]) else "quantile"
             elif options["kind"] == guess.kind == "multi_hot":
                 options.setdefault("separator", guess.separator)
         return FieldSpec.from_dict({**options, "name": name}, where=f"fields[{name!r}]")
@@ -261,7 +257,7 @@ class DeepFMClassifier(ClassifierMixin, BaseEstimator):
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
         """ROC AUC of ``predict_proba(X)[:, 1]`` against y (the usual CTR model measure)."""
         p = self._positive_proba(X)
-        truth = _encode_labels(y, len(p), self.classes_, "y")
+        truth = encode_labels(y, len(p), self.classes_, "y")
         if np.unique(truth).size < 2:
             raise DataError("y holds a single class: AUC needs rows of both classes")
         return float(roc_auc_score(truth, p, sample_weight=sample_weight))
@@ -269,10 +265,10 @@ class DeepFMClassifier(ClassifierMixin, BaseEstimator):
     def _positive_proba(self, X: Any) -> np.ndarray:
         """P(classes_[1]) for each row. -> (N,) float64"""
         check_is_fitted(self, "bundle_")
-        table, named = _to_table(X, "X")
+        table, named = to_table(X, "X")
         schema = self.bundle_.config.schema
-        table = _align((table, named), schema.names, hasattr(self, "feature_names_in_"), "X")
-        return self.bundle_.predict(_join_lists(table, schema, self.bundle_))
+        table = align((table, named), schema.names, hasattr(self, "feature_names_in_"), "X")
+        return self.bundle_.predict(join_lists(table, schema, self.bundle_))
 
     # ------------------------------------------------------------ keep
     def save(self, folder: str | Path) -> Path:
@@ -337,307 +333,6 @@ class DeepFMClassifier(ClassifierMixin, BaseEstimator):
         tags.input_tags.string = True
         tags.classifier_tags.multi_class = False
         return tags
-
-
-# ---------------------------------------------------------------- inputs
-def _to_table(X: Any, what: str) -> tuple[pa.Table, bool]:
-    """X as an Arrow table with plain types, and whether its column names are real names
-    (a DataFrame's or table's string names; arrays get x0, x1, ...)."""
-    module = type(X).__module__
-    if module.startswith("scipy.sparse") or hasattr(X, "tocsr"):
-        raise TypeError(f"{what}: sparse matrices are not supported; pass a DataFrame, an Arrow table or a dense array")
-    if module.startswith(("pandas", "polars")) and type(X).__name__ != "DataFrame":
-        raise ValueError(f"{what}: expected 2-D data (a DataFrame), got a {type(X).__name__}. Reshape your data")
-    if isinstance(X, (pa.Table, pa.RecordBatch)) or module.startswith("polars"):
-        table, named = as_table(X), True
-    elif module.startswith("pandas"):
-        named = all(isinstance(c, str) for c in X.columns)
-        table = _from_pandas(X, what)
-    else:
-        table, named = _from_array(X, what), False
-    if not named:
-        table = table.rename_columns([f"x{i}" for i in range(table.num_columns)])
-    dupes = sorted({c for c in table.column_names if table.column_names.count(c) > 1})
-    if dupes:
-        raise DataError(f"{what} names columns more than once: {dupes}")
-    return pa.table([_plain(c) for c in table.columns], names=table.column_names), named
-
-
-def _from_pandas(df: Any, what: str) -> pa.Table:
-    try:
-        return as_table(df)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        for name in df.columns:  # error path only: find the column Arrow could not convert
-            try:
-                pa.array(df[name], from_pandas=True)
-            except (pa.ArrowInvalid, pa.ArrowTypeError) as col_exc:
-                raise _mixed_types(df[name].tolist(), str(name), what, col_exc) from None
-        raise DataError(f"{what}: cannot convert the DataFrame to Arrow ({exc})") from None
-
-
-def _from_array(X: Any, what: str) -> pa.Table:
-    arr = np.asarray(X)
-    if np.iscomplexobj(arr):
-        raise ValueError(f"{what}: Complex data not supported")
-    if arr.ndim != 2:
-        raise ValueError(
-            f"{what}: expected 2-D data (a DataFrame, an Arrow table or a 2-D array), got {arr.ndim}-D. "
-            "Reshape your data, e.g. with array.reshape(-1, 1) for a single feature"
-        )
-    columns = []
-    for j in range(arr.shape[1]):
-        try:
-            columns.append(pa.array(arr[:, j], from_pandas=True))  # from_pandas: NaN in objects is null
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            raise _mixed_types(arr[:, j].tolist(), f"x{j}", what, exc) from None
-    return pa.table(columns, names=[f"x{j}" for j in range(arr.shape[1])])
-
-
-def _mixed_types(values: list[Any], name: str, what: str, exc: Exception) -> DataError:
-    """The error for a column Arrow cannot convert: the first record whose type differs from
-    the column's first value (text among numbers, say)."""
-    def sort(v: Any) -> str:
-        is_number = isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_))
-        return "a number" if is_number else "text" if isinstance(v, str) else type(v).__name__
-
-    present = [(i, v) for i, v in enumerate(values) if not _is_missing(v)]
-    for i, v in present:
-        if sort(v) != sort(present[0][1]):
-            return DataError(f"{what}: expected {sort(present[0][1])} as in record {present[0][0]}, got {v!r}", line=f"record {i}", field=name)
-    return DataError(f"{what}: cannot convert the column ({exc})", field=name)
-
-
-def _plain(col: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Types the pipeline reads: categoricals decoded, large and view strings as strings,
-    decimals as floats; list columns keep their lists (joined later, see ``_join_lists``)."""
-    t = col.type
-    if pa.types.is_dictionary(t):
-        col, t = col.cast(t.value_type), t.value_type
-    if pa.types.is_large_string(t) or _is_string_view(t):
-        return col.cast(pa.string())
-    if pa.types.is_decimal(t):
-        return col.cast(pa.float64())
-    return col
-
-
-def _is_string_view(t: pa.DataType) -> bool:
-    return bool(getattr(pa.types, "is_string_view", lambda _: False)(t))
-
-
-def _is_list(t: pa.DataType) -> bool:
-    views = (getattr(pa.types, "is_list_view", None), getattr(pa.types, "is_large_list_view", None))
-    plain = pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
-    return plain or any(f is not None and f(t) for f in views)
-
-
-def _integral(column: pa.ChunkedArray) -> bool:
-    """Every value a whole number (counts: log bins), for a column declared numeric."""
-    if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
-        return False
-    x = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
-    x = x[~np.isnan(x)]
-    return bool(x.size) and bool(np.all(x == np.round(x)))
-
-
-def _kind(t: pa.DataType) -> str | None:
-    """The default kind of an Arrow column type; None where there is no sensible one."""
-    if pa.types.is_integer(t) or pa.types.is_floating(t):
-        return "numeric"
-    if pa.types.is_string(t) or pa.types.is_boolean(t) or pa.types.is_null(t):
-        return "categorical"
-    if _is_list(t) and _is_scalar(t.value_type):
-        return "multi_hot"
-    return None
-
-
-def _is_scalar(t: pa.DataType) -> bool:
-    """A type whose values read as one token of a list: text, numbers, bools, categoricals."""
-    if pa.types.is_dictionary(t):
-        t = t.value_type
-    return any(
-        check(t) for check in (pa.types.is_string, pa.types.is_large_string, _is_string_view, pa.types.is_integer,
-                               pa.types.is_floating, pa.types.is_boolean, pa.types.is_null)
-    )  # fmt: skip
-
-
-def _align(data: tuple[pa.Table, bool], names: list[str], fitted_named: bool, what: str) -> pa.Table:
-    """``data`` with the training columns ``names``, in that order: by name when both have
-    names, by position otherwise (with scikit-learn's warning when only one side has them)."""
-    table, named = data
-    if named and fitted_named:
-        missing = [c for c in names if c not in table.column_names]
-        extra = [c for c in table.column_names if c not in names]
-        if missing or extra:
-            raise DataError(
-                f"{what}: the columns differ from those seen in fit: missing {missing}, not seen in fit {extra}"
-            )
-        return table.select(names)
-    if table.num_columns != len(names):
-        raise ValueError(f"{what} has {table.num_columns} features, but DeepFMClassifier is expecting {len(names)} features as input")
-    if named:
-        warnings.warn(f"{what} has feature names, but DeepFMClassifier was fitted without feature names", UserWarning)
-    elif fitted_named:
-        warnings.warn(f"{what} does not have valid feature names, but DeepFMClassifier was fitted with feature names", UserWarning)
-    return table.rename_columns(names)
-
-
-def _eval_pair(eval_set: Any) -> tuple[Any, Any]:
-    """``(X, y)`` or ``[(X, y)]`` (the form other libraries take) -> (X, y)."""
-    if isinstance(eval_set, list) and len(eval_set) == 1:
-        eval_set = eval_set[0]
-    if not isinstance(eval_set, tuple) or len(eval_set) != 2:
-        raise ValueError("eval_set must be a pair (X_valid, y_valid) or a list holding one such pair")
-    return eval_set
-
-
-# ---------------------------------------------------------------- labels
-def _label_array(y: Any, n: int, what: str) -> np.ndarray:
-    """y as a 1-D NumPy array of length ``n``, with a clear error for a missing label."""
-    if isinstance(y, (pa.Array, pa.ChunkedArray)):
-        y = y.to_numpy(zero_copy_only=False) if isinstance(y, pa.Array) else y.to_numpy()
-    elif hasattr(y, "to_numpy"):  # pandas / polars Series
-        y = y.to_numpy()
-    arr = column_or_1d(np.asarray(y), warn=True)
-    if len(arr) != n:
-        raise ValueError(f"X has {n} rows but {what} has {len(arr)} labels")
-    if arr.dtype.kind == "f":
-        missing = np.isnan(arr)
-    elif arr.dtype.kind == "O":
-        missing = np.fromiter((_is_missing(v) for v in arr), dtype=bool, count=len(arr))
-    else:
-        missing = np.zeros(len(arr), dtype=bool)
-    if missing.any():
-        i = int(np.flatnonzero(missing)[0])
-        raise DataError(f"Input {what} contains NaN or None (first at row {i}): every row needs a label")
-    return arr
-
-
-def _is_missing(v: Any) -> bool:
-    if v is None:
-        return True
-    try:
-        return bool(v != v)  # NaN
-    except TypeError:  # pandas.NA refuses to be a bool: it is missing
-        return True
-
-
-def _fit_labels(y: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """-> (labels (n,) float64 0/1, classes_ (2,)): classes_[1] is the positive class."""
-    arr = _label_array(y, n, "y")
-    check_classification_targets(arr)  # refuses continuous targets, as every classifier does
-    try:
-        classes = np.unique(arr)
-    except TypeError:
-        raise DataError(f"y mixes label types ({sorted({type(v).__name__ for v in arr})}); use one type") from None
-    if len(classes) != 2:
-        shown = ", ".join(repr(c) for c in classes[:5].tolist()) + (", ..." if len(classes) > 5 else "")
-        if len(classes) == 1:
-            raise DataError(f"y holds one class ({shown}): a classifier needs rows of two classes")
-        raise DataError(
-            f"y holds {len(classes)} classes ({shown}). Only binary classification is supported by "
-            "DeepFMClassifier: two classes, e.g. 0/1, False/True or two strings"
-        )
-    return (arr == classes[1]).astype(np.float64), classes
-
-
-def _encode_labels(y: Any, n: int, classes: np.ndarray, what: str) -> np.ndarray:
-    """y as 0/1 against the fitted classes. -> (n,) float64"""
-    arr = _label_array(y, n, what)
-    known = np.isin(arr, classes)
-    if not known.all():
-        unseen = sorted({repr(v) for v in arr[~known].tolist()})[:5]
-        raise DataError(f"{what} holds label(s) {', '.join(unseen)} not seen in fit; classes_ = {classes.tolist()}")
-    return (arr == classes[1]).astype(np.float64)
-
-
-def _holdout(
-    table: pa.Table, labels: np.ndarray, fraction: float, seed: int
-) -> tuple[tuple[pa.Table, np.ndarray], tuple[pa.Table, np.ndarray] | None]:
-    """Split off a stratified random ``fraction`` of the rows (each class in proportion) for
-    early stopping. Rows keep their order within each part."""
-    rng = np.random.default_rng(seed)
-    by_class = (np.flatnonzero(labels == c) for c in (0.0, 1.0))
-    held = [rng.permutation(idx)[: int(round(fraction * idx.size))] for idx in by_class]
-    valid = np.sort(np.concatenate(held))
-    if valid.size == 0 or valid.size == labels.size:
-        return (table, labels), None
-    keep = np.setdiff1d(np.arange(labels.size), valid)
-    return (table.take(keep), labels[keep]), (table.take(valid), labels[valid])
-
-
-# ---------------------------------------------------------------- multi-hot lists
-def _separator(name: str, columns: list[pa.ChunkedArray], given: str | None) -> str:
-    """A separator that no value of the list column holds (or the given one, checked)."""
-    values = [_list_values(chunk) for col in columns for chunk in col.chunks]
-    def occurs(sep: str) -> bool:
-        return any(pc.any(pc.match_substring(v, sep)).as_py() for v in values if len(v))
-
-    if given is not None:
-        if not isinstance(given, str) or not given:
-            raise ConfigError(f"fields[{name!r}]: separator must be a non-empty string, got {given!r}")
-        if occurs(given):
-            raise ConfigError(f"fields[{name!r}]: separator {given!r} occurs in the values of list column {name!r}")
-        return given
-    for sep in SEPARATORS:
-        if not occurs(sep):
-            return sep
-    raise ConfigError(f"column {name!r}: its list values hold every separator tried {list(SEPARATORS)}; give one with fields")
-
-
-def _list_values(chunk: pa.Array) -> pa.Array:
-    """The elements of a list array chunk as strings, row after row (null lists hold none;
-    null elements kept). Integral floats read like integers, so 3.0 and 3 are one value."""
-    values = pc.list_flatten(chunk)  # flatten first: casting a list view makes a broken array
-    if not pa.types.is_floating(values.type):
-        return values.cast(pa.string())
-    values = values.cast(pa.float64())
-    as_int = pc.cast(values, pa.int64(), safe=False)
-    integral = pc.equal(pc.cast(as_int, pa.float64()), values)
-    return pc.if_else(integral, pc.cast(as_int, pa.string()), pc.cast(values, pa.string()))
-
-
-def _join_lists(table: pa.Table, schema: Schema, bundle: Bundle | None = None) -> pa.Table:
-    """List columns of multi-hot fields as text joined with the field's separator (the form
-    the feature pipeline reads). With a fitted ``bundle``, a list value holding the separator
-    (so never seen in training) becomes one unseen token rather than being split in two."""
-    for i, name in enumerate(table.column_names):
-        col = table.column(name)
-        if not _is_list(col.type):
-            continue
-        spec = schema.field(name)
-        joined = []
-        for chunk in col.chunks:
-            values = pc.fill_null(_list_values(chunk), "")  # a null element is no element
-            holds = pc.match_substring(values, spec.separator)
-            if pc.any(holds).as_py():
-                if bundle is None:
-                    raise DataError(f"a list value holds the separator {spec.separator!r}", field=name)
-                values = pc.if_else(holds, _unseen_token(bundle.pipeline.states[name].vocab, spec.separator), values)
-            # Offsets from the lengths (a null list has none): right for every list layout.
-            lengths = pc.fill_null(pc.list_value_length(chunk), 0).to_numpy(zero_copy_only=False)
-            offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]), pa.int64())
-            lists = pa.LargeListArray.from_arrays(offsets, values, mask=chunk.is_null())
-            joined.append(pc.binary_join(lists, spec.separator))
-        table = table.set_column(i, name, pa.chunked_array(joined, pa.string()))
-    return table
-
-
-def _unseen_token(vocab: pa.Array | None, separator: str) -> str:
-    """A token that holds no separator and is not in the field's vocabulary: it encodes as OOV."""
-    known = set() if vocab is None else set(vocab.to_pylist())
-    for i in range(2 * len(known) + 2):
-        for token in (f"<unseen {i}>", f"#{i}"):
-            if separator not in token and token not in known:
-                return token
-    raise DataError(f"no token free of the separator {separator!r} outside the vocabulary")
-
-
-# ---------------------------------------------------------------- files
-def _write(path: Path, table: pa.Table, labels: np.ndarray, schema: Schema) -> Path:
-    """X (lists joined) and the 0/1 labels as one Parquet file for :func:`deepfm.train`."""
-    table = _join_lists(table, schema).append_column(schema.label, pa.array(labels, pa.float64()))
-    pq.write_table(table, path)
-    return path
 
 
 def _bundle_files(bundle: Bundle) -> dict[str, bytes]:

@@ -1,0 +1,47 @@
+"""deepfm synth, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from deepfm.cli.common import usage_error
+from deepfm.cli.demo import run_demo
+from deepfm.data.synth import write_synth
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    if args.rows < 1:
+        raise usage_error(f"--rows must be at least 1, got {args.rows}")
+    t0 = time.perf_counter()
+    if args.day < 1:
+        raise usage_error(f"--day must be at least 1, got {args.day}")
+    result = write_synth(args.rows, args.out, seed=args.seed, day=args.day)
+    print(
+        json.dumps(
+            {
+                "out": str(result.path),
+                "truth": str(result.truth_path),
+                "rows": result.rows,
+                "day": args.day,
+                "positive_rate": result.positive_rate,
+                "seconds": round(time.perf_counter() - t0, 2),
+            }
+        )
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    if args.rows < 1000:
+        raise usage_error(f"--rows must be at least 1000 for the demo's three parts, got {args.rows}")
+    if args.out is not None:
+        report = run_demo(args.rows, Path(args.out), seed=args.seed)
+    else:
+        with tempfile.TemporaryDirectory(prefix="deepfm-demo-") as tmp:
+            report = run_demo(args.rows, Path(tmp), seed=args.seed)
+    print(json.dumps(report, indent=1))
+    return 0
