@@ -94,7 +94,7 @@ class DeepFMClassifier(ClassifierMixin, BaseEstimator):
         hidden: tuple[int, ...] = _MODEL.hidden,
         activation: str = _MODEL.activation,
         dropout: float = _MODEL.dropout,
-        batch_norm: bool = _MODEL.batch_norm,
+        batch_norm: bool | str = _MODEL.batch_norm,
         cross_layers: int = _MODEL.cross_layers,
         epochs: int = _TRAIN.epochs,
         batch_size: int | str = _TRAIN.batch_size,

@@ -47,7 +47,7 @@ from deepfm.metrics import auc, calibration, logloss, roc_curve, summary
 from deepfm.model import DeepFM, InputLayout
 from deepfm.optim import RowAdam
 from deepfm.sampling import downsample
-from deepfm.warm import check_compatible, warm_start_weights
+from deepfm.warm import check_compatible, warm_model_config, warm_start_weights
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 2  # bump when the encoded layout changes
@@ -794,7 +794,8 @@ def _train(
         # Seed here, at the top of the job (not in constructors): init, dropout and shuffling
         # all follow from train.seed.
         torch.manual_seed(cfg.seed)
-        model = DeepFM(layout, config.model)
+        model_config = warm_model_config(config.model, base) if base is not None else config.model
+        model = DeepFM(layout, model_config.resolved(layout, len(parts.train)))
         warm: dict[str, Any] | None = None
         if base is not None:
             warm = {"from": str(warm_start), **warm_start_weights(model, pipeline, base)}
@@ -834,7 +835,8 @@ def _train(
             "train_rows_before_downsampling": rows_before,
             "neg_sample_rate": neg_sample_rate,
             "warm_start": warm,
-            "resolved": {"init_std": model.config.init_std, "batch_size": batch_size},
+            "resolved": {"init_std": model.config.init_std, "batch_norm": model.config.batch_norm, "batch_size": batch_size,
+                         "rows_per_table_row": len(parts.train) * layout.n_fields / max(layout.num_embeddings, 1)},
             "valid_calibration": fitted,
             "train_samples_per_s": history.train_samples / max(history.train_seconds, 1e-9),
             "train_seconds": history.train_seconds,
