@@ -61,6 +61,8 @@ def main() -> int:
     datasets = data.select(args.datasets)
     data.check_shared(datasets)
     check_deepfm()
+    if args.threads:  # inherited by every process this script starts, and by the probes below
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
     peers = [lib for lib in args.libs if lib != "deepfm"]
     # The peers' venv also encodes their arrays; a deepfm-only run uses it when it is there,
     # so that the arrays' fingerprints match the runs it reuses.
@@ -78,7 +80,7 @@ def main() -> int:
         "date": today, "command": command_line("accuracy.py"), "quick": args.quick, "protocol": PROTOCOL,
         "peer_settings": PEER_SETTINGS | {"small_train_rows": SMALL_TRAIN_ROWS, "small_batches": list(SMALL_BATCHES),
                                           "large_batch": LARGE_BATCH},
-        "seeds": args.seeds, "libraries": args.libs, "environment": env, "complete": False,
+        "seeds": args.seeds, "libraries": args.libs, "threads": args.threads, "environment": env, "complete": False,
         "datasets": [], "runs": [],
     }  # fmt: skip
     for ds in datasets:
@@ -116,6 +118,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--results", type=Path, help="results file (default <results-dir>/accuracy-<date>.json)")
     p.add_argument("--docs", type=Path, help="page to rewrite (default docs/accuracy.md; --quick: none)")
     p.add_argument("--timeout", type=float, default=4 * 3600, help="seconds before one run is killed (default 14400)")
+    p.add_argument("--threads", type=int, help="torch threads of every run, deepfm's and the peers' alike (sets "
+                   "OMP_NUM_THREADS; default: PyTorch's, one per core). 1 on a machine shared with other jobs: a "
+                   "thread that waits for a busy core stalls every parallel op of its run")  # fmt: skip
     args = p.parse_args()
     args.libs = [s.strip() for s in args.libs.split(",") if s.strip()]
     if not args.libs or any(lib not in LIBRARIES for lib in args.libs) or len(set(args.libs)) != len(args.libs):
@@ -127,6 +132,8 @@ def parse_args() -> argparse.Namespace:
     args.seeds = list(range(1, seeds[0] + 1)) if len(seeds) == 1 else seeds
     if not args.seeds or len(set(args.seeds)) != len(args.seeds):
         p.error("--seeds must name at least one seed, each once")
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads must be at least 1, got {args.threads}")
     if args.docs is None and not args.quick:
         args.docs = ROOT / "docs" / "accuracy.md"
     if args.workdir.resolve().is_relative_to(ROOT):
@@ -202,7 +209,7 @@ def run_peer(
     if status != 0:
         return _failed(run, status, stderr)
     measured = read_json_line(stdout)
-    run |= {k: v for k, v in measured.items() if k not in ("library", "threads")} | {"ok": True}
+    run |= {k: v for k, v in measured.items() if k != "library"} | {"ok": True}
     _log_run(run)
     shutil.rmtree(scratch, ignore_errors=True)  # its copies of the arrays and checkpoints
     return run

@@ -254,12 +254,14 @@ def _machine(report: dict) -> str:
     stack = ", ".join(f"{k} {x}" for k, x in pv.items() if k not in ("deepctr-torch", "fuxictr", "torchfm"))
     nice = (" The run had a lower priority (`nice`) and shared the machine with other work: train seconds and samples/s "
             "are noisy, compare them within a table only.") if report["command"].startswith("nice ") else ""  # fmt: skip
+    threads = (f", set for every run alike by `--threads {report['threads']}` (OMP_NUM_THREADS)"
+               if report.get("threads") else "")  # fmt: skip
     return f"""## Machine and versions
 
 - CPU: {env.get('cpu')}, {env.get('cores')} cores, {env.get('ram_gib')} GiB RAM; {env.get('os')}; no GPU used.{nice}
 - Python {mine.get('python', '?')}; deepfm {v.get('deepfm', '?')} at commit {commit}, torch {v.get('torch', '?')}, numpy {v.get('numpy', '?')}
 - Peers ({'their own venv' + (', versions as recorded in the reused results file' if theirs.get('from') else '') if theirs else 'not run'}): {peers if theirs else '-'}; {stack or '-'}
-- torch threads per process: {mine.get('torch_threads', '?')} (deepfm), {theirs.get('torch_threads', '-')} (peers)
+- torch threads per process: {mine.get('torch_threads', '?')} (deepfm), {theirs.get('torch_threads', '-')} (peers){threads}
 """
 
 
