@@ -1,7 +1,7 @@
 """The ``deepfm`` command line: a thin layer over the library.
 
     deepfm demo
-    deepfm synth --rows 1000000 --out clicks.tsv [--day 3]
+    deepfm synth --rows 1000000 --out clicks.tsv [--day 3] [--setting tail] [--header]
     deepfm train --data clicks.tsv --preset criteo --split 0.8,0.1,0.1 --out runs/criteo
     deepfm train --warm-start runs/day1 --data day2.tsv --split 0.9,0.1 --out runs/day2
     deepfm evaluate runs/criteo --data test.tsv
@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--day", type=int, default=1, help="simulated day: from day 2 on, new ids appear, old ones fade "
                    "and the click rate falls (default 1: no drift)")
+    _add_synth_setting_args(p)
+    p.add_argument("--header", action="store_true", help="start with a header line (label, I1..I13, C1..C26), "
+                   "so the file can be read without --preset")  # fmt: skip
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_synth)
 
@@ -200,6 +203,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_serve)
     return parser
+
+
+def _add_synth_setting_args(p: argparse.ArgumentParser) -> None:
+    from deepfm.synth_settings import SETTINGS
+
+    g = p.add_argument_group("generator setting (deepfm/synth_settings.py; a flag overrides the setting's value)")
+    g.add_argument("--setting", choices=list(SETTINGS), default="criteo",
+                   help="named knobs: criteo (default, the original generator), interactions, tail, noisy")  # fmt: skip
+    g.add_argument("--fm-weight", type=float, help="weight of the teacher's pairwise (FM) part (criteo 0.7)")
+    g.add_argument("--mlp-weight", type=float, help="weight of the teacher's higher-order (MLP) part (criteo 0.5)")
+    g.add_argument("--card-scale", type=float, help="vocabulary sizes times this (criteo 1)")
+    g.add_argument("--zipf-shift", type=float, help="added to every Zipf exponent; < 0: longer tails (criteo 0)")
+    g.add_argument("--numeric-share", type=float, help="share of the signal's field importance in I1..I13 "
+                   "(criteo: as drawn, 0.23 for seed 0)")  # fmt: skip
+    g.add_argument("--bayes-auc", type=float, help="AUC of the true probabilities, i.e. the noise (criteo 0.80)")
 
 
 def _add_explain_args(p: argparse.ArgumentParser) -> None:
@@ -597,13 +615,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_synth(args: argparse.Namespace) -> int:
     from deepfm.synth import write_synth
+    from deepfm.synth_settings import get_setting
 
     if args.rows < 1:
         raise _usage(f"--rows must be at least 1, got {args.rows}")
     t0 = time.perf_counter()
     if args.day < 1:
         raise _usage(f"--day must be at least 1, got {args.day}")
-    result = write_synth(args.rows, args.out, seed=args.seed, day=args.day)
+    knobs = {k: getattr(args, k) for k in ("fm_weight", "mlp_weight", "card_scale", "zipf_shift", "numeric_share", "bayes_auc")}
+    try:
+        setting = get_setting(args.setting, **knobs)
+    except ValueError as exc:
+        raise _usage(str(exc)) from None
+    result = write_synth(args.rows, args.out, seed=args.seed, day=args.day, setting=setting, header=args.header)
     print(
         json.dumps(
             {
@@ -611,6 +635,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
                 "truth": str(result.truth_path),
                 "rows": result.rows,
                 "day": args.day,
+                "header": args.header,
+                "setting": setting.knobs(),
                 "positive_rate": result.positive_rate,
                 "seconds": round(time.perf_counter() - t0, 2),
             }
