@@ -99,7 +99,7 @@ class DeepFMClassifier(ClassifierMixin, BaseEstimator):
         epochs: int = _TRAIN.epochs,
         batch_size: int | str = _TRAIN.batch_size,
         lr: float = _TRAIN.lr,
-        embedding_lr: float = _TRAIN.embedding_lr,
+        embedding_lr: float | str = _TRAIN.embedding_lr,
         l2_embedding: float = _TRAIN.l2_embedding,
         weight_decay: float = _TRAIN.weight_decay,
         patience: int = _TRAIN.patience,

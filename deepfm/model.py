@@ -33,12 +33,12 @@ MODEL_KINDS = ("deepfm", "fm", "lr", "dnn", "wide_deep", "dcn")
 # of rarely seen values' random vectors swamps small data (the Criteo sample loses 0.05 AUC at
 # 0.1). The number of pairs sets how much noise a given std makes: see auto_init_std.
 INIT_PAIRWISE_STD = 0.1
-# batch_norm "auto": on when the table's rows are seen at least this many times each on
-# average in the training part (rows x fields / table rows). Batch norm lets the MLP fit
-# fast: it gains where every value is seen often (+0.004 to +0.036 test AUC from 62 up to 93
-# rows per table row) and memorizes where most are rare (-0.003 to -0.026 from 27 to 56).
-# docs/accuracy.md has the runs.
-BATCH_NORM_DENSITY = 60.0
+# Data is "dense" for the auto settings when the training part sees each table row at least
+# this many times on average (rows_per_table_row). Batch norm (model.batch_norm "auto") lets
+# the MLP fit fast: it gains where every value is seen often (+0.004 to +0.036 test AUC from 62
+# up to 93 rows per table row) and memorizes where most are rare (-0.003 to -0.026 from 27 to
+# 56); train.embedding_lr "auto" switches at the same point. docs/accuracy.md has the runs.
+DENSE_ROWS_PER_TABLE_ROW = 60.0
 
 
 @dataclass(frozen=True)
@@ -83,8 +83,8 @@ class ModelConfig:
         if out.init_std == "auto":
             out = replace(out, init_std=auto_init_std(layout.n_fields, out.embedding_dim))
         if out.batch_norm == "auto":
-            density = train_rows * layout.n_fields / max(layout.num_embeddings, 1) if train_rows else 0.0
-            out = replace(out, batch_norm=bool(density >= BATCH_NORM_DENSITY))
+            density = rows_per_table_row(train_rows, layout) if train_rows else 0.0
+            out = replace(out, batch_norm=bool(density >= DENSE_ROWS_PER_TABLE_ROW))
         return out
 
     @property
@@ -108,6 +108,12 @@ class ModelConfig:
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         check_keys("model", data, {f.name for f in fields(cls)})
         return cls(**data)
+
+
+def rows_per_table_row(train_rows: int, layout: InputLayout) -> float:
+    """How many times the training part sees each embedding row on average: the vector
+    lookups of ``train_rows`` rows (one per field) over the table's rows."""
+    return train_rows * layout.n_fields / max(layout.num_embeddings, 1)
 
 
 def auto_init_std(n_fields: int, dim: int) -> float:

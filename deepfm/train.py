@@ -44,7 +44,7 @@ from deepfm.errors import ConfigError, DataError, TrainingError
 from deepfm.features import FeaturePipeline
 from deepfm.io import Reader
 from deepfm.metrics import auc, calibration, logloss, roc_curve, summary
-from deepfm.model import DeepFM, InputLayout
+from deepfm.model import DeepFM, InputLayout, rows_per_table_row
 from deepfm.optim import RowAdam
 from deepfm.sampling import downsample
 from deepfm.warm import check_compatible, warm_model_config, warm_start_weights
@@ -807,9 +807,11 @@ def _train(
             # the same mask, which one process drawing for the whole global batch never does.
             torch.manual_seed(int(np.random.SeedSequence([cfg.seed, ctx.rank]).generate_state(1)[0]))
         batch_size = cfg.resolve_batch_size(len(parts.train))
+        density = rows_per_table_row(len(parts.train), layout)
+        cfg = dataclasses.replace(cfg, batch_size=batch_size, embedding_lr=cfg.resolve_embedding_lr(density))
         # The run's "auto" settings made concrete, in the config saved with the model: it
         # trains the same model again.
-        config = dataclasses.replace(config, model=model.config, train=dataclasses.replace(cfg, batch_size=batch_size))
+        config = dataclasses.replace(config, model=model.config, train=cfg)
         log.info(
             "training %s on %d rows (%d fields, %d embedding rows), batch %d on %s%s",
             config.model.kind, len(parts.train), layout.n_fields, layout.num_embeddings, batch_size, device,
@@ -836,7 +838,7 @@ def _train(
             "neg_sample_rate": neg_sample_rate,
             "warm_start": warm,
             "resolved": {"init_std": model.config.init_std, "batch_norm": model.config.batch_norm, "batch_size": batch_size,
-                         "rows_per_table_row": len(parts.train) * layout.n_fields / max(layout.num_embeddings, 1)},
+                         "embedding_lr": cfg.embedding_lr, "rows_per_table_row": density},
             "valid_calibration": fitted,
             "train_samples_per_s": history.train_samples / max(history.train_seconds, 1e-9),
             "train_seconds": history.train_seconds,
