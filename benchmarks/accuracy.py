@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/accuracy.py                       # everything: hours on 2 cores
     .venv/bin/python benchmarks/accuracy.py --quick --workdir /tmp/acc-quick   # smoke run, minutes
     .venv/bin/python benchmarks/accuracy.py --libs deepfm --reuse benchmarks/results/accuracy-DATE.json
+    .venv/bin/python benchmarks/accuracy.py --render benchmarks/results/accuracy-DATE.json   # the page only
 
 Run it with the interpreter that has deepfm installed (the project's .venv). For every data
 set -- the Criteo 10k sample, Frappe, and `deepfm synth` at 100k, 300k and 1M rows under four
@@ -58,6 +59,10 @@ LIBRARIES = ["deepfm", *PEERS]
 
 def main() -> int:
     args = parse_args()
+    if args.render:  # the page again from a finished results file, nothing trained
+        report = add_checks(json.loads(args.render.read_text()))
+        (args.docs or ROOT / "docs" / "accuracy.md").write_text(render(report, args.render, latest_study(args.results_dir)))
+        return 0
     datasets = data.select(args.datasets)
     data.check_shared(datasets)
     check_deepfm()
@@ -100,7 +105,7 @@ def main() -> int:
                         report["runs"].append(run_peer(ds, prepared, peer, batch, seed, peer_python, args))
         write_results(report, results)
     report["complete"] = True
-    finish(report, results, args)
+    finish(add_checks(report), results, args)
     return 0 if all(r["ok"] for r in report["runs"]) else 1
 
 
@@ -112,6 +117,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help=f"smoke run: a few thousand rows per data set, {QUICK_EPOCHS} epochs at most")
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "deepfm-accuracy",
                    help="data, encoded arrays and scratch, outside the repository (default $TMPDIR/deepfm-accuracy)")  # fmt: skip
+    p.add_argument("--render", type=Path, metavar="RESULTS.json", help="write the page from this results file and stop")
     p.add_argument("--reuse", type=Path, metavar="RESULTS.json", help="take matching peer runs from this earlier results file")
     p.add_argument("--peers-venv", type=Path, default=BENCH / ".venv-peers", help="the peers' virtual environment")
     p.add_argument("--results-dir", type=Path, default=BENCH / "results", help="(default benchmarks/results; --quick: the workdir)")
@@ -178,7 +184,7 @@ def run_deepfm(ds: data.DataSet, prepared: data.Prepared, variant: str, seed: in
     config = json.loads((scratch / "model" / "config.json").read_text())
     max_epochs = config.get("train", {}).get("epochs")
     run |= {k: m[k] for k in ("test_auc", "test_logloss", "valid_auc", "epochs", "best_epoch", "batch_size",
-                              "train_seconds", "train_samples_per_s", "train_rows") if k in m}  # fmt: skip
+                              "train_seconds", "train_samples_per_s", "train_rows", "resolved") if k in m}  # fmt: skip
     run |= {"ok": True, "max_epochs": max_epochs, "stopped_early": m["epochs"] < max_epochs if max_epochs else None}
     _log_run(run)
     shutil.rmtree(scratch / "model", ignore_errors=True)
@@ -256,18 +262,29 @@ def write_results(report: dict, path: Path) -> None:
     tmp.replace(path)
 
 
-def finish(report: dict, results: Path, args: argparse.Namespace) -> None:
-    """Summaries and checks into the results file; the page, when one is asked for."""
+def latest_study(folder: Path) -> Path | None:
+    """The newest defaults-study-*.jsonl in folder (names sort by date), if any."""
+    found = sorted(folder.glob("defaults-study-*.jsonl"))
+    return found[-1] if found else None
+
+
+def add_checks(report: dict) -> dict:
+    """The report with each data set's summary and the checks (of what ran so far)."""
     report["summary"] = {ds["name"]: summarize([r for r in report["runs"] if r["dataset"] == ds["name"]])
                          for ds in report["datasets"]}  # fmt: skip
     report["checks"] = checks(report["datasets"], report["summary"])
+    return report
+
+
+def finish(report: dict, results: Path, args: argparse.Namespace) -> None:
+    """Summaries and checks into the results file; the page, when one is asked for."""
     write_results(report, results)
     log(f"wrote {results.relative_to(ROOT) if results.is_relative_to(ROOT) else results}")
     for c in report["checks"]:
         print(f"{c['result']:>4}  {c['line']}")
     if args.docs:
         args.docs.parent.mkdir(parents=True, exist_ok=True)
-        args.docs.write_text(render(report, results))
+        args.docs.write_text(render(report, results, latest_study(args.results_dir)))
         log(f"wrote {args.docs.relative_to(ROOT) if args.docs.is_relative_to(ROOT) else args.docs}")
 
 

@@ -170,8 +170,9 @@ def batch_notes(rows: dict[str, dict]) -> str:
     return ("Batch chosen by mean validation AUC: " + "; ".join(notes) + ".") if notes else ""
 
 
-def render(report: dict, results: Any) -> str:
-    """docs/accuracy.md from a finished results file."""
+def render(report: dict, results: Any, study: Any = None) -> str:
+    """docs/accuracy.md from a finished results file, and the defaults study's runs (a
+    defaults-study-*.jsonl of benchmarks/defaults_study.py) when there is one."""
     from pathlib import Path
 
     from benchlib import ROOT
@@ -206,6 +207,7 @@ def render(report: dict, results: Any) -> str:
         notes = batch_notes(rows)
         if notes:
             parts.append(notes + "\n")
+    parts.append(defaults_section(study))
     settings = report["peer_settings"]
     parts.append(PROTOCOL_TEXT.format(**settings | {"small_batches": " and ".join(str(b) for b in settings["small_batches"])}))
     parts.append(_settings_table(report))
@@ -262,6 +264,42 @@ def _machine(report: dict) -> str:
 - Python {mine.get('python', '?')}; deepfm {v.get('deepfm', '?')} at commit {commit}, torch {v.get('torch', '?')}, numpy {v.get('numpy', '?')}
 - Peers ({'their own venv' + (', versions as recorded in the reused results file' if theirs.get('from') else '') if theirs else 'not run'}): {peers if theirs else '-'}; {stack or '-'}
 - torch threads per process: {mine.get('torch_threads', '?')} (deepfm), {theirs.get('torch_threads', '-')} (peers){threads}
+"""
+
+
+def defaults_section(study: Any) -> str:
+    """What each default is and why, with the study's table (mean ± sd over its seeds)."""
+    import json
+    from pathlib import Path
+
+    from defaults_study import summary_table
+
+    if study is None or not Path(study).exists():
+        return DEFAULTS_TEXT + "\n(No defaults-study results file: run benchmarks/defaults_study.py.)\n"
+    rows = [json.loads(line) for line in Path(study).read_text().splitlines() if line.strip()]
+    head = (f"Each setting forced to a fixed value beside the defaults, by `benchmarks/defaults_study.py` "
+            f"(runs in `benchmarks/results/{Path(study).name}`; \"rows per table row\": the training rows x fields "
+            f"over the embedding table's rows, which the auto settings read):\n")  # fmt: skip
+    return DEFAULTS_TEXT + "\n" + head + "\n" + summary_table(rows) + "\n"
+
+
+DEFAULTS_TEXT = """## The defaults and the evidence
+
+`deepfm train` with no flags resolves every `auto` setting from the training data and writes the
+values it chose into the model's `config.json` and `metrics.json` (`resolved`), so a run trains
+the same model again from its own config.
+
+| setting | default | why |
+|---|---|---|
+| `model.init_std` | `auto`: `sqrt(0.1 / sqrt(P·D))`, clipped to [0.01, 0.1] (P field pairs, D = embedding size) | the FM pairwise term starts with std 0.1 in logit units whatever the number of fields: larger starts let rare values' random vectors swamp small data, smaller ones slow interaction-heavy data |
+| `model.batch_norm` | `auto`: on when each table row is seen 60 times or more in training | batch norm fits the MLP fast: a gain where values are seen often, memorization where most are rare (the `batch_norm on` / `off` rows below) |
+| `train.embedding_lr` | `auto`: 1e-3 below 60 rows per table row, else 3e-3 | rare values' vectors memorize their few clicks at the larger step; frequent ones learn faster with it |
+| `train.batch_size` | `auto`: about 32 steps per epoch on small data, 4096 from ~93k training rows | small data with a CTR-sized batch gets two steps an epoch |
+| `train.lr` | 1e-3 (Adam, dense parameters) | the common choice of every peer |
+| `train.epochs`, `patience`, `min_improvement` | 50, 2, 1e-4 | training ends by early stopping on validation AUC (the `epochs` column never reaches 50); a drop of less than 0.001 from the best counts as a stall and training goes on, a larger one goes back to the best epoch's weights with the learning rates × `lr_decay` 0.1 |
+| `train.calibrate` | true | Platt scaling fitted on the validation rows: early stopping keeps the epoch of the best AUC, often past the best logloss; skipped with fewer than 50 rows of a class or where it would reverse the ranking |
+| `model.dropout`, `l2_embedding` | 0.2, 1e-5 | dropout 0 fit worse on every set tried; a larger L2 on the rows a batch uses (1e-4 and up) held Frappe's validation AUC on a plateau for good |
+| `embedding_dim`, `hidden` | 16, 400×400×400 | the DeepFM paper's MLP; `deepfm tune` searches both |
 """
 
 

@@ -78,3 +78,17 @@ def test_frappe_libfm_to_csv(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="line 1"):
         (tmp_path / "bad.libfm").write_text("1 3:1 4:1\n")
         accuracy_data.libfm_to_csv(tmp_path / "bad.libfm", dst, offsets)
+
+
+def test_defaults_study_table_compares_each_variant_with_the_defaults() -> None:
+    from defaults_study import summary_table
+
+    def row(variant: str, seed: int, auc: float) -> dict:
+        return {"dataset": "d", "variant": variant, "seed": seed, "ok": True, "test_auc": auc, "test_logloss": 0.5,
+                "epochs": 4, "resolved": {"rows_per_table_row": 52.4}}  # fmt: skip
+
+    rows = [row("defaults", 1, 0.70), row("defaults", 2, 0.72), row("batch_norm on", 1, 0.68), row("batch_norm on", 2, 0.68)]
+    rows.append(row("batch_norm on", 3, 0.99) | {"ok": False})  # a failed run is left out
+    lines = summary_table(rows).splitlines()
+    assert lines[2].startswith("| d | 52 | defaults | 2 | 0.7100 ± 0.0141 |")
+    assert lines[3].startswith("| d | 52 | batch_norm on | 2 | 0.6800 ± 0.0000 | -0.0300 |")
