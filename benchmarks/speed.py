@@ -24,22 +24,17 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import functools
-import hashlib
 import json
-import os
-import platform
-import shlex
 import shutil
 import statistics
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-CONSTRAINTS = ROOT / "constraints.txt"
+from benchlib import (
+    BENCH, DISPLAY, DISTRIBUTION, ROOT, check_deepfm, command_line, describe_environment, ensure_peer_env, fail, log,
+    read_json_line, run_measured,
+)  # fmt: skip
 
 # One set of hyperparameters for every library (the issue's "same model").
 HYPERPARAMETERS = {
@@ -56,15 +51,6 @@ HYPERPARAMETERS = {
 PREDICT_BATCH = 16384
 
 LIBRARIES = ["deepfm", "deepctr", "fuxictr", "torchfm"]
-DISPLAY = {"deepfm": "deepfm", "deepctr": "DeepCTR-Torch", "fuxictr": "FuxiCTR", "torchfm": "pytorch-fm"}
-DISTRIBUTION = {"deepfm": "deepfm", "deepctr": "deepctr-torch", "fuxictr": "fuxictr", "torchfm": "torchfm"}
-
-# The peers' environment. torch comes from constraints.txt (the project's CPU build).
-# fuxictr declares no torch, so it comes with its own dependencies (polars, pyarrow, ray:
-# its modules import them). deepctr-torch and torchfm go in with --no-deps so that no
-# resolver can swap torch; what they import is listed beside them.
-PEER_PACKAGES = ["torch", "fuxictr==2.3.10", "pandas", "scikit-learn", "tqdm", "requests", "packaging"]
-PEER_PACKAGES_NO_DEPS = ["deepctr-torch==0.3.0", "torchfm==0.7.0"]
 
 # What each run reports, how the table shows it, and whether more is better.
 METRICS = [
@@ -117,12 +103,9 @@ def main() -> int:
 
     today = dt.date.today().isoformat()
     environment = describe_environment(peer_python, libs)
-    command = "python benchmarks/speed.py " + shlex.join(sys.argv[1:])
-    if os.nice(0):  # run at another priority (to keep other jobs on the machine off its cores): say so
-        command = f"nice -n {os.nice(0)} {command}"
     report = {
         "date": today,
-        "command": command.strip(),
+        "command": command_line("speed.py"),
         "rows": args.rows,
         "repeats": args.repeats,
         "epochs": args.epochs,
@@ -167,18 +150,7 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 # ---------------------------------------------------------------- setup
-def check_deepfm() -> None:
-    probe = subprocess.run([sys.executable, "-c", "import deepfm"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        sys.exit(f"speed.py: {sys.executable} cannot import deepfm; run it with the project's venv, "
-                 "e.g. .venv/bin/python benchmarks/speed.py")  # fmt: skip
-
-
 def ensure_data(path: Path, rows: int) -> Path:
     """`deepfm synth` once per row count; a marker written after it finishes makes it reusable."""
     marker = path.with_suffix(".synth.json")
@@ -189,47 +161,9 @@ def ensure_data(path: Path, rows: int) -> Path:
     cmd = [sys.executable, "-m", "deepfm", "synth", "--rows", str(rows), "--out", str(path), "--quiet"]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
-        sys.exit(f"speed.py: deepfm synth failed:\n{done.stderr[-2000:]}")
+        fail(f"deepfm synth failed:\n{done.stderr[-2000:]}")
     marker.write_text(done.stdout.strip().splitlines()[-1] + "\n")
     return path
-
-
-def ensure_peer_env(venv: Path) -> Path:
-    """Create the peers' venv and install them, unless the same pins are already installed."""
-    python = venv / "bin" / "python"
-    pin = hashlib.sha256(
-        json.dumps([PEER_PACKAGES, PEER_PACKAGES_NO_DEPS, CONSTRAINTS.read_text()]).encode()
-    ).hexdigest()
-    stamp = venv / ".benchmark-installed"
-    if python.exists() and stamp.exists() and stamp.read_text().strip() == pin:
-        return python
-    log(f"installing the peers into {venv} (once; a few minutes)")
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", "-c", str(CONSTRAINTS)]
-    for cmd in (pip + PEER_PACKAGES, pip + ["--no-deps"] + PEER_PACKAGES_NO_DEPS):
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            sys.exit(f"speed.py: installing the peers failed: {shlex.join(cmd)}\n{done.stderr[-3000:]}")
-    # Never benchmark against another torch build than deepfm's (a CUDA wheel would also be
-    # gigabytes of download): refuse if the resolver picked one.
-    probe = subprocess.run(
-        [str(python), "-c", "import torch, json; print(json.dumps([torch.__version__, torch.version.cuda]))"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    version, cuda = json.loads(probe.stdout)
-    wanted = pinned_torch()
-    if cuda is not None or (wanted and not version.startswith(wanted)):
-        sys.exit(f"speed.py: the peers' venv got torch {version} (CUDA {cuda}); expected the CPU build {wanted}")
-    stamp.write_text(pin + "\n")
-    return python
-
-
-def pinned_torch() -> str | None:
-    for line in CONSTRAINTS.read_text().splitlines():
-        if line.strip().startswith("torch=="):
-            return line.split("==", 1)[1].split("#")[0].strip()
-    return None
 
 
 # ---------------------------------------------------------------- one run
@@ -273,28 +207,6 @@ def run_library(lib: str, data: Path, workdir: Path, peer_python: Path | None, a
     return run | measured | {"ok": True}
 
 
-def run_measured(cmd: list[str], scratch: Path, timeout: float) -> tuple[int, float, float, str, str]:
-    """Run cmd; return exit status, wall seconds, peak RSS (MiB) and its output.
-
-    Peak RSS comes from os.wait4 on this child: ru_maxrss of the largest process in its
-    tree (it and the children it waited for, e.g. DataLoader workers). RUSAGE_CHILDREN of
-    the driver would keep the maximum of all earlier runs, so it cannot tell runs apart.
-    """
-    out_path, err_path = scratch / "stdout.txt", scratch / "stderr.txt"
-    with open(out_path, "w") as out, open(err_path, "w") as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=ROOT)
-        timer = threading.Timer(timeout, proc.kill)
-        timer.start()
-        try:
-            _, wait_status, usage = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(wait_status)  # tell Popen it was reaped
-        seconds = time.perf_counter() - t0
-    return proc.returncode, seconds, usage.ru_maxrss / 1024, out_path.read_text(), err_path.read_text()
-
-
 @functools.cache
 def deepfm_has_flag(flag: str) -> bool:
     """Whether this deepfm's `train` knows a flag (the CLI grows while it is optimized)."""
@@ -314,13 +226,6 @@ def read_deepfm_metrics(path: Path) -> dict:
         raise KeyError(f"metrics.json lacks {', '.join(missing)}")
     extra = {k: m[k] for k in ("train_seconds", "train_rows", "test_rows", "valid_auc", "preprocess_cache") if k in m}
     return {k: m[k] for k in keys} | extra
-
-
-def read_json_line(stdout: str) -> dict:
-    lines = [line for line in stdout.splitlines() if line.startswith("{")]
-    if not lines:
-        raise ValueError("the runner printed no JSON line")
-    return json.loads(lines[-1])
 
 
 # ---------------------------------------------------------------- summary
@@ -390,59 +295,6 @@ def markdown_table(medians: dict, ratios: dict, libs: list[str], peers: list[str
 
 
 # ---------------------------------------------------------------- report
-def describe_environment(peer_python: Path | None, libs: list[str]) -> dict:
-    """Machine and versions, as the page reports them."""
-    env: dict = {"cpu": cpu_model(), "cores": os.cpu_count(), "ram_gib": ram_gib(), "os": platform.platform()}
-    probe = (
-        "import json, platform, importlib.metadata as m, torch\n"
-        "names = %r\n"
-        "v = {}\n"
-        "for n in names:\n"
-        "    try: v[n] = m.version(n)\n"
-        "    except m.PackageNotFoundError: pass\n"
-        "print(json.dumps({'python': platform.python_version(), 'torch_threads': torch.get_num_threads(), 'versions': v}))"
-    )  # fmt: skip
-    mine = ["deepfm", "torch", "numpy", "pyarrow"]
-    env["deepfm_env"] = _probe(sys.executable, probe % mine)
-    if peer_python is not None:
-        theirs = ["torch", "numpy", "pandas", "scikit-learn", "polars", "pyarrow"]
-        theirs += [DISTRIBUTION[lib] for lib in libs if lib != "deepfm"]
-        env["peers_env"] = _probe(str(peer_python), probe % theirs)
-    env["deepfm_commit"] = _git("rev-parse", "--short", "HEAD")
-    env["deepfm_tree_dirty"] = bool(_git("status", "--porcelain", "--", "deepfm"))
-    return env
-
-
-def _probe(python: str, code: str) -> dict:
-    done = subprocess.run([python, "-c", code], capture_output=True, text=True)
-    return json.loads(done.stdout) if done.returncode == 0 else {"error": done.stderr.strip()[-500:]}
-
-
-def _git(*args: str) -> str:
-    done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
-    return done.stdout.strip() if done.returncode == 0 else ""
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def ram_gib() -> float | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return round(int(line.split()[1]) / 1024**2, 1)
-    except OSError:
-        pass
-    return None
-
-
 def render_docs(report: dict, table: str, results: Path) -> str:
     env = report["environment"]
     mine, theirs = env.get("deepfm_env", {}), env.get("peers_env", {})

@@ -256,3 +256,16 @@ def test_min_count_override(tmp_path: Path, capsys) -> None:
     assert state["schema"]["fields"][20]["min_count"] == 100000
     assert all(f["vocab_size"] == 0 for f in state["fields"])  # every value is rarer than that
     assert state["num_embeddings"] == 39 * 2  # OOV + missing rows only
+
+
+def test_synth_setting_flags_and_header(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "s.tsv"
+    argv = ["synth", "--rows", "500", "--out", str(out), "--setting", "noisy", "--card-scale", "0.05", "--header", "--quiet"]
+    summary = json.loads(run(capsys, argv))
+    assert summary["header"] is True
+    assert summary["setting"] == {"name": "noisy", "fm_weight": 1.0, "mlp_weight": 0.7, "card_scale": 0.05,
+                                  "zipf_shift": 0.0, "numeric_share": 0.4, "bayes_auc": 0.70}  # fmt: skip
+    lines = out.read_text().splitlines()
+    assert lines[0].split("\t") == list(CRITEO_COLUMNS) and len(lines) == 501
+    assert main(["synth", "--rows", "10", "--out", str(out), "--bayes-auc", "1.5", "--quiet"]) == 2
+    assert "bayes_auc must be in" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 
@@ -251,3 +252,75 @@ def test_days_drift_as_documented() -> None:
     assert t3.equals(t3b)  # deterministic
     with pytest.raises(ValueError, match="day"):
         synth.generate_table(10, seed=0, day=0)
+
+
+# ---- settings ------------------------------------------------------------------------------
+
+def test_criteo_setting_is_the_default_generator() -> None:
+    table, p = generate_table(3_000, seed=0)
+    for setting in ("criteo", synth.SynthSetting(), synth.SETTINGS["criteo"]):
+        t, q = generate_table(3_000, seed=0, setting=setting)
+        assert t.equals(table) and np.array_equal(q, p)
+
+
+@pytest.mark.parametrize("name", [n for n in synth.SETTINGS if n != "criteo"])
+def test_named_setting_is_deterministic_and_hits_its_targets(name: str) -> None:
+    setting = synth.SETTINGS[name]
+    table, p = generate_table(20_000, seed=0, setting=name)
+    again, q = generate_table(20_000, seed=0, setting=setting)
+    assert table.equals(again) and np.array_equal(p, q)
+    base, _ = generate_table(20_000, seed=0)
+    assert not table.column("C1").equals(base.column("C1"))
+    labels = table.column("label").to_numpy()
+    assert abs(labels.mean() - synth.TARGET_CTR) < 0.015
+    # The calibration aims the expected AUC of p_true at the target; 20k rows measure it to ~0.005.
+    assert roc_auc_score(labels, p) == pytest.approx(setting.bayes_auc, abs=0.015)
+    # Every setting keeps pairwise and higher-order parts in its teacher.
+    assert setting.fm_weight > 0 and setting.mlp_weight > 0
+    differing = [k for k, v in setting.knobs().items() if k != "name" and v != synth.SETTINGS["criteo"].knobs()[k]]
+    assert len(differing) >= 3, differing
+
+
+def test_setting_knobs_change_what_they_say() -> None:
+    # Small vocabularies keep the worlds built here cheap; C9's 3 values become the minimum 2.
+    small = synth._World(0, synth.SynthSetting("c", card_scale=0.01, numeric_share=0.6))
+    assert [int(c) for c in small.cards] == [max(2, round(s.cardinality * 0.01)) for s in synth.CATEGORICAL_SPECS]
+    table, _ = generate_table(5_000, seed=0, setting=small.setting)
+    assert len(pc.unique(table.column("C9"))) == 2 and len(pc.unique(table.column("C3").drop_null())) > 5_000 // 4
+
+    # numeric_share: I1..I13's share of the squared field importances, the draw otherwise kept.
+    rng = np.random.default_rng([0, synth._TEACHER_TAG, 0])
+    drawn = np.exp(rng.normal(0.0, 0.6, 39)) * np.where(rng.random(39) < 0.2, 0.15, 1.0)
+    num = (small.num_importance**2).sum()
+    assert num / (num + (drawn[13:] ** 2).sum()) == pytest.approx(0.6)
+    base = synth._world(0)
+    np.testing.assert_allclose(base.num_importance, drawn[:13])
+
+    flat = synth._World(0, synth.SynthSetting("z", card_scale=0.1, zipf_shift=-0.15))
+    steep = synth._World(0, synth.SynthSetting("z", card_scale=0.1))
+    assert flat.cdfs[2][99] < steep.cdfs[2][99] - 0.05  # the 100 most frequent C3 values get less traffic
+
+    # The FM weight moves the logit towards the pairwise part (same teacher, other weights).
+    strong = copy.copy(steep)
+    strong.setting = synth.SynthSetting("f", card_scale=0.1, fm_weight=2.0, mlp_weight=0.1)
+    x = steep.sample(np.random.default_rng(5), 20_000)
+    parts = (steep._parts(x) - steep.part_mean) / steep.part_std
+    corr = [np.corrcoef(w._mix(w._parts(x)), parts[:, 1])[0, 1] for w in (steep, strong)]
+    assert corr[1] > corr[0] + 0.2
+
+
+def test_setting_arguments_are_checked() -> None:
+    for bad in ({"fm_weight": -1}, {"card_scale": 0}, {"zipf_shift": -1.0}, {"numeric_share": 1.0}, {"bayes_auc": 0.99}):
+        with pytest.raises(ValueError):
+            synth.SynthSetting("bad", **bad)
+    with pytest.raises(ValueError, match="unknown synth setting"):
+        generate_table(10, setting="nope")
+
+
+def test_header_line_then_the_same_rows(tmp_path: Path) -> None:
+    plain = write_synth(1_000, tmp_path / "plain.tsv", seed=0)
+    headed = write_synth(1_000, tmp_path / "headed.tsv", seed=0, header=True)
+    lines = _lines(headed.path)
+    assert lines[0].decode().split("\t") == CRITEO_COLUMNS
+    assert lines[1:] == _lines(plain.path)
+    assert headed.truth_path.read_bytes() == plain.truth_path.read_bytes()

@@ -55,7 +55,10 @@ def test_tune_on_logloss_ranks_by_calibrated_logloss(tmp_path: Path) -> None:
     assert main(["tune", *base, "--trials", "3", "--metric", "logloss", "--out", str(out), *SMALL]) == 0
     summary = json.loads((out / "trials.json").read_text())
     done = [r for r in summary["rows"] if r["state"] == "complete"]
-    assert summary["metric"] == "logloss" and all(r["calibrated"] for r in done)
+    # Each trial is calibrated unless Platt scaling would reverse its ranking (a trial whose
+    # valid AUC is near or below 0.5 on these 300 rows).
+    assert summary["metric"] == "logloss" and done[0]["calibrated"]
+    assert all(r["calibrated"] or r["valid_auc"] < 0.55 for r in done), done
     assert summary["best_valid_logloss"] == min(r["valid_logloss"] for r in done)
     assert summary["best_valid_logloss"] <= summary["default"]["valid_logloss"]
     assert "ranked by valid logloss" in (out / "trials.md").read_text()

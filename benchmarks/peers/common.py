@@ -11,6 +11,11 @@ that every library sees the same inputs as deepfm --preset criteo:
   leaks the test vocabulary into training);
 - values seen fewer than min_count times in training, and values never seen there, share
   one OOV index per field; a missing value is a value of its own.
+
+Two protocols use it. speed.py: each runner reads the raw TSV itself (timed) and trains a
+fixed number of epochs (--data, --epochs). accuracy.py: encode.py applies the same rules
+once per data set (any fields, libFM too) and saves arrays; each runner loads them and
+trains until early stopping (--encoded, --max-epochs, --patience).
 """
 
 from __future__ import annotations
@@ -36,9 +41,13 @@ MISSING_STRING = "-1"  # DeepCTR-Torch's docs fill missing sparse values with '-
 def parse_args(description: str) -> argparse.Namespace:
     """The same flags for every runner; speed.py passes one set of hyperparameters to all."""
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--data", required=True, help="raw Criteo-layout TSV (no header)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", help="speed protocol: raw Criteo-layout TSV (no header)")
+    source.add_argument("--encoded", help="accuracy protocol: a folder written by encode.py")
     p.add_argument("--workdir", required=True, help="scratch folder for this run")
-    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--epochs", type=int, default=1, help="speed protocol: epochs to train")
+    p.add_argument("--max-epochs", type=int, default=50, help="accuracy protocol: the most epochs")
+    p.add_argument("--patience", type=int, default=2, help="accuracy protocol: epochs without a better valid AUC")
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--predict-batch", type=int, default=16384)
     p.add_argument("--embedding-dim", type=int, default=10)
@@ -55,8 +64,11 @@ def parse_args(description: str) -> argparse.Namespace:
 
 
 def split_bounds(n: int, split: list[float]) -> dict[str, tuple[int, int]]:
-    """Row ranges of train/valid/test, rounded exactly as deepfm's --split rounds them."""
+    """Row ranges of train/valid/test, rounded exactly as deepfm's --split rounds them
+    (two fractions: validation takes every row after training, the test part is empty)."""
     n_train = int(round(split[0] * n))
+    if len(split) == 2 or split[2] == 0:
+        return {"train": (0, n_train), "valid": (n_train, n), "test": (n, n)}
     n_valid = int(round(split[1] * n))
     return {"train": (0, n_train), "valid": (n_train, n_train + n_valid), "test": (n_train + n_valid, n)}
 
@@ -88,7 +100,7 @@ class Encoded:
 def pandas_label_encode(path: str, split: list[float], min_count: int) -> Encoded:
     """Raw TSV -> encoded train/valid/test with pandas and sklearn's LabelEncoder (timed)."""
     import pandas as pd
-    from sklearn.preprocessing import LabelEncoder
+    import sklearn.preprocessing  # noqa: F401 (imported before the clock starts; encode_columns uses it)
 
     t0 = time.perf_counter()
     # Hashes are read as strings: a hash made only of digits (or like '8e123456') must not
@@ -96,29 +108,92 @@ def pandas_label_encode(path: str, split: list[float], min_count: int) -> Encode
     dtypes = {c: str for c in CATEGORICAL} | {c: "float64" for c in NUMERIC}
     df = pd.read_csv(path, sep="\t", header=None, names=COLUMNS, dtype=dtypes)
     bounds = split_bounds(len(df), split)
-    lo, hi = bounds["train"]
-    columns = []
-    vocab_sizes = []
-    for name in FIELDS:
-        if name in NUMERIC:
-            values = log_bucket(df[name].to_numpy(dtype=np.float64))
-        else:
-            values = df[name].fillna(MISSING_STRING).to_numpy(dtype=object)
-        column = pd.Series(values)
-        counts = column.iloc[lo:hi].value_counts()
-        kept = counts.index[counts >= min_count].to_numpy()
-        encoder = LabelEncoder().fit(kept)
-        # Everything else (rare in training, or unseen) goes to one OOV index at the end.
-        known = column.isin(kept).to_numpy()
-        ids = np.full(len(values), len(encoder.classes_), dtype=np.int64)
-        ids[known] = encoder.transform(values[known])
-        columns.append(ids)
-        vocab_sizes.append(len(encoder.classes_) + 1)
-    matrix = np.stack(columns, axis=1)
+    matrix, vocab_sizes = encode_columns(criteo_values(df), slice(*bounds["train"]), min_count)
     labels = df["label"].to_numpy(dtype=np.float32)
     x = {part: matrix[a:b] for part, (a, b) in bounds.items()}
     y = {part: labels[a:b] for part, (a, b) in bounds.items()}
     return Encoded(x, y, vocab_sizes, len(df), time.perf_counter() - t0)
+
+
+def criteo_values(df) -> list[np.ndarray]:
+    """The 39 Criteo columns of a DataFrame as values to encode: I1..I13 log-bucketized
+    (missing its own key), C1..C26 strings (missing as '-1')."""
+    values = []
+    for name in FIELDS:
+        if name in NUMERIC:
+            values.append(log_bucket(df[name].to_numpy(dtype=np.float64)))
+        else:
+            values.append(df[name].fillna(MISSING_STRING).to_numpy(dtype=object))
+    return values
+
+
+def encode_columns(values: list[np.ndarray], train: slice, min_count: int) -> tuple[np.ndarray, list[int]]:
+    """Per-field ids (rows, fields) int64 and vocabulary sizes, by sklearn's LabelEncoder fitted
+    on the training rows' values seen at least min_count times; everything else (rare in
+    training, or unseen) goes to one OOV index at the end of each field."""
+    import pandas as pd
+    from sklearn.preprocessing import LabelEncoder
+
+    columns, vocab_sizes = [], []
+    for field in values:
+        column = pd.Series(field)
+        counts = column.iloc[train].value_counts()
+        kept = counts.index[counts >= min_count].to_numpy()
+        encoder = LabelEncoder().fit(kept)
+        known = column.isin(kept).to_numpy()
+        ids = np.full(len(field), len(encoder.classes_), dtype=np.int64)
+        ids[known] = encoder.transform(field[known])
+        columns.append(ids)
+        vocab_sizes.append(len(encoder.classes_) + 1)
+    return np.stack(columns, axis=1), vocab_sizes
+
+
+@dataclass
+class EncodedSet:
+    """A data set encoded once by encode.py (accuracy protocol)."""
+
+    fields: list[str]
+    x: dict[str, np.ndarray]  # part -> (rows, fields) int64, ids in [0, vocab_sizes[f])
+    y: dict[str, np.ndarray]  # part -> (rows,) float32, 0/1
+    vocab_sizes: list[int]
+    fingerprint: str
+
+
+def load_encoded(folder: str) -> EncodedSet:
+    meta = json.loads(open(os.path.join(folder, "meta.json")).read())
+    x = {part: np.load(os.path.join(folder, f"{part}_x.npy")) for part in ("train", "valid", "test")}
+    y = {part: np.load(os.path.join(folder, f"{part}_y.npy")) for part in ("train", "valid", "test")}
+    return EncodedSet(meta["fields"], x, y, meta["vocab_sizes"], meta["fingerprint"])
+
+
+def accuracy_result(
+    library: str, version: str, torch_version: str, data: EncodedSet, args: argparse.Namespace,
+    valid_aucs: list[float], train_seconds: float, scores: np.ndarray,
+) -> dict:
+    """The one JSON line of an accuracy run: the epochs, the validation AUC of each, and the
+    test metrics of the best epoch's weights (which the runner has restored)."""
+    test_auc, test_logloss = auc_logloss(data.y["test"], scores)
+    epochs = len(valid_aucs)
+    best = int(np.argmax(valid_aucs)) + 1
+    return {
+        "library": library,
+        "version": version,
+        "torch": torch_version,
+        "fingerprint": data.fingerprint,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "train_rows": len(data.y["train"]),
+        "test_rows": len(data.y["test"]),
+        "epochs": epochs,
+        "best_epoch": best,
+        "stopped_early": epochs < args.max_epochs,
+        "valid_auc": float(valid_aucs[best - 1]),
+        "valid_aucs": [round(float(a), 6) for a in valid_aucs],
+        "train_seconds": train_seconds,
+        "train_samples_per_s": len(data.y["train"]) * epochs / train_seconds,
+        "test_auc": test_auc,
+        "test_logloss": test_logloss,
+    }
 
 
 def auc_logloss(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:

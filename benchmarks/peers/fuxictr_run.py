@@ -15,11 +15,19 @@ fuxictr.datasets.criteo.CustomizedFeatureProcessor. Two departures from build_da
   NpzDataLoader (a torch DataLoader over an .npz file, its pre-Ray format).
 - read_data() neither forwards has_header nor accepts a .tsv name, so the raw file is
   scanned with polars directly, with the processor's column types.
+
+Accuracy protocol (--encoded): the ids of encode.py shifted by one (FuxiCTR keeps id 0 for
+padding, as its FeatureProcessor does) behind a feature_map.json of categorical fields, the
+same DeepFM with the zoo's and BaseModel's defaults (no regularization, no dropout, no batch
+norm, embeddings N(0, 1e-4), Xavier-normal linear layers, gradients clipped at norm 10, the
+learning rate times 0.1 after every epoch without a better validation AUC), and BaseModel.fit's
+own early stopping on validation AUC (early_stop_patience), which reloads the best checkpoint.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -82,8 +90,67 @@ def main() -> None:
     args = common.parse_args(__doc__)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     with contextlib.redirect_stdout(sys.stderr):
-        result = run(args)
+        result = run_accuracy(args) if args.encoded else run(args)
     common.emit(result)
+
+
+def encoded_inputs(data: common.EncodedSet, folder: str, embedding_dim: int) -> tuple[FeatureMap, dict[str, str]]:
+    """A FeatureMap of the encoded fields, as FeatureProcessor would write it, and one .npz
+    per part in the layout NpzDataLoader reads (one array per field, then the label)."""
+    os.makedirs(folder, exist_ok=True)
+    features = [
+        {name: {"source": "", "type": "categorical", "padding_idx": 0, "vocab_size": size + 1}}
+        for name, size in zip(data.fields, data.vocab_sizes)
+    ]
+    spec = {
+        "dataset_id": "encoded", "num_fields": len(features), "total_features": sum(data.vocab_sizes) + len(features),
+        "input_length": len(features), "labels": ["label"], "features": features,
+    }  # fmt: skip
+    json_file = os.path.join(folder, "feature_map.json")
+    with open(json_file, "w") as f:
+        json.dump(spec, f)
+    feature_map = FeatureMap("encoded", folder)
+    feature_map.load(json_file, {"embedding_dim": embedding_dim})
+    paths = {}
+    for part in ("train", "valid", "test"):
+        paths[part] = os.path.join(folder, f"{part}.npz")
+        arrays = {name: data.x[part][:, i] + 1 for i, name in enumerate(data.fields)}
+        np.savez(paths[part], **arrays, label=data.y[part])
+    return feature_map, paths
+
+
+def run_accuracy(args) -> dict:
+    """BaseModel.fit with its early stopping; test the reloaded best checkpoint."""
+    seed_everything(args.seed)
+    data = common.load_encoded(args.encoded)
+    feature_map, paths = encoded_inputs(data, os.path.join(args.workdir, "data"), args.embedding_dim)
+    train_gen = NpzDataLoader(feature_map, paths["train"], batch_size=args.batch_size, shuffle=True)
+    valid_gen = NpzDataLoader(feature_map, paths["valid"], batch_size=args.predict_batch, shuffle=False)
+    test_gen = NpzDataLoader(feature_map, paths["test"], batch_size=args.predict_batch, shuffle=False)
+    model = DeepFM(
+        feature_map, embedding_dim=args.embedding_dim, hidden_units=args.hidden, learning_rate=args.lr, verbose=0,
+        model_root=os.path.join(args.workdir, "checkpoints"), metrics=["logloss", "AUC"],
+        early_stop_patience=args.patience,
+    )  # fmt: skip
+    os.makedirs(model.model_dir, exist_ok=True)
+    valid_aucs: list[float] = []
+    record = model.checkpoint_and_earlystop
+
+    def checkpoint_and_earlystop(logs, *a, **kw):
+        valid_aucs.append(float(logs["AUC"]))
+        return record(logs, *a, **kw)
+
+    model.checkpoint_and_earlystop = checkpoint_and_earlystop
+    outside = common.Timer()  # validation, checkpoints and the final reload are not training
+    model.eval_step = outside.wrap(model.eval_step)
+    model.load_weights = outside.wrap(model.load_weights)
+    t_fit = time.perf_counter()
+    model.fit(train_gen, epochs=args.max_epochs, validation_data=valid_gen)
+    train_seconds = time.perf_counter() - t_fit - outside.seconds
+    scores = model.predict(test_gen)
+    return common.accuracy_result(
+        "fuxictr", fuxictr.__version__, torch.__version__, data, args, valid_aucs, train_seconds, scores
+    )
 
 
 def run(args) -> dict:

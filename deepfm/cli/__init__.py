@@ -1,7 +1,7 @@
 """The ``deepfm`` command line: a thin layer over the library.
 
     deepfm demo
-    deepfm synth --rows 1000000 --out clicks.tsv [--day 3]
+    deepfm synth --rows 1000000 --out clicks.tsv [--day 3] [--setting tail] [--header]
     deepfm schema --data clicks.csv                  # the inferred schema, as YAML to edit
     deepfm train --data clicks.tsv --preset criteo --split 0.8,0.1,0.1 --out runs/criteo
     deepfm train --warm-start runs/day1 --data day2.tsv --split 0.9,0.1 --out runs/day2

@@ -11,6 +11,7 @@ from pathlib import Path
 from deepfm.cli.common import usage_error
 from deepfm.cli.demo import run_demo
 from deepfm.data.synth import write_synth
+from deepfm.data.synth_settings import get_setting
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -19,7 +20,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     if args.day < 1:
         raise usage_error(f"--day must be at least 1, got {args.day}")
-    result = write_synth(args.rows, args.out, seed=args.seed, day=args.day)
+    knobs = {k: getattr(args, k) for k in ("fm_weight", "mlp_weight", "card_scale", "zipf_shift", "numeric_share", "bayes_auc")}
+    try:
+        setting = get_setting(args.setting, **knobs)
+    except ValueError as exc:
+        raise usage_error(str(exc)) from None
+    result = write_synth(args.rows, args.out, seed=args.seed, day=args.day, setting=setting, header=args.header)
     print(
         json.dumps(
             {
@@ -27,6 +33,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
                 "truth": str(result.truth_path),
                 "rows": result.rows,
                 "day": args.day,
+                "header": args.header,
+                "setting": setting.knobs(),
                 "positive_rate": result.positive_rate,
                 "seconds": round(time.perf_counter() - t0, 2),
             }

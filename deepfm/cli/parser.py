@@ -10,6 +10,7 @@ from deepfm.cli.analyze import cmd_drift, cmd_explain, cmd_report
 from deepfm.cli.data import cmd_demo, cmd_synth
 from deepfm.cli.score import cmd_calibrate, cmd_evaluate, cmd_export, cmd_predict, cmd_serve
 from deepfm.cli.train import cmd_compare, cmd_schema, cmd_train, cmd_tune
+from deepfm.data.synth_settings import SETTINGS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--day", type=int, default=1, help="simulated day: from day 2 on, new ids appear, old ones fade "
                    "and the click rate falls (default 1: no drift)")
+    _add_synth_setting_args(p)
+    p.add_argument("--header", action="store_true", help="start with a header line (label, I1..I13, C1..C26), "
+                   "so the file can be read without --preset")  # fmt: skip
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_synth)
 
@@ -154,6 +158,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_serve)
     return parser
+
+
+def _add_synth_setting_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("generator setting (deepfm/data/synth_settings.py; a flag overrides the setting's value)")
+    g.add_argument("--setting", choices=list(SETTINGS), default="criteo",
+                   help="named knobs: criteo (default, the original generator), interactions, tail, noisy")  # fmt: skip
+    g.add_argument("--fm-weight", type=float, help="weight of the teacher's pairwise (FM) part (criteo 0.7)")
+    g.add_argument("--mlp-weight", type=float, help="weight of the teacher's higher-order (MLP) part (criteo 0.5)")
+    g.add_argument("--card-scale", type=float, help="vocabulary sizes times this (criteo 1)")
+    g.add_argument("--zipf-shift", type=float, help="added to every Zipf exponent; < 0: longer tails (criteo 0)")
+    g.add_argument("--numeric-share", type=float, help="share of the signal's field importance in I1..I13 "
+                   "(criteo: as drawn, 0.23 for seed 0)")  # fmt: skip
+    g.add_argument("--bayes-auc", type=float, help="AUC of the true probabilities, i.e. the noise (criteo 0.80)")
 
 
 def _add_explain_args(p: argparse.ArgumentParser) -> None:

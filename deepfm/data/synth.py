@@ -23,6 +23,26 @@ How rows are made
   fixed calibration sample, then a global scale and the bias are solved for so the expected
   click rate is 0.23 and the expected Bayes AUC is 0.80. Labels are Bernoulli(p_true).
 
+Settings (``setting=``, ``deepfm synth --setting NAME``)
+------------------------------------------------------
+The knobs above -- the FM and MLP parts' weights, the vocabulary sizes, the Zipf exponents,
+the numeric fields' share of the signal and the target Bayes AUC -- come from a
+``SynthSetting`` (``deepfm/data/synth_settings.py``), so that no default gets fitted to one
+generator. ``criteo`` (the default) is the generator described above, byte for byte.
+Measured on 1,000,000 rows of seed 0:
+
+==============  =====  =====  ==========  ====  ==============  =========  =====  ==========
+setting         FM     MLP    card scale  Zipf  numeric share   Bayes AUC  CTR    Bayes LL
+==============  =====  =====  ==========  ====  ==============  =========  =====  ==========
+criteo          0.7    0.5    1 (3.0M)    +0    drawn (0.23)    0.8002     0.230  0.4283
+interactions    1.4    1.0    0.3 (0.9M)  +0    0.5             0.8200     0.231  0.4088
+tail            0.7    0.6    3 (9.1M)    -0.1  0.15            0.7799     0.230  0.4449
+noisy           1.0    0.7    0.6 (1.8M)  +0    0.4             0.7012     0.230  0.4922
+==============  =====  =====  ==========  ====  ==============  =========  =====  ==========
+
+(card scale: in brackets the values of all 26 fields together.) ``header=True``
+(``--header``) starts the file with the line ``label I1 .. C26``.
+
 Days (``day=K``, ``deepfm synth --day K``)
 ------------------------------------------
 Day 1 is the data above, byte for byte. Each later day simulates a day of a live system:
@@ -76,11 +96,12 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from deepfm.data.schema import CRITEO_COLUMNS as SCHEMA_COLUMNS
+from deepfm.data.synth_settings import SETTINGS, SynthSetting, get_setting
 from deepfm.util.maths import sigmoid
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CRITEO_COLUMNS", "SynthResult", "generate_table", "truth_path_for", "write_synth"]
+__all__ = ["CRITEO_COLUMNS", "SETTINGS", "SynthResult", "SynthSetting", "generate_table", "truth_path_for", "write_synth"]
 
 NUM_NUMERIC = 13
 NUM_CATEGORICAL = 26
@@ -107,14 +128,14 @@ CHURN_MIN_CARD = 100  # fields with fewer values (device types, say) keep theirs
 DAY_BIAS_SHIFT = -0.08  # change of the true logit's bias per day
 
 TARGET_CTR = 0.23
-TARGET_AUC = 0.80
 EMBED_DIM = 6
 MLP_HIDDEN = 24
 # Parameter scale of the value at frequency rank r is (1 + r / RANK_R0) ** -RANK_POWER.
 RANK_R0 = 25.0
 RANK_POWER = 0.9
-# Relative weight of first-order, FM and MLP parts after each is normalised to unit std.
-_PART_WEIGHTS = (1.0, 0.7, 0.5)
+# The first-order part's weight; the FM and MLP parts' come from the setting (criteo: 0.7, 0.5),
+# each part normalised to unit std first.
+_FIRST_ORDER_WEIGHT = 1.0
 _CALIB_ROWS = 2 * BLOCK_ROWS
 
 
@@ -198,6 +219,7 @@ class SynthResult:
     truth_path: Path  # the true click probabilities
     rows: int
     positive_rate: float  # observed mean label
+    setting: SynthSetting = SETTINGS["criteo"]
 
 
 def _missing_leaders() -> np.ndarray:
@@ -252,23 +274,29 @@ class _Features:
     label_u: np.ndarray  # (n,) uniforms for the Bernoulli draw
 
 
-class _World:
-    """Everything fixed by the seed: vocabularies, Zipf CDFs and the teacher."""
+def _cardinality(spec: _CatSpec, scale: float) -> int:
+    """A field's vocabulary size under a setting's card_scale (criteo's 1.0: the spec's own)."""
+    return spec.cardinality if scale == 1.0 else max(2, int(round(spec.cardinality * scale)))
 
-    def __init__(self, seed: int) -> None:
+
+class _World:
+    """Everything fixed by the seed and the setting: vocabularies, Zipf CDFs and the teacher."""
+
+    def __init__(self, seed: int, setting: SynthSetting = SETTINGS["criteo"]) -> None:
         t0 = time.perf_counter()
         self.seed = seed
+        self.setting = setting
         self.leaders = _missing_leaders()
         self.num_missing_rate = np.array([s.missing for s in NUMERIC_SPECS])
         self.cat_missing_rate = np.array([s.missing for s in CATEGORICAL_SPECS])
-        self.cards = np.array([s.cardinality for s in CATEGORICAL_SPECS], dtype=np.int64)
+        self.cards = np.array([_cardinality(s, setting.card_scale) for s in CATEGORICAL_SPECS], dtype=np.int64)
         self.cdfs: list[np.ndarray] = []
-        for spec in CATEGORICAL_SPECS:
-            w = np.arange(1, spec.cardinality + 1, dtype=np.float64) ** -spec.zipf
+        for spec, card in zip(CATEGORICAL_SPECS, self.cards):
+            w = np.arange(1, card + 1, dtype=np.float64) ** -(spec.zipf + setting.zipf_shift)
             cdf = np.cumsum(w)
             cdf /= cdf[-1]
             self.cdfs.append(cdf)
-        self.vocabs = [_hex_vocab(seed, f, s.cardinality) for f, s in enumerate(CATEGORICAL_SPECS)]
+        self.vocabs = [_hex_vocab(seed, f, int(c)) for f, c in enumerate(self.cards)]
         self._init_teacher()
         self._calibrate()
         logger.info(
@@ -313,6 +341,10 @@ class _World:
         # Per-field importance: log-normal, with some fields nearly useless as in real logs.
         nf = NUM_NUMERIC + NUM_CATEGORICAL
         importance = np.exp(rng.normal(0.0, 0.6, nf)) * np.where(rng.random(nf) < 0.2, 0.15, 1.0)
+        share = self.setting.numeric_share
+        if share is not None:  # rescale I1..I13 after the draw, so every later draw is unchanged
+            num_sq, cat_sq = (importance[:NUM_NUMERIC] ** 2).sum(), (importance[NUM_NUMERIC:] ** 2).sum()
+            importance[:NUM_NUMERIC] *= np.sqrt(share / (1.0 - share) * cat_sq / num_sq)
         self.num_importance = importance[:NUM_NUMERIC]
         cat_importance = importance[NUM_NUMERIC:]
 
@@ -374,7 +406,8 @@ class _World:
 
     def _mix(self, parts: np.ndarray) -> np.ndarray:
         """Normalised mix of the three parts; the logit is bias + scale * mix."""
-        return (parts - self.part_mean) / self.part_std @ np.asarray(_PART_WEIGHTS)
+        weights = (_FIRST_ORDER_WEIGHT, self.setting.fm_weight, self.setting.mlp_weight)
+        return (parts - self.part_mean) / self.part_std @ np.asarray(weights)
 
     def _calibrate(self) -> None:
         """Fix numeric normalisers, part scales, global scale and bias on a seeded sample."""
@@ -410,7 +443,7 @@ class _World:
         lo, hi = np.log(1e-3), np.log(50.0)
         for _ in range(40):  # AUC rises with the scale, so bisect on log-scale
             mid = 0.5 * (lo + hi)
-            lo, hi = (mid, hi) if auc_for(float(np.exp(mid))) < TARGET_AUC else (lo, mid)
+            lo, hi = (mid, hi) if auc_for(float(np.exp(mid))) < self.setting.bayes_auc else (lo, mid)
         self.scale = float(np.exp(0.5 * (lo + hi)))
         self.bias = bias_for(self.scale)
 
@@ -428,10 +461,10 @@ class _World:
         world.vocabs = list(self.vocabs)
         world.bias = self.bias + DAY_BIAS_SHIFT * (k - 1)
         world.block_tag = _BLOCK_TAG + (k - 1) * _DAY_STRIDE
-        for f, spec in enumerate(CATEGORICAL_SPECS):
-            if spec.cardinality < CHURN_MIN_CARD:
+        for f in range(NUM_CATEGORICAL):
+            o, c = int(self.offsets[f]), int(self.cards[f])
+            if c < CHURN_MIN_CARD:
                 continue
-            o, c = int(self.offsets[f]), spec.cardinality
             generation = np.zeros(c, dtype=np.int64)
             for d in range(2, k + 1):
                 rng = np.random.default_rng([self.seed, _DAY_TAG + d, f])
@@ -465,13 +498,17 @@ class _World:
 
 
 @functools.lru_cache(maxsize=2)
-def _base_world(seed: int) -> _World:
-    return _World(seed)
+def _base_world(seed: int, setting: SynthSetting = SETTINGS["criteo"]) -> _World:
+    return _World(seed, setting)
 
 
 @functools.lru_cache(maxsize=2)
-def _world(seed: int, day: int = 1) -> _World:
-    return _base_world(seed).day(day)
+def _world(seed: int, day: int = 1, setting: SynthSetting = SETTINGS["criteo"]) -> _World:
+    return _base_world(seed, setting).day(day)
+
+
+def _resolve(setting: SynthSetting | str) -> SynthSetting:
+    return get_setting(setting) if isinstance(setting, str) else setting
 
 
 def _check_args(rows: int, seed: int, day: int = 1) -> None:
@@ -483,9 +520,11 @@ def _check_args(rows: int, seed: int, day: int = 1) -> None:
         raise ValueError(f"day must be an integer >= 1, got {day!r}")
 
 
-def _iter_chunks(rows: int, seed: int, chunk_rows: int, day: int = 1) -> Iterator[tuple[pa.Table, np.ndarray]]:
+def _iter_chunks(
+    rows: int, seed: int, chunk_rows: int, day: int = 1, setting: SynthSetting = SETTINGS["criteo"]
+) -> Iterator[tuple[pa.Table, np.ndarray]]:
     """Yield (table, p_true) for consecutive row ranges of at most chunk_rows rows."""
-    world = _world(seed, day)
+    world = _world(seed, day, setting)
     cached_b, cached = -1, None
     for start in range(0, rows, chunk_rows):
         stop = min(rows, start + chunk_rows)
@@ -504,13 +543,16 @@ def _iter_chunks(rows: int, seed: int, chunk_rows: int, day: int = 1) -> Iterato
         chunk = None
 
 
-def generate_table(rows: int, seed: int = 0, day: int = 1) -> tuple[pa.Table, np.ndarray]:
+def generate_table(
+    rows: int, seed: int = 0, day: int = 1, setting: SynthSetting | str = "criteo"
+) -> tuple[pa.Table, np.ndarray]:
     """Return (table with the 40 Criteo columns, p_true float64 array of shape (rows,)) of
-    simulated day ``day`` (see the module docstring)."""
+    simulated day ``day`` under a generator setting (see the module docstring)."""
     _check_args(rows, seed, day)
+    setting = _resolve(setting)
     if rows == 0:
         return _SCHEMA.empty_table(), np.empty(0, dtype=np.float64)
-    parts = list(_iter_chunks(rows, seed, BLOCK_ROWS, day))
+    parts = list(_iter_chunks(rows, seed, BLOCK_ROWS, day, setting))
     table = pa.concat_tables([t for t, _ in parts]).combine_chunks()
     return table, np.concatenate([p for _, p in parts])
 
@@ -520,12 +562,19 @@ def truth_path_for(out: str | Path) -> Path:
     return Path(out).with_suffix(".truth.csv")
 
 
-def write_synth(rows: int, out: str | Path, seed: int = 0, chunk_rows: int = 1_000_000, day: int = 1) -> SynthResult:
-    """Write a headerless tab-separated file in Criteo's raw layout plus `<out minus suffix>.truth.csv`
+def write_synth(
+    rows: int, out: str | Path, seed: int = 0, chunk_rows: int = 1_000_000, day: int = 1,
+    setting: SynthSetting | str = "criteo", header: bool = False,
+) -> SynthResult:
+    """Write a tab-separated file in Criteo's raw layout plus `<out minus suffix>.truth.csv`
     (one column with header `p_true`, one line per row, same order). Generates in chunks of
     chunk_rows so 45M rows fit in bounded memory; the result must not depend on chunk_rows.
-    ``day``: the simulated day (1 = no drift; see the module docstring)."""
+    ``day``: the simulated day (1 = no drift; see the module docstring). ``setting``: the
+    generator's knobs (a name from SETTINGS or a SynthSetting). ``header``: start with the
+    line ``label I1 .. C26`` (tab-separated), so the file can be read without a schema;
+    without it the file is headerless, like Criteo's train.txt."""
     _check_args(rows, seed, day)
+    setting = _resolve(setting)
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     path = Path(out)
@@ -535,8 +584,8 @@ def write_synth(rows: int, out: str | Path, seed: int = 0, chunk_rows: int = 1_0
     # truncated data set behind.
     tmp_path = path.with_name(path.name + ".partial")
     tmp_truth = truth.with_name(truth.name + ".partial")
-    data_opts = pacsv.WriteOptions(include_header=False, delimiter="\t", quoting_style="none",
-                                   batch_size=BLOCK_ROWS)
+    data_opts = pacsv.WriteOptions(include_header=header, delimiter="\t", quoting_style="none",
+                                   quoting_header="none", batch_size=BLOCK_ROWS)
     truth_opts = pacsv.WriteOptions(include_header=True, quoting_style="none",
                                     quoting_header="none", batch_size=BLOCK_ROWS)
     truth_schema = pa.schema([pa.field("p_true", pa.float64())])
@@ -546,7 +595,7 @@ def write_synth(rows: int, out: str | Path, seed: int = 0, chunk_rows: int = 1_0
     try:
         with pacsv.CSVWriter(str(tmp_path), _SCHEMA, write_options=data_opts) as data_w, \
                 pacsv.CSVWriter(str(tmp_truth), truth_schema, write_options=truth_opts) as truth_w:
-            for table, p in _iter_chunks(rows, seed, chunk_rows, day):
+            for table, p in _iter_chunks(rows, seed, chunk_rows, day, setting):
                 data_w.write_table(table)
                 truth_w.write_table(pa.table({"p_true": p}, schema=truth_schema))
                 positives += int(pc.sum(table.column("label")).as_py() or 0)
@@ -563,14 +612,14 @@ def write_synth(rows: int, out: str | Path, seed: int = 0, chunk_rows: int = 1_0
     rate = positives / rows if rows else 0.0
     logger.info("synth: wrote %d rows to %s (positive rate %.4f) in %.1fs", rows, path, rate,
                 time.perf_counter() - t0)
-    return SynthResult(path=path, truth_path=truth, rows=rows, positive_rate=rate)
+    return SynthResult(path=path, truth_path=truth, rows=rows, positive_rate=rate, setting=setting)
 
 
-def _teacher_value_norms(field: str, seed: int = 0) -> np.ndarray:
+def _teacher_value_norms(field: str, seed: int = 0, setting: SynthSetting | str = "criteo") -> np.ndarray:
     """Norm of each value's hidden parameters (weight and vector) of categorical ``field``,
     indexed by frequency rank. Internal: lets tests check the signal sits in frequent values."""
     f = [s.name for s in CATEGORICAL_SPECS].index(field)
-    world = _world(seed)
+    world = _world(seed, 1, _resolve(setting))
     o, c = int(world.offsets[f]), int(world.cards[f])
     w = world.cat_w[o:o + c].astype(np.float64)
     v = world.cat_v[o:o + c].astype(np.float64)

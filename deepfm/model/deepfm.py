@@ -74,7 +74,7 @@ class DeepFM(nn.Module):
         """``embedding``: a module with FieldEmbedding's forward to use instead of the one shared
         table (deepfm.sharded passes per-field tables sharded over processes)."""
         super().__init__()
-        config = config.resolved(layout.n_fields)
+        config = config.resolved(layout)
         self.layout, self.config = layout, config
         d = config.embedding_dim
         self.embedding = embedding or FieldEmbedding(
@@ -85,7 +85,7 @@ class DeepFM(nn.Module):
         self.cross = CrossNetwork(in_dim, config.cross_layers) if config.kind == "dcn" else None
         if config.uses_dnn:
             mlp_in = in_dim * 2 if self.cross is not None else in_dim
-            self.dnn: MLP | None = MLP(mlp_in, list(config.hidden), config.activation, config.dropout, config.batch_norm)
+            self.dnn: MLP | None = MLP(mlp_in, list(config.hidden), config.activation, config.dropout, bool(config.batch_norm))
         else:
             self.dnn = None
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from deepfm.bundle import Bundle
-from deepfm.config import RunConfig
+from deepfm.config import RunConfig, rows_per_table_row
 from deepfm.data.encoded import EncodedDataset
 from deepfm.data.sampling import downsample
 from deepfm.features.pipeline import FeaturePipeline
@@ -39,7 +39,7 @@ from deepfm.training.inputs import RUN, RunInputs, check_resume, check_start, wr
 from deepfm.training.parts import Parts, prepare
 from deepfm.training.progress import History
 from deepfm.training.trainer import Trainer
-from deepfm.training.warm import check_compatible, warm_start_weights
+from deepfm.training.warm import check_compatible, warm_model_config, warm_start_weights
 from deepfm.util.files import sha256_file
 from deepfm.util.metrics import calibration, logloss, roc_curve, summary
 
@@ -155,7 +155,7 @@ class _Job:
                 write_run(self.out, self.config, self.inputs, self.ctx.world)
         with tempfile.TemporaryDirectory(prefix=".encoded-", dir=self.out) as tmp:
             prepared = self.prepare(Path(tmp))
-            model, warm = self.build_model(prepared.pipeline)
+            model, warm = self.build_model(prepared.pipeline, len(prepared.parts.train))
             trainer, history, fitted = self.fit(model, prepared.parts, on_epoch, resume)
             metrics = self.metrics(prepared, trainer, history, warm, fitted)
             evaluated = self.evaluate(trainer, prepared.parts, metrics)
@@ -197,13 +197,16 @@ class _Job:
             log.info("negative downsampling at %g: %d of %d training rows kept", inputs.neg_sample_rate, len(parts.train), rows_before)
         return _Prepared(pipeline, parts, hit, rows_before, train_profile, time.perf_counter() - t0)
 
-    def build_model(self, pipeline: FeaturePipeline) -> tuple[DeepFM, dict[str, Any] | None]:
-        """The model for ``pipeline``'s inputs, seeded by train.seed, warm-started when asked."""
+    def build_model(self, pipeline: FeaturePipeline, train_rows: int) -> tuple[DeepFM, dict[str, Any] | None]:
+        """The model for ``pipeline``'s inputs and ``train_rows`` training rows (its "auto"
+        settings), seeded by train.seed, warm-started when asked."""
         seed = self.config.train.seed
         # Seed here, at the top of the job (not in constructors): init, dropout and shuffling
         # all follow from train.seed.
         torch.manual_seed(seed)
-        model = DeepFM(InputLayout.of(pipeline), self.config.model)
+        layout = InputLayout.of(pipeline)
+        model_config = warm_model_config(self.config.model, self.base) if self.base is not None else self.config.model
+        model = DeepFM(layout, model_config.resolved(layout, train_rows))
         warm: dict[str, Any] | None = None
         if self.base is not None:
             warm = {"from": str(self.inputs.warm_start), **warm_start_weights(model, pipeline, self.base)}
@@ -221,11 +224,13 @@ class _Job:
     ) -> tuple[Trainer, History, dict[str, Any] | None]:
         """Train ``model`` (from the checkpoint when resuming) and calibrate it on the valid part."""
         cfg, ctx, checkpoint = self.config.train, self.ctx, self.out / CHECKPOINT
+        layout = model.layout
         batch_size = cfg.resolve_batch_size(len(parts.train))
+        density = rows_per_table_row(len(parts.train), layout)
+        cfg = dataclasses.replace(cfg, batch_size=batch_size, embedding_lr=cfg.resolve_embedding_lr(density))
         # The run's "auto" settings made concrete, in the config saved with the model: it
         # trains the same model again.
-        self.config = dataclasses.replace(self.config, model=model.config, train=dataclasses.replace(cfg, batch_size=batch_size))
-        layout = model.layout
+        self.config = dataclasses.replace(self.config, model=model.config, train=cfg)
         log.info(
             "training %s on %d rows (%d fields, %d embedding rows), batch %d on %s%s",
             model.config.kind, len(parts.train), layout.n_fields, layout.num_embeddings, batch_size, self.device,
@@ -260,7 +265,13 @@ class _Job:
             "train_rows_before_downsampling": prepared.rows_before,
             "neg_sample_rate": self.inputs.neg_sample_rate,
             "warm_start": warm,
-            "resolved": {"init_std": config.model.init_std, "batch_size": batch_size},
+            "resolved": {
+                "init_std": config.model.init_std,
+                "batch_norm": config.model.batch_norm,
+                "batch_size": batch_size,
+                "embedding_lr": config.train.embedding_lr,
+                "rows_per_table_row": rows_per_table_row(len(parts.train), trainer.model.layout),
+            },
             "valid_calibration": fitted,
             "train_samples_per_s": history.train_samples / max(history.train_seconds, 1e-9),
             "train_seconds": history.train_seconds,

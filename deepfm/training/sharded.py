@@ -184,7 +184,7 @@ class ShardedDeepFM:
         if sum(t.rows for t in tables) != layout.num_embeddings or len(tables) != layout.n_fields:
             raise ConfigError(f"the field tables ({len(tables)} fields, {sum(t.rows for t in tables)} rows) do not cut "
                               f"this layout's table ({layout.n_fields} fields, {layout.num_embeddings} rows)")  # fmt: skip
-        config = config.resolved(layout.n_fields)  # "auto" init from the fields, as DeepFM does
+        config = config.resolved(layout)  # "auto" settings as DeepFM resolves them
         self.layout, self.config, self.tables = layout, config, list(tables)
         self.world, self.rank = dist.get_world_size(), dist.get_rank()
         self.device = torch.device(device)

@@ -36,6 +36,8 @@ BATCH_SIZES = ("auto", 256, 512, 1024, 2048, 4096)  # auto: see TrainConfig.reso
 EMBEDDING_DIMS = (8, 16, 32)
 MIN_COUNTS = (1, 2, 3, 5, 10)
 INIT_STDS = ("auto", 0.01, 0.03, 0.1)  # auto: see deepfm.model.auto_init_std
+EMBEDDING_LRS = ("auto", 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)  # auto: see TrainConfig.resolve_embedding_lr
+BATCH_NORMS = ("auto", True, False)  # auto: see ModelConfig.resolved
 METRICS = {"auc": "maximize", "logloss": "minimize"}  # valid_<metric> of each trial
 
 
@@ -48,11 +50,12 @@ def suggest(trial: Any, base: RunConfig) -> RunConfig:
         embedding_dim=trial.suggest_categorical("embedding_dim", EMBEDDING_DIMS),
         dropout=trial.suggest_float("dropout", 0.0, 0.5),
         init_std=trial.suggest_categorical("init_std", INIT_STDS),
+        batch_norm=trial.suggest_categorical("batch_norm", BATCH_NORMS),
     )
     training = replace(
         base.train,
         lr=trial.suggest_float("lr", 1e-4, 1e-2, log=True),
-        embedding_lr=trial.suggest_float("embedding_lr", 3e-4, 3e-2, log=True),
+        embedding_lr=trial.suggest_categorical("embedding_lr", EMBEDDING_LRS),
         l2_embedding=trial.suggest_float("l2_embedding", 1e-7, 1e-2, log=True),
         batch_size=trial.suggest_categorical("batch_size", BATCH_SIZES),
         progress=False,
@@ -186,11 +189,20 @@ def _as_params(config: RunConfig) -> dict[str, Any]:
         "embedding_dim": nearest(m.embedding_dim, EMBEDDING_DIMS),
         "dropout": min(max(float(m.dropout), 0.0), 0.5),
         "lr": min(max(t.lr, 1e-4), 1e-2),
-        "embedding_lr": min(max(t.embedding_lr, 3e-4), 3e-2),
+        "embedding_lr": nearest_choice(t.embedding_lr, EMBEDDING_LRS),
         "l2_embedding": min(max(t.l2_embedding, 1e-7), 1e-2),
         "batch_size": t.batch_size if t.batch_size == "auto" else nearest(float(t.batch_size), BATCH_SIZES),
-        "init_std": "auto" if m.init_std == "auto" else min(INIT_STDS[1:], key=lambda c: abs(math.log(float(c) / float(m.init_std)))),
+        "init_std": nearest_choice(m.init_std, INIT_STDS),
+        "batch_norm": m.batch_norm,
     }
+
+
+def nearest_choice(value: float | str, choices: tuple[Any, ...]) -> Any:
+    """"auto" as itself, a number as the choice nearest it on a log scale."""
+    if value == "auto":
+        return value
+    numbers = [c for c in choices if c != "auto"]
+    return min(numbers, key=lambda c: abs(math.log(float(c) / float(value))))
 
 
 def to_markdown(summary: dict[str, Any]) -> str:

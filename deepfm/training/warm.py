@@ -49,9 +49,19 @@ def check_compatible(old: Bundle, config_schema: Any, model_config: Any) -> None
     if [f.name for f in config_schema.fields] != list(old_fields):
         raise ConfigError(f"warm start from {old.path}: the fields must be that model's, in its order: {list(old_fields)}")
     # The initialization may differ ("auto" against the std it resolved to): the weights come
-    # from the old model, and new rows start as a fresh model's would.
-    if dataclasses.replace(model_config, init_std=old.config.model.init_std) != old.config.model:
+    # from the old model, and new rows start as a fresh model's would. batch_norm "auto"
+    # keeps the old model's choice (see warm_model_config).
+    if dataclasses.replace(warm_model_config(model_config, old), init_std=old.config.model.init_std) != old.config.model:
         raise ConfigError(f"warm start from {old.path}: the model settings must stay as they were ({old.config.model})")
+
+
+def warm_model_config(model_config: Any, old: Bundle) -> Any:
+    """The model settings a warm start from ``old`` trains with: "auto" batch norm is the old
+    model's (its layers and statistics carry over; data-dependent settings must not change the
+    architecture under a warm start)."""
+    if model_config.batch_norm == "auto":
+        return dataclasses.replace(model_config, batch_norm=old.config.model.batch_norm)
+    return model_config
 
 
 def row_map(old: FeaturePipeline, new: FeaturePipeline, field: str) -> tuple[np.ndarray, np.ndarray]:

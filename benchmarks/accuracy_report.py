@@ -1,0 +1,337 @@
+"""The accuracy benchmark's summaries, checks and page (docs/accuracy.md).
+
+Everything here is computed from the runs in the results JSON; no number is written by hand.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from benchlib import DISPLAY
+
+# The rows of a data set's table, in order: deepfm's runs, then the peers.
+DEEPFM_ROWS = {
+    "deepfm": "deepfm (defaults)",
+    "deepfm-fm": "deepfm --model fm",
+    "deepfm-lr": "deepfm --model lr",
+    "deepfm-inferred": "deepfm, schema inferred",
+}
+PEER_ROWS = ["deepctr", "fuxictr", "torchfm"]
+BIG_ROWS = 300_000  # data sets this large must give deepfm a margin over the best peer
+AUC_MARGIN = 0.005  # that margin, and how close the inferred schema must come to the written one
+SPREAD = 2.0  # "beyond the seed spread": a difference of means above SPREAD x the larger sd
+
+
+def row_key(run: dict) -> str:
+    """Which table row a run belongs to: deepfm's variant, or the peer."""
+    return run["library"] if run["library"] != "deepfm" else ("deepfm" if run["variant"] == "defaults" else f"deepfm-{run['variant']}")
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def stats(runs: list[dict]) -> dict[str, Any]:
+    """Mean and sample sd over seeds of one row's successful runs."""
+    auc, auc_sd = _mean_sd([r["test_auc"] for r in runs])
+    ll, ll_sd = _mean_sd([r["test_logloss"] for r in runs])
+    return {
+        "runs": len(runs),
+        "seeds": sorted(r["seed"] for r in runs),
+        "test_auc": auc, "test_auc_sd": auc_sd, "test_logloss": ll, "test_logloss_sd": ll_sd,
+        "valid_auc": statistics.fmean(r["valid_auc"] for r in runs),
+        "epochs": [r["epochs"] for r in runs],
+        "stopped_early": all(r.get("stopped_early", True) for r in runs),
+        "batch_size": sorted({r["batch_size"] for r in runs}),
+        "train_seconds": statistics.fmean(r["train_seconds"] for r in runs),
+        "train_samples_per_s": statistics.fmean(r["train_samples_per_s"] for r in runs),
+    }  # fmt: skip
+
+
+def summarize(runs: list[dict]) -> dict[str, dict]:
+    """Per table row, the stats of its runs. A peer tried at several batch sizes keeps the
+    batch size with the better mean validation AUC over seeds; the others are listed."""
+    rows: dict[str, dict] = {}
+    for key in [*DEEPFM_ROWS, *PEER_ROWS]:
+        mine = [r for r in runs if r["ok"] and row_key(r) == key]
+        if not mine:
+            continue
+        by_batch = {b: [r for r in mine if r["batch_size"] == b] for b in sorted({r["batch_size"] for r in mine})}
+        if key in PEER_ROWS and len(by_batch) > 1:
+            tried = {b: stats(rs) for b, rs in by_batch.items()}
+            best = max(tried, key=lambda b: tried[b]["valid_auc"])
+            rows[key] = tried[best] | {"batch_chosen": best, "batches_tried": {
+                str(b): {k: s[k] for k in ("valid_auc", "test_auc", "test_logloss", "epochs")} for b, s in tried.items()}}
+        else:
+            rows[key] = stats(mine)
+    return rows
+
+
+def best_peer(rows: dict[str, dict], metric: str = "test_auc") -> str | None:
+    peers = [p for p in PEER_ROWS if p in rows]
+    if not peers:
+        return None
+    return max(peers, key=lambda p: rows[p][metric]) if metric == "test_auc" else min(peers, key=lambda p: rows[p][metric])
+
+
+def beyond_spread(rows: dict[str, dict], hi: str, lo: str) -> tuple[bool, float, float]:
+    """Whether row hi's mean test AUC exceeds row lo's by more than SPREAD x the larger sd."""
+    diff = rows[hi]["test_auc"] - rows[lo]["test_auc"]
+    bar = SPREAD * max(rows[hi]["test_auc_sd"], rows[lo]["test_auc_sd"])
+    return diff > bar, diff, bar
+
+
+def checks(datasets: list[dict], summaries: dict[str, dict]) -> list[dict]:
+    """The benchmark's checks, each PASS, FAIL or n/a (rows missing), with the numbers.
+    ``datasets``: name, rows (nominal), family, setting, header (a schema-inferred run is due)."""
+    out: list[dict] = []
+
+    def add(check: str, name: str, ok: bool | None, text: str) -> None:
+        out.append({"check": check, "dataset": name, "result": "n/a" if ok is None else ("PASS" if ok else "FAIL"), "line": text})
+
+    for ds in datasets:
+        name, rows = ds["name"], summaries.get(ds["name"], {})
+        mine, peer = rows.get("deepfm"), best_peer(rows)
+        margin = AUC_MARGIN if ds["rows"] >= BIG_ROWS else 0.0
+        if mine and peer:
+            bar = rows[peer]["test_auc"] + margin
+            add("auc_vs_peers", name, mine["test_auc"] >= bar,
+                f"{name}: deepfm defaults' test AUC {mine['test_auc']:.4f} >= best peer ({DISPLAY[peer]}) "
+                f"{rows[peer]['test_auc']:.4f}{f' + {margin}' if margin else ''}")  # fmt: skip
+            lpeer = best_peer(rows, "test_logloss")
+            add("logloss_vs_peers", name, mine["test_logloss"] <= rows[lpeer]["test_logloss"],
+                f"{name}: deepfm defaults' test logloss {mine['test_logloss']:.4f} <= best peer ({DISPLAY[lpeer]}) "
+                f"{rows[lpeer]['test_logloss']:.4f}")  # fmt: skip
+        else:
+            add("auc_vs_peers", name, None, f"{name}: deepfm defaults vs the best peer: {'no peer runs' if mine else 'no deepfm runs'}")
+        if ds["family"] == "synth" and ds["rows"] >= 1_000_000:
+            _order_check(add, name, rows)
+        if ds["family"] == "synth" and ds["rows"] == BIG_ROWS:
+            if "deepfm" in rows and "deepfm-lr" in rows:
+                d, lr = rows["deepfm"]["test_auc"], rows["deepfm-lr"]["test_auc"]
+                add("deepfm_ge_lr", name, d >= lr, f"{name}: DeepFM {d:.4f} >= LR {lr:.4f}")
+            else:
+                add("deepfm_ge_lr", name, None, f"{name}: DeepFM >= LR: runs missing")
+        if ds.get("header"):
+            inf = rows.get("deepfm-inferred")
+            if mine and inf:
+                gap = inf["test_auc"] - mine["test_auc"]
+                add("inferred_schema", name, abs(gap) <= AUC_MARGIN,
+                    f"{name}: schema inferred {inf['test_auc']:.4f} within {AUC_MARGIN} of the written schema "
+                    f"{mine['test_auc']:.4f} (difference {gap:+.4f})")  # fmt: skip
+            else:
+                add("inferred_schema", name, None, f"{name}: inferred vs written schema: runs missing")
+    return out
+
+
+def _order_check(add, name: str, rows: dict[str, dict]) -> None:
+    """DeepFM > FM > LR, each step beyond the seed spread."""
+    if not all(k in rows for k in ("deepfm", "deepfm-fm", "deepfm-lr")):
+        add("deepfm_fm_lr_order", name, None, f"{name}: DeepFM > FM > LR: runs missing")
+        return
+    ok1, d1, bar1 = beyond_spread(rows, "deepfm", "deepfm-fm")
+    ok2, d2, bar2 = beyond_spread(rows, "deepfm-fm", "deepfm-lr")
+    add("deepfm_fm_lr_order", name, ok1 and ok2,
+        f"{name}: DeepFM > FM by {d1:+.4f} (needs > {bar1:.4f}) and FM > LR by {d2:+.4f} (needs > {bar2:.4f})")  # fmt: skip
+
+
+# ---------------------------------------------------------------- page
+def _cell(mean: float, sd: float) -> str:
+    return f"{mean:.4f} ± {sd:.4f}"
+
+
+def table(rows: dict[str, dict], truth: dict | None) -> str:
+    head = "| library / model | test AUC | test logloss | epochs | batch | train s | train samples/s |"
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|"]
+    names = DEEPFM_ROWS | {p: DISPLAY[p] for p in PEER_ROWS}
+    for key, label in names.items():
+        r = rows.get(key)
+        if r is None:
+            continue
+        epochs = "–".join(str(e) for e in sorted({min(r["epochs"]), max(r["epochs"])}))
+        batch = "/".join(str(b) for b in r["batch_size"]) + (" (chosen)" if "batch_chosen" in r else "")
+        lines.append(
+            f"| {label} | {_cell(r['test_auc'], r['test_auc_sd'])} | {_cell(r['test_logloss'], r['test_logloss_sd'])} "
+            f"| {epochs} | {batch} | {r['train_seconds']:,.1f} | {r['train_samples_per_s']:,.0f} |"
+        )
+    if truth:
+        lines.append(f"| Bayes-optimal (true p) | {truth['test_auc']:.4f} | {truth['test_logloss']:.4f} | | | | |")
+    return "\n".join(lines)
+
+
+def batch_notes(rows: dict[str, dict]) -> str:
+    notes = []
+    for p in PEER_ROWS:
+        tried = rows.get(p, {}).get("batches_tried")
+        if tried:
+            parts = ", ".join(f"{b}: valid {t['valid_auc']:.4f} / test {t['test_auc']:.4f}" for b, t in tried.items())
+            notes.append(f"{DISPLAY[p]} {rows[p]['batch_chosen']} ({parts})")
+    return ("Batch chosen by mean validation AUC: " + "; ".join(notes) + ".") if notes else ""
+
+
+def render(report: dict, results: Any, study: Any = None) -> str:
+    """docs/accuracy.md from a finished results file, and the defaults study's runs (a
+    defaults-study-*.jsonl of benchmarks/defaults_study.py) when there is one."""
+    from pathlib import Path
+
+    from benchlib import ROOT
+
+    path = Path(results)
+    rel = path.relative_to(ROOT) if path.is_relative_to(ROOT) else None
+    raw = f"[`{rel}`](../{rel})" if rel else f"`{path.name}` (outside the repository)"
+    marks = [c["result"] for c in report["checks"]]
+    seeds = ", ".join(str(s) for s in report["seeds"])
+    peer_runs = [r for r in report["runs"] if r["library"] in PEER_ROWS]
+    reused = sum(1 for r in peer_runs if r.get("reused"))
+    quick = "\n**A --quick smoke run: a few thousand rows per data set, two epochs. Not a result.**\n" if report["quick"] else ""
+    parts = [
+        "# Accuracy: deepfm beside DeepCTR-Torch, FuxiCTR and pytorch-fm\n",
+        f"Generated by `benchmarks/accuracy.py` on {report['date']}; do not edit by hand, rerun it.{quick}\n",
+        f"```bash\n{report['command']}    # with the project's .venv active\n```\n",
+        f"{marks.count('PASS')} of {len(marks)} checks pass ({marks.count('FAIL')} fail, {marks.count('n/a')} n/a). "
+        f"Seeds {seeds}: every figure is the mean ± sample sd over them. {reused} of {len(peer_runs)} peer runs "
+        f"were taken from an earlier results file (`--reuse`). Raw runs, summaries and versions: {raw}.\n",
+        "## Checks\n",
+        "\n".join(f"- **{c['result']}** {c['line']}" for c in report["checks"]) + "\n",
+        f"\"Beyond the seed spread\": the difference of the means is larger than {SPREAD:g} × the larger of the two "
+        f"sample sds. Data sets of {BIG_ROWS:,} rows and more ask deepfm for {AUC_MARGIN} AUC over the best peer.\n",
+        "## Data sets\n",
+        _datasets_table(report["datasets"]),
+        "## Results\n",
+    ]
+    for ds in report["datasets"]:
+        rows = report["summary"].get(ds["name"], {})
+        parts.append(f"### {ds['title']} (`{ds['name']}`)\n")
+        parts.append(table(rows, ds.get("truth")) + "\n")
+        notes = batch_notes(rows)
+        if notes:
+            parts.append(notes + "\n")
+    parts.append(defaults_section(study))
+    settings = report["peer_settings"]
+    parts.append(PROTOCOL_TEXT.format(**settings | {"small_batches": " and ".join(str(b) for b in settings["small_batches"])}))
+    parts.append(_settings_table(report))
+    parts.append(_machine(report))
+    return "\n".join(parts)
+
+
+def _datasets_table(datasets: list[dict]) -> str:
+    lines = ["| data set | source | train / valid / test rows | fields | peers' ids | test click rate | Bayes AUC / logloss (test) |",
+             "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for ds in datasets:
+        p, t = ds["parts"], ds.get("truth")
+        src = ds["source"]
+        where = f"`deepfm synth --setting {ds['setting']} --header`" if ds["family"] == "synth" else f"`{src.get('file', '')}`"
+        bayes = f"{t['test_auc']:.4f} / {t['test_logloss']:.4f}" if t else "unknown"
+        rate = f"{ds['test_click_rate']:.3f}"
+        lines.append(f"| {ds['name']} | {where} | {p['train']:,} / {p['valid']:,} / {p['test']:,} | {ds['fields']} "
+                     f"| {ds['peer_vocabulary']:,} | {rate} | {bayes} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _settings_table(report: dict) -> str:
+    """The generator settings of the synth data sets, with what was measured on their test parts."""
+    from deepfm.data.synth_settings import SETTINGS
+
+    measured = {ds["setting"]: ds["truth"] for ds in report["datasets"] if ds["family"] == "synth" and ds.get("truth")}
+    lines = ["## Generator settings\n", "`deepfm synth --setting NAME` (deepfm/data/synth_settings.py); Bayes AUC and click "
+             "rate measured on the test part of the largest data set of each setting here.\n",
+             "| setting | FM weight | MLP weight | vocabulary scale | Zipf shift | numeric share | target Bayes AUC | Bayes AUC (test) | click rate (test) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for name, s in SETTINGS.items():
+        t = measured.get(name)
+        share = "as drawn" if s.numeric_share is None else f"{s.numeric_share:g}"
+        got = f"{t['test_auc']:.4f} | {t['click_rate']:.3f}" if t else "| "
+        lines.append(f"| {name} | {s.fm_weight:g} | {s.mlp_weight:g} | {s.card_scale:g} | {s.zipf_shift:+g} | {share} "
+                     f"| {s.bayes_auc:g} | {got} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def _machine(report: dict) -> str:
+    env = report["environment"]
+    mine, theirs = env.get("deepfm_env", {}), env.get("peers_env", {})
+    v, pv = mine.get("versions", {}), theirs.get("versions", {})
+    commit = (env.get("deepfm_commit") or "unknown") + (" with uncommitted changes in deepfm/" if env.get("deepfm_tree_dirty") else "")
+    peers = ", ".join(f"{DISPLAY[p]} {pv.get(k, '?')}" for p, k in (("deepctr", "deepctr-torch"), ("fuxictr", "fuxictr"), ("torchfm", "torchfm")))
+    stack = ", ".join(f"{k} {x}" for k, x in pv.items() if k not in ("deepctr-torch", "fuxictr", "torchfm"))
+    nice = (" The run had a lower priority (`nice`) and shared the machine with other work: train seconds and samples/s "
+            "are noisy, compare them within a table only.") if report["command"].startswith("nice ") else ""  # fmt: skip
+    threads = (f", set for every run alike by `--threads {report['threads']}` (OMP_NUM_THREADS)"
+               if report.get("threads") else "")  # fmt: skip
+    return f"""## Machine and versions
+
+- CPU: {env.get('cpu')}, {env.get('cores')} cores, {env.get('ram_gib')} GiB RAM; {env.get('os')}; no GPU used.{nice}
+- Python {mine.get('python', '?')}; deepfm {v.get('deepfm', '?')} at commit {commit}, torch {v.get('torch', '?')}, numpy {v.get('numpy', '?')}
+- Peers ({'their own venv' + (', versions as recorded in the reused results file' if theirs.get('from') else '') if theirs else 'not run'}): {peers if theirs else '-'}; {stack or '-'}
+- torch threads per process: {mine.get('torch_threads', '?')} (deepfm), {theirs.get('torch_threads', '-')} (peers){threads}
+"""
+
+
+def defaults_section(study: Any) -> str:
+    """What each default is and why, with the study's table (mean ± sd over its seeds)."""
+    import json
+    from pathlib import Path
+
+    from defaults_study import summary_table
+
+    if study is None or not Path(study).exists():
+        return DEFAULTS_TEXT + "\n(No defaults-study results file: run benchmarks/defaults_study.py.)\n"
+    rows = [json.loads(line) for line in Path(study).read_text().splitlines() if line.strip()]
+    head = (f"Each setting forced to a fixed value beside the defaults, by `benchmarks/defaults_study.py` "
+            f"(runs in `benchmarks/results/{Path(study).name}`; \"rows per table row\": the training rows x fields "
+            f"over the embedding table's rows, which the auto settings read):\n")  # fmt: skip
+    return DEFAULTS_TEXT + "\n" + head + "\n" + summary_table(rows) + "\n"
+
+
+DEFAULTS_TEXT = """## The defaults and the evidence
+
+`deepfm train` with no flags resolves every `auto` setting from the training data and writes the
+values it chose into the model's `config.json` and `metrics.json` (`resolved`), so a run trains
+the same model again from its own config.
+
+| setting | default | why |
+|---|---|---|
+| `model.init_std` | `auto`: `sqrt(0.1 / sqrt(P·D))`, clipped to [0.01, 0.1] (P field pairs, D = embedding size) | the FM pairwise term starts with std 0.1 in logit units whatever the number of fields: larger starts let rare values' random vectors swamp small data, smaller ones slow interaction-heavy data |
+| `model.batch_norm` | `auto`: on when each table row is seen 60 times or more in training | batch norm fits the MLP fast: a gain where values are seen often, memorization where most are rare (the `batch_norm on` / `off` rows below) |
+| `train.embedding_lr` | `auto`: 1e-3 below 60 rows per table row, else 3e-3 | rare values' vectors memorize their few clicks at the larger step; frequent ones learn faster with it |
+| `train.batch_size` | `auto`: about 32 steps per epoch on small data, 4096 from ~93k training rows | small data with a CTR-sized batch gets two steps an epoch |
+| `train.lr` | 1e-3 (Adam, dense parameters) | the common choice of every peer |
+| `train.epochs`, `patience`, `min_improvement` | 50, 2, 1e-4 | training ends by early stopping on validation AUC (the `epochs` column never reaches 50); a drop of less than 0.001 from the best counts as a stall and training goes on, a larger one goes back to the best epoch's weights with the learning rates × `lr_decay` 0.1 |
+| `train.calibrate` | true | Platt scaling fitted on the validation rows: early stopping keeps the epoch of the best AUC, often past the best logloss; skipped with fewer than 50 rows of a class or where it would reverse the ranking |
+| `model.dropout`, `l2_embedding` | 0.2, 1e-5 | dropout 0 fit worse on every set tried; a larger L2 on the rows a batch uses (1e-4 and up) held Frappe's validation AUC on a plateau for good |
+| `embedding_dim`, `hidden` | 16, 400×400×400 | the DeepFM paper's MLP; `deepfm tune` searches both |
+"""
+
+
+PROTOCOL_TEXT = """## Protocol
+
+- **deepfm**: `deepfm train <data flags> --seed S` with nothing else: its defaults choose the batch
+  size, learning rates, regularization, epochs (early stopping on validation AUC) and everything
+  else. `--model lr` and `--model fm` are the same code with parts switched off. "schema
+  inferred": the same file with a header, no `--preset`, only `--label label`. Numbers come from
+  the model folder's `metrics.json` (test metrics of the restored best epoch).
+- **Peers**: each data set is encoded once for all three (benchmarks/peers/encode.py): every
+  field categorical, vocabularies fitted on the training part, values seen fewer than
+  {min_count} times there and unseen values share one OOV id per field, a missing value is a value
+  of its own, Criteo's counts log-bucketized (v > 2: floor(log(v)²)), a libFM field's value is its
+  feature index. Each library's own DeepFM: embedding {embedding_dim}, MLP {hidden} ReLU, Adam lr {lr:g},
+  validation AUC after every epoch, the best epoch's weights kept, patience {patience}, at most
+  {max_epochs} epochs (`epochs` in the tables: how many ran, min–max over seeds). Batch {large_batch} from
+  {small_train_rows:,} training rows up; below, every seed at {small_batches} and the batch size with the
+  better mean validation AUC is kept. Everything else is the library's default:
+  - **DeepCTR-Torch**: `DeepFM` with its defaults (L2 1e-5 on embeddings and the linear part, init std
+    1e-4, no dropout, no batch norm), `compile('adam', 'binary_crossentropy', metrics=['auc'])`, `fit` with
+    its own `EarlyStopping(monitor='val_auc', restore_best_weights=True)` callback. Its loss is summed
+    over the batch, not averaged, and it casts ids through float32.
+  - **FuxiCTR**: the model zoo's DeepFM rebuilt from the pip package's layers (the package ships no
+    zoo) with the zoo's and `BaseModel`'s defaults: no regularization, dropout or batch norm, embeddings
+    N(0, 1e-4), gradients clipped at norm 10, learning rate × 0.1 after each epoch without a better
+    validation AUC (`reduce_lr_on_plateau`), and `BaseModel.fit`'s own early stopping, which reloads the
+    best checkpoint.
+  - **pytorch-fm**: `DeepFactorizationMachineModel` as the library builds it (batch norm after every
+    hidden layer, first-order weights N(0, 1)), dropout 0.2 and Adam weight decay 1e-6 from its
+    `examples/main.py` (the model has no default dropout), and that example's loop with its
+    `EarlyStopper` (num_trials = patience), `BCELoss` on the sigmoid output.
+- Train seconds and samples/s count the training loop only (not validation, checkpoints or
+  preprocessing), summed over the epochs that ran.
+"""

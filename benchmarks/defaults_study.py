@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""The evidence for deepfm's "auto" defaults: each one forced to a fixed value, beside the defaults.
+
+    .venv/bin/python benchmarks/defaults_study.py --datasets criteo-10k,frappe,synth-*-100k --threads 1
+    .venv/bin/python benchmarks/defaults_study.py --summary benchmarks/results/defaults-study-DATE.jsonl
+
+It trains `deepfm train` on the data sets of benchmarks/accuracy.py (same files, same splits,
+same workdir layout) once per seed and per variant: "defaults", then one setting forced at a
+time through a config that holds only `model:` or `train:` (the fields come from `--preset` as
+in the accuracy benchmark). Every run appends one JSON line to the results file, with the
+values the run resolved (metrics.json "resolved": batch size, init_std, batch_norm,
+embedding_lr, rows per table row), so a stopped study keeps what it finished. `--summary`
+prints the mean ± sd test AUC and logloss of every (data set, variant) as a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+import accuracy_data as data
+from benchlib import BENCH, check_deepfm, log, run_measured
+
+# Each variant: the config sections it forces; everything else stays at the defaults.
+VARIANTS: dict[str, dict[str, dict]] = {
+    "defaults": {},
+    "batch_norm on": {"model": {"batch_norm": True}},
+    "batch_norm off": {"model": {"batch_norm": False}},
+    "embedding_lr 1e-3": {"train": {"embedding_lr": 1e-3}},
+    "embedding_lr 3e-3": {"train": {"embedding_lr": 3e-3}},
+    "init_std 0.01": {"model": {"init_std": 0.01}},
+    "init_std 0.1": {"model": {"init_std": 0.1}},
+    "no calibration": {"train": {"calibrate": False}},
+    "patience 3": {"train": {"patience": 3}},
+    "no lr decay": {"train": {"lr_decay": 1.0}},
+    "dropout 0": {"model": {"dropout": 0.0}},
+}
+RECORDED = ("test_auc", "test_logloss", "valid_auc", "valid_logloss", "epochs", "best_epoch", "batch_size",
+            "train_rows", "train_samples_per_s", "resolved")  # fmt: skip
+
+
+def main() -> int:
+    args = parse_args()
+    if args.summary:
+        print(summary_table([json.loads(line) for line in args.summary.read_text().splitlines() if line.strip()]))
+        return 0
+    datasets = data.select(args.datasets)
+    data.check_shared(datasets)
+    check_deepfm()
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
+    results = args.results or BENCH / "results" / f"defaults-study-{dt.date.today().isoformat()}.jsonl"
+    for ds in datasets:
+        log(f"=== {ds.name}")
+        prepared = data.prepare(ds, args.workdir, None, quick=False)
+        for seed in args.seeds:
+            for variant in args.variants:
+                row = run_variant(ds, prepared, variant, seed, args)
+                with results.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+    log(f"results appended to {results}")
+    return 0
+
+
+def run_variant(ds: data.DataSet, prepared: data.Prepared, variant: str, seed: int, args: argparse.Namespace) -> dict:
+    """One `deepfm train` with the data set's flags and ``variant``'s config; its metrics."""
+    scratch = args.workdir / "study" / ds.name / f"{variant.replace(' ', '_')}-{seed}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    cmd = [sys.executable, "-m", "deepfm", "train", *prepared.deepfm_args, "--seed", str(seed),
+           "--out", str(scratch / "model"), "--quiet"]  # fmt: skip
+    if VARIANTS[variant]:
+        (scratch / "study.yaml").write_text(yaml.safe_dump(VARIANTS[variant]))
+        cmd += ["--config", str(scratch / "study.yaml")]
+    env = os.environ | {"DEEPFM_CACHE_DIR": str(args.workdir / "deepfm-cache")}
+    log(f"{ds.name} seed {seed}: {variant} ...")
+    status, seconds, _, _, stderr = run_measured(cmd, scratch, args.timeout, env=env)
+    row = {"dataset": ds.name, "variant": variant, "seed": seed, "ok": status == 0, "process_seconds": seconds}
+    if status != 0:
+        log(f"  failed ({status}): {stderr[-500:]}")
+        return row
+    m = json.loads((scratch / "model" / "metrics.json").read_text())
+    row |= {k: m[k] for k in RECORDED if k in m}
+    log(f"  test AUC {row['test_auc']:.4f}, logloss {row['test_logloss']:.4f}, {row['epochs']} epochs")
+    shutil.rmtree(scratch / "model", ignore_errors=True)
+    return row
+
+
+def summary_table(rows: list[dict]) -> str:
+    """Markdown: one line per (data set, variant), mean ± sd over seeds, and the difference of
+    the mean test AUC from the defaults' on the same data set."""
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in rows:
+        if r.get("ok"):
+            groups[(r["dataset"], r["variant"])].append(r)
+    lines = ["| data set | rows per table row | variant | seeds | test AUC | vs defaults | test logloss | epochs |",
+             "|---|---:|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for (name, variant), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "defaults", kv[0][1])):
+        auc = np.array([r["test_auc"] for r in runs])
+        ll = np.array([r["test_logloss"] for r in runs])
+        base = groups.get((name, "defaults"))
+        delta = f"{auc.mean() - np.mean([r['test_auc'] for r in base]):+.4f}" if base and variant != "defaults" else ""
+        density = runs[0].get("resolved", {}).get("rows_per_table_row")
+        lines.append(
+            f"| {name} | {'' if density is None else f'{density:.0f}'} | {variant} | {len(runs)} | "
+            f"{auc.mean():.4f} ± {_sd(auc):.4f} | {delta} | {ll.mean():.4f} ± {_sd(ll):.4f} | "
+            f"{np.mean([r['epochs'] for r in runs]):.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def _sd(values: np.ndarray) -> float:
+    return float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--datasets", default="criteo-10k,frappe,synth-*-100k", help="names or patterns, as accuracy.py takes")
+    p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of: {', '.join(VARIANTS)}")
+    p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "deepfm-accuracy",
+                   help="data, caches and scratch (shared with accuracy.py)")  # fmt: skip
+    p.add_argument("--results", type=Path, help="JSON lines to append to (default benchmarks/results/defaults-study-DATE.jsonl)")
+    p.add_argument("--threads", type=int, help="torch threads of every run")
+    p.add_argument("--timeout", type=float, default=4 * 3600, help="seconds before one run is killed")
+    p.add_argument("--summary", type=Path, metavar="RESULTS.jsonl", help="print the table of a results file and stop")
+    args = p.parse_args()
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.variants = [v.strip() for v in args.variants.split(",")]
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    return args
+
+
+if __name__ == "__main__":
+    sys.exit(main())

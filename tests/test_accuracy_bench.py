@@ -1,0 +1,94 @@
+"""The accuracy benchmark's own logic (benchmarks/accuracy_*.py): the checks computed from
+runs, the peers' batch choice, and Frappe's libFM lines as a CSV. No training here."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import accuracy_data  # noqa: E402
+from accuracy_report import beyond_spread, checks, summarize  # noqa: E402
+
+
+def _run(library: str, seed: int, auc: float, logloss: float = 0.45, variant: str = "peer", batch: int = 4096,
+         valid: float | None = None) -> dict:  # fmt: skip
+    return {"dataset": "d", "library": library, "variant": variant, "seed": seed, "ok": True, "test_auc": auc,
+            "test_logloss": logloss, "valid_auc": auc if valid is None else valid, "epochs": 3, "batch_size": batch,
+            "train_seconds": 1.0, "train_samples_per_s": 10.0}  # fmt: skip
+
+
+def _deepfm(variant: str, aucs: list[float], logloss: float = 0.44) -> list[dict]:
+    return [_run("deepfm", s, a, logloss, variant=variant) for s, a in enumerate(aucs, 1)]
+
+
+def test_summary_keeps_the_peer_batch_with_the_better_validation_auc() -> None:
+    runs = [_run("deepctr", s, 0.70, batch=256, valid=0.72) for s in (1, 2)]
+    runs += [_run("deepctr", s, 0.75, batch=2048, valid=0.71) for s in (1, 2)]  # better test, worse valid
+    runs.append(_run("deepctr", 3, 0.10, batch=256) | {"ok": False})  # failed runs are left out
+    row = summarize(runs)["deepctr"]
+    assert row["batch_chosen"] == 256 and row["test_auc"] == pytest.approx(0.70) and row["runs"] == 2
+    assert set(row["batches_tried"]) == {"256", "2048"}
+
+
+def test_checks_pass_and_fail_from_the_numbers() -> None:
+    runs = _deepfm("defaults", [0.800, 0.801, 0.802]) + _deepfm("fm", [0.790, 0.791, 0.792])
+    runs += _deepfm("lr", [0.789, 0.790, 0.791]) + _deepfm("inferred", [0.797, 0.798, 0.799])
+    runs += [_run("fuxictr", s, a, 0.46) for s, a in enumerate([0.797, 0.796, 0.798], 1)]
+    runs += [_run("torchfm", s, a, 0.43) for s, a in enumerate([0.70, 0.70, 0.70], 1)]
+    ds = {"name": "d", "family": "synth", "rows": 1_000_000, "header": True}
+    result = {c["check"]: c["result"] for c in checks([ds], {"d": summarize(runs)})}
+    # 0.801 < 0.797 + 0.005; logloss 0.44 > pytorch-fm's 0.43; FM - LR = 0.001 < 2 x sd 0.001
+    assert result == {"auc_vs_peers": "FAIL", "logloss_vs_peers": "FAIL", "deepfm_fm_lr_order": "FAIL",
+                      "inferred_schema": "PASS"}  # fmt: skip
+    small = ds | {"rows": 100_000}
+    result = {c["check"]: c["result"] for c in checks([small], {"d": summarize(runs)})}
+    assert result["auc_vs_peers"] == "PASS" and "deepfm_fm_lr_order" not in result
+    assert {c["result"] for c in checks([ds], {"d": summarize(_deepfm("defaults", [0.8]))})} == {"n/a"}
+
+
+def test_beyond_spread_uses_the_larger_sd() -> None:
+    rows = {"a": {"test_auc": 0.80, "test_auc_sd": 0.001}, "b": {"test_auc": 0.797, "test_auc_sd": 0.002}}
+    assert beyond_spread(rows, "a", "b") == (False, pytest.approx(0.003), pytest.approx(0.004))
+    rows["b"]["test_auc_sd"] = 0.001
+    assert beyond_spread(rows, "a", "b")[0]
+
+
+def test_frappe_libfm_to_csv(tmp_path: Path) -> None:
+    lines = [
+        "1 266:1 1244:1 5042:1 5049:1 5054:1 5055:1 5058:1 5062:1 5074:1 5149:1\r\n",
+        "-1 138:1 1296:1 5041:1 5052:1 5053:1 5055:1 5058:1 5061:1 5085:1 5201:1\r\n",
+    ]
+    src = tmp_path / "f.libfm"
+    src.write_text("".join(lines))
+    other = tmp_path / "g.libfm"
+    other.write_text("-1 0:1 957:1 5039:1 5046:1 5053:1 5055:1 5058:1 5060:1 5069:1 5147:1\n")
+    offsets = accuracy_data.frappe_offsets([src, other])
+    assert offsets == [0, 957, 5039, 5046, 5053, 5055, 5058, 5060, 5069, 5147]
+    dst = tmp_path / "f.csv"
+    accuracy_data.libfm_to_csv(src, dst, offsets)
+    assert dst.read_text().splitlines() == [
+        "label,user,item,daytime,weekday,isweekend,homework,cost,weather,country,city",
+        "1,266,287,3,3,1,0,0,2,5,2",
+        "0,138,339,2,6,0,0,0,1,16,54",
+    ]
+    with pytest.raises(ValueError, match="line 1"):
+        (tmp_path / "bad.libfm").write_text("1 3:1 4:1\n")
+        accuracy_data.libfm_to_csv(tmp_path / "bad.libfm", dst, offsets)
+
+
+def test_defaults_study_table_compares_each_variant_with_the_defaults() -> None:
+    from defaults_study import summary_table
+
+    def row(variant: str, seed: int, auc: float) -> dict:
+        return {"dataset": "d", "variant": variant, "seed": seed, "ok": True, "test_auc": auc, "test_logloss": 0.5,
+                "epochs": 4, "resolved": {"rows_per_table_row": 52.4}}  # fmt: skip
+
+    rows = [row("defaults", 1, 0.70), row("defaults", 2, 0.72), row("batch_norm on", 1, 0.68), row("batch_norm on", 2, 0.68)]
+    rows.append(row("batch_norm on", 3, 0.99) | {"ok": False})  # a failed run is left out
+    lines = summary_table(rows).splitlines()
+    assert lines[2].startswith("| d | 52 | defaults | 2 | 0.7100 ± 0.0141 |")
+    assert lines[3].startswith("| d | 52 | batch_norm on | 2 | 0.6800 ± 0.0000 | -0.0300 |")
