@@ -36,19 +36,35 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 import accuracy_data as data
+import numpy as np
 from accuracy_report import checks, render, summarize
 from benchlib import (
-    BENCH, DISPLAY, DISTRIBUTION, PEERS, ROOT, check_deepfm, command_line, describe_environment, ensure_peer_env, log,
-    read_json_line, run_measured,
-)  # fmt: skip
+    BENCH,
+    DISPLAY,
+    DISTRIBUTION,
+    PEERS,
+    ROOT,
+    check_deepfm,
+    command_line,
+    describe_environment,
+    ensure_peer_env,
+    log,
+    read_json_line,
+    run_measured,
+)
 
 # Bump when anything in the peers' protocol changes, so --reuse stops matching older runs.
 PROTOCOL = "accuracy-1"
-PEER_SETTINGS = {"embedding_dim": 10, "hidden": "400,400,400", "lr": 1e-3, "max_epochs": 50, "patience": 2,
-                 "min_count": 2, "predict_batch": 16384}  # fmt: skip
+PEER_SETTINGS = {
+    "embedding_dim": 10,
+    "hidden": "400,400,400",
+    "lr": 1e-3,
+    "max_epochs": 50,
+    "patience": 2,
+    "min_count": 2,
+    "predict_batch": 16384,
+}
 SMALL_TRAIN_ROWS = 100_000  # below: batches SMALL_BATCHES, keeping the better; from here: LARGE_BATCH
 SMALL_BATCHES = (256, 2048)
 LARGE_BATCH = 4096
@@ -61,7 +77,9 @@ def main() -> int:
     args = parse_args()
     if args.render:  # the page again from a finished results file, nothing trained
         report = add_checks(json.loads(args.render.read_text()))
-        (args.docs or ROOT / "docs" / "accuracy.md").write_text(render(report, args.render, latest_study(args.results_dir)))
+        (args.docs or ROOT / "docs" / "accuracy.md").write_text(
+            render(report, args.render, latest_study(args.results_dir))
+        )
         return 0
     datasets = data.select(args.datasets)
     data.check_shared(datasets)
@@ -82,12 +100,20 @@ def main() -> int:
     default_dir = args.workdir if args.quick else args.results_dir
     results = args.results or (default_dir / f"accuracy-{today}{'-quick' if args.quick else ''}.json")
     report = {
-        "date": today, "command": command_line("accuracy.py"), "quick": args.quick, "protocol": PROTOCOL,
-        "peer_settings": PEER_SETTINGS | {"small_train_rows": SMALL_TRAIN_ROWS, "small_batches": list(SMALL_BATCHES),
-                                          "large_batch": LARGE_BATCH},
-        "seeds": args.seeds, "libraries": args.libs, "threads": args.threads, "environment": env, "complete": False,
-        "datasets": [], "runs": [],
-    }  # fmt: skip
+        "date": today,
+        "command": command_line("accuracy.py"),
+        "quick": args.quick,
+        "protocol": PROTOCOL,
+        "peer_settings": PEER_SETTINGS
+        | {"small_train_rows": SMALL_TRAIN_ROWS, "small_batches": list(SMALL_BATCHES), "large_batch": LARGE_BATCH},
+        "seeds": args.seeds,
+        "libraries": args.libs,
+        "threads": args.threads,
+        "environment": env,
+        "complete": False,
+        "datasets": [],
+        "runs": [],
+    }
     for ds in datasets:
         log(f"=== {ds.name}")
         prepared = data.prepare(ds, args.workdir, peer_python, args.quick)
@@ -111,22 +137,40 @@ def main() -> int:
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--datasets", help="comma-separated names or patterns (default: all), e.g. criteo-10k,frappe,synth-*-100k")
+    p.add_argument(
+        "--datasets", help="comma-separated names or patterns (default: all), e.g. criteo-10k,frappe,synth-*-100k"
+    )
     p.add_argument("--seeds", default="3", help="how many seeds (1..N), or a list like 1,2,3 (default 3)")
     p.add_argument("--libs", default=",".join(LIBRARIES), help=f"comma-separated subset of {','.join(LIBRARIES)}")
-    p.add_argument("--quick", action="store_true", help=f"smoke run: a few thousand rows per data set, {QUICK_EPOCHS} epochs at most")
-    p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "deepfm-accuracy",
-                   help="data, encoded arrays and scratch, outside the repository (default $TMPDIR/deepfm-accuracy)")  # fmt: skip
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke run: a few thousand rows per data set, {QUICK_EPOCHS} epochs at most",
+    )
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "deepfm-accuracy",
+        help="data, encoded arrays and scratch, outside the repository (default $TMPDIR/deepfm-accuracy)",
+    )
     p.add_argument("--render", type=Path, metavar="RESULTS.json", help="write the page from this results file and stop")
-    p.add_argument("--reuse", type=Path, metavar="RESULTS.json", help="take matching peer runs from this earlier results file")
+    p.add_argument(
+        "--reuse", type=Path, metavar="RESULTS.json", help="take matching peer runs from this earlier results file"
+    )
     p.add_argument("--peers-venv", type=Path, default=BENCH / ".venv-peers", help="the peers' virtual environment")
-    p.add_argument("--results-dir", type=Path, default=BENCH / "results", help="(default benchmarks/results; --quick: the workdir)")
+    p.add_argument(
+        "--results-dir", type=Path, default=BENCH / "results", help="(default benchmarks/results; --quick: the workdir)"
+    )
     p.add_argument("--results", type=Path, help="results file (default <results-dir>/accuracy-<date>.json)")
     p.add_argument("--docs", type=Path, help="page to rewrite (default docs/accuracy.md; --quick: none)")
     p.add_argument("--timeout", type=float, default=4 * 3600, help="seconds before one run is killed (default 14400)")
-    p.add_argument("--threads", type=int, help="torch threads of every run, deepfm's and the peers' alike (sets "
-                   "OMP_NUM_THREADS; default: PyTorch's, one per core). 1 on a machine shared with other jobs: a "
-                   "thread that waits for a busy core stalls every parallel op of its run")  # fmt: skip
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads of every run, deepfm's and the peers' alike (sets "
+        "OMP_NUM_THREADS; default: PyTorch's, one per core). 1 on a machine shared with other jobs: a "
+        "thread that waits for a busy core stalls every parallel op of its run",
+    )
     args = p.parse_args()
     args.libs = [s.strip() for s in args.libs.split(",") if s.strip()]
     if not args.libs or any(lib not in LIBRARIES for lib in args.libs) or len(set(args.libs)) != len(args.libs):
@@ -155,11 +199,20 @@ def describe(ds: data.DataSet, prepared: data.Prepared) -> dict:
     """What the results file says about a data set (no machine-local paths)."""
     meta = prepared.meta
     return {
-        "name": ds.name, "title": ds.title, "family": ds.family, "rows": ds.rows, "setting": ds.setting,
-        "header": prepared.inferred_args is not None, "fingerprint": meta["fingerprint"], "parts": meta["rows"],
-        "fields": len(meta["fields"]), "peer_vocabulary": sum(meta["vocab_sizes"]), "truth": prepared.truth,
-        "test_click_rate": float(np.load(prepared.encoded / "test_y.npy").mean()), "source": prepared.source,
-    }  # fmt: skip
+        "name": ds.name,
+        "title": ds.title,
+        "family": ds.family,
+        "rows": ds.rows,
+        "setting": ds.setting,
+        "header": prepared.inferred_args is not None,
+        "fingerprint": meta["fingerprint"],
+        "parts": meta["rows"],
+        "fields": len(meta["fields"]),
+        "peer_vocabulary": sum(meta["vocab_sizes"]),
+        "truth": prepared.truth,
+        "test_click_rate": float(np.load(prepared.encoded / "test_y.npy").mean()),
+        "source": prepared.source,
+    }
 
 
 # ---------------------------------------------------------------- runs
@@ -169,22 +222,54 @@ def run_deepfm(ds: data.DataSet, prepared: data.Prepared, variant: str, seed: in
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     flags = prepared.inferred_args if variant == "inferred" else prepared.deepfm_args + DEEPFM_VARIANTS[variant]
-    cmd = [sys.executable, "-m", "deepfm", "train", *flags, "--seed", str(seed), "--out", str(scratch / "model"), "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "deepfm",
+        "train",
+        *flags,
+        "--seed",
+        str(seed),
+        "--out",
+        str(scratch / "model"),
+        "--quiet",
+    ]
     if args.quick:
         cmd += ["--epochs", str(QUICK_EPOCHS)]
     # Encoded data is cached between the variants and seeds of one data set, inside the workdir.
     env = os.environ | {"DEEPFM_CACHE_DIR": str(args.workdir / "deepfm-cache")}
     log(f"{ds.name} seed {seed}: deepfm {variant} ...")
     status, seconds, rss, _, stderr = run_measured(cmd, scratch, args.timeout, env=env)
-    run = {"dataset": ds.name, "library": "deepfm", "variant": variant, "seed": seed, "ok": False,
-           "process_seconds": seconds, "peak_rss_mib": rss}  # fmt: skip
+    run = {
+        "dataset": ds.name,
+        "library": "deepfm",
+        "variant": variant,
+        "seed": seed,
+        "ok": False,
+        "process_seconds": seconds,
+        "peak_rss_mib": rss,
+    }
     if status != 0:
         return _failed(run, status, stderr)
     m = json.loads((scratch / "model" / "metrics.json").read_text())
     config = json.loads((scratch / "model" / "config.json").read_text())
     max_epochs = config.get("train", {}).get("epochs")
-    run |= {k: m[k] for k in ("test_auc", "test_logloss", "valid_auc", "epochs", "best_epoch", "batch_size",
-                              "train_seconds", "train_samples_per_s", "train_rows", "resolved") if k in m}  # fmt: skip
+    run |= {
+        k: m[k]
+        for k in (
+            "test_auc",
+            "test_logloss",
+            "valid_auc",
+            "epochs",
+            "best_epoch",
+            "batch_size",
+            "train_seconds",
+            "train_samples_per_s",
+            "train_rows",
+            "resolved",
+        )
+        if k in m
+    }
     run |= {"ok": True, "max_epochs": max_epochs, "stopped_early": m["epochs"] < max_epochs if max_epochs else None}
     _log_run(run)
     shutil.rmtree(scratch / "model", ignore_errors=True)
@@ -192,7 +277,12 @@ def run_deepfm(ds: data.DataSet, prepared: data.Prepared, variant: str, seed: in
 
 
 def run_peer(
-    ds: data.DataSet, prepared: data.Prepared, peer: str, batch: int, seed: int, peer_python: Path | None,
+    ds: data.DataSet,
+    prepared: data.Prepared,
+    peer: str,
+    batch: int,
+    seed: int,
+    peer_python: Path | None,
     args: argparse.Namespace,
 ) -> dict:
     """One peer runner in its venv on the encoded arrays: early stopping, best weights."""
@@ -201,17 +291,43 @@ def run_peer(
     scratch.mkdir(parents=True)
     s = PEER_SETTINGS
     cmd = [
-        str(peer_python), str(BENCH / "peers" / f"{peer}_run.py"), "--encoded", str(prepared.encoded),
-        "--workdir", str(scratch), "--batch-size", str(batch), "--seed", str(seed),
-        "--embedding-dim", str(s["embedding_dim"]), "--hidden", s["hidden"], "--lr", str(s["lr"]),
-        "--max-epochs", str(QUICK_EPOCHS if args.quick else s["max_epochs"]), "--patience", str(s["patience"]),
-        "--predict-batch", str(s["predict_batch"]),
-    ]  # fmt: skip
+        str(peer_python),
+        str(BENCH / "peers" / f"{peer}_run.py"),
+        "--encoded",
+        str(prepared.encoded),
+        "--workdir",
+        str(scratch),
+        "--batch-size",
+        str(batch),
+        "--seed",
+        str(seed),
+        "--embedding-dim",
+        str(s["embedding_dim"]),
+        "--hidden",
+        s["hidden"],
+        "--lr",
+        str(s["lr"]),
+        "--max-epochs",
+        str(QUICK_EPOCHS if args.quick else s["max_epochs"]),
+        "--patience",
+        str(s["patience"]),
+        "--predict-batch",
+        str(s["predict_batch"]),
+    ]
     log(f"{ds.name} seed {seed}: {DISPLAY[peer]} batch {batch} ...")
     status, seconds, rss, stdout, stderr = run_measured(cmd, scratch, args.timeout)
-    run = {"dataset": ds.name, "library": peer, "variant": "peer", "seed": seed, "batch_size": batch, "ok": False,
-           "protocol": PROTOCOL, "fingerprint": prepared.meta["fingerprint"], "process_seconds": seconds,
-           "peak_rss_mib": rss}  # fmt: skip
+    run = {
+        "dataset": ds.name,
+        "library": peer,
+        "variant": "peer",
+        "seed": seed,
+        "batch_size": batch,
+        "ok": False,
+        "protocol": PROTOCOL,
+        "fingerprint": prepared.meta["fingerprint"],
+        "process_seconds": seconds,
+        "peak_rss_mib": rss,
+    }
     if status != 0:
         return _failed(run, status, stderr)
     measured = read_json_line(stdout)
@@ -228,8 +344,10 @@ def _failed(run: dict, status: int, stderr: str) -> dict:
 
 
 def _log_run(run: dict) -> None:
-    log(f"  test AUC {run['test_auc']:.4f}, logloss {run['test_logloss']:.4f}, {run['epochs']} epochs, "
-        f"{run['train_seconds']:.1f} s training")  # fmt: skip
+    log(
+        f"  test AUC {run['test_auc']:.4f}, logloss {run['test_logloss']:.4f}, {run['epochs']} epochs, "
+        f"{run['train_seconds']:.1f} s training"
+    )
 
 
 # ---------------------------------------------------------------- reuse and results
@@ -270,8 +388,9 @@ def latest_study(folder: Path) -> Path | None:
 
 def add_checks(report: dict) -> dict:
     """The report with each data set's summary and the checks (of what ran so far)."""
-    report["summary"] = {ds["name"]: summarize([r for r in report["runs"] if r["dataset"] == ds["name"]])
-                         for ds in report["datasets"]}  # fmt: skip
+    report["summary"] = {
+        ds["name"]: summarize([r for r in report["runs"] if r["dataset"] == ds["name"]]) for ds in report["datasets"]
+    }
     report["checks"] = checks(report["datasets"], report["summary"])
     return report
 

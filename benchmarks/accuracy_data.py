@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
 from benchlib import BENCH, ROOT, fail, log
 
 SHARED = ROOT.parent / "shared" / "data"
@@ -79,13 +78,18 @@ def select(patterns: str | None) -> list[DataSet]:
     chosen = [d for d in sets if any(fnmatch.fnmatchcase(d.name, p) for p in wanted)]
     unmatched = [p for p in wanted if not any(fnmatch.fnmatchcase(d.name, p) for d in sets)]
     if unmatched or not chosen:
-        fail(f"--datasets: no data set matches {', '.join(unmatched) or patterns}; known: {', '.join(d.name for d in sets)}")
+        fail(
+            f"--datasets: no data set matches {', '.join(unmatched) or patterns}; known: {', '.join(d.name for d in sets)}"
+        )
     return chosen
 
 
 def check_shared(sets: list[DataSet]) -> None:
     """Say clearly, before anything runs, when the real data is not where it should be."""
-    needs = {"criteo-sample": [CRITEO_SAMPLE], "frappe": [FRAPPE / "frappe.validation.libfm", FRAPPE / "frappe.test.libfm"]}
+    needs = {
+        "criteo-sample": [CRITEO_SAMPLE],
+        "frappe": [FRAPPE / "frappe.validation.libfm", FRAPPE / "frappe.test.libfm"],
+    }
     missing = [p for d in sets for p in needs.get(d.family, []) if not p.exists()]
     if missing:
         fail(
@@ -101,38 +105,66 @@ def prepare(ds: DataSet, workdir: Path, peer_python: Path | None, quick: bool) -
     if ds.family == "criteo-sample":
         data = _head(CRITEO_SAMPLE, folder / "criteo-quick.csv", QUICK_REAL_ROWS + 1) if quick else CRITEO_SAMPLE
         args = ["--data", str(data), "--split", SPLIT3]
-        prepared = _finish(ds, folder, args + ["--preset", "criteo"], args + ["--label", "label"],
-                           ["--data", str(data), "--format", "criteo", "--split", SPLIT3], peer_python)  # fmt: skip
+        prepared = _finish(
+            ds,
+            folder,
+            args + ["--preset", "criteo"],
+            args + ["--label", "label"],
+            ["--data", str(data), "--format", "criteo", "--split", SPLIT3],
+            peer_python,
+        )
         prepared.source = {"file": "../shared/data/criteo/criteo_sampled_data_10k.csv", "split": SPLIT3}
     elif ds.family == "frappe":
         valid, test = FRAPPE / "frappe.validation.libfm", FRAPPE / "frappe.test.libfm"
         if quick:
-            valid, test = _head(valid, folder / valid.name, QUICK_REAL_ROWS), _head(test, folder / test.name, QUICK_REAL_ROWS)
+            valid, test = (
+                _head(valid, folder / valid.name, QUICK_REAL_ROWS),
+                _head(test, folder / test.name, QUICK_REAL_ROWS),
+            )
         offsets = frappe_offsets([valid, test])
         csv_valid, csv_test = folder / "frappe.validation.csv", folder / "frappe.test.csv"
         libfm_to_csv(valid, csv_valid, offsets)
         libfm_to_csv(test, csv_test, offsets)
         prepared = _finish(
-            ds, folder, ["--data", str(valid), "--split", "0.8,0.2", "--test", str(test)],
+            ds,
+            folder,
+            ["--data", str(valid), "--split", "0.8,0.2", "--test", str(test)],
             ["--data", str(csv_valid), "--split", "0.8,0.2", "--test", str(csv_test), "--label", "label"],
-            ["--data", str(valid), "--test", str(test), "--format", "libfm", "--split", "0.8,0.2"], peer_python,
-        )  # fmt: skip
-        prepared.source = {"file": "../shared/data/frappe/nfm_libfm/frappe.validation.libfm", "split": "0.8,0.2",
-                           "test": "../shared/data/frappe/nfm_libfm/frappe.test.libfm"}  # fmt: skip
+            ["--data", str(valid), "--test", str(test), "--format", "libfm", "--split", "0.8,0.2"],
+            peer_python,
+        )
+        prepared.source = {
+            "file": "../shared/data/frappe/nfm_libfm/frappe.validation.libfm",
+            "split": "0.8,0.2",
+            "test": "../shared/data/frappe/nfm_libfm/frappe.test.libfm",
+        }
     else:
         rows = QUICK_ROWS[ds.rows] if quick else ds.rows
         data, synth = _synth(folder / f"{ds.name}.tsv", rows, ds.setting or "criteo")
         args = ["--data", str(data), "--split", SPLIT3]
         inferred = args + ["--label", "label"] if ds.rows <= INFERRED_MAX_ROWS else None
-        prepared = _finish(ds, folder, args + ["--preset", "criteo"], inferred,
-                           ["--data", str(data), "--format", "criteo", "--split", SPLIT3], peer_python)  # fmt: skip
+        prepared = _finish(
+            ds,
+            folder,
+            args + ["--preset", "criteo"],
+            inferred,
+            ["--data", str(data), "--format", "criteo", "--split", SPLIT3],
+            peer_python,
+        )
         prepared.truth = bayes_optimal(data.with_suffix(".truth.csv"), prepared.encoded, prepared.meta)
-        prepared.source = {"synth": {k: synth[k] for k in ("rows", "setting", "header", "positive_rate")}, "split": SPLIT3}
+        prepared.source = {
+            "synth": {k: synth[k] for k in ("rows", "setting", "header", "positive_rate")},
+            "split": SPLIT3,
+        }
     return prepared
 
 
 def _finish(
-    ds: DataSet, folder: Path, deepfm_args: list[str], inferred: list[str] | None, encode_args: list[str],
+    ds: DataSet,
+    folder: Path,
+    deepfm_args: list[str],
+    inferred: list[str] | None,
+    encode_args: list[str],
     peer_python: Path | None,
 ) -> Prepared:
     encoded = folder / "encoded"
@@ -170,8 +202,20 @@ def _synth(path: Path, rows: int, setting: str) -> tuple[Path, dict]:
         if done.get("rows") == rows and done.get("setting", {}).get("name") == setting and done.get("header"):
             return path, done
     log(f"generating {rows:,} rows of synth setting {setting} -> {path.name}")
-    cmd = [sys.executable, "-m", "deepfm", "synth", "--rows", str(rows), "--setting", setting, "--header",
-           "--out", str(path), "--quiet"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "deepfm",
+        "synth",
+        "--rows",
+        str(rows),
+        "--setting",
+        setting,
+        "--header",
+        "--out",
+        str(path),
+        "--quiet",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         fail(f"deepfm synth failed:\n{done.stderr[-2000:]}")
@@ -229,5 +273,5 @@ def bayes_optimal(truth: Path, encoded: Path, meta: dict) -> dict:
 
     p = pacsv.read_csv(truth).column("p_true").to_numpy()
     y = np.load(encoded / "test_y.npy").astype(np.float64)
-    p_test = p[len(p) - len(y):]
+    p_test = p[len(p) - len(y) :]
     return {"test_auc": float(auc(y, p_test)), "test_logloss": float(logloss(y, p_test)), "click_rate": float(y.mean())}

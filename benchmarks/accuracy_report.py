@@ -25,7 +25,11 @@ SPREAD = 2.0  # "beyond the seed spread": a difference of means above SPREAD x t
 
 def row_key(run: dict) -> str:
     """Which table row a run belongs to: deepfm's variant, or the peer."""
-    return run["library"] if run["library"] != "deepfm" else ("deepfm" if run["variant"] == "defaults" else f"deepfm-{run['variant']}")
+    return (
+        run["library"]
+        if run["library"] != "deepfm"
+        else ("deepfm" if run["variant"] == "defaults" else f"deepfm-{run['variant']}")
+    )
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:
@@ -39,14 +43,17 @@ def stats(runs: list[dict]) -> dict[str, Any]:
     return {
         "runs": len(runs),
         "seeds": sorted(r["seed"] for r in runs),
-        "test_auc": auc, "test_auc_sd": auc_sd, "test_logloss": ll, "test_logloss_sd": ll_sd,
+        "test_auc": auc,
+        "test_auc_sd": auc_sd,
+        "test_logloss": ll,
+        "test_logloss_sd": ll_sd,
         "valid_auc": statistics.fmean(r["valid_auc"] for r in runs),
         "epochs": [r["epochs"] for r in runs],
         "stopped_early": all(r.get("stopped_early", True) for r in runs),
         "batch_size": sorted({r["batch_size"] for r in runs}),
         "train_seconds": statistics.fmean(r["train_seconds"] for r in runs),
         "train_samples_per_s": statistics.fmean(r["train_samples_per_s"] for r in runs),
-    }  # fmt: skip
+    }
 
 
 def summarize(runs: list[dict]) -> dict[str, dict]:
@@ -61,8 +68,13 @@ def summarize(runs: list[dict]) -> dict[str, dict]:
         if key in PEER_ROWS and len(by_batch) > 1:
             tried = {b: stats(rs) for b, rs in by_batch.items()}
             best = max(tried, key=lambda b: tried[b]["valid_auc"])
-            rows[key] = tried[best] | {"batch_chosen": best, "batches_tried": {
-                str(b): {k: s[k] for k in ("valid_auc", "test_auc", "test_logloss", "epochs")} for b, s in tried.items()}}
+            rows[key] = tried[best] | {
+                "batch_chosen": best,
+                "batches_tried": {
+                    str(b): {k: s[k] for k in ("valid_auc", "test_auc", "test_logloss", "epochs")}
+                    for b, s in tried.items()
+                },
+            }
         else:
             rows[key] = stats(mine)
     return rows
@@ -72,7 +84,9 @@ def best_peer(rows: dict[str, dict], metric: str = "test_auc") -> str | None:
     peers = [p for p in PEER_ROWS if p in rows]
     if not peers:
         return None
-    return max(peers, key=lambda p: rows[p][metric]) if metric == "test_auc" else min(peers, key=lambda p: rows[p][metric])
+    return (
+        max(peers, key=lambda p: rows[p][metric]) if metric == "test_auc" else min(peers, key=lambda p: rows[p][metric])
+    )
 
 
 def beyond_spread(rows: dict[str, dict], hi: str, lo: str) -> tuple[bool, float, float]:
@@ -88,7 +102,14 @@ def checks(datasets: list[dict], summaries: dict[str, dict]) -> list[dict]:
     out: list[dict] = []
 
     def add(check: str, name: str, ok: bool | None, text: str) -> None:
-        out.append({"check": check, "dataset": name, "result": "n/a" if ok is None else ("PASS" if ok else "FAIL"), "line": text})
+        out.append(
+            {
+                "check": check,
+                "dataset": name,
+                "result": "n/a" if ok is None else ("PASS" if ok else "FAIL"),
+                "line": text,
+            }
+        )
 
     for ds in datasets:
         name, rows = ds["name"], summaries.get(ds["name"], {})
@@ -96,15 +117,28 @@ def checks(datasets: list[dict], summaries: dict[str, dict]) -> list[dict]:
         margin = AUC_MARGIN if ds["rows"] >= BIG_ROWS else 0.0
         if mine and peer:
             bar = rows[peer]["test_auc"] + margin
-            add("auc_vs_peers", name, mine["test_auc"] >= bar,
+            add(
+                "auc_vs_peers",
+                name,
+                mine["test_auc"] >= bar,
                 f"{name}: deepfm defaults' test AUC {mine['test_auc']:.4f} >= best peer ({DISPLAY[peer]}) "
-                f"{rows[peer]['test_auc']:.4f}{f' + {margin}' if margin else ''}")  # fmt: skip
+                f"{rows[peer]['test_auc']:.4f}{f' + {margin}' if margin else ''}",
+            )
             lpeer = best_peer(rows, "test_logloss")
-            add("logloss_vs_peers", name, mine["test_logloss"] <= rows[lpeer]["test_logloss"],
+            add(
+                "logloss_vs_peers",
+                name,
+                mine["test_logloss"] <= rows[lpeer]["test_logloss"],
                 f"{name}: deepfm defaults' test logloss {mine['test_logloss']:.4f} <= best peer ({DISPLAY[lpeer]}) "
-                f"{rows[lpeer]['test_logloss']:.4f}")  # fmt: skip
+                f"{rows[lpeer]['test_logloss']:.4f}",
+            )
         else:
-            add("auc_vs_peers", name, None, f"{name}: deepfm defaults vs the best peer: {'no peer runs' if mine else 'no deepfm runs'}")
+            add(
+                "auc_vs_peers",
+                name,
+                None,
+                f"{name}: deepfm defaults vs the best peer: {'no peer runs' if mine else 'no deepfm runs'}",
+            )
         if ds["family"] == "synth" and ds["rows"] >= 1_000_000:
             _order_check(add, name, rows)
         if ds["family"] == "synth" and ds["rows"] == BIG_ROWS:
@@ -117,9 +151,13 @@ def checks(datasets: list[dict], summaries: dict[str, dict]) -> list[dict]:
             inf = rows.get("deepfm-inferred")
             if mine and inf:
                 gap = inf["test_auc"] - mine["test_auc"]
-                add("inferred_schema", name, abs(gap) <= AUC_MARGIN,
+                add(
+                    "inferred_schema",
+                    name,
+                    abs(gap) <= AUC_MARGIN,
                     f"{name}: schema inferred {inf['test_auc']:.4f} within {AUC_MARGIN} of the written schema "
-                    f"{mine['test_auc']:.4f} (difference {gap:+.4f})")  # fmt: skip
+                    f"{mine['test_auc']:.4f} (difference {gap:+.4f})",
+                )
             else:
                 add("inferred_schema", name, None, f"{name}: inferred vs written schema: runs missing")
     return out
@@ -132,8 +170,12 @@ def _order_check(add, name: str, rows: dict[str, dict]) -> None:
         return
     ok1, d1, bar1 = beyond_spread(rows, "deepfm", "deepfm-fm")
     ok2, d2, bar2 = beyond_spread(rows, "deepfm-fm", "deepfm-lr")
-    add("deepfm_fm_lr_order", name, ok1 and ok2,
-        f"{name}: DeepFM > FM by {d1:+.4f} (needs > {bar1:.4f}) and FM > LR by {d2:+.4f} (needs > {bar2:.4f})")  # fmt: skip
+    add(
+        "deepfm_fm_lr_order",
+        name,
+        ok1 and ok2,
+        f"{name}: DeepFM > FM by {d1:+.4f} (needs > {bar1:.4f}) and FM > LR by {d2:+.4f} (needs > {bar2:.4f})",
+    )
 
 
 # ---------------------------------------------------------------- page
@@ -184,7 +226,11 @@ def render(report: dict, results: Any, study: Any = None) -> str:
     seeds = ", ".join(str(s) for s in report["seeds"])
     peer_runs = [r for r in report["runs"] if r["library"] in PEER_ROWS]
     reused = sum(1 for r in peer_runs if r.get("reused"))
-    quick = "\n**A --quick smoke run: a few thousand rows per data set, two epochs. Not a result.**\n" if report["quick"] else ""
+    quick = (
+        "\n**A --quick smoke run: a few thousand rows per data set, two epochs. Not a result.**\n"
+        if report["quick"]
+        else ""
+    )
     parts = [
         "# Accuracy: deepfm beside DeepCTR-Torch, FuxiCTR and pytorch-fm\n",
         f"Generated by `benchmarks/accuracy.py` on {report['date']}; do not edit by hand, rerun it.{quick}\n",
@@ -194,7 +240,7 @@ def render(report: dict, results: Any, study: Any = None) -> str:
         f"were taken from an earlier results file (`--reuse`). Raw runs, summaries and versions: {raw}.\n",
         "## Checks\n",
         "\n".join(f"- **{c['result']}** {c['line']}" for c in report["checks"]) + "\n",
-        f"\"Beyond the seed spread\": the difference of the means is larger than {SPREAD:g} × the larger of the two "
+        f'"Beyond the seed spread": the difference of the means is larger than {SPREAD:g} × the larger of the two '
         f"sample sds. Data sets of {BIG_ROWS:,} rows and more ask deepfm for {AUC_MARGIN} AUC over the best peer.\n",
         "## Data sets\n",
         _datasets_table(report["datasets"]),
@@ -209,23 +255,33 @@ def render(report: dict, results: Any, study: Any = None) -> str:
             parts.append(notes + "\n")
     parts.append(defaults_section(study))
     settings = report["peer_settings"]
-    parts.append(PROTOCOL_TEXT.format(**settings | {"small_batches": " and ".join(str(b) for b in settings["small_batches"])}))
+    parts.append(
+        PROTOCOL_TEXT.format(**settings | {"small_batches": " and ".join(str(b) for b in settings["small_batches"])})
+    )
     parts.append(_settings_table(report))
     parts.append(_machine(report))
     return "\n".join(parts)
 
 
 def _datasets_table(datasets: list[dict]) -> str:
-    lines = ["| data set | source | train / valid / test rows | fields | peers' ids | test click rate | Bayes AUC / logloss (test) |",
-             "|---|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        "| data set | source | train / valid / test rows | fields | peers' ids | test click rate | Bayes AUC / logloss (test) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for ds in datasets:
         p, t = ds["parts"], ds.get("truth")
         src = ds["source"]
-        where = f"`deepfm synth --setting {ds['setting']} --header`" if ds["family"] == "synth" else f"`{src.get('file', '')}`"
+        where = (
+            f"`deepfm synth --setting {ds['setting']} --header`"
+            if ds["family"] == "synth"
+            else f"`{src.get('file', '')}`"
+        )
         bayes = f"{t['test_auc']:.4f} / {t['test_logloss']:.4f}" if t else "unknown"
         rate = f"{ds['test_click_rate']:.3f}"
-        lines.append(f"| {ds['name']} | {where} | {p['train']:,} / {p['valid']:,} / {p['test']:,} | {ds['fields']} "
-                     f"| {ds['peer_vocabulary']:,} | {rate} | {bayes} |")  # fmt: skip
+        lines.append(
+            f"| {ds['name']} | {where} | {p['train']:,} / {p['valid']:,} / {p['test']:,} | {ds['fields']} "
+            f"| {ds['peer_vocabulary']:,} | {rate} | {bayes} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -234,16 +290,21 @@ def _settings_table(report: dict) -> str:
     from deepfm.data.synth_settings import SETTINGS
 
     measured = {ds["setting"]: ds["truth"] for ds in report["datasets"] if ds["family"] == "synth" and ds.get("truth")}
-    lines = ["## Generator settings\n", "`deepfm synth --setting NAME` (deepfm/data/synth_settings.py); Bayes AUC and click "
-             "rate measured on the test part of the largest data set of each setting here.\n",
-             "| setting | FM weight | MLP weight | vocabulary scale | Zipf shift | numeric share | target Bayes AUC | Bayes AUC (test) | click rate (test) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        "## Generator settings\n",
+        "`deepfm synth --setting NAME` (deepfm/data/synth_settings.py); Bayes AUC and click "
+        "rate measured on the test part of the largest data set of each setting here.\n",
+        "| setting | FM weight | MLP weight | vocabulary scale | Zipf shift | numeric share | target Bayes AUC | Bayes AUC (test) | click rate (test) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, s in SETTINGS.items():
         t = measured.get(name)
         share = "as drawn" if s.numeric_share is None else f"{s.numeric_share:g}"
         got = f"{t['test_auc']:.4f} | {t['click_rate']:.3f}" if t else "| "
-        lines.append(f"| {name} | {s.fm_weight:g} | {s.mlp_weight:g} | {s.card_scale:g} | {s.zipf_shift:+g} | {share} "
-                     f"| {s.bayes_auc:g} | {got} |")  # fmt: skip
+        lines.append(
+            f"| {name} | {s.fm_weight:g} | {s.mlp_weight:g} | {s.card_scale:g} | {s.zipf_shift:+g} | {share} "
+            f"| {s.bayes_auc:g} | {got} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -251,19 +312,33 @@ def _machine(report: dict) -> str:
     env = report["environment"]
     mine, theirs = env.get("deepfm_env", {}), env.get("peers_env", {})
     v, pv = mine.get("versions", {}), theirs.get("versions", {})
-    commit = (env.get("deepfm_commit") or "unknown") + (" with uncommitted changes in deepfm/" if env.get("deepfm_tree_dirty") else "")
-    peers = ", ".join(f"{DISPLAY[p]} {pv.get(k, '?')}" for p, k in (("deepctr", "deepctr-torch"), ("fuxictr", "fuxictr"), ("torchfm", "torchfm")))
+    commit = (env.get("deepfm_commit") or "unknown") + (
+        " with uncommitted changes in deepfm/" if env.get("deepfm_tree_dirty") else ""
+    )
+    peers = ", ".join(
+        f"{DISPLAY[p]} {pv.get(k, '?')}"
+        for p, k in (("deepctr", "deepctr-torch"), ("fuxictr", "fuxictr"), ("torchfm", "torchfm"))
+    )
     stack = ", ".join(f"{k} {x}" for k, x in pv.items() if k not in ("deepctr-torch", "fuxictr", "torchfm"))
-    nice = (" The run had a lower priority (`nice`) and shared the machine with other work: train seconds and samples/s "
-            "are noisy, compare them within a table only.") if report["command"].startswith("nice ") else ""  # fmt: skip
-    threads = (f", set for every run alike by `--threads {report['threads']}` (OMP_NUM_THREADS)"
-               if report.get("threads") else "")  # fmt: skip
+    nice = (
+        (
+            " The run had a lower priority (`nice`) and shared the machine with other work: train seconds and samples/s "
+            "are noisy, compare them within a table only."
+        )
+        if report["command"].startswith("nice ")
+        else ""
+    )
+    threads = (
+        f", set for every run alike by `--threads {report['threads']}` (OMP_NUM_THREADS)"
+        if report.get("threads")
+        else ""
+    )
     return f"""## Machine and versions
 
-- CPU: {env.get('cpu')}, {env.get('cores')} cores, {env.get('ram_gib')} GiB RAM; {env.get('os')}; no GPU used.{nice}
-- Python {mine.get('python', '?')}; deepfm {v.get('deepfm', '?')} at commit {commit}, torch {v.get('torch', '?')}, numpy {v.get('numpy', '?')}
-- Peers ({'their own venv' + (', versions as recorded in the reused results file' if theirs.get('from') else '') if theirs else 'not run'}): {peers if theirs else '-'}; {stack or '-'}
-- torch threads per process: {mine.get('torch_threads', '?')} (deepfm), {theirs.get('torch_threads', '-')} (peers){threads}
+- CPU: {env.get("cpu")}, {env.get("cores")} cores, {env.get("ram_gib")} GiB RAM; {env.get("os")}; no GPU used.{nice}
+- Python {mine.get("python", "?")}; deepfm {v.get("deepfm", "?")} at commit {commit}, torch {v.get("torch", "?")}, numpy {v.get("numpy", "?")}
+- Peers ({"their own venv" + (", versions as recorded in the reused results file" if theirs.get("from") else "") if theirs else "not run"}): {peers if theirs else "-"}; {stack or "-"}
+- torch threads per process: {mine.get("torch_threads", "?")} (deepfm), {theirs.get("torch_threads", "-")} (peers){threads}
 """
 
 
@@ -277,9 +352,11 @@ def defaults_section(study: Any) -> str:
     if study is None or not Path(study).exists():
         return DEFAULTS_TEXT + "\n(No defaults-study results file: run benchmarks/defaults_study.py.)\n"
     rows = [json.loads(line) for line in Path(study).read_text().splitlines() if line.strip()]
-    head = (f"Each setting forced to a fixed value beside the defaults, by `benchmarks/defaults_study.py` "
-            f"(runs in `benchmarks/results/{Path(study).name}`; \"rows per table row\": the training rows x fields "
-            f"over the embedding table's rows, which the auto settings read):\n")  # fmt: skip
+    head = (
+        f"Each setting forced to a fixed value beside the defaults, by `benchmarks/defaults_study.py` "
+        f'(runs in `benchmarks/results/{Path(study).name}`; "rows per table row": the training rows x fields '
+        f"over the embedding table's rows, which the auto settings read):\n"
+    )
     return DEFAULTS_TEXT + "\n" + head + "\n" + summary_table(rows) + "\n"
 
 

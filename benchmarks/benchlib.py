@@ -47,8 +47,10 @@ def fail(message: str) -> None:
 def check_deepfm() -> None:
     probe = subprocess.run([sys.executable, "-c", "import deepfm"], capture_output=True, text=True)
     if probe.returncode != 0:
-        fail(f"{sys.executable} cannot import deepfm; run it with the project's venv, "
-             f"e.g. .venv/bin/python benchmarks/{Path(sys.argv[0]).name}")  # fmt: skip
+        fail(
+            f"{sys.executable} cannot import deepfm; run it with the project's venv, "
+            f"e.g. .venv/bin/python benchmarks/{Path(sys.argv[0]).name}"
+        )
 
 
 def ensure_peer_env(venv: Path) -> Path:
@@ -72,8 +74,10 @@ def ensure_peer_env(venv: Path) -> Path:
     # gigabytes of download): refuse if the resolver picked one.
     probe = subprocess.run(
         [str(python), "-c", "import torch, json; print(json.dumps([torch.__version__, torch.version.cuda]))"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     version, cuda = json.loads(probe.stdout)
     wanted = pinned_torch()
     if cuda is not None or (wanted and not version.startswith(wanted)):
@@ -131,7 +135,7 @@ def describe_environment(peer_python: Path | None, libs: list[str]) -> dict:
         "    try: v[n] = m.version(n)\n"
         "    except m.PackageNotFoundError: pass\n"
         "print(json.dumps({'python': platform.python_version(), 'torch_threads': torch.get_num_threads(), 'versions': v}))"
-    )  # fmt: skip
+    )
     mine = ["deepfm", "torch", "numpy", "pyarrow"]
     env["deepfm_env"] = _probe(sys.executable, probe % mine)
     if peer_python is not None:

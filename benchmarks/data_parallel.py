@@ -32,9 +32,29 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run_train(args: argparse.Namespace, data: Path, nproc: int, out: Path) -> dict[str, Any]:
     """One `deepfm train` run; its metrics.json plus the wall time of the whole command."""
-    command = [sys.executable, "-m", "deepfm", "train", "--preset", "criteo", "--data", str(data), "--split", "0.8,0.1,0.1",
-               "--epochs", "1", "--batch-size", str(args.batch // nproc), "--threads", "1", "--quiet",
-               "--cache-dir", str(args.workdir / "cache"), "--out", str(out)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "deepfm",
+        "train",
+        "--preset",
+        "criteo",
+        "--data",
+        str(data),
+        "--split",
+        "0.8,0.1,0.1",
+        "--epochs",
+        "1",
+        "--batch-size",
+        str(args.batch // nproc),
+        "--threads",
+        "1",
+        "--quiet",
+        "--cache-dir",
+        str(args.workdir / "cache"),
+        "--out",
+        str(out),
+    ]
     if nproc > 1:
         command += ["--nproc", str(nproc)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -68,8 +88,11 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     data = args.workdir / f"clicks-{args.rows}.tsv"
     if not data.exists():
-        subprocess.run([sys.executable, "-m", "deepfm", "synth", "--rows", str(args.rows), "--out", str(data), "--quiet"],
-                       check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+        subprocess.run(
+            [sys.executable, "-m", "deepfm", "synth", "--rows", str(args.rows), "--out", str(data), "--quiet"],
+            check=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
     run_train(args, data, 1, args.workdir / "warmup")  # fills the cache: every timed run reads the same encoded files
     load_before = os.getloadavg()[0]
     runs: dict[int, list[dict[str, Any]]] = {1: [], args.nproc: []}
@@ -77,9 +100,12 @@ def main() -> None:
         for nproc in runs:
             runs[nproc].append(run_train(args, data, nproc, args.workdir / f"run-{nproc}-{i}"))
     summary = {
-        str(n): {key: statistics.median(r[key] for r in rs) for key in ("train_rows_per_s", "valid_rows_per_s", "test_auc", "wall_seconds")}
+        str(n): {
+            key: statistics.median(r[key] for r in rs)
+            for key in ("train_rows_per_s", "valid_rows_per_s", "test_auc", "wall_seconds")
+        }
         for n, rs in runs.items()
-    }  # fmt: skip
+    }
     one, many = summary["1"], summary[str(args.nproc)]
     result = {
         "benchmark": "data_parallel",
@@ -100,12 +126,18 @@ def main() -> None:
     args.results.mkdir(parents=True, exist_ok=True)
     path = args.results / f"data-parallel-{args.rows}-{result['date']}.json"
     path.write_text(json.dumps(result, indent=1) + "\n")
-    print("| processes | batch per process | train rows/s | valid scoring rows/s | test AUC | whole command |\n|---|---|---:|---:|---:|---:|")
+    print(
+        "| processes | batch per process | train rows/s | valid scoring rows/s | test AUC | whole command |\n|---|---|---:|---:|---:|---:|"
+    )
     for n, s in summary.items():
-        print(f"| {n} | {args.batch // int(n)} | {s['train_rows_per_s']:,.0f} | {s['valid_rows_per_s']:,.0f} | {s['test_auc']:.4f} "
-              f"| {s['wall_seconds']:.1f} s |")  # fmt: skip
-    print(f"{args.nproc} processes / 1: training x{result['train_speed_ratio']:.2f}, scoring x{result['valid_speed_ratio']:.2f}; "
-          f"load average {load_before:.2f} before, {result['load_average_after']:.2f} after; {path}")  # fmt: skip
+        print(
+            f"| {n} | {args.batch // int(n)} | {s['train_rows_per_s']:,.0f} | {s['valid_rows_per_s']:,.0f} | {s['test_auc']:.4f} "
+            f"| {s['wall_seconds']:.1f} s |"
+        )
+    print(
+        f"{args.nproc} processes / 1: training x{result['train_speed_ratio']:.2f}, scoring x{result['valid_speed_ratio']:.2f}; "
+        f"load average {load_before:.2f} before, {result['load_average_after']:.2f} after; {path}"
+    )
 
 
 if __name__ == "__main__":

@@ -25,10 +25,9 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
+import accuracy_data as data
 import numpy as np
 import yaml
-
-import accuracy_data as data
 from benchlib import BENCH, check_deepfm, log, run_measured
 
 # Each variant: the config sections it forces; everything else stays at the defaults.
@@ -45,8 +44,18 @@ VARIANTS: dict[str, dict[str, dict]] = {
     "no lr decay": {"train": {"lr_decay": 1.0}},
     "dropout 0": {"model": {"dropout": 0.0}},
 }
-RECORDED = ("test_auc", "test_logloss", "valid_auc", "valid_logloss", "epochs", "best_epoch", "batch_size",
-            "train_rows", "train_samples_per_s", "resolved")  # fmt: skip
+RECORDED = (
+    "test_auc",
+    "test_logloss",
+    "valid_auc",
+    "valid_logloss",
+    "epochs",
+    "best_epoch",
+    "batch_size",
+    "train_rows",
+    "train_samples_per_s",
+    "resolved",
+)
 
 
 def main() -> int:
@@ -77,8 +86,18 @@ def run_variant(ds: data.DataSet, prepared: data.Prepared, variant: str, seed: i
     scratch = args.workdir / "study" / ds.name / f"{variant.replace(' ', '_')}-{seed}"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
-    cmd = [sys.executable, "-m", "deepfm", "train", *prepared.deepfm_args, "--seed", str(seed),
-           "--out", str(scratch / "model"), "--quiet"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "deepfm",
+        "train",
+        *prepared.deepfm_args,
+        "--seed",
+        str(seed),
+        "--out",
+        str(scratch / "model"),
+        "--quiet",
+    ]
     if VARIANTS[variant]:
         (scratch / "study.yaml").write_text(yaml.safe_dump(VARIANTS[variant]))
         cmd += ["--config", str(scratch / "study.yaml")]
@@ -103,8 +122,10 @@ def summary_table(rows: list[dict]) -> str:
     for r in rows:
         if r.get("ok"):
             groups[(r["dataset"], r["variant"])].append(r)
-    lines = ["| data set | rows per table row | variant | seeds | test AUC | vs defaults | test logloss | epochs |",
-             "|---|---:|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        "| data set | rows per table row | variant | seeds | test AUC | vs defaults | test logloss | epochs |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
     for (name, variant), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "defaults", kv[0][1])):
         auc = np.array([r["test_auc"] for r in runs])
         ll = np.array([r["test_logloss"] for r in runs])
@@ -125,12 +146,20 @@ def _sd(values: np.ndarray) -> float:
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--datasets", default="criteo-10k,frappe,synth-*-100k", help="names or patterns, as accuracy.py takes")
+    p.add_argument(
+        "--datasets", default="criteo-10k,frappe,synth-*-100k", help="names or patterns, as accuracy.py takes"
+    )
     p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of: {', '.join(VARIANTS)}")
-    p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "deepfm-accuracy",
-                   help="data, caches and scratch (shared with accuracy.py)")  # fmt: skip
-    p.add_argument("--results", type=Path, help="JSON lines to append to (default benchmarks/results/defaults-study-DATE.jsonl)")
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "deepfm-accuracy",
+        help="data, caches and scratch (shared with accuracy.py)",
+    )
+    p.add_argument(
+        "--results", type=Path, help="JSON lines to append to (default benchmarks/results/defaults-study-DATE.jsonl)"
+    )
     p.add_argument("--threads", type=int, help="torch threads of every run")
     p.add_argument("--timeout", type=float, default=4 * 3600, help="seconds before one run is killed")
     p.add_argument("--summary", type=Path, metavar="RESULTS.jsonl", help="print the table of a results file and stop")

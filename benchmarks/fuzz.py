@@ -35,10 +35,17 @@ def main() -> None:
     files = [t for t in TARGETS if (ROOT / t).exists()]
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "outcomes.jsonl"
-        env = {**os.environ, "DEEPFM_FUZZ_CASES": str(args.cases), "DEEPFM_FUZZ_RANDOM": "1", "DEEPFM_FUZZ_LOG": str(log),
-               "OMP_NUM_THREADS": "1"}  # fmt: skip
+        env = {
+            **os.environ,
+            "DEEPFM_FUZZ_CASES": str(args.cases),
+            "DEEPFM_FUZZ_RANDOM": "1",
+            "DEEPFM_FUZZ_LOG": str(log),
+            "OMP_NUM_THREADS": "1",
+        }
         t0 = time.perf_counter()
-        run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files], cwd=ROOT, env=env)
+        run = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files], cwd=ROOT, env=env
+        )
         seconds = time.perf_counter() - t0
         counts: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
         for line in log.read_text().splitlines() if log.exists() else []:
@@ -58,7 +65,9 @@ def main() -> None:
         print(f"\n{target}: {total:,} cases")
         for what, n in c.most_common():
             print(f"  {n:>7,}  {what}")
-    print(f"\n{'all targets held' if run.returncode == 0 else 'A TARGET FAILED (see pytest above)'} in {seconds:.0f} s; wrote {args.out}")
+    print(
+        f"\n{'all targets held' if run.returncode == 0 else 'A TARGET FAILED (see pytest above)'} in {seconds:.0f} s; wrote {args.out}"
+    )
     sys.exit(run.returncode)
 
 

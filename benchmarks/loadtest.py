@@ -156,7 +156,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_healthy(base: str, proc: subprocess.Popen[bytes] | None, log_path: str, timeout: float = 120) -> dict[str, Any]:
+def wait_healthy(
+    base: str, proc: subprocess.Popen[bytes] | None, log_path: str, timeout: float = 120
+) -> dict[str, Any]:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc is not None and proc.poll() is not None:
@@ -184,8 +186,13 @@ def machine(load_before: tuple[float, float, float]) -> dict[str, Any]:
             versions[name] = __import__(name).__version__
         except ImportError:
             pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "versions": versions,
-            "load_average_before": list(load_before)}  # fmt: skip
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "load_average_before": list(load_before),
+    }
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
@@ -232,8 +239,22 @@ def main() -> None:
     else:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        command = [sys.executable, "-m", "deepfm", "serve", str(args.model), "--host", "127.0.0.1", "--port", str(port),
-                   "--workers", str(args.workers), "--engine", args.engine, "--quiet"]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "deepfm",
+            "serve",
+            str(args.model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(args.workers),
+            "--engine",
+            args.engine,
+            "--quiet",
+        ]
         if args.onnx:
             command += ["--onnx", str(args.onnx)]
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -29,14 +29,18 @@ def child(path: str) -> None:
         t0, cpu0 = time.perf_counter(), _cpu_seconds()
         pipeline, parts = prepare(RunConfig(schema=criteo_schema()), path, Path(tmp), split=(0.8, 0.1, 0.1))
         seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
-        print(json.dumps({
-            "rows": parts.rows_read,
-            "seconds": round(seconds, 2),
-            "rows_per_s": round(parts.rows_read / seconds),
-            "cpu_s": round(cpu, 2),  # all threads: a check on wall time when the machine is busy
-            "embedding_rows": pipeline.num_embeddings,
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        }))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "rows": parts.rows_read,
+                    "seconds": round(seconds, 2),
+                    "rows_per_s": round(parts.rows_read / seconds),
+                    "cpu_s": round(cpu, 2),  # all threads: a check on wall time when the machine is busy
+                    "embedding_rows": pipeline.num_embeddings,
+                    "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                }
+            )
+        )
 
 
 def _cpu_seconds() -> float:
@@ -57,14 +61,21 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     data = args.workdir / f"synth-{args.rows}.tsv"
     if not data.exists():
-        subprocess.run([sys.executable, "-m", "deepfm", "synth", "--rows", str(args.rows), "--out", str(data), "--quiet"], check=True)
+        subprocess.run(
+            [sys.executable, "-m", "deepfm", "synth", "--rows", str(args.rows), "--out", str(data), "--quiet"],
+            check=True,
+        )
     runs = []
     for _ in range(args.repeats):
-        out = subprocess.run([sys.executable, __file__, "--child", str(data)], check=True, capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", str(data)], check=True, capture_output=True, text=True
+        )
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(json.dumps(runs[-1]))
     best = sorted(runs, key=lambda r: r["rows_per_s"])[len(runs) // 2]
-    print(f"median of {len(runs)}: {best['rows_per_s']:,} rows/s, peak RSS {best['peak_rss_mb']:,} MB ({args.rows:,} rows)")
+    print(
+        f"median of {len(runs)}: {best['rows_per_s']:,} rows/s, peak RSS {best['peak_rss_mb']:,} MB ({args.rows:,} rows)"
+    )
 
 
 if __name__ == "__main__":

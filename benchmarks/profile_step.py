@@ -23,10 +23,9 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from deepfm.config import RunConfig, TrainConfig
-from deepfm.model.deepfm import DeepFM, InputLayout
-from deepfm.config import ModelConfig
+from deepfm.config import ModelConfig, RunConfig, TrainConfig
 from deepfm.data.schema import criteo_schema
+from deepfm.model.deepfm import DeepFM, InputLayout
 from deepfm.training import Trainer, default_cache_dir, prepare_cached
 
 LABELS = ["data", "embedding lookup", "fm", "mlp", "loss", "backward", "dense optimizer", "embedding optimizer"]
@@ -63,7 +62,10 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     data = args.workdir / f"synth-{args.rows}.tsv"
     if not data.exists():
-        subprocess.run([sys.executable, "-m", "deepfm", "synth", "--rows", str(args.rows), "--out", str(data), "--quiet"], check=True)
+        subprocess.run(
+            [sys.executable, "-m", "deepfm", "synth", "--rows", str(args.rows), "--out", str(data), "--quiet"],
+            check=True,
+        )
     config = RunConfig(schema=criteo_schema())
     pipeline, parts, _ = prepare_cached(config, data, default_cache_dir(), split=(0.8, 0.1, 0.1))
     model_cfg = ModelConfig(embedding_dim=10, hidden=(400, 400, 400), dropout=0.0)
@@ -71,6 +73,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = DeepFM(layout, model_cfg)
     trainer = Trainer(model, replace(TrainConfig(), l2_embedding=1e-5, progress=False), torch.device("cpu"))
+
     def forever():  # epochs back to back, so any --steps fits
         epoch = 0
         while True:

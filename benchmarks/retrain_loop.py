@@ -68,7 +68,16 @@ def split_day(src: Path, folder: Path, day: int, sizes: dict[str, int]) -> dict[
 
 def test_metrics(folder: Path) -> dict[str, Any]:
     m = json.loads((folder / "metrics.json").read_text())
-    keys = ("test_auc", "test_logloss", "test_ece", "test_mean_prediction", "test_ctr", "epochs", "train_seconds", "train_rows")
+    keys = (
+        "test_auc",
+        "test_logloss",
+        "test_ece",
+        "test_mean_prediction",
+        "test_ctr",
+        "epochs",
+        "train_seconds",
+        "train_rows",
+    )
     return {k.removeprefix("test_"): m[k] for k in keys}
 
 
@@ -80,7 +89,9 @@ def main() -> None:
     ap.add_argument("--days", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0, help="generator seed")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1: a shared 2-core machine)")
-    ap.add_argument("--scratch-epochs", type=int, default=10, help="the most epochs from scratch (early stopping ends sooner)")
+    ap.add_argument(
+        "--scratch-epochs", type=int, default=10, help="the most epochs from scratch (early stopping ends sooner)"
+    )
     ap.add_argument("--warm-epochs", type=int, default=1)
     ap.add_argument("--neg-sample-rate", type=float, default=0.25)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "retrain-loop")
@@ -95,46 +106,136 @@ def main() -> None:
     days: list[dict[str, Any]] = []
     for d in range(1, args.days + 1):
         raw = out / "data" / f"day{d}.tsv"
-        run(["synth", "--day", str(d), "--rows", str(sum(sizes.values())), "--seed", str(args.seed), "--out", str(raw), "--quiet"], log)
+        run(
+            [
+                "synth",
+                "--day",
+                str(d),
+                "--rows",
+                str(sum(sizes.values())),
+                "--seed",
+                str(args.seed),
+                "--out",
+                str(raw),
+                "--quiet",
+            ],
+            log,
+        )
         raw.with_suffix(".truth.csv").unlink()
         files = split_day(raw, out / "data", d, sizes)
         parts = ["--data", str(files["train"]), "--valid", str(files["valid"]), "--test", str(files["test"])]
         row: dict[str, Any] = {"day": d}
 
-        secs, _ = run(["train", "--preset", "criteo", *parts, "--epochs", str(args.scratch_epochs), "--out", str(out / f"scratch/day{d}"), *common], log)
+        secs, _ = run(
+            [
+                "train",
+                "--preset",
+                "criteo",
+                *parts,
+                "--epochs",
+                str(args.scratch_epochs),
+                "--out",
+                str(out / f"scratch/day{d}"),
+                *common,
+            ],
+            log,
+        )
         row["scratch"] = {**test_metrics(out / f"scratch/day{d}"), "seconds": secs}
         if d == 1:
             shutil.copytree(out / "scratch/day1", out / "warm/day1")
             row["warm"] = dict(row["scratch"])
-            secs, _ = run(["train", "--preset", "criteo", *parts, "--epochs", str(args.scratch_epochs), "--neg-sample-rate",
-                           str(args.neg_sample_rate), "--out", str(out / "warm-ds/day1"), *common], log)  # fmt: skip
+            secs, _ = run(
+                [
+                    "train",
+                    "--preset",
+                    "criteo",
+                    *parts,
+                    "--epochs",
+                    str(args.scratch_epochs),
+                    "--neg-sample-rate",
+                    str(args.neg_sample_rate),
+                    "--out",
+                    str(out / "warm-ds/day1"),
+                    *common,
+                ],
+                log,
+            )
             row["warm_ds"] = {**test_metrics(out / "warm-ds/day1"), "seconds": secs}
             row["never"] = dict(row["scratch"])
         else:
-            secs, _ = run(["train", "--warm-start", str(out / f"warm/day{d - 1}"), *parts, "--epochs", str(args.warm_epochs),
-                           "--out", str(out / f"warm/day{d}"), *common], log)  # fmt: skip
+            secs, _ = run(
+                [
+                    "train",
+                    "--warm-start",
+                    str(out / f"warm/day{d - 1}"),
+                    *parts,
+                    "--epochs",
+                    str(args.warm_epochs),
+                    "--out",
+                    str(out / f"warm/day{d}"),
+                    *common,
+                ],
+                log,
+            )
             row["warm"] = {**test_metrics(out / f"warm/day{d}"), "seconds": secs}
             m = json.loads((out / f"warm/day{d}/metrics.json").read_text())
             row["warm"]["vocabulary"] = m["warm_start"]
-            secs, _ = run(["train", "--warm-start", str(out / f"warm-ds/day{d - 1}"), *parts, "--epochs", str(args.warm_epochs),
-                           "--neg-sample-rate", str(args.neg_sample_rate), "--out", str(out / f"warm-ds/day{d}"), *common], log)  # fmt: skip
+            secs, _ = run(
+                [
+                    "train",
+                    "--warm-start",
+                    str(out / f"warm-ds/day{d - 1}"),
+                    *parts,
+                    "--epochs",
+                    str(args.warm_epochs),
+                    "--neg-sample-rate",
+                    str(args.neg_sample_rate),
+                    "--out",
+                    str(out / f"warm-ds/day{d}"),
+                    *common,
+                ],
+                log,
+            )
             row["warm_ds"] = {**test_metrics(out / f"warm-ds/day{d}"), "seconds": secs}
             _, text = run(["evaluate", str(out / "scratch/day1"), "--data", str(files["test"]), "--quiet"], log)
             ev = json.loads(text)
             row["never"] = {k: ev[k] for k in ("auc", "logloss", "ece", "mean_prediction", "ctr")}
-            _, text = run(["drift", str(out / f"warm/day{d - 1}"), "--data", str(files["test"]), "--out", str(out / f"drift-day{d}.json"),
-                           "--fail-on", "psi>0.25", "--quiet"], log)  # fmt: skip
+            _, text = run(
+                [
+                    "drift",
+                    str(out / f"warm/day{d - 1}"),
+                    "--data",
+                    str(files["test"]),
+                    "--out",
+                    str(out / f"drift-day{d}.json"),
+                    "--fail-on",
+                    "psi>0.25",
+                    "--quiet",
+                ],
+                log,
+            )
             drift = json.loads(text)
-            row["drift"] = {"max_psi": drift["max_psi"], "worst": drift["worst"], "fields_over_0.25": sum(
-                1 for f in json.loads((out / f"drift-day{d}.json").read_text())["fields"].values() if f["psi"] > 0.25),
-                "ctr_gap": (drift.get("labels") or {}).get("ctr_gap")}  # fmt: skip
+            row["drift"] = {
+                "max_psi": drift["max_psi"],
+                "worst": drift["worst"],
+                "fields_over_0.25": sum(
+                    1
+                    for f in json.loads((out / f"drift-day{d}.json").read_text())["fields"].values()
+                    if f["psi"] > 0.25
+                ),
+                "ctr_gap": (drift.get("labels") or {}).get("ctr_gap"),
+            }
         days.append(row)
         print(json.dumps(row), flush=True)
 
     result = {
-        "date": dt.date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "python": platform.python_version(), "args": {k: str(v) for k, v in vars(args).items()}, "days": days, "commands": log,
-    }  # fmt: skip
+        "date": dt.date.today().isoformat(),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "python": platform.python_version(),
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "days": days,
+        "commands": log,
+    }
     (BENCH / "results").mkdir(exist_ok=True)
     path = BENCH / "results" / f"retrain-loop-{result['date']}.json"
     path.write_text(json.dumps(result, indent=1))
@@ -154,20 +255,28 @@ def tables(days: list[dict[str, Any]]) -> str:
             f"{w['logloss']:.4f} | {n['logloss']:.4f} | {s['seconds']:.1f} ({s['epochs']} ep) | {w['seconds']:.1f} ({w['epochs']} ep) | "
             f"{w['seconds'] / s['seconds']:.2f} |"
         )
-    lines += ["", "| day | warm AUC | warm+ds AUC | warm logloss | warm+ds logloss | warm+ds mean prediction | test CTR | warm train s | warm+ds train s | rows trained (ds) |",
-              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines += [
+        "",
+        "| day | warm AUC | warm+ds AUC | warm logloss | warm+ds logloss | warm+ds mean prediction | test CTR | warm train s | warm+ds train s | rows trained (ds) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in days:
         w, ds = r["warm"], r["warm_ds"]
         lines.append(
             f"| {r['day']} | {w['auc']:.4f} | {ds['auc']:.4f} | {w['logloss']:.4f} | {ds['logloss']:.4f} | {ds['mean_prediction']:.4f} | "
             f"{ds['ctr']:.4f} | {w['train_seconds']:.1f} | {ds['train_seconds']:.1f} | {ds['train_rows']:,} |"
         )
-    lines += ["", "| day | new values | evicted | max PSI (yesterday's warm model) | fields with PSI > 0.25 | never: mean prediction vs CTR |",
-              "|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines += [
+        "",
+        "| day | new values | evicted | max PSI (yesterday's warm model) | fields with PSI > 0.25 | never: mean prediction vs CTR |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in days[1:]:
         v, dr, n = r["warm"]["vocabulary"], r["drift"], r["never"]
-        lines.append(f"| {r['day']} | {v['new_values']:,} | {v['evicted_values']:,} | {dr['max_psi']:.2f} | {dr['fields_over_0.25']} | "
-                     f"{n['mean_prediction']:.4f} vs {n['ctr']:.4f} |")  # fmt: skip
+        lines.append(
+            f"| {r['day']} | {v['new_values']:,} | {v['evicted_values']:,} | {dr['max_psi']:.2f} | {dr['fields_over_0.25']} | "
+            f"{n['mean_prediction']:.4f} vs {n['ctr']:.4f} |"
+        )
     return "\n".join(lines)
 
 

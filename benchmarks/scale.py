@@ -38,9 +38,15 @@ def sample_memory(pid: int, every: float, samples: list[tuple[float, int, int, i
             text = Path(f"/proc/{pid}/status").read_text()
         except OSError:
             return
-        kib = {line.split(":")[0]: int(line.split()[1]) for line in text.splitlines() if line.startswith(("VmRSS", "RssAnon", "RssFile"))}
+        kib = {
+            line.split(":")[0]: int(line.split()[1])
+            for line in text.splitlines()
+            if line.startswith(("VmRSS", "RssAnon", "RssFile"))
+        }
         if kib:
-            samples.append((round(time.perf_counter() - t0, 1), kib.get("VmRSS", 0), kib.get("RssAnon", 0), kib.get("RssFile", 0)))
+            samples.append(
+                (round(time.perf_counter() - t0, 1), kib.get("VmRSS", 0), kib.get("RssAnon", 0), kib.get("RssFile", 0))
+            )
 
 
 def run(cmd: list[str], log: Path) -> dict:
@@ -76,7 +82,9 @@ def run(cmd: list[str], log: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=45_000_000)
-    ap.add_argument("--rows-eval", type=int, default=2_000_000, help="rows at the end of the file for the evaluate stage")
+    ap.add_argument(
+        "--rows-eval", type=int, default=2_000_000, help="rows at the end of the file for the evaluate stage"
+    )
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/deepfm-scale"))
     ap.add_argument("--json", type=Path, help="results file (default benchmarks/results/scale-<rows>-<date>.json)")
     args = ap.parse_args()
@@ -86,13 +94,29 @@ def main() -> None:
     data = work / "clicks.tsv"
     stages: dict[str, dict] = {}
     if not data.exists():
-        stages["synth"] = run([*deepfm, "synth", "--rows", str(args.rows), "--out", str(data), "--quiet"], work / "synth.log")
+        stages["synth"] = run(
+            [*deepfm, "synth", "--rows", str(args.rows), "--out", str(data), "--quiet"], work / "synth.log"
+        )
     out = work / "model"
     stages["train"] = run(
-        [*deepfm, "train", "--data", str(data), "--preset", "criteo", "--split", "0.9,0.05,0.05", "--epochs", "1",
-         "--no-cache", "--out", str(out), "--quiet"],
+        [
+            *deepfm,
+            "train",
+            "--data",
+            str(data),
+            "--preset",
+            "criteo",
+            "--split",
+            "0.9,0.05,0.05",
+            "--epochs",
+            "1",
+            "--no-cache",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
         work / "train.log",
-    )  # fmt: skip
+    )
     m = json.loads((out / "metrics.json").read_text())
     tail = work / "eval.tsv"
     with open(tail, "wb") as f:  # the last rows of the file: the test part's own rows
@@ -104,15 +128,30 @@ def main() -> None:
         "command": f"python benchmarks/scale.py --rows {args.rows}",
         "rows": args.rows,
         "stages": stages,
-        "train_metrics": {k: m.get(k) for k in (
-            "train_rows", "preprocess_seconds", "preprocess_rows_per_s", "train_seconds", "train_samples_per_s",
-            "valid_predict_samples_per_s", "test_predict_samples_per_s", "valid_auc", "test_auc", "test_logloss",
-            "total_seconds", "batch_size")},
+        "train_metrics": {
+            k: m.get(k)
+            for k in (
+                "train_rows",
+                "preprocess_seconds",
+                "preprocess_rows_per_s",
+                "train_seconds",
+                "train_samples_per_s",
+                "valid_predict_samples_per_s",
+                "test_predict_samples_per_s",
+                "valid_auc",
+                "test_auc",
+                "test_logloss",
+                "total_seconds",
+                "batch_size",
+            )
+        },
         # the epoch's training metrics, on the sampled rows (TRAIN_METRIC_ROWS)
-        "train_epoch": {k: m["history"][-1].get(k) for k in ("train_loss", "train_auc", "train_logloss", "train_metric_rows")},
+        "train_epoch": {
+            k: m["history"][-1].get(k) for k in ("train_loss", "train_auc", "train_logloss", "train_metric_rows")
+        },
         "embedding_rows": json.loads((out / "pipeline.json").read_text())["num_embeddings"],
         "evaluate": evaluated,
-    }  # fmt: skip
+    }
     path = args.json or ROOT / "benchmarks" / "results" / f"scale-{args.rows}-{result['date']}.json"
     path.write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))

@@ -38,10 +38,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def worker(args: argparse.Namespace) -> None:
     from deepfm.config import RunConfig
-    from deepfm.model.deepfm import DeepFM, InputLayout
     from deepfm.data.schema import PRESETS
-    from deepfm.training.sharded import ShardedDeepFM, field_tables, rank_batches
+    from deepfm.model.deepfm import DeepFM, InputLayout
     from deepfm.training import prepare
+    from deepfm.training.sharded import ShardedDeepFM, field_tables, rank_batches
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -84,14 +84,21 @@ def worker(args: argparse.Namespace) -> None:
         d1 = config.model.embedding_dim + 1
         n = layout.num_embeddings
         result = {
-            "rows": args.rows, "world": world, "global_batch": args.batch, "steps": steps,
-            "samples_per_s": round(float(done[0]) / seconds), "seconds": round(seconds, 1),
-            "num_embeddings": n, "rows_held": held.tolist(),
-            "table_mib_per_rank": [round(int(h) * (width * 4 + 4) / 2**20, 1) for h in held],  # weights + row-wise Adagrad
+            "rows": args.rows,
+            "world": world,
+            "global_batch": args.batch,
+            "steps": steps,
+            "samples_per_s": round(float(done[0]) / seconds),
+            "seconds": round(seconds, 1),
+            "num_embeddings": n,
+            "rows_held": held.tolist(),
+            "table_mib_per_rank": [
+                round(int(h) * (width * 4 + 4) / 2**20, 1) for h in held
+            ],  # weights + row-wise Adagrad
             "data_parallel_table_mib_per_rank": round(n * d1 * 4 * 3 / 2**20, 1),  # weights + Adam's two moments
             "placement": {k: v[0] for k, v in model.placement.items() if v[0] == "row_wise"},
             "peak_rss_gib_per_rank": [round(float(x), 2) for x in rss],
-        }  # fmt: skip
+        }
         print(json.dumps(result))
         if args.json is not None:
             record = {
@@ -99,9 +106,13 @@ def worker(args: argparse.Namespace) -> None:
                 "date": datetime.date.today().isoformat(),
                 "command": args.command,
                 "config": {
-                    "model": dataclasses.asdict(config.model), "row_wise_min_rows": args.row_wise_min_rows,
-                    "global_batch": args.batch, "epochs": 1, "threads_per_rank": threads,
-                    "table_optimizer": "fbgemm fused row-wise Adagrad", "dense_optimizer": "Adam",
+                    "model": dataclasses.asdict(config.model),
+                    "row_wise_min_rows": args.row_wise_min_rows,
+                    "global_batch": args.batch,
+                    "epochs": 1,
+                    "threads_per_rank": threads,
+                    "table_optimizer": "fbgemm fused row-wise Adagrad",
+                    "dense_optimizer": "Adam",
                 },
                 "deepfm_commit": _git("rev-parse", "--short", "HEAD"),
                 "deepfm_tree_dirty": bool(_git("status", "--porcelain", "--", "deepfm")),
@@ -109,7 +120,7 @@ def worker(args: argparse.Namespace) -> None:
                 "load_average_before": load_before,
                 "load_average_after": os.getloadavg()[0],
                 **result,
-            }  # fmt: skip
+            }
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(record, indent=1) + "\n")
     dist.destroy_process_group()
@@ -137,10 +148,28 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     data = args.workdir / "clicks.tsv"
     if not data.exists():
-        subprocess.run([sys.executable, "-m", "deepfm", "synth", "--rows", str(args.rows), "--out", str(data), "--quiet"], check=True)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.nproc), __file__, "--worker",
-           "--rows", str(args.rows), "--batch", str(args.batch), "--row-wise-min-rows", str(args.row_wise_min_rows),
-           "--workdir", str(args.workdir)]  # fmt: skip
+        subprocess.run(
+            [sys.executable, "-m", "deepfm", "synth", "--rows", str(args.rows), "--out", str(data), "--quiet"],
+            check=True,
+        )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(args.nproc),
+        __file__,
+        "--worker",
+        "--rows",
+        str(args.rows),
+        "--batch",
+        str(args.batch),
+        "--row-wise-min-rows",
+        str(args.row_wise_min_rows),
+        "--workdir",
+        str(args.workdir),
+    ]
     if args.json is not None:
         command = " ".join(["python benchmarks/sharded.py", *sys.argv[1:]])
         cmd += ["--json", str(args.json.resolve()), "--command", command]

@@ -32,9 +32,19 @@ import sys
 from pathlib import Path
 
 from benchlib import (
-    BENCH, DISPLAY, DISTRIBUTION, ROOT, check_deepfm, command_line, describe_environment, ensure_peer_env, fail, log,
-    read_json_line, run_measured,
-)  # fmt: skip
+    BENCH,
+    DISPLAY,
+    DISTRIBUTION,
+    ROOT,
+    check_deepfm,
+    command_line,
+    describe_environment,
+    ensure_peer_env,
+    fail,
+    log,
+    read_json_line,
+    run_measured,
+)
 
 # One set of hyperparameters for every library (the issue's "same model").
 HYPERPARAMETERS = {
@@ -176,23 +186,72 @@ def run_library(lib: str, data: Path, workdir: Path, peer_python: Path | None, a
     if lib == "deepfm":
         out = scratch / "model"
         cmd = [
-            sys.executable, "-m", "deepfm", "train", "--data", str(data), "--preset", "criteo",
-            "--split", hp["split"], "--embedding-dim", str(hp["embedding_dim"]), "--hidden", hp["hidden"],
-            "--dropout", "0", "--batch-size", str(hp["batch_size"]), "--epochs", str(args.epochs),
-            "--lr", str(hp["lr"]), "--embedding-lr", str(hp["lr"]), "--l2-embedding", str(hp["l2"]),
-            "--min-count", str(hp["min_count"]), "--seed", str(hp["seed"]), "--device", "cpu", "--out", str(out),
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "deepfm",
+            "train",
+            "--data",
+            str(data),
+            "--preset",
+            "criteo",
+            "--split",
+            hp["split"],
+            "--embedding-dim",
+            str(hp["embedding_dim"]),
+            "--hidden",
+            hp["hidden"],
+            "--dropout",
+            "0",
+            "--batch-size",
+            str(hp["batch_size"]),
+            "--epochs",
+            str(args.epochs),
+            "--lr",
+            str(hp["lr"]),
+            "--embedding-lr",
+            str(hp["lr"]),
+            "--l2-embedding",
+            str(hp["l2"]),
+            "--min-count",
+            str(hp["min_count"]),
+            "--seed",
+            str(hp["seed"]),
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
         # deepfm can keep encoded data between runs on the same file; a hit would skip the
         # preprocessing this benchmark measures, so every run starts from the raw file.
         if deepfm_has_flag("--no-cache"):
             cmd.append("--no-cache")
     else:
         cmd = [
-            str(peer_python), str(BENCH / "peers" / f"{lib}_run.py"), "--data", str(data), "--workdir", str(scratch),
-            "--split", hp["split"], "--embedding-dim", str(hp["embedding_dim"]), "--hidden", hp["hidden"],
-            "--batch-size", str(hp["batch_size"]), "--predict-batch", str(PREDICT_BATCH), "--epochs", str(args.epochs),
-            "--lr", str(hp["lr"]), "--min-count", str(hp["min_count"]), "--seed", str(hp["seed"]),
-        ]  # fmt: skip
+            str(peer_python),
+            str(BENCH / "peers" / f"{lib}_run.py"),
+            "--data",
+            str(data),
+            "--workdir",
+            str(scratch),
+            "--split",
+            hp["split"],
+            "--embedding-dim",
+            str(hp["embedding_dim"]),
+            "--hidden",
+            hp["hidden"],
+            "--batch-size",
+            str(hp["batch_size"]),
+            "--predict-batch",
+            str(PREDICT_BATCH),
+            "--epochs",
+            str(args.epochs),
+            "--lr",
+            str(hp["lr"]),
+            "--min-count",
+            str(hp["min_count"]),
+            "--seed",
+            str(hp["seed"]),
+        ]
     status, seconds, peak_rss_mib, stdout, stderr = run_measured(cmd, scratch, args.timeout)
     run: dict = {"library": lib, "ok": False, "process_seconds": seconds, "peak_rss_mib": peak_rss_mib}
     if status != 0:
@@ -218,9 +277,14 @@ def read_deepfm_metrics(path: Path) -> dict:
     """The keys of deepfm's metrics.json that the table uses (a missing one is an error)."""
     m = json.loads(path.read_text())
     keys = [
-        "train_samples_per_s", "test_predict_samples_per_s", "preprocess_rows_per_s", "preprocess_seconds",
-        "total_seconds", "test_auc", "test_logloss",
-    ]  # fmt: skip
+        "train_samples_per_s",
+        "test_predict_samples_per_s",
+        "preprocess_rows_per_s",
+        "preprocess_seconds",
+        "total_seconds",
+        "test_auc",
+        "test_logloss",
+    ]
     missing = [k for k in keys if k not in m]
     if missing:
         raise KeyError(f"metrics.json lacks {', '.join(missing)}")
@@ -310,7 +374,9 @@ def render_docs(report: dict, table: str, results: Path) -> str:
     if env.get("deepfm_tree_dirty"):
         commit += " with uncommitted changes in deepfm/"
     rel = results.relative_to(ROOT) if results.is_relative_to(ROOT) else results
-    peer_stack = ", ".join(f"{k} {v}" for k, v in peer_versions.items() if k not in ("deepctr-torch", "fuxictr", "torchfm"))
+    peer_stack = ", ".join(
+        f"{k} {v}" for k, v in peer_versions.items() if k not in ("deepctr-torch", "fuxictr", "torchfm")
+    )
     nice_note = (
         "\n(`nice`: other jobs shared the machine; the raised priority, which every library's run inherits"
         " alike, keeps them off its cores.)"
@@ -319,13 +385,13 @@ def render_docs(report: dict, table: str, results: Path) -> str:
     )
     return f"""# Speed: deepfm beside DeepCTR-Torch, FuxiCTR and pytorch-fm
 
-Generated by `benchmarks/speed.py` on {report['date']}; do not edit by hand, rerun it.
+Generated by `benchmarks/speed.py` on {report["date"]}; do not edit by hand, rerun it.
 
 ```bash
-{report['command']}    # with the project's .venv active
+{report["command"]}    # with the project's .venv active
 ```
 
-{report['rows']:,} rows of `deepfm synth` data, {report['epochs']} epoch(s), medians of {report['repeats']} run(s)
+{report["rows"]:,} rows of `deepfm synth` data, {report["epochs"]} epoch(s), medians of {report["repeats"]} run(s)
 per library, the libraries alternated and their order rotated every repeat.{nice_note}
 
 {table}
@@ -355,21 +421,21 @@ versions: [`{rel}`](../{rel}).
 
 ## Same model, same data
 
-- Data: `deepfm synth --rows {report['rows']}`, Criteo layout (label, I1..I13 counts, C1..C26 hashed
-  categoricals, tab-separated), split by row order {hp['split']} (train, validation, test).
+- Data: `deepfm synth --rows {report["rows"]}`, Criteo layout (label, I1..I13 counts, C1..C26 hashed
+  categoricals, tab-separated), split by row order {hp["split"]} (train, validation, test).
 - Fields: all 39 categorical. I1..I13 bucketized with the Criteo log trick (v > 2: floor(log(v)²),
   kept apart from the small values; else v itself); a missing value is a value of its own;
-  vocabularies fitted on the training part; values seen fewer than {hp['min_count']} times there, and unseen
+  vocabularies fitted on the training part; values seen fewer than {hp["min_count"]} times there, and unseen
   values, share one OOV index per field.
-- Model: DeepFM, one embedding of size {hp['embedding_dim']} per field shared by the FM and the MLP, a
-  first-order term, MLP {hp['hidden'].replace(',', '-')} ReLU, dropout 0, no batch norm, sigmoid output.
-- Training: Adam, lr {hp['lr']:g}, batch {hp['batch_size']}, {hp['epochs']} epoch(s), L2 {hp['l2']:g}, seed {hp['seed']}, CPU, torch's
-  default thread count in every process ({', '.join(str(t) for t in threads) or '?'} here).
+- Model: DeepFM, one embedding of size {hp["embedding_dim"]} per field shared by the FM and the MLP, a
+  first-order term, MLP {hp["hidden"].replace(",", "-")} ReLU, dropout 0, no batch norm, sigmoid output.
+- Training: Adam, lr {hp["lr"]:g}, batch {hp["batch_size"]}, {hp["epochs"]} epoch(s), L2 {hp["l2"]:g}, seed {hp["seed"]}, CPU, torch's
+  default thread count in every process ({", ".join(str(t) for t in threads) or "?"} here).
 
 Per library:
 
-- **deepfm**: `deepfm train --preset criteo --split {hp['split']} --embedding-dim {hp['embedding_dim']} --hidden {hp['hidden']}
-  --dropout 0 --batch-size {hp['batch_size']} --epochs {hp['epochs']} --lr {hp['lr']:g} --embedding-lr {hp['lr']:g} --min-count {hp['min_count']}
+- **deepfm**: `deepfm train --preset criteo --split {hp["split"]} --embedding-dim {hp["embedding_dim"]} --hidden {hp["hidden"]}
+  --dropout 0 --batch-size {hp["batch_size"]} --epochs {hp["epochs"]} --lr {hp["lr"]:g} --embedding-lr {hp["lr"]:g} --min-count {hp["min_count"]}
   --device cpu --no-cache`; numbers from its `metrics.json`. `--no-cache` turns off its cache of encoded
   data, so every run preprocesses the raw file like the peers.
 - **DeepCTR-Torch**: `deepctr_torch.models.DeepFM` over 39 `SparseFeat`s (L2 terms set to 0),
@@ -389,10 +455,10 @@ Per library:
 
 ## Machine and versions
 
-- CPU: {env.get('cpu')}, {env.get('cores')} cores, {env.get('ram_gib')} GiB RAM; {env.get('os')}
-- Python {mine.get('python', '?')}; torch {versions.get('torch', '?')} (deepfm's venv) and {peer_versions.get('torch', '?')} (peers' venv)
+- CPU: {env.get("cpu")}, {env.get("cores")} cores, {env.get("ram_gib")} GiB RAM; {env.get("os")}
+- Python {mine.get("python", "?")}; torch {versions.get("torch", "?")} (deepfm's venv) and {peer_versions.get("torch", "?")} (peers' venv)
 - Libraries: {lib_versions}
-- Peers' stack: {peer_stack or '-'}
+- Peers' stack: {peer_stack or "-"}
 - deepfm commit: {commit}
 
 The peers live in their own virtual environment, `benchmarks/.venv-peers`, created by the script;

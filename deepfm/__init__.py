@@ -13,15 +13,15 @@ from typing import TYPE_CHECKING, Any
 from deepfm._version import __version__
 from deepfm.bundle import Bundle
 from deepfm.config import ModelConfig, RunConfig, TrainConfig, load_config
-from deepfm.data.source import ReadOptions
 from deepfm.data.schema import FieldSpec, Schema, criteo_schema
+from deepfm.data.source import ReadOptions
 from deepfm.errors import BundleError, ConfigError, DataError, DeepFMError
 from deepfm.inference.predictor import Predictor, evaluate, predict_file
 from deepfm.model.deepfm import DeepFM
 from deepfm.training.job import resume, train
 
 if TYPE_CHECKING:
-    from deepfm.estimator import DeepFMClassifier
+    from deepfm.estimator import DeepFMClassifier as DeepFMClassifier
 
 
 def __getattr__(name: str) -> Any:
@@ -34,7 +34,24 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "Bundle", "BundleError", "ConfigError", "DataError", "DeepFM", "DeepFMError", "FieldSpec", "ModelConfig",
-    "Predictor", "ReadOptions", "RunConfig", "Schema", "TrainConfig", "criteo_schema", "evaluate", "load_config",
-    "predict_file", "resume", "train", "__version__",
-]  # fmt: skip
+    "Bundle",
+    "BundleError",
+    "ConfigError",
+    "DataError",
+    "DeepFM",
+    "DeepFMError",
+    "FieldSpec",
+    "ModelConfig",
+    "Predictor",
+    "ReadOptions",
+    "RunConfig",
+    "Schema",
+    "TrainConfig",
+    "criteo_schema",
+    "evaluate",
+    "load_config",
+    "predict_file",
+    "resume",
+    "train",
+    "__version__",
+]

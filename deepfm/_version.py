@@ -1,3 +1,5 @@
-"""The version of deepfm: pyproject.toml reads it from here, bundles record it."""
+"""The version of deepfm: pyproject.toml reads it from here, ``deepfm --version`` prints it and
+every saved bundle records it (manifest.json's ``deepfm_version``). CHANGELOG.md says what
+changed between versions."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"

@@ -6,7 +6,8 @@
     model.safetensors weights
     metrics.json      what training measured
     calibration.json  downsampling correction and fitted calibration (deepfm.model.calibration)
-    manifest.json     sha256 of every file above, checked on load
+    manifest.json     sha256 of every file above, checked on load, and the deepfm version
+                      that wrote the folder (``deepfm_version``; folders from before 0.2 have none)
 
 Loading never unpickles anything: JSON, Arrow and safetensors only.
 """
@@ -21,12 +22,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from deepfm.model.calibration import FILE as CALIBRATION_FILE
-from deepfm.model.calibration import Calibration
+from deepfm._version import __version__
 from deepfm.config import RunConfig
 from deepfm.data.encoded import EncodedChunk
 from deepfm.errors import BundleError
 from deepfm.features.pipeline import FeaturePipeline
+from deepfm.model.calibration import FILE as CALIBRATION_FILE
+from deepfm.model.calibration import Calibration
 from deepfm.model.deepfm import DeepFM, InputLayout
 from deepfm.scoring import Scorer
 from deepfm.util.files import sha256_file, write_atomic
@@ -57,6 +59,9 @@ class Bundle:
         self.calibration = calibration or Calibration()
         # Files saved beside the bundle's own (the estimator's classes): kept when it is saved again.
         self.extra = dict(extra or {})
+        # The deepfm version that wrote the folder: None before save, and for folders written
+        # before versions were recorded. Reading does not depend on it (format_version does).
+        self.written_by: str | None = None
 
     @property
     def device(self) -> torch.device:
@@ -82,14 +87,20 @@ class Bundle:
         write_atomic(folder / "config.json", json.dumps(config, indent=1).encode())
         files = list(self.pipeline.save(folder))
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        save_file(state, str(folder / "model.safetensors"), metadata={"format": "deepfm", "version": str(FORMAT_VERSION)})
+        save_file(
+            state, str(folder / "model.safetensors"), metadata={"format": "deepfm", "version": str(FORMAT_VERSION)}
+        )
         self.metrics = _jsonable(self.metrics)  # what a reload gives back (JSON has no inf or NaN: null)
         write_atomic(folder / "metrics.json", json.dumps(self.metrics, indent=1).encode())
         write_atomic(folder / CALIBRATION_FILE, self.calibration.to_json().encode())
         files += ["config.json", "model.safetensors", *OPTIONAL, *extra]
-        manifest = {"format_version": FORMAT_VERSION, "sha256": {f: sha256_file(folder / f) for f in sorted(files)}}
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "deepfm_version": __version__,
+            "sha256": {f: sha256_file(folder / f) for f in sorted(files)},
+        }
         write_atomic(folder / "manifest.json", json.dumps(manifest, indent=1).encode())
-        self.path, self.extra = folder, extra
+        self.path, self.extra, self.written_by = folder, extra, __version__
         return folder
 
     @classmethod
@@ -106,7 +117,9 @@ class Bundle:
             raise BundleError(f"{folder}/manifest.json: no sha256 table")
         unsigned = [f for f in (*SIGNED, *OPTIONAL) if (folder / f).is_file() and f not in digests]
         if unsigned:
-            raise BundleError(f"{folder}: manifest.json holds no sha256 for {unsigned}; the folder was changed after it was saved")
+            raise BundleError(
+                f"{folder}: manifest.json holds no sha256 for {unsigned}; the folder was changed after it was saved"
+            )
         for name, digest in digests.items():
             if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith("."):
                 raise BundleError(f"{folder}/manifest.json: {name!r} is not a file name of this folder")
@@ -116,7 +129,9 @@ class Bundle:
                 raise BundleError(f"{folder}: {name} does not match its sha256 in manifest.json (changed or truncated)")
         raw = _read_json(folder / "config.json")
         if raw.get("format_version") != FORMAT_VERSION or "layout" not in raw:
-            raise BundleError(f"{folder}: bundle format {raw.get('format_version')!r}, this deepfm reads {FORMAT_VERSION}")
+            raise BundleError(
+                f"{folder}: bundle format {raw.get('format_version')!r}, this deepfm reads {FORMAT_VERSION}"
+            )
         layout = InputLayout.from_dict(raw.pop("layout"))
         raw.pop("format_version")
         config = RunConfig.from_dict(raw, where=f"{folder}/config.json")
@@ -126,7 +141,9 @@ class Bundle:
             state = load_file(str(folder / "model.safetensors"))
             model.load_state_dict(state, strict=True)
         except (RuntimeError, OSError) as exc:
-            raise BundleError(f"{folder}/model.safetensors: weights do not fit the model in config.json ({exc})") from None
+            raise BundleError(
+                f"{folder}/model.safetensors: weights do not fit the model in config.json ({exc})"
+            ) from None
         model.to(device).eval()
         metrics_path = folder / "metrics.json"
         metrics = _read_json(metrics_path) if metrics_path.is_file() else {}
@@ -134,7 +151,10 @@ class Bundle:
         calibration = Calibration.from_json(cal_path.read_bytes(), where=str(cal_path)) if cal_path.is_file() else None
         own = {*REQUIRED, *OPTIONAL}
         extra = {name: (folder / name).read_bytes() for name in digests if name not in own}
-        return cls(config, pipeline, model, metrics, folder, calibration, extra)
+        bundle = cls(config, pipeline, model, metrics, folder, calibration, extra)
+        written_by = manifest.get("deepfm_version")
+        bundle.written_by = written_by if isinstance(written_by, str) else None
+        return bundle
 
     @property
     def model_id(self) -> str:

@@ -26,8 +26,8 @@ from typing import Any, Protocol
 import numpy as np
 import yaml
 
-from deepfm.data.source import ReadOptions
 from deepfm.data.schema import PRESETS, Schema
+from deepfm.data.source import ReadOptions
 from deepfm.errors import ConfigError
 from deepfm.util.validation import check_keys, coerce_numbers
 
@@ -77,7 +77,7 @@ class ModelConfig:
         coerce_numbers(self, "model", floats=("dropout",), ints=("embedding_dim", "cross_layers"))
         if self.init_std != "auto":
             coerce_numbers(self, "model", floats=("init_std",))
-            if not float(self.init_std) > 0:  # type: ignore[arg-type]
+            if not float(self.init_std) > 0:
                 raise ConfigError(f"model.init_std must be > 0 or 'auto', got {self.init_std!r}")
         if self.batch_norm not in (True, False, "auto"):
             raise ConfigError(f"model.batch_norm must be true, false or 'auto', got {self.batch_norm!r}")
@@ -182,9 +182,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         coerce_numbers(
-            self, "train", floats=("lr", "l2_embedding", "weight_decay", "lr_decay", "min_improvement"),
+            self,
+            "train",
+            floats=("lr", "l2_embedding", "weight_decay", "lr_decay", "min_improvement"),
             ints=("epochs", "patience", "seed", "threads", "eval_batch_size", "checkpoint_every"),
-        )  # fmt: skip
+        )
         if self.batch_size != "auto" and not isinstance(self.batch_size, int):
             coerce_numbers(self, "train", ints=("batch_size",))
         if self.batch_size != "auto" and (not isinstance(self.batch_size, int) or self.batch_size < 1):
@@ -257,7 +259,9 @@ class RunConfig:
                     raise ConfigError("give either 'preset' or 'fields', not both")
                 schema = PRESETS[data["preset"]]()
             else:
-                schema = Schema.from_dict({k: data[k] for k in ("label", "columns", "fields", "label_values") if k in data})
+                schema = Schema.from_dict(
+                    {k: data[k] for k in ("label", "columns", "fields", "label_values") if k in data}
+                )
             return cls(
                 schema=schema,
                 model=ModelConfig.from_dict(_mapping(data, "model")),
@@ -287,13 +291,14 @@ def load_config(path: str | Path) -> dict[str, Any]:
 def read_options(data: dict[str, Any], where: str = "config") -> ReadOptions:
     """The ``data:`` section of a config mapping, checked."""
     try:
-        return _build(ReadOptions, _mapping(data, "data"), "data")  # type: ignore[no-any-return]
+        return _build(ReadOptions, _mapping(data, "data"), "data")
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
 
 
 def with_overrides(config: RunConfig, model: dict[str, Any], train: dict[str, Any], data: dict[str, Any]) -> RunConfig:
     """Apply command-line overrides (None values are ignored)."""
+
     def clean(d: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in d.items() if v is not None}
 

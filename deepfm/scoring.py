@@ -22,8 +22,8 @@ import torch
 
 from deepfm.config import RunConfig
 from deepfm.data.encoded import Batch, EncodedChunk
-from deepfm.data.tables import TableSource
 from deepfm.data.source import Chunk
+from deepfm.data.tables import TableSource
 from deepfm.features.pipeline import FeaturePipeline
 from deepfm.features.records import CheckedRecords, RecordChecker, describe_fields, example_record
 from deepfm.model.calibration import Calibration, postprocess
@@ -126,7 +126,12 @@ class Scorer:
     # ------------------------------------------------------------ description
     def describe(self) -> dict[str, Any]:
         """The fields a record may hold, their kinds and what each accepts, and an example."""
-        return {"model": self.model_id, "label": self.schema.label, "fields": describe_fields(self.schema), "example": self.example_record()}
+        return {
+            "model": self.model_id,
+            "label": self.schema.label,
+            "fields": describe_fields(self.schema),
+            "example": self.example_record(),
+        }
 
     def example_record(self) -> dict[str, Any]:
         """A record of typical values: each categorical's most frequent value, numbers inside

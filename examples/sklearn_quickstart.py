@@ -51,7 +51,8 @@ def make_data(rows: int, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray, np.nd
         -1.5
         + np.array([np.mean([genre_effect[g] for g in gs]) if gs else -0.5 for gs in genres])
         + np.array([site_effect[s] for s in site])
-        + 1.2 * ((device == "phone") & night) - 0.6 * ((device == "desktop") & night)
+        + 1.2 * ((device == "phone") & night)
+        - 0.6 * ((device == "desktop") & night)
         - 0.15 * np.log(price)
     )
     p_true = 1.0 / (1.0 + np.exp(-logit))
@@ -67,7 +68,9 @@ def main(rows: int = 20_000, epochs: int = 10, cv: int = 3) -> None:
     # %% data: a DataFrame with a list column (multi-hot) and missing values
     X, y, p_true = make_data(rows, seed=0)
     X_train, X_rest, y_train, y_rest, _, p_rest = train_test_split(X, y, p_true, test_size=0.3, random_state=0)
-    X_valid, X_test, y_valid, y_test, _, p_test = train_test_split(X_rest, y_rest, p_rest, test_size=0.5, random_state=0)
+    X_valid, X_test, y_valid, y_test, _, p_test = train_test_split(
+        X_rest, y_rest, p_rest, test_size=0.5, random_state=0
+    )
     print(X.head(3).to_string())
     print(f"{len(X_train)} train, {len(X_valid)} valid, {len(X_test)} test rows; click rate {y.mean():.3f}")
 
@@ -97,7 +100,9 @@ def main(rows: int = 20_000, epochs: int = 10, cv: int = 3) -> None:
     add_night = FunctionTransformer(lambda df: df.assign(night=(df["hour"] >= 22) | (df["hour"] < 6)))
     pipe = make_pipeline(add_night, DeepFMClassifier(**params)).fit(X_train, y_train)
     print(f"Pipeline test AUC {pipe.score(X_test, y_test):.4f}")
-    drop_age = ColumnTransformer([("drop_age", "drop", ["age"])], remainder="passthrough", verbose_feature_names_out=False)
+    drop_age = ColumnTransformer(
+        [("drop_age", "drop", ["age"])], remainder="passthrough", verbose_feature_names_out=False
+    )
     pipe = make_pipeline(drop_age.set_output(transform="pandas"), DeepFMClassifier(**params)).fit(X_train, y_train)
     print(f"Pipeline without age, test AUC {pipe.score(X_test, y_test):.4f}")
 

@@ -16,13 +16,14 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from conftest import simple_schema, small_config  # type: ignore[import-not-found]
 from safetensors.torch import save_file
 
 from deepfm.bundle import Bundle
 from deepfm.model.deepfm import DeepFM, InputLayout
-from deepfm.training.sharded import ShardedDeepFM, field_tables, rank_batches
 from deepfm.training import prepare
+from deepfm.training.sharded import ShardedDeepFM, field_tables, rank_batches
+
+from helpers import simple_schema, small_config
 
 GLOBAL_BATCH = 256
 
@@ -64,10 +65,15 @@ def main() -> None:
         save_file(dict(trained.state_dict()), str(out / "weights.safetensors"))
         Bundle(config, pipeline, trained).save(out / "bundle")
         report = {
-            "world": world, "logit_gap_before_training": gap, "epoch_loss": losses,
-            "valid_scores": scores.tolist(), "valid_labels": parts.valid.labels.tolist(), "rows_held": held.tolist(),
-            "num_embeddings": layout.num_embeddings, "placement": sharded.placement,
-        }  # fmt: skip
+            "world": world,
+            "logit_gap_before_training": gap,
+            "epoch_loss": losses,
+            "valid_scores": scores.tolist(),
+            "valid_labels": parts.valid.labels.tolist(),
+            "rows_held": held.tolist(),
+            "num_embeddings": layout.num_embeddings,
+            "placement": sharded.placement,
+        }
         (out / "report.json").write_text(json.dumps(report))
     dist.barrier()
     dist.destroy_process_group()

@@ -14,11 +14,29 @@ import accuracy_data  # noqa: E402
 from accuracy_report import beyond_spread, checks, summarize  # noqa: E402
 
 
-def _run(library: str, seed: int, auc: float, logloss: float = 0.45, variant: str = "peer", batch: int = 4096,
-         valid: float | None = None) -> dict:  # fmt: skip
-    return {"dataset": "d", "library": library, "variant": variant, "seed": seed, "ok": True, "test_auc": auc,
-            "test_logloss": logloss, "valid_auc": auc if valid is None else valid, "epochs": 3, "batch_size": batch,
-            "train_seconds": 1.0, "train_samples_per_s": 10.0}  # fmt: skip
+def _run(
+    library: str,
+    seed: int,
+    auc: float,
+    logloss: float = 0.45,
+    variant: str = "peer",
+    batch: int = 4096,
+    valid: float | None = None,
+) -> dict:
+    return {
+        "dataset": "d",
+        "library": library,
+        "variant": variant,
+        "seed": seed,
+        "ok": True,
+        "test_auc": auc,
+        "test_logloss": logloss,
+        "valid_auc": auc if valid is None else valid,
+        "epochs": 3,
+        "batch_size": batch,
+        "train_seconds": 1.0,
+        "train_samples_per_s": 10.0,
+    }
 
 
 def _deepfm(variant: str, aucs: list[float], logloss: float = 0.44) -> list[dict]:
@@ -42,8 +60,12 @@ def test_checks_pass_and_fail_from_the_numbers() -> None:
     ds = {"name": "d", "family": "synth", "rows": 1_000_000, "header": True}
     result = {c["check"]: c["result"] for c in checks([ds], {"d": summarize(runs)})}
     # 0.801 < 0.797 + 0.005; logloss 0.44 > pytorch-fm's 0.43; FM - LR = 0.001 < 2 x sd 0.001
-    assert result == {"auc_vs_peers": "FAIL", "logloss_vs_peers": "FAIL", "deepfm_fm_lr_order": "FAIL",
-                      "inferred_schema": "PASS"}  # fmt: skip
+    assert result == {
+        "auc_vs_peers": "FAIL",
+        "logloss_vs_peers": "FAIL",
+        "deepfm_fm_lr_order": "FAIL",
+        "inferred_schema": "PASS",
+    }
     small = ds | {"rows": 100_000}
     result = {c["check"]: c["result"] for c in checks([small], {"d": summarize(runs)})}
     assert result["auc_vs_peers"] == "PASS" and "deepfm_fm_lr_order" not in result
@@ -84,10 +106,23 @@ def test_defaults_study_table_compares_each_variant_with_the_defaults() -> None:
     from defaults_study import summary_table
 
     def row(variant: str, seed: int, auc: float) -> dict:
-        return {"dataset": "d", "variant": variant, "seed": seed, "ok": True, "test_auc": auc, "test_logloss": 0.5,
-                "epochs": 4, "resolved": {"rows_per_table_row": 52.4}}  # fmt: skip
+        return {
+            "dataset": "d",
+            "variant": variant,
+            "seed": seed,
+            "ok": True,
+            "test_auc": auc,
+            "test_logloss": 0.5,
+            "epochs": 4,
+            "resolved": {"rows_per_table_row": 52.4},
+        }
 
-    rows = [row("defaults", 1, 0.70), row("defaults", 2, 0.72), row("batch_norm on", 1, 0.68), row("batch_norm on", 2, 0.68)]
+    rows = [
+        row("defaults", 1, 0.70),
+        row("defaults", 2, 0.72),
+        row("batch_norm on", 1, 0.68),
+        row("batch_norm on", 2, 0.68),
+    ]
     rows.append(row("batch_norm on", 3, 0.99) | {"ok": False})  # a failed run is left out
     lines = summary_table(rows).splitlines()
     assert lines[2].startswith("| d | 52 | defaults | 2 | 0.7100 ± 0.0141 |")

@@ -11,14 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import small_config, write_rows
 from deepfm.bundle import Bundle
 from deepfm.cli import main
 from deepfm.config import RunConfig, load_config
-from deepfm.errors import BundleError, ConfigError, DataError
-from deepfm.data.source import ReadOptions
 from deepfm.data.schema import FieldSpec, Schema
+from deepfm.data.source import ReadOptions
+from deepfm.errors import BundleError, ConfigError, DataError
 from deepfm.training import prepare, train
+
+from helpers import small_config, write_rows
 
 COLS = ["label", "c", "x"]
 N = 100
@@ -133,7 +134,9 @@ def test_line_numbers_count_skipped_rows(tmp_path: Path) -> None:
     data[70][2] = "seventy"
     write_rows(path, data, COLS)
     with pytest.raises(DataError) as info:
-        prepare(small_config(schema(), data=ReadOptions(on_bad_row="skip")), path, tmp_path / "w", split=(1.0, 0.0, 0.0))
+        prepare(
+            small_config(schema(), data=ReadOptions(on_bad_row="skip")), path, tmp_path / "w", split=(1.0, 0.0, 0.0)
+        )
     expect_in(str(info.value), str(path), "line 72", "field 'x'")
 
 
@@ -153,7 +156,10 @@ def test_text_in_a_numeric_column(tmp_path: Path, capsys, header: bool) -> None:
 
 
 def standardized_schema() -> Schema:
-    return Schema(label="label", fields=(FieldSpec("c", min_count=1), FieldSpec("x", kind="numeric", mode="scaled", transform="standardize")))
+    return Schema(
+        label="label",
+        fields=(FieldSpec("c", min_count=1), FieldSpec("x", kind="numeric", mode="scaled", transform="standardize")),
+    )
 
 
 def test_values_too_large_to_standardize_name_the_field(tmp_path: Path) -> None:
@@ -216,7 +222,9 @@ def test_bad_split_option(tmp_path: Path, capsys) -> None:
     data = write_rows(tmp_path / "d.csv", rows(), COLS)
     err = cli_error(capsys, train_argv(data, write_config(tmp_path), tmp_path / "o", "--split", "0.8,0.3"))
     expect_in(err, "--split", "0.8,0.3")
-    err = cli_error(capsys, train_argv(data, write_config(tmp_path), tmp_path / "o", "--split", "0.8,0.2", "--valid", str(data)))
+    err = cli_error(
+        capsys, train_argv(data, write_config(tmp_path), tmp_path / "o", "--split", "0.8,0.2", "--valid", str(data))
+    )
     expect_in(err, "--split", "--valid")
 
 

@@ -17,17 +17,34 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import (
-    SIMPLE_FIELDS, assert_identical_scores, assert_scores_close, assert_scores_differ, encoded_rows, simple_records,
-    simple_schema, small_config, write_records_csv,
-)  # fmt: skip
 from deepfm.bundle import Bundle
 from deepfm.cli import main
 from deepfm.errors import BundleError
 from deepfm.training import train
 
+from helpers import (
+    SIMPLE_FIELDS,
+    assert_identical_scores,
+    assert_scores_close,
+    assert_scores_differ,
+    encoded_rows,
+    simple_records,
+    simple_schema,
+    small_config,
+    write_records_csv,
+)
+
 N = 3000
-EXPECTED_FILES = {"config.json", "pipeline.json", "vocab.arrow", "model.safetensors", "metrics.json", "calibration.json", "profile.json", "manifest.json"}
+EXPECTED_FILES = {
+    "config.json",
+    "pipeline.json",
+    "vocab.arrow",
+    "model.safetensors",
+    "metrics.json",
+    "calibration.json",
+    "profile.json",
+    "manifest.json",
+}
 
 
 @pytest.fixture(scope="module")
@@ -118,14 +135,21 @@ def test_fresh_process_and_cli_predictions_bit_identical(trained, tmp_path: Path
     out = tmp_path / "scores.csv"
     script = Path(sys.executable).parent / "deepfm"
     command = [str(script)] if script.is_file() else [sys.executable, "-m", "deepfm"]
-    subprocess.run([*command, "predict", str(tmp / "model"), "--data", str(csv), "--out", str(out), "--quiet"],
-                   check=True, capture_output=True, timeout=120, env=same_threads)  # fmt: skip
+    subprocess.run(
+        [*command, "predict", str(tmp / "model"), "--data", str(csv), "--out", str(out), "--quiet"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+        env=same_threads,
+    )
     table = pacsv.read_csv(out)
     assert table.column_names == ["probability"]
     from_cli = table.column("probability").to_numpy()
     assert_identical_scores(from_cli, here, "the file's 300 rows are read into one batch of the same shape")
     # the in-process CLI writes the same file
-    assert main(["predict", str(tmp / "model"), "--data", str(csv), "--out", str(tmp_path / "again.csv"), "--quiet"]) == 0
+    assert (
+        main(["predict", str(tmp / "model"), "--data", str(csv), "--out", str(tmp_path / "again.csv"), "--quiet"]) == 0
+    )
     assert (tmp_path / "again.csv").read_bytes() == out.read_bytes()
 
     # evaluate on the test rows agrees with what training measured on them
@@ -221,6 +245,22 @@ def _resign(folder: Path) -> None:
     names = sorted(p.name for p in folder.iterdir() if p.name != "manifest.json")
     digests = {n: hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in names}
     (folder / "manifest.json").write_text(json.dumps({"format_version": 1, "sha256": digests}))
+
+
+def test_manifest_records_the_deepfm_version_and_older_folders_still_load(trained, tmp_path: Path) -> None:
+    from deepfm import __version__
+
+    folder = _copy(trained, tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["deepfm_version"] == __version__ and trained[2].written_by == __version__
+    assert Bundle.load(folder).written_by == __version__
+    del manifest["deepfm_version"]  # as deepfm 0.1 wrote it: the version is not part of the format
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    old = Bundle.load(folder)
+    assert old.written_by is None
+    np.testing.assert_array_equal(
+        old.predict(score_rows(trained[1][:50])), trained[2].predict(score_rows(trained[1][:50]))
+    )
 
 
 def test_load_refuses_a_truncated_file(trained, tmp_path: Path) -> None:

@@ -6,10 +6,10 @@ import json
 import os
 from pathlib import Path
 
-from conftest import small_config, write_criteo_tsv  # type: ignore[import-not-found]
-
 from deepfm.data.schema import criteo_schema
 from deepfm.training import train
+
+from helpers import small_config, write_criteo_tsv
 
 
 def _metrics(out: Path) -> dict:
@@ -45,7 +45,14 @@ def test_a_changed_file_or_config_is_encoded_again(tmp_path: Path) -> None:
 
 def test_no_cache_leaves_nothing_behind(tmp_path: Path) -> None:
     data = write_criteo_tsv(tmp_path / "d.tsv", 800, seed=5)
-    train(small_config(criteo_schema()), data, tmp_path / "a", split="0.8,0.1,0.1", cache=False, cache_dir=tmp_path / "cache")
+    train(
+        small_config(criteo_schema()),
+        data,
+        tmp_path / "a",
+        split="0.8,0.1,0.1",
+        cache=False,
+        cache_dir=tmp_path / "cache",
+    )
     assert _metrics(tmp_path / "a")["preprocess_cache"] == "off"
     assert not (tmp_path / "cache").exists()
     assert not [p for p in (tmp_path / "a").iterdir() if p.name.startswith(".encoded")]

@@ -12,7 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 from safetensors.torch import load_file
 
-from conftest import (
+from deepfm.cli import main
+from deepfm.data.schema import CRITEO_COLUMNS
+
+from helpers import (
     CRITEO_SAMPLE,
     SIMPLE_FIELDS,
     criteo_rows,
@@ -21,8 +24,6 @@ from conftest import (
     write_records_csv,
     write_rows,
 )
-from deepfm.cli import main
-from deepfm.data.schema import CRITEO_COLUMNS
 
 FAST = ["--threads", "1", "--quiet"]
 METRIC_KEYS = ("valid_auc", "valid_logloss", "test_auc", "test_logloss", "epochs", "train_samples_per_s")
@@ -45,7 +46,19 @@ def criteo_run(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("cli-criteo")
     data = write_criteo_tsv(tmp / "f.tsv", 2000, seed=3)
     out = tmp / "d"
-    argv = ["train", "--data", str(data), "--preset", "criteo", "--split", "0.8,0.1,0.1", "--out", str(out), "--epochs", "2"]
+    argv = [
+        "train",
+        "--data",
+        str(data),
+        "--preset",
+        "criteo",
+        "--split",
+        "0.8,0.1,0.1",
+        "--out",
+        str(out),
+        "--epochs",
+        "2",
+    ]
     argv += ["--embedding-dim", "4", "--hidden", "16", "--lr", "0.01", "--embedding-lr", "0.01", *FAST]
     code = main(argv)
     return tmp, data, out, code
@@ -83,9 +96,27 @@ def test_train_prints_summary_json(tmp_path: Path, capsys) -> None:
     data = write_criteo_tsv(tmp_path / "f.tsv", 600, seed=4)
     out = run(
         capsys,
-        ["train", "--data", str(data), "--preset", "criteo", "--split", "0.8,0.1,0.1", "--out", str(tmp_path / "d"),
-         "--epochs", "1", "--embedding-dim", "4", "--hidden", "8", "--model", "fm", *FAST],
-    )  # fmt: skip
+        [
+            "train",
+            "--data",
+            str(data),
+            "--preset",
+            "criteo",
+            "--split",
+            "0.8,0.1,0.1",
+            "--out",
+            str(tmp_path / "d"),
+            "--epochs",
+            "1",
+            "--embedding-dim",
+            "4",
+            "--hidden",
+            "8",
+            "--model",
+            "fm",
+            *FAST,
+        ],
+    )
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["out"] == str(tmp_path / "d")
     assert set(METRIC_KEYS) <= set(summary)
@@ -117,7 +148,10 @@ def test_predict_one_probability_per_row(criteo_run, capsys, tmp_path: Path) -> 
     rows = criteo_rows(257, seed=10)
     labelled = write_rows(tmp_path / "l.tsv", rows, None, "\t")
     unlabelled = write_rows(tmp_path / "u.tsv", [r[1:] for r in rows], None, "\t")  # no label column
-    run(capsys, ["predict", str(out), "--data", str(labelled), "--out", str(tmp_path / "a.csv"), "--keep", "C1", "--quiet"])
+    run(
+        capsys,
+        ["predict", str(out), "--data", str(labelled), "--out", str(tmp_path / "a.csv"), "--keep", "C1", "--quiet"],
+    )
     run(capsys, ["predict", str(out), "--data", str(unlabelled), "--out", str(tmp_path / "b.csv"), "--quiet"])
     a, b = read_probs(tmp_path / "a.csv"), read_probs(tmp_path / "b.csv")
     assert a.num_rows == b.num_rows == 257
@@ -149,7 +183,10 @@ def test_train_with_yaml_config_multi_hot_and_scaled(tmp_path: Path, capsys) -> 
     cfg = tmp_path / "my.yaml"
     cfg.write_text(YAML)
     out = tmp_path / "m"
-    run(capsys, ["train", "--data", str(data), "--config", str(cfg), "--split", "0.8,0.1,0.1", "--out", str(out), "--quiet"])
+    run(
+        capsys,
+        ["train", "--data", str(data), "--config", str(cfg), "--split", "0.8,0.1,0.1", "--out", str(out), "--quiet"],
+    )
     config = json.loads((out / "config.json").read_text())
     kinds = {f["name"]: (f["kind"], f["mode"], f["pooling"]) for f in config["fields"]}
     assert kinds["tags"][0] == "multi_hot" and kinds["tags"][2] == "sum"
@@ -191,10 +228,24 @@ def test_train_with_separate_valid_and_test_parquet(tmp_path: Path, capsys) -> N
     summary = json.loads(
         run(
             capsys,
-            ["train", "--data", str(train_p), "--valid", str(valid_p), "--test", str(test_p), "--config", str(cfg),
-             "--out", str(out), "--quiet"],
-        ).strip().splitlines()[-1]
-    )  # fmt: skip
+            [
+                "train",
+                "--data",
+                str(train_p),
+                "--valid",
+                str(valid_p),
+                "--test",
+                str(test_p),
+                "--config",
+                str(cfg),
+                "--out",
+                str(out),
+                "--quiet",
+            ],
+        )
+        .strip()
+        .splitlines()[-1]
+    )
     m = json.loads((out / "metrics.json").read_text())
     assert (m["train_rows"], m["valid_rows"], m["test_rows"]) == (2000, 300, 300)
     assert summary["test_auc"] == m["test_auc"] > 0.65
@@ -207,7 +258,23 @@ def test_train_parquet_with_inferred_schema(tmp_path: Path, capsys) -> None:
     records = simple_records(1200, seed=8)
     data = _parquet(tmp_path / "d.parquet", records)
     out = tmp_path / "m"
-    run(capsys, ["train", "--data", str(data), "--out", str(out), "--epochs", "1", "--embedding-dim", "4", "--hidden", "8", *FAST])
+    run(
+        capsys,
+        [
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--embedding-dim",
+            "4",
+            "--hidden",
+            "8",
+            *FAST,
+        ],
+    )
     config = json.loads((out / "config.json").read_text())
     kinds = {f["name"]: f["kind"] for f in config["fields"]}
     # tags hold "red|small": lists, found by the data (deepfm.schema_inference)
@@ -223,10 +290,24 @@ def test_real_criteo_sample(tmp_path: Path, capsys) -> None:
     summary = json.loads(
         run(
             capsys,
-            ["train", "--data", str(CRITEO_SAMPLE), "--preset", "criteo", "--split", "0.8,0.1,0.1", "--out", str(out),
-             "--epochs", "2", *FAST],
-        ).strip().splitlines()[-1]
-    )  # fmt: skip
+            [
+                "train",
+                "--data",
+                str(CRITEO_SAMPLE),
+                "--preset",
+                "criteo",
+                "--split",
+                "0.8,0.1,0.1",
+                "--out",
+                str(out),
+                "--epochs",
+                "2",
+                *FAST,
+            ],
+        )
+        .strip()
+        .splitlines()[-1]
+    )
     m = json.loads((out / "metrics.json").read_text())
     assert m["test_rows"] == 1000
     assert summary["test_auc"] == m["test_auc"]
@@ -250,8 +331,27 @@ def test_train_with_a_test_file_only(tmp_path: Path, capsys) -> None:
 def test_min_count_override(tmp_path: Path, capsys) -> None:
     data = write_criteo_tsv(tmp_path / "f.tsv", 400, seed=13)
     out = tmp_path / "m"
-    run(capsys, ["train", "--data", str(data), "--preset", "criteo", "--out", str(out), "--epochs", "1",
-                 "--embedding-dim", "4", "--hidden", "8", "--min-count", "100000", *FAST])  # fmt: skip
+    run(
+        capsys,
+        [
+            "train",
+            "--data",
+            str(data),
+            "--preset",
+            "criteo",
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--embedding-dim",
+            "4",
+            "--hidden",
+            "8",
+            "--min-count",
+            "100000",
+            *FAST,
+        ],
+    )
     state = json.loads((out / "pipeline.json").read_text())
     assert state["schema"]["fields"][20]["min_count"] == 100000
     assert all(f["vocab_size"] == 0 for f in state["fields"])  # every value is rarer than that
@@ -260,11 +360,30 @@ def test_min_count_override(tmp_path: Path, capsys) -> None:
 
 def test_synth_setting_flags_and_header(tmp_path: Path, capsys) -> None:
     out = tmp_path / "s.tsv"
-    argv = ["synth", "--rows", "500", "--out", str(out), "--setting", "noisy", "--card-scale", "0.05", "--header", "--quiet"]
+    argv = [
+        "synth",
+        "--rows",
+        "500",
+        "--out",
+        str(out),
+        "--setting",
+        "noisy",
+        "--card-scale",
+        "0.05",
+        "--header",
+        "--quiet",
+    ]
     summary = json.loads(run(capsys, argv))
     assert summary["header"] is True
-    assert summary["setting"] == {"name": "noisy", "fm_weight": 1.0, "mlp_weight": 0.7, "card_scale": 0.05,
-                                  "zipf_shift": 0.0, "numeric_share": 0.4, "bayes_auc": 0.70}  # fmt: skip
+    assert summary["setting"] == {
+        "name": "noisy",
+        "fm_weight": 1.0,
+        "mlp_weight": 0.7,
+        "card_scale": 0.05,
+        "zipf_shift": 0.0,
+        "numeric_share": 0.4,
+        "bayes_auc": 0.70,
+    }
     lines = out.read_text().splitlines()
     assert lines[0].split("\t") == list(CRITEO_COLUMNS) and len(lines) == 501
     assert main(["synth", "--rows", "10", "--out", str(out), "--bayes-auc", "1.5", "--quiet"]) == 2

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from deepfm.data.encoded import DatasetWriter, EpochOrder
-from deepfm.features.pipeline import FeaturePipeline
-from deepfm.data.tables import TableSource
 from deepfm.data.schema import FieldSpec, Schema
+from deepfm.data.tables import TableSource
+from deepfm.features.pipeline import FeaturePipeline
 
 
 def _pipeline_and_chunks(n: int = 500, batch_rows: int = 70):
@@ -27,9 +27,11 @@ def _pipeline_and_chunks(n: int = 500, batch_rows: int = 70):
             FieldSpec("m2", kind="multi_hot", min_count=1, pooling="sum"),
         ),
     )
+
     def bag() -> str | None:
         k = int(rng.integers(0, 4))
         return None if k == 0 else "|".join(f"t{int(t)}" for t in rng.integers(0, 20, k))
+
     table = pa.table(
         {
             "label": rng.integers(0, 2, n).astype(float),
@@ -56,7 +58,9 @@ def test_writer_slices_round_trip(tmp_path: Path, id_dtype: type) -> None:
     n = len(whole)
     # split at rows 333/420, boundaries that fall inside chunks of 70
     bounds = {"a": (0, 333), "b": (333, 420), "c": (420, n)}
-    writers = {k: DatasetWriter(tmp_path / k, whole.ids.shape[1], whole.values.shape[1], 2, id_dtype=id_dtype) for k in bounds}
+    writers = {
+        k: DatasetWriter(tmp_path / k, whole.ids.shape[1], whole.values.shape[1], 2, id_dtype=id_dtype) for k in bounds
+    }
     row0 = 0
     for enc in chunks:
         for k, (lo, hi) in bounds.items():
@@ -100,8 +104,10 @@ def test_batches_cover_every_row_once(tmp_path: Path) -> None:
     ds = w.close()
     in_order = np.concatenate([b.values[:, 0].numpy() for b in ds.batches(64)])
     assert np.array_equal(in_order, np.arange(300))
+
     def shuffled(seed: int) -> np.ndarray:
         return np.concatenate([b.values[:, 0].numpy() for b in ds.batches(64, shuffle=True, seed=seed)])
+
     s1, s2, s3 = shuffled(1), shuffled(1), shuffled(2)
     assert np.array_equal(np.sort(s1), np.arange(300))
     assert np.array_equal(s1, s2) and not np.array_equal(s1, s3) and not np.array_equal(s1, in_order)
@@ -181,9 +187,11 @@ def test_epoch_keeps_mapped_pages_out_of_the_resident_set(tmp_path: Path) -> Non
     n, s = 8 * SHUFFLE_BLOCK + 1000, 6  # 8 full blocks and a short one
     rows = np.arange(n, dtype=np.int32)
     chunk = EncodedChunk(
-        ids=np.repeat(rows[:, None], s, axis=1), values=rows[:, None].astype(np.float32),
-        multi_hot=[], labels=(rows % 2).astype(np.float32),
-    )  # fmt: skip
+        ids=np.repeat(rows[:, None], s, axis=1),
+        values=rows[:, None].astype(np.float32),
+        multi_hot=[],
+        labels=(rows % 2).astype(np.float32),
+    )
     w = DatasetWriter(tmp_path / "d", s, 1, 0, id_dtype=np.int32)
     w.append(chunk)
     ds = w.close()

@@ -19,12 +19,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, simple_records, simple_schema, small_config, write_records_csv  # type: ignore[import-not-found]
 from safetensors.torch import load_file
 
 from deepfm.data.encoded import EpochOrder
-from deepfm.training.distributed import Context, global_batches, my_slice
 from deepfm.training import train
+from deepfm.training.distributed import Context, global_batches, my_slice
+
+from helpers import REPO, simple_records, simple_schema, small_config, write_records_csv
 
 yaml = pytest.importorskip("yaml")
 
@@ -52,14 +53,33 @@ def test_two_processes_match_one_at_equal_global_batch(tmp_path: Path, l2_embedd
     fields = tuple(replace(f, hash_buckets=64) if f.name == "user" else f for f in simple_schema().fields)
     model = {"dropout": dropout, "batch_norm": False}
     config = small_config(replace(simple_schema(), fields=fields), model, epochs=2, l2_embedding=l2_embedding)
-    one = train(replace(config, train=replace(config.train, batch_size=256)), data, tmp_path / "one", split="0.7,0.15,0.15")
+    one = train(
+        replace(config, train=replace(config.train, batch_size=256)), data, tmp_path / "one", split="0.7,0.15,0.15"
+    )
 
     cfg_file = tmp_path / "two.yaml"
     two_config = replace(config, train=replace(config.train, batch_size=128))  # x 2 processes = 256
     cfg_file.write_text(yaml.safe_dump(two_config.to_dict()))
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "deepfm", "train", "--config", str(cfg_file), "--data", str(data), "--split", "0.7,0.15,0.15",
-               "--out", str(tmp_path / "two"), "--cache-dir", str(tmp_path / "cache"), "--nproc", "2", "--quiet"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "deepfm",
+        "train",
+        "--config",
+        str(cfg_file),
+        "--data",
+        str(data),
+        "--split",
+        "0.7,0.15,0.15",
+        "--out",
+        str(tmp_path / "two"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--nproc",
+        "2",
+        "--quiet",
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -99,8 +119,14 @@ def test_nproc_checks_the_config_before_it_starts_any_process(
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  embedding_dim: -4\n")
     assert main(["train", "--data", str(data), "--config", str(bad), "--nproc", "2", "--out", str(tmp_path / "m")]) == 2
-    assert capsys.readouterr().err.strip() == f"deepfm train: error: {bad}: model.embedding_dim must be a positive integer, got -4"
-    assert main(["train", "--data", str(data), "--nproc", "2", "--neg-sample-rate", "2", "--out", str(tmp_path / "m")]) == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == f"deepfm train: error: {bad}: model.embedding_dim must be a positive integer, got -4"
+    )
+    assert (
+        main(["train", "--data", str(data), "--nproc", "2", "--neg-sample-rate", "2", "--out", str(tmp_path / "m")])
+        == 2
+    )
     assert "--neg-sample-rate must be in (0, 1], got 2" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path / "m"), "--nproc", "2", "--data", str(data)]) == 2
     assert "--resume carries on the run as it was started; leave out --data" in capsys.readouterr().err
@@ -108,7 +134,22 @@ def test_nproc_checks_the_config_before_it_starts_any_process(
     assert main(["train", "--data", str(data), "--nproc", "2", "--split", "0.5,0.6", "--out", str(tmp_path / "m")]) == 2
     assert "--split fractions must add up to 1" in capsys.readouterr().err
     # (a preset reads nothing before training; an inferred schema would read the file first)
-    assert main(["train", "--data", str(tmp_path / "nope.csv"), "--preset", "criteo", "--nproc", "2", "--out", str(tmp_path / "m")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(tmp_path / "nope.csv"),
+                "--preset",
+                "criteo",
+                "--nproc",
+                "2",
+                "--out",
+                str(tmp_path / "m"),
+            ]
+        )
+        == 2
+    )
     assert f"{tmp_path / 'nope.csv'}: file not found (the data file)" in capsys.readouterr().err
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "checkpoint.safetensors").write_bytes(b"")
@@ -121,13 +162,13 @@ def test_a_run_resumes_only_in_as_many_processes_as_it_started_in(
 ) -> None:
     """The checkpoint counts global batches (--batch-size x processes): another process count
     would skip the wrong rows, so run.json and the checkpoint both refuse it."""
-    from conftest import nan_loss_at_step  # type: ignore[import-not-found]
-
     from deepfm.cli import main
     from deepfm.cli import train as cli_train
     from deepfm.errors import ConfigError, TrainingError
     from deepfm.training import Trainer, resume
     from deepfm.training.checkpoint import CHECKPOINT, load_checkpoint, restore_trainer
+
+    from helpers import nan_loss_at_step
 
     monkeypatch.setattr(cli_train, "_launch", lambda *a: pytest.fail("launched processes for a run that cannot resume"))
     data = write_records_csv(tmp_path / "d.csv", simple_records(800, seed=2))
@@ -165,16 +206,41 @@ def test_two_process_run_killed_then_resumed_gives_the_same_weights(tmp_path: Pa
     from deepfm.training.checkpoint import CHECKPOINT, load_checkpoint
 
     data = write_records_csv(tmp_path / "d.csv", simple_records(4000, seed=8))
-    args = ["--data", str(data), "--split", "0.8,0.1,0.1", "--epochs", "2", "--batch-size", "16", "--hidden", "16",
-            "--dropout", "0.2", "--embedding-dim", "4", "--threads", "1", "--checkpoint-every", "5", "--quiet", "--no-cache",
-            "--nproc", "2"]  # fmt: skip
+    args = [
+        "--data",
+        str(data),
+        "--split",
+        "0.8,0.1,0.1",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--hidden",
+        "16",
+        "--dropout",
+        "0.2",
+        "--embedding-dim",
+        "4",
+        "--threads",
+        "1",
+        "--checkpoint-every",
+        "5",
+        "--quiet",
+        "--no-cache",
+        "--nproc",
+        "2",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     run = functools.partial(subprocess.run, env=env, capture_output=True, text=True, timeout=300)
     assert run([sys.executable, "-m", "deepfm", "train", "--out", str(tmp_path / "ref"), *args]).returncode == 0
 
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "deepfm", "train", "--out", str(out), *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deepfm", "train", "--out", str(out), *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
         if (out / CHECKPOINT).exists() and load_checkpoint(out / CHECKPOINT)[1]["progress"]["epoch"] == 2:
@@ -210,7 +276,9 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def _rank_process(rank: int, world: int, store_file: str, out_file: str, body: Callable[[int, int], dict[str, Any]]) -> None:
+def _rank_process(
+    rank: int, world: int, store_file: str, out_file: str, body: Callable[[int, int], dict[str, Any]]
+) -> None:
     """One spawned gloo rank: joins the group, runs ``body(rank, world)`` and rank 0 saves what
     it returns to ``out_file``; leaves through Context.close, as training does (DDP gone first)."""
     import torch.distributed as dist
@@ -288,12 +356,15 @@ KINDS = ("lr", "fm", "dnn", "wide_deep", "dcn", "deepfm")
 def _tiny_model(kind: str, batch_norm: bool = False) -> Any:
     """The seeded DeepFM the trainer tests step: 3 single fields (one a scaled numeric) and a
     mean-pooled multi-hot field over 40 table rows."""
-    from deepfm.model.deepfm import DeepFM, InputLayout
     from deepfm.config import ModelConfig
+    from deepfm.model.deepfm import DeepFM, InputLayout
 
     torch.manual_seed(0)
     layout = InputLayout(num_embeddings=40, n_single=3, scaled_positions=(2,), poolings=("mean",))
-    return DeepFM(layout, ModelConfig(kind=kind, embedding_dim=4, hidden=(8, 8), dropout=0.0, batch_norm=batch_norm, cross_layers=2))
+    return DeepFM(
+        layout,
+        ModelConfig(kind=kind, embedding_dim=4, hidden=(8, 8), dropout=0.0, batch_norm=batch_norm, cross_layers=2),
+    )
 
 
 def _trainer_steps(ctx: Context, kind: str, batch_norm: bool = False) -> Any:
@@ -338,7 +409,13 @@ def _trainer_rank(rank: int, world: int) -> dict[str, Any]:
     # Each rank steps its own copy of the table and RowAdam's moments: they must stay equal.
     tables = {}
     for kind, t in trainers.items():
-        mine = torch.cat([t.model.embedding.weight.detach().reshape(-1), t.row_opt.exp_avg.reshape(-1), t.row_opt.exp_avg_sq.reshape(-1)])
+        mine = torch.cat(
+            [
+                t.model.embedding.weight.detach().reshape(-1),
+                t.row_opt.exp_avg.reshape(-1),
+                t.row_opt.exp_avg_sq.reshape(-1),
+            ]
+        )
         tables[kind] = [torch.zeros_like(mine) for _ in range(world)]
         dist.all_gather(tables[kind], mine)
     # Batch norm: parts normalize with their own statistics, so no match with one process;
@@ -376,9 +453,9 @@ def test_trainer_steps_of_two_ranks_match_one_process_for_every_kind(tmp_path: P
 def _train_with_nan_on_rank_1(data: str, out: str, rank: int, world: int) -> dict[str, Any]:
     """deepfm.train on this spawned rank (the group is already up), rank 1's 4th step giving a
     NaN loss; the TrainingError each rank raised."""
-    from conftest import nan_loss_at_step  # type: ignore[import-not-found]
-
     from deepfm.errors import TrainingError
+
+    from helpers import nan_loss_at_step
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     config = small_config(simple_schema(), checkpoint_every=1, batch_size=64)

@@ -23,9 +23,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from conftest import REPO, assert_identical_scores, assert_scores_close, assert_scores_differ
 from deepfm import Bundle, DeepFMClassifier, FieldSpec
 from deepfm.errors import BundleError, ConfigError, DataError
+
+from helpers import REPO, assert_identical_scores, assert_scores_close, assert_scores_differ
 
 # Small and fast: ~0.2 s a fit on 1500 rows.
 SMALL = dict(embedding_dim=4, hidden=(16,), epochs=3, lr=0.01, embedding_lr=0.01, threads=1, seed=3)
@@ -86,7 +87,9 @@ def test_scores_do_not_depend_on_row_order_or_subsets(data, fitted) -> None:
     order = np.random.default_rng(0).permutation(len(X))
     assert_scores_close(fitted.predict_proba(X.iloc[order])[:, 1], full[order], "the rows in another order")
     for lo in range(0, 300, 37):
-        assert_scores_close(fitted.predict_proba(X.iloc[lo : lo + 37])[:, 1], full[lo : lo + 37], "a subset scored alone")
+        assert_scores_close(
+            fitted.predict_proba(X.iloc[lo : lo + 37])[:, 1], full[lo : lo + 37], "a subset scored alone"
+        )
 
 
 def test_constructor_stores_arguments_unchanged() -> None:
@@ -110,28 +113,39 @@ def test_pandas_polars_and_arrow_give_the_same_predictions(data, fitted) -> None
     # Fitting on each form gives the same model: the same Parquet reaches the same train(),
     # which repeats the same steps in the same order.
     for other in (as_polars, as_arrow):
-        assert_identical_scores(DeepFMClassifier(**SMALL).fit(other, y).predict_proba(X), expected, "the same training run")
+        assert_identical_scores(
+            DeepFMClassifier(**SMALL).fit(other, y).predict_proba(X), expected, "the same training run"
+        )
     assert list(fitted.feature_names_in_) == list(X.columns) and fitted.n_features_in_ == X.shape[1]
 
 
 def test_column_kinds_are_inferred_and_can_be_overridden() -> None:
     rng = np.random.default_rng(0)
     n = 400
-    X = pd.DataFrame({
-        "count": np.floor(rng.lognormal(1, 1.5, n)).astype(int), # counts from 0 over orders of magnitude -> log bins
-        "amount": rng.normal(size=n),                             # floats -> numeric, quantile bins
-        "store_id": rng.integers(1000, 1100, n),                  # integers naming things -> categorical
-        "city": rng.choice(["paris", "oslo", "rome"], n),         # strings -> categorical
-        "segment": pd.Categorical(rng.choice(["a", "b"], n)),     # categorical dtype -> categorical
-        "member": rng.random(n) < 0.5,                            # bools -> categorical
-        "tags": [["x|y", "z"] if i % 2 else ["w"] for i in range(n)],  # lists -> multi_hot
-    })  # fmt: skip
+    X = pd.DataFrame(
+        {
+            "count": np.floor(rng.lognormal(1, 1.5, n)).astype(
+                int
+            ),  # counts from 0 over orders of magnitude -> log bins
+            "amount": rng.normal(size=n),  # floats -> numeric, quantile bins
+            "store_id": rng.integers(1000, 1100, n),  # integers naming things -> categorical
+            "city": rng.choice(["paris", "oslo", "rome"], n),  # strings -> categorical
+            "segment": pd.Categorical(rng.choice(["a", "b"], n)),  # categorical dtype -> categorical
+            "member": rng.random(n) < 0.5,  # bools -> categorical
+            "tags": [["x|y", "z"] if i % 2 else ["w"] for i in range(n)],  # lists -> multi_hot
+        }
+    )
     y = rng.integers(0, 2, n)
     kinds = {f.name: f for f in DeepFMClassifier(**SMALL).fit(X, y).bundle_.config.schema.fields}
     assert {k: f.kind for k, f in kinds.items()} == {
-        "count": "numeric", "amount": "numeric", "store_id": "categorical", "city": "categorical",
-        "segment": "categorical", "member": "categorical", "tags": "multi_hot",
-    }  # fmt: skip
+        "count": "numeric",
+        "amount": "numeric",
+        "store_id": "categorical",
+        "city": "categorical",
+        "segment": "categorical",
+        "member": "categorical",
+        "tags": "multi_hot",
+    }
     assert (kinds["count"].binning, kinds["amount"].binning) == ("log", "quantile")
     assert kinds["tags"].separator == ";"  # "|" occurs in a value ("x|y"), so the next one
 
@@ -148,8 +162,14 @@ def test_column_kinds_are_inferred_and_can_be_overridden() -> None:
     # A polars frame with a categorical and a list column infers the same kinds.
     clf = DeepFMClassifier(**SMALL).fit(pl.from_pandas(X), y)
     assert [f.kind for f in clf.bundle_.config.schema.fields] == [
-        "numeric", "numeric", "categorical", "categorical", "categorical", "categorical", "multi_hot"
-    ]  # fmt: skip
+        "numeric",
+        "numeric",
+        "categorical",
+        "categorical",
+        "categorical",
+        "categorical",
+        "multi_hot",
+    ]
 
 
 def test_numpy_arrays_are_positional(data) -> None:
@@ -177,7 +197,9 @@ def test_pipeline_with_column_transformer_and_function_transformer(data) -> None
     assert kinds["night"] == "categorical" and kinds["genres"] == "multi_hot" and kinds["price"] == "numeric"
     proba = pipe.predict_proba(X)
     assert proba.shape == (len(X), 2)
-    assert_identical_scores(proba, model.predict_proba(scale.transform(add_night.transform(X))), "the same transformed rows")
+    assert_identical_scores(
+        proba, model.predict_proba(scale.transform(add_night.transform(X))), "the same transformed rows"
+    )
     assert pipe.score(X, y) > 0.6  # AUC: the planted signal is learned
 
 
@@ -276,9 +298,13 @@ def test_multi_hot_lists_are_learned(data, fitted) -> None:
     rng = np.random.default_rng(1)
     ids = [list(rng.integers(0, 5, 2)) for _ in range(300)]
     y = np.array([int(3 in i) for i in ids])
-    clf = DeepFMClassifier(**SMALL, fields={"ids": {"kind": "multi_hot", "min_count": 1}}).fit(pd.DataFrame({"ids": ids}), y)
+    clf = DeepFMClassifier(**SMALL, fields={"ids": {"kind": "multi_hot", "min_count": 1}}).fit(
+        pd.DataFrame({"ids": ids}), y
+    )
     as_ints = clf.predict_proba(pd.DataFrame({"ids": [[3], [1]]}))
-    assert_identical_scores(clf.predict_proba(pd.DataFrame({"ids": [[3.0], [1.0]]})), as_ints, "the same ids at the same positions")
+    assert_identical_scores(
+        clf.predict_proba(pd.DataFrame({"ids": [[3.0], [1.0]]})), as_ints, "the same ids at the same positions"
+    )
     assert as_ints[0, 1] > as_ints[1, 1]
 
 
@@ -290,7 +316,9 @@ def test_bool_labels_eval_set_and_validation_fraction(data) -> None:
     assert clf.bundle_.metrics["valid_rows"] == len(X) - 1000
     assert clf.bundle_.metrics["valid_auc"] == pytest.approx(clf.score(X[1000:], y[1000:] == 1))
     held = DeepFMClassifier(**SMALL, validation_fraction=0.2).fit(X, y).bundle_.metrics
-    assert held["valid_rows"] == pytest.approx(0.2 * len(X), abs=1) and held["train_rows"] + held["valid_rows"] == len(X)
+    assert held["valid_rows"] == pytest.approx(0.2 * len(X), abs=1) and held["train_rows"] + held["valid_rows"] == len(
+        X
+    )
     every_row = DeepFMClassifier(**SMALL, validation_fraction=0).fit(X, y).bundle_.metrics
     assert every_row["train_rows"] == len(X) and "valid_auc" not in every_row and every_row["epochs"] == SMALL["epochs"]
 
@@ -348,7 +376,10 @@ def test_import_deepfm_works_without_scikit_learn() -> None:
 def test_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
     quickstart.main(rows=3000, epochs=3, cv=2)
     out = capsys.readouterr().out
-    assert "fields: site=categorical, device=categorical, hour=categorical, price=numeric, age=numeric, genres=multi_hot" in out
+    assert (
+        "fields: site=categorical, device=categorical, hour=categorical, price=numeric, age=numeric, genres=multi_hot"
+        in out
+    )
     assert "saved and loaded: same predictions True" in out
     test_auc = float(out.split("test AUC ")[1].split()[0])
     truth_auc = float(out.split("the true probabilities: ")[1].split(")")[0])

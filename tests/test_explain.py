@@ -11,17 +11,33 @@ import numpy as np
 import pyarrow.csv as pacsv
 import pytest
 
-from conftest import FLOAT32_ATOL, FLOAT32_RTOL, PLANTED, PNG, SIZES, assert_scores_close, planted_rows, planted_sign, simple_records, simple_schema, small_config, write_records_csv, write_rows
-from deepfm.model.calibration import postprocess
-from deepfm.cli import main
-from deepfm.errors import ConfigError
 from deepfm.analysis.explain import _log_bin_label, explain, parse_pair
-from deepfm.features.pipeline import _log_bin_keys
-from deepfm.data.tables import TableSource
+from deepfm.cli import main
 from deepfm.data.source import ReadOptions
+from deepfm.data.tables import TableSource
+from deepfm.errors import ConfigError
+from deepfm.features.encoders import log_bin_keys
+from deepfm.model.calibration import postprocess
 from deepfm.training import train
 
+from helpers import (
+    FLOAT32_ATOL,
+    FLOAT32_RTOL,
+    PLANTED,
+    PNG,
+    SIZES,
+    assert_scores_close,
+    planted_rows,
+    planted_sign,
+    simple_records,
+    simple_schema,
+    small_config,
+    write_records_csv,
+    write_rows,
+)
+
 pytest.importorskip("matplotlib")
+
 
 # ---------------------------------------------------------------- the planted pair
 def test_explain_ranks_the_planted_pair_first(planted) -> None:
@@ -82,12 +98,17 @@ def test_pair_numbers_by_hand_for_single_rows(planted) -> None:
     for k, row in enumerate(rows):
         one = write_rows(tmp / f"one{k}.tsv", [row], ["label", *SIZES], "\t")
         expl = explain(bundle, one, pair=("gender", "device"), min_count=1)
-        vec = {f: w[pipe.states[f].offset + 2 + list(pipe.states[f].vocab.to_pylist()).index(row[1 + i]), :d] for i, f in enumerate(names)}
+        vec = {
+            f: w[pipe.states[f].offset + 2 + list(pipe.states[f].vocab.to_pylist()).index(row[1 + i]), :d]
+            for i, f in enumerate(names)
+        }
         want = float(vec["gender"] @ vec["device"])
         (combo,) = expl.drilldown.up + expl.drilldown.down
         assert combo.values == (row[3], row[5]) and combo.count == 1
         assert combo.mean_contribution == pytest.approx(want, rel=1e-5, abs=1e-7)
-        chunk = next(TableSource(pacsv.read_csv(one, parse_options=pacsv.ParseOptions(delimiter="\t"))).chunks(names, 1))
+        chunk = next(
+            TableSource(pacsv.read_csv(one, parse_options=pacsv.ParseOptions(delimiter="\t"))).chunks(names, 1)
+        )
         raw = bundle.predict_encoded(pipe.encode(chunk, with_labels=False), calibrated=False)[0]
         logit = math.log(raw / (1 - raw))
         p = [postprocess(np.array([1 / (1 + math.exp(-z))]), bundle.calibration)[0] for z in (logit, logit - want)]
@@ -104,9 +125,11 @@ def test_streaming_and_row_limit_do_not_change_the_numbers(planted) -> None:
     # the float64 summation order differs. The MLP's float32 matmul is not: BLAS picks its
     # kernel by the batch's shape, and a row's output can move by a few ulps when the chunks
     # cut the batches differently. So the logit's effect and the DNN part get float32's
-    # tolerance (conftest's FLOAT32_RTOL), not float64's.
+    # tolerance (helpers.FLOAT32_RTOL), not float64's.
     np.testing.assert_allclose(chunked.pair_mean_abs, whole.pair_mean_abs, rtol=1e-9)
-    for a, b in zip(chunked.drilldown.up + chunked.drilldown.down, whole.drilldown.up + whole.drilldown.down, strict=True):
+    for a, b in zip(
+        chunked.drilldown.up + chunked.drilldown.down, whole.drilldown.up + whole.drilldown.down, strict=True
+    ):
         assert (a.values, a.count) == (b.values, b.count)
         assert a.mean_contribution == pytest.approx(b.mean_contribution, rel=1e-9)
         assert a.mean_effect == pytest.approx(b.mean_effect, rel=FLOAT32_RTOL, abs=FLOAT32_ATOL)
@@ -170,7 +193,7 @@ def test_models_without_pairs_still_split_the_logit(tmp_path: Path) -> None:
 
 def test_log_bin_labels_hold_their_values() -> None:
     x = np.array([-50.0, -3, -2.5, -2, -1.5, -1, 0, 0.5, 1, 1.7, 2, 2.1, 2.9, 3, 7.5, 100, 1e6])
-    for value, key in zip(x, _log_bin_keys(x)):
+    for value, key in zip(x, log_bin_keys(x)):
         label = _log_bin_label(int(key))
         if label == "2":
             assert value == 2
@@ -184,7 +207,21 @@ def test_log_bin_labels_hold_their_values() -> None:
 def test_cli_explain_writes_json_and_figures(planted, capsys) -> None:
     bundle, fresh, tmp = planted
     out = tmp / "explained"
-    code = main(["explain", str(bundle.path), "--data", str(fresh), "--out", str(out), "--pair", "gender,age", "--rows", "500", "--quiet"])
+    code = main(
+        [
+            "explain",
+            str(bundle.path),
+            "--data",
+            str(fresh),
+            "--out",
+            str(out),
+            "--pair",
+            "gender,age",
+            "--rows",
+            "500",
+            "--quiet",
+        ]
+    )
     printed, err = capsys.readouterr()
     assert code == 0, err
     summary = json.loads(printed)
@@ -199,7 +236,9 @@ def test_cli_explain_writes_json_and_figures(planted, capsys) -> None:
 
 def test_cli_explain_errors_name_the_problem(planted, capsys) -> None:
     bundle, fresh, tmp = planted
-    code = main(["explain", str(bundle.path), "--data", str(fresh), "--out", str(tmp / "x"), "--pair", "hour,nope", "--quiet"])
+    code = main(
+        ["explain", str(bundle.path), "--data", str(fresh), "--out", str(tmp / "x"), "--pair", "hour,nope", "--quiet"]
+    )
     assert code == 2 and "no field 'nope'" in capsys.readouterr().err
 
 

@@ -12,14 +12,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import SIMPLE_FIELDS, simple_records, simple_schema, small_config, write_records_csv
 from deepfm.bundle import Bundle
 from deepfm.cli import main
 from deepfm.errors import BundleError
 from deepfm.inference.export import export_onnx, random_encoded
-from deepfm.model.layers import pool_bags
 from deepfm.inference.predictor import Predictor
+from deepfm.model.layers import pool_bags
 from deepfm.training import train
+
+from helpers import SIMPLE_FIELDS, simple_records, simple_schema, small_config, write_records_csv
 
 onnx = pytest.importorskip("onnx")
 
@@ -99,7 +100,22 @@ def test_predict_cli_with_the_onnx_engine(exported, tmp_path: Path, capsys: pyte
     shutil.copytree(model_dir, folder)
     shutil.copy(onnx_path, folder / "model.onnx")  # the default place --engine onnx looks
     assert main(["predict", str(folder), "--data", str(data), "--out", str(tmp_path / "t.csv"), "--quiet"]) == 0
-    assert main(["predict", str(folder), "--data", str(data), "--out", str(tmp_path / "o.csv"), "--engine", "onnx", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(folder),
+                "--data",
+                str(data),
+                "--out",
+                str(tmp_path / "o.csv"),
+                "--engine",
+                "onnx",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     t = np.loadtxt(tmp_path / "t.csv", skiprows=1)
     o = np.loadtxt(tmp_path / "o.csv", skiprows=1)
     assert t.shape == (500,) and np.max(np.abs(t - o)) <= 1e-5
@@ -113,7 +129,9 @@ def test_export_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], m
     assert "pip install 'deepfm[onnx]'" in capsys.readouterr().err
 
 
-def test_serve_without_the_extra_says_what_to_install(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_serve_without_the_extra_says_what_to_install(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setitem(__import__("sys").modules, "fastapi", None)
     assert main(["serve", str(tmp_path)]) == 2
     assert "pip install 'deepfm[serve]'" in capsys.readouterr().err

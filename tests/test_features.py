@@ -12,14 +12,15 @@ import pyarrow.ipc as ipc
 import pytest
 import torch
 
-from conftest import write_rows
 from deepfm.data.encoded import Batch
-from deepfm.features.pipeline import MISSING, OOV, FeaturePipeline
 from deepfm.data.readers import open_reader
-from deepfm.data.tables import TableSource, as_table
-from deepfm.data.source import ReadOptions
-from deepfm.model.layers import FieldEmbedding
 from deepfm.data.schema import FieldSpec, Schema
+from deepfm.data.source import ReadOptions
+from deepfm.data.tables import TableSource, as_table
+from deepfm.features.pipeline import MISSING, OOV, FeaturePipeline
+from deepfm.model.layers import FieldEmbedding
+
+from helpers import write_rows
 
 
 def fit(schema: Schema, table: pa.Table) -> FeaturePipeline:
@@ -69,14 +70,18 @@ def test_ties_in_counts_are_deterministic() -> None:
 
 def test_vocabulary_fitted_on_training_rows_only(tmp_path: Path) -> None:
     """Through prepare(): a value present only in the valid/test part is OOV there."""
-    from conftest import small_config
     from deepfm.training import prepare
+
+    from helpers import small_config
 
     rows = [[str(i % 2), "common" if i % 3 else "other", str(i)] for i in range(100)]
     for i in range(80, 100):
         rows[i][1] = "late"  # only in the last 20% (valid + test)
     path = write_rows(tmp_path / "d.csv", rows, ["label", "c", "n"])
-    schema = Schema(label="label", fields=(FieldSpec("c", min_count=1), FieldSpec("n", kind="numeric", mode="scaled", transform="none")))
+    schema = Schema(
+        label="label",
+        fields=(FieldSpec("c", min_count=1), FieldSpec("n", kind="numeric", mode="scaled", transform="none")),
+    )
     pipe, parts = prepare(small_config(schema), path, tmp_path / "work", split=(0.8, 0.1, 0.1))
     assert "late" not in pipe.states["c"].vocab.to_pylist()
     off = pipe.states["c"].offset
@@ -139,7 +144,10 @@ def test_unseen_values_at_predict_time_never_raise() -> None:
     assert enc.ids[:, 0].tolist() == [st["c"].offset + OOV, st["c"].offset + MISSING]
     assert enc.ids[:, 1].tolist() == [st["n"].offset + OOV, st["n"].offset + OOV]
     offsets, ids = enc.multi_hot[0]
-    assert ids.tolist() == [st["m"].offset + OOV] * 2 + [st["m"].offset + 2 + st["m"].vocab.to_pylist().index("x"), st["m"].offset + OOV]
+    assert ids.tolist() == [st["m"].offset + OOV] * 2 + [
+        st["m"].offset + 2 + st["m"].vocab.to_pylist().index("x"),
+        st["m"].offset + OOV,
+    ]
     assert offsets.tolist() == [0, 2, 4]
     # quantile bins cover the whole line: extremes fall in the first / last bin, not OOV
     assert enc.ids[0, 2] == st["q"].offset + 2 + len(st["q"].edges)
@@ -281,7 +289,9 @@ def test_bucketized_quantile_bins_equal_frequency() -> None:
 
 # ---------------------------------------------------------------- multi-hot
 def _mh_pipe(pooling: str = "mean") -> FeaturePipeline:
-    schema = cat_schema(FieldSpec("c", min_count=1), FieldSpec("m", kind="multi_hot", separator="|", pooling=pooling, min_count=1))
+    schema = cat_schema(
+        FieldSpec("c", min_count=1), FieldSpec("m", kind="multi_hot", separator="|", pooling=pooling, min_count=1)
+    )
     # token counts: a 3, b 2, c 1 -> ids a=+2, b=+3, c=+4
     return fit(schema, pa.table({"c": ["k", "k", "k"], "m": ["a|b", "a|c", "b|a"]}))
 
@@ -324,7 +334,6 @@ def test_multi_hot_pooling_through_field_embedding(pooling: str) -> None:
 
 # ---------------------------------------------------------------- save / load
 def test_save_load_round_trip(tmp_path: Path) -> None:
-    rng = np.random.default_rng(0)
     n = 400
     schema = cat_schema(
         FieldSpec("c", min_count=2),
@@ -333,6 +342,7 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
         FieldSpec("q", kind="numeric", mode="bucketized", binning="quantile", bins=7),
         FieldSpec("m", kind="multi_hot", pooling="sum", separator=";", min_count=1),
     )
+
     def table(seed: int) -> pa.Table:
         r = np.random.default_rng(seed)
         return pa.table(
@@ -344,6 +354,7 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
                 "m": [";".join(f"t{t}" for t in r.integers(0, 9, r.integers(0, 4))) for _ in range(n)],
             }
         )
+
     pipe = fit(schema, table(1))
     folder = tmp_path / "pipe"
     folder.mkdir()
@@ -371,9 +382,14 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
 def test_reader_block_size_chunks_encode_the_same(tmp_path: Path) -> None:
     """Fitting and encoding in many small chunks gives the same result as in one."""
     rng = np.random.default_rng(3)
-    rows = [[str(int(rng.integers(0, 2))), f"c{int(rng.integers(0, 50))}", str(int(rng.integers(0, 500)))] for _ in range(3000)]
+    rows = [
+        [str(int(rng.integers(0, 2))), f"c{int(rng.integers(0, 50))}", str(int(rng.integers(0, 500)))]
+        for _ in range(3000)
+    ]
     path = write_rows(tmp_path / "d.csv", rows, ["label", "c", "n"])
-    schema = cat_schema(FieldSpec("c", min_count=3), FieldSpec("n", kind="numeric", mode="bucketized", binning="log", min_count=2))
+    schema = cat_schema(
+        FieldSpec("c", min_count=3), FieldSpec("n", kind="numeric", mode="bucketized", binning="log", min_count=2)
+    )
     cols = ["label", "c", "n"]
     out = []
     for block in (1 << 20, 1024):

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import simple_records, simple_schema, write_criteo_tsv, write_records_csv  # type: ignore[import-not-found]
 
-from deepfm.features import pipeline as features
-from deepfm.features.pipeline import FeaturePipeline
 from deepfm.data.readers import open_reader
-from deepfm.data.source import Chunk, ReadOptions
 from deepfm.data.schema import Schema, criteo_schema
+from deepfm.data.source import Chunk, ReadOptions
+from deepfm.features import counting
+from deepfm.features.pipeline import FeaturePipeline
+
+from helpers import simple_records, simple_schema, write_criteo_tsv, write_records_csv
 
 
 @pytest.fixture(params=["memory", "disk"])
@@ -22,8 +23,8 @@ def spill_to(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) ->
     """Run each test with the spill in memory, and mostly on disk with dictionaries merged
     after every chunk (the paths large files take)."""
     if request.param == "disk":
-        monkeypatch.setattr(features, "SPILL_MEMORY", 20_000)
-        monkeypatch.setattr(features._Dictionary, "MIN_PENDING", 1)
+        monkeypatch.setattr(counting, "SPILL_MEMORY", 20_000)
+        monkeypatch.setattr(counting.Dictionary, "MIN_PENDING", 1)
     return request.param
 
 

@@ -18,15 +18,16 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from conftest import simple_records, simple_schema, small_config, write_records_csv  # type: ignore[import-not-found]
 from deepfm.bundle import Bundle
 from deepfm.config import RunConfig
+from deepfm.data.readers import open_reader
+from deepfm.data.schema import FieldSpec, Schema
+from deepfm.data.source import ReadOptions
 from deepfm.errors import DeepFMError
 from deepfm.features.pipeline import FeaturePipeline
-from deepfm.data.readers import open_reader
-from deepfm.data.source import ReadOptions
-from deepfm.data.schema import FieldSpec, Schema
 from deepfm.training import prepare, train
+
+from helpers import simple_records, simple_schema, small_config, write_records_csv
 
 CASES = int(os.environ.get("DEEPFM_FUZZ_CASES", "60"))
 FUZZ = settings(
@@ -94,7 +95,9 @@ def read_and_encode(path: Path, options: ReadOptions, column_names: tuple[str, .
     delimiter=st.sampled_from([None, ",", "\t", ";", "|"]),
     suffix=st.sampled_from([".csv", ".tsv", ".txt", ".libfm", ".parquet", ".csv.gz"]),
 )
-def test_any_bytes_read_or_documented_error(tmp_path: Path, data: bytes, header: str, delimiter: str | None, suffix: str) -> None:
+def test_any_bytes_read_or_documented_error(
+    tmp_path: Path, data: bytes, header: str, delimiter: str | None, suffix: str
+) -> None:
     path = tmp_path / f"f{suffix}"
     path.write_bytes(data)
     try:
@@ -108,15 +111,39 @@ def test_any_bytes_read_or_documented_error(tmp_path: Path, data: bytes, header:
 
 # ---------------------------------------------------------------- target 2: CSV-shaped text
 NUMBERS = st.sampled_from(
-    ["0", "1", "-1", "2.5", "1e3", "1e400", "-1e400", "nan", "NaN", "inf", "-inf", "Infinity", "", " ", " 3 ",
-     "1,5", "٣", "0x10", "1e-400", "-0", "123456789012345678901234567890", "1.7976931348623157e308"]
-)  # fmt: skip
+    [
+        "0",
+        "1",
+        "-1",
+        "2.5",
+        "1e3",
+        "1e400",
+        "-1e400",
+        "nan",
+        "NaN",
+        "inf",
+        "-inf",
+        "Infinity",
+        "",
+        " ",
+        " 3 ",
+        "1,5",
+        "٣",
+        "0x10",
+        "1e-400",
+        "-0",
+        "123456789012345678901234567890",
+        "1.7976931348623157e308",
+    ]
+)
 LABELS = st.sampled_from(["0", "1", "", "2", "-1", "1.0", "0.0", "nan", "yes", " 1", "1 "])
 # Files without faults too, so the accepting path is fuzzed as much as the refusing one.
-GOOD_NUMBERS = st.sampled_from(["0", "1", "-1", "2.5", "1e3", "", "-0", "1e-400", "1.7976931348623157e308", "123456789012345678901234567890"])
+GOOD_NUMBERS = st.sampled_from(
+    ["0", "1", "-1", "2.5", "1e3", "", "-0", "1e-400", "1.7976931348623157e308", "123456789012345678901234567890"]
+)
 GOOD_LABELS = st.sampled_from(["0", "1", "1.0", "0.0"])
 TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=8)
-BAGS = st.lists(st.sampled_from(["a", "b", "", " ", "ü", "a b", "\"q\""]), max_size=4).map("|".join)
+BAGS = st.lists(st.sampled_from(["a", "b", "", " ", "ü", "a b", '"q"']), max_size=4).map("|".join)
 
 
 @st.composite
@@ -126,7 +153,14 @@ def csv_files(draw: st.DrawFn) -> tuple[bytes, str]:
     numbers, labels = (NUMBERS, LABELS) if faulty else (GOOD_NUMBERS, GOOD_LABELS)
     rows = []
     for _ in range(draw(st.integers(1, 12))):
-        row = [draw(labels), draw(TEXT | st.sampled_from(["", "x", "y"])), draw(numbers), draw(numbers), draw(numbers), draw(BAGS)]
+        row = [
+            draw(labels),
+            draw(TEXT | st.sampled_from(["", "x", "y"])),
+            draw(numbers),
+            draw(numbers),
+            draw(numbers),
+            draw(BAGS),
+        ]
         if faulty and draw(st.integers(0, 9)) == 0:  # ragged: a cell too many or too few
             row = row[:-1] if draw(st.booleans()) else [*row, "extra"]
         cells = []
@@ -143,7 +177,9 @@ def csv_files(draw: st.DrawFn) -> tuple[bytes, str]:
 
 @FUZZ
 @given(file=csv_files(), on_bad_row=st.sampled_from(["error", "skip"]), tell_delimiter=st.booleans())
-def test_csv_rows_prepare_or_documented_error(tmp_path: Path, file: tuple[bytes, str], on_bad_row: str, tell_delimiter: bool) -> None:
+def test_csv_rows_prepare_or_documented_error(
+    tmp_path: Path, file: tuple[bytes, str], on_bad_row: str, tell_delimiter: bool
+) -> None:
     """The training path (single parse, split) on messy CSV: a documented error, or encoded
     parts whose every id and value is fit for the model."""
     data, delimiter = file
@@ -154,7 +190,9 @@ def test_csv_rows_prepare_or_documented_error(tmp_path: Path, file: tuple[bytes,
     try:
         pipeline, parts = prepare(config, path, tmp_path / "work", split=(0.6, 0.2, 0.2))
     except DeepFMError as exc:
-        assert str(path) in str(exc) or "split" in str(exc) or "field" in str(exc), f"the error names neither file nor field: {exc}"
+        assert str(path) in str(exc) or "split" in str(exc) or "field" in str(exc), (
+            f"the error names neither file nor field: {exc}"
+        )
         outcome("messy CSV -> prepare (train/valid/test)", exc)
         return
     outcome("messy CSV -> prepare (train/valid/test)", None)
@@ -176,14 +214,20 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
 
 
 VALUES = (
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True, allow_infinity=True)
-    | TEXT | st.lists(TEXT, max_size=3) | st.dictionaries(TEXT, st.integers(), max_size=2)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | TEXT
+    | st.lists(TEXT, max_size=3)
+    | st.dictionaries(TEXT, st.integers(), max_size=2)
     | st.sampled_from(["nan", "inf", "1e400", "", "12", "red|green"])
-)  # fmt: skip
+)
 KNOWN = st.sampled_from(["user", "item", "price", "tags", "label"])
 RECORDS = st.lists(
     # Records with the model's own fields (values of any type) as often as records with any keys.
-    st.dictionaries(KNOWN, VALUES, max_size=5) | st.dictionaries(KNOWN | st.sampled_from(["Price", ""]) | TEXT, VALUES, max_size=6),
+    st.dictionaries(KNOWN, VALUES, max_size=5)
+    | st.dictionaries(KNOWN | st.sampled_from(["Price", ""]) | TEXT, VALUES, max_size=6),
     max_size=6,
 )
 

@@ -14,17 +14,18 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import REPO, simple_records, simple_schema, small_config, write_records_csv  # type: ignore[import-not-found]
-from test_fit_encode import assert_fit_encode_matches, spill_to  # type: ignore[import-not-found]  # noqa: F401
+from test_fit_encode import assert_fit_encode_matches, spill_to  # noqa: F401
 
 from deepfm.bundle import Bundle
-from deepfm.errors import ConfigError
-from deepfm.features.pipeline import FIRST_VALUE, MISSING, FeaturePipeline
-from deepfm.features.hashing import hash64, hashed_ids
-from deepfm.data.tables import TableSource, as_table
-from deepfm.data.source import ReadOptions
 from deepfm.data.schema import FieldSpec, Schema
+from deepfm.data.source import ReadOptions
+from deepfm.data.tables import TableSource, as_table
+from deepfm.errors import ConfigError
+from deepfm.features.hashing import hash64, hashed_ids
+from deepfm.features.pipeline import FIRST_VALUE, MISSING, FeaturePipeline
 from deepfm.training import train
+
+from helpers import REPO, simple_records, simple_schema, small_config, write_records_csv
 
 MASK = 2**64 - 1
 
@@ -43,7 +44,9 @@ def reference_hash(text: str) -> int:
 
 def hashed_schema(buckets: int = 16) -> Schema:
     """simple_schema with 'user' and the multi-hot 'tags' hashed."""
-    fields = tuple(replace(f, hash_buckets=buckets) if f.name in ("user", "tags") else f for f in simple_schema(min_count=2).fields)
+    fields = tuple(
+        replace(f, hash_buckets=buckets) if f.name in ("user", "tags") else f for f in simple_schema(min_count=2).fields
+    )
     return replace(simple_schema(), fields=fields)
 
 
@@ -71,7 +74,9 @@ def test_same_ids_in_every_process() -> None:
     outs = set()
     for seed in ("1", "2", "random"):
         env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(REPO)}
-        outs.add(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout)
+        outs.add(
+            subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+        )
     assert len(outs) == 1
     assert json.loads(outs.pop()) == [2 + reference_hash(v) % 1000 for v in ("a", "b7", "ccc", "été")]
 
@@ -121,7 +126,9 @@ def test_hashed_bundle_trains_saves_loads_predicts_explains(tmp_path: Path) -> N
     # the pipeline saved with the bundle encodes as the one that trained
     again = FeaturePipeline.load(run)
     chunk = next(TableSource(as_table(probe, numeric={"price"}, multi_hot={"tags": "|"})).chunks(again.input_columns))
-    assert np.array_equal(again.encode(chunk, with_labels=False).ids, bundle.pipeline.encode(chunk, with_labels=False).ids)
+    assert np.array_equal(
+        again.encode(chunk, with_labels=False).ids, bundle.pipeline.encode(chunk, with_labels=False).ids
+    )
     assert bundle.predictor().example_record()["user"] == "a"  # no vocabulary to take a typical value from
     described = {f["name"]: f for f in bundle.predictor().describe()["fields"]}
     assert described["user"]["hash_buckets"] == 8 and "hash_buckets" not in described["item"]
@@ -144,14 +151,40 @@ def test_explain_and_drift_read_a_hashed_field(tmp_path: Path) -> None:
 
 
 def test_cli_hash_buckets_hashes_every_categorical(tmp_path: Path) -> None:
-    from conftest import write_criteo_tsv  # type: ignore[import-not-found]
-
     from deepfm.cli import main
+
+    from helpers import write_criteo_tsv
 
     data = write_criteo_tsv(tmp_path / "c.tsv", 600, seed=2)
     out = tmp_path / "m"
-    assert main(["train", "--data", str(data), "--preset", "criteo", "--out", str(out), "--epochs", "1", "--embedding-dim", "4",
-                 "--hidden", "8", "--hash-buckets", "32", "--threads", "1", "--quiet"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--preset",
+                "criteo",
+                "--out",
+                str(out),
+                "--epochs",
+                "1",
+                "--embedding-dim",
+                "4",
+                "--hidden",
+                "8",
+                "--hash-buckets",
+                "32",
+                "--threads",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     pipeline = Bundle.load(out).pipeline
-    assert all(pipeline.states[f"C{i}"].size == FIRST_VALUE + 32 and pipeline.states[f"C{i}"].vocab is None for i in range(1, 27))
+    assert all(
+        pipeline.states[f"C{i}"].size == FIRST_VALUE + 32 and pipeline.states[f"C{i}"].vocab is None
+        for i in range(1, 27)
+    )
     assert pipeline.states["I1"].vocab is not None  # numerics keep their bins

@@ -10,14 +10,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import small_config, write_rows
-from deepfm.features.pipeline import FeaturePipeline
-from deepfm.data.readers import open_reader
-from deepfm.data.source import Reader
 from deepfm.data.columns import to_float, to_label, to_strings
-from deepfm.data.source import ReadOptions
+from deepfm.data.readers import open_reader
 from deepfm.data.schema import FieldSpec, Schema
+from deepfm.data.source import Reader, ReadOptions
 from deepfm.training import parse_split, prepare
+
+from helpers import small_config, write_rows
 
 COLS = ["label", "c", "x"]
 ROWS = [["1", "red", "1.5"], ["0", "blue", ""], ["1", "", "-2"], ["0", "red", "7"]]
@@ -111,7 +110,7 @@ def test_parquet(tmp_path: Path) -> None:
 @pytest.mark.parametrize("neg", ["-1", "0"])
 @pytest.mark.parametrize("eol", ["\n", "\r\n"])
 def test_libfm(tmp_path: Path, neg: str, eol: str) -> None:
-    lines = [f"1 3:1 10:1 20:1", f"{neg} 4:1 11:1 20:1", f"1 3:1 12:1 21:1", f"{neg} 5:1 10:1 21:1"]
+    lines = ["1 3:1 10:1 20:1", f"{neg} 4:1 11:1 20:1", "1 3:1 12:1 21:1", f"{neg} 5:1 10:1 21:1"]
     path = tmp_path / "d.libfm"
     path.write_bytes((eol.join(lines) + eol).encode())
     r = open_reader(path)

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import brute_pairwise, hand_field_vectors, random_inputs
 from deepfm.model.layers import MLP, CrossNetwork, FieldEmbedding, fm_pairwise
+
+from helpers import brute_pairwise, hand_field_vectors, random_inputs
 
 
 @pytest.mark.parametrize("shape", [(7, 5, 3), (4, 2, 8), (3, 13, 1), (1, 40, 4)])

@@ -80,7 +80,11 @@ def test_roc_curve_matches_scikit_learn_and_its_area_is_the_auc() -> None:
     np.testing.assert_allclose(ours["threshold"][1:], thr[1:])
     assert np.trapezoid(ours["tpr"], ours["fpr"]) == pytest.approx(auc(y, s), abs=1e-12)
     thin = roc_curve(y, s, max_points=50)
-    assert len(thin["fpr"]) <= 51 and (thin["fpr"][0], thin["tpr"][0]) == (0.0, 0.0) and (thin["fpr"][-1], thin["tpr"][-1]) == (1.0, 1.0)
+    assert (
+        len(thin["fpr"]) <= 51
+        and (thin["fpr"][0], thin["tpr"][0]) == (0.0, 0.0)
+        and (thin["fpr"][-1], thin["tpr"][-1]) == (1.0, 1.0)
+    )
     assert np.all(np.diff(thin["fpr"]) >= 0) and np.all(np.diff(thin["tpr"]) >= 0)
     assert roc_curve(np.ones(5), np.arange(5)) == {"fpr": [], "tpr": [], "threshold": []}
 

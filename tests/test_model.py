@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import brute_pairwise, hand_field_vectors, random_inputs
-from deepfm.data.encoded import Batch, DatasetWriter
-from deepfm.data.encoded import EncodedChunk
-from deepfm.model.deepfm import DeepFM, InputLayout
 from deepfm.config import ModelConfig
+from deepfm.data.encoded import Batch, DatasetWriter, EncodedChunk
+from deepfm.model.deepfm import DeepFM, InputLayout
+
+from helpers import brute_pairwise, hand_field_vectors, random_inputs
 
 N_ROWS, DIM = 60, 3
 SCALED = [0, 2]
@@ -22,7 +22,9 @@ def make_model(kind: str, hidden: tuple[int, ...] = (6, 5), seed: int = 0) -> De
     """A float64 model with every parameter random (bias and first-order weights too, which
     start at zero) so that no term can hide behind a zero."""
     torch.manual_seed(seed)
-    model = DeepFM(LAYOUT, ModelConfig(kind=kind, embedding_dim=DIM, hidden=hidden, dropout=0.0, cross_layers=2)).double()
+    model = DeepFM(
+        LAYOUT, ModelConfig(kind=kind, embedding_dim=DIM, hidden=hidden, dropout=0.0, cross_layers=2)
+    ).double()
     with torch.no_grad():
         model.embedding.weight.copy_(torch.randn(N_ROWS, DIM + 1, dtype=torch.float64) * 0.7)
         model.bias.fill_(0.37)
@@ -59,9 +61,7 @@ def hand_parts(model: DeepFM, ids, values, bags) -> dict[str, np.ndarray]:
             k += 1
         assert k == 2
         flat = np.concatenate([x, flat], axis=1)
-    linears = sorted(
-        {int(k.split(".")[2]) for k in sd if k.startswith("dnn.net.") and k.endswith(".weight")}
-    )
+    linears = sorted({int(k.split(".")[2]) for k in sd if k.startswith("dnn.net.") and k.endswith(".weight")})
     if linears:
         h = flat
         for i in linears[:-1]:
@@ -193,7 +193,9 @@ def test_parts_are_the_terms_by_hand_and_add_up_to_the_logit(kind: str) -> None:
         parts = model.parts(model.embedding(batch.ids, batch.values, batch.multi_hot))
         logit = model(batch)
     cfg = model.config
-    expected = ["bias"] + ["first_order"] * cfg.uses_first_order + ["fm_pairs"] * cfg.uses_pairwise + ["dnn"] * cfg.uses_dnn
+    expected = (
+        ["bias"] + ["first_order"] * cfg.uses_first_order + ["fm_pairs"] * cfg.uses_pairwise + ["dnn"] * cfg.uses_dnn
+    )
     assert list(parts) == expected
     for name, part in parts.items():
         np.testing.assert_allclose(part.detach().numpy(), hand[names[name]], rtol=1e-10, atol=1e-12, err_msg=name)

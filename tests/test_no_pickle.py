@@ -14,12 +14,17 @@ import pytest
 import torch
 
 import deepfm
-from conftest import (  # type: ignore[import-not-found]
-    assert_identical_scores, simple_records, simple_schema, small_config, write_records_csv,
-)  # fmt: skip
 from deepfm.bundle import Bundle
-from deepfm.training.checkpoint import CHECKPOINT, load_checkpoint
 from deepfm.training import train
+from deepfm.training.checkpoint import CHECKPOINT, load_checkpoint
+
+from helpers import (
+    assert_identical_scores,
+    simple_records,
+    simple_schema,
+    small_config,
+    write_records_csv,
+)
 
 PACKAGE = Path(deepfm.__file__).parent
 
@@ -54,7 +59,15 @@ def test_no_module_can_load_code() -> None:
             names = [a.name for a in node.names] if isinstance(node, (ast.Import, ast.ImportFrom)) else []
             module = node.module if isinstance(node, ast.ImportFrom) else None
             for name in [*names, module]:
-                if name and name.split(".")[0] in ("pickle", "cPickle", "dill", "cloudpickle", "joblib", "marshal", "shelve"):
+                if name and name.split(".")[0] in (
+                    "pickle",
+                    "cPickle",
+                    "dill",
+                    "cloudpickle",
+                    "joblib",
+                    "marshal",
+                    "shelve",
+                ):
                     offences.append(f"{path.name}:{node.lineno} imports {name}")
         for name, call in _calls(tree):
             where = f"{path.name}:{call.lineno} {name}"
@@ -92,8 +105,13 @@ def test_every_load_path_runs_with_the_unpicklers_trapped(tmp_path: Path, monkey
     out = tmp_path / "m"
     # A checkpoint is written mid-run; keep one by stopping the run after its first epoch.
     with pytest.raises(RuntimeError, match="stop"):
-        train(small_config(simple_schema(), epochs=2, checkpoint_every=3), data, out, split="0.8,0.2",
-              on_epoch=lambda row: (_ for _ in ()).throw(RuntimeError("stop")))  # fmt: skip
+        train(
+            small_config(simple_schema(), epochs=2, checkpoint_every=3),
+            data,
+            out,
+            split="0.8,0.2",
+            on_epoch=lambda row: (_ for _ in ()).throw(RuntimeError("stop")),
+        )
     tensors, state = load_checkpoint(out / CHECKPOINT)
     assert tensors and state["progress"]["steps"] > 0
     from deepfm.training import resume
@@ -102,4 +120,6 @@ def test_every_load_path_runs_with_the_unpicklers_trapped(tmp_path: Path, monkey
     loaded = Bundle.load(out)
     fields = ("user", "item", "price", "tags")
     p = loaded.predict([{k: r[k] for k in fields} for r in records[:50]])
-    assert_identical_scores(p, bundle.predict([{k: r[k] for k in fields} for r in records[:50]]), "saved and loaded weights, same batch")
+    assert_identical_scores(
+        p, bundle.predict([{k: r[k] for k in fields} for r in records[:50]]), "saved and loaded weights, same batch"
+    )

@@ -73,10 +73,19 @@ def test_deterministic_block_puts_the_callers_settings_back(on: bool, warn_only:
     try:
         torch.use_deterministic_algorithms(on, warn_only=warn_only)
         with deterministic():
-            assert torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
-        assert (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()) == (on, warn_only)
+            assert (
+                torch.are_deterministic_algorithms_enabled()
+                and not torch.is_deterministic_algorithms_warn_only_enabled()
+            )
+        assert (
+            torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled(),
+        ) == (on, warn_only)
         with pytest.raises(RuntimeError, match="inside"), deterministic():
             raise RuntimeError("inside")
-        assert (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()) == (on, warn_only)
+        assert (
+            torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled(),
+        ) == (on, warn_only)
     finally:
         torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])

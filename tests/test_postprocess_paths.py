@@ -11,16 +11,17 @@ import numpy as np
 import pyarrow.csv as pacsv
 import pytest
 
-from conftest import SIMPLE_FIELDS, simple_records, simple_schema, small_config, write_records_csv  # type: ignore[import-not-found]
 from deepfm.bundle import Bundle
-from deepfm.model.calibration import Calibration, postprocess
 from deepfm.cli import main
 from deepfm.inference.predictor import Predictor, calibrate
+from deepfm.model.calibration import Calibration, postprocess
 from deepfm.training import train
+
+from helpers import SIMPLE_FIELDS, simple_records, simple_schema, small_config, write_records_csv
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("fastapi")
-from test_serve import start  # type: ignore[import-not-found]  # noqa: E402
+from test_serve import start  # noqa: E402
 
 
 def test_every_path_returns_the_corrected_probability(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -71,7 +72,9 @@ def _chunks(predictor: Predictor, rows: list[dict]):  # type: ignore[no-untyped-
 
 def test_metrics_report_the_corrected_mean_prediction(tmp_path: Path) -> None:
     data = write_records_csv(tmp_path / "d.csv", simple_records(3000, seed=8))
-    bundle = train(small_config(simple_schema()), data, tmp_path / "m", split="0.7,0.3", cache=False, neg_sample_rate=0.3)
+    bundle = train(
+        small_config(simple_schema()), data, tmp_path / "m", split="0.7,0.3", cache=False, neg_sample_rate=0.3
+    )
     m = json.loads((tmp_path / "m" / "metrics.json").read_text())
     assert m == bundle.metrics
     # Trained on 30% of the negatives, the model's own mean would be near 0.75 for a CTR of

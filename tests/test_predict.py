@@ -10,18 +10,27 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from conftest import (
-    SIMPLE_FIELDS, assert_identical_scores, assert_scores_close, assert_scores_differ, criteo_rows, encoded_rows,
-    simple_records, simple_schema, small_config, write_records_csv,
-)  # fmt: skip
+from deepfm.data.readers import open_reader
+from deepfm.data.schema import CRITEO_COLUMNS, criteo_schema
+from deepfm.data.source import ReadOptions
+from deepfm.data.tables import TableSource
 from deepfm.errors import DataError
 from deepfm.features.pipeline import FeaturePipeline
-from deepfm.data.readers import open_reader
-from deepfm.data.tables import TableSource
-from deepfm.data.source import ReadOptions
 from deepfm.inference.predictor import Predictor
-from deepfm.data.schema import CRITEO_COLUMNS, criteo_schema
 from deepfm.training import train
+
+from helpers import (
+    SIMPLE_FIELDS,
+    assert_identical_scores,
+    assert_scores_close,
+    assert_scores_differ,
+    criteo_rows,
+    encoded_rows,
+    simple_records,
+    simple_schema,
+    small_config,
+    write_records_csv,
+)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +91,10 @@ def test_values_as_a_file_would_hold_them(predictor: Predictor) -> None:
     p = predictor.predict(same)
     assert_scores_close(p, np.full(len(same), p[0]), "one record written six ways")
     gaps = [{**base, "price": None}, {**base, "price": float("nan")}, {**base, "price": ""}]
-    assert len(set(encoded_rows(predictor, gaps))) == 1 and encoded_rows(predictor, gaps)[0] != encoded_rows(predictor, [base])[0]
+    assert (
+        len(set(encoded_rows(predictor, gaps))) == 1
+        and encoded_rows(predictor, gaps)[0] != encoded_rows(predictor, [base])[0]
+    )
     missing = predictor.predict(gaps)
     assert_scores_close(missing, np.full(3, missing[0]), "None, NaN and '' are one missing value")
     assert_scores_differ(missing[0], p[0], "a missing price against price 4")
@@ -97,7 +109,9 @@ def test_dataframe_columns_outside_the_schema_are_ignored(predictor: Predictor) 
 
     rows = [{k: r[k] for k in SIMPLE_FIELDS} for r in simple_records(20, seed=4)]
     frame = pd.DataFrame(rows).assign(request_id=range(20))
-    assert_identical_scores(predictor.predict(frame), predictor.predict(rows), "the same 20 rows in one batch either way")
+    assert_identical_scores(
+        predictor.predict(frame), predictor.predict(rows), "the same 20 rows in one batch either way"
+    )
 
 
 def test_example_record_is_typical(predictor: Predictor) -> None:

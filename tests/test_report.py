@@ -8,14 +8,14 @@ import io
 import json
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import PNG, SIZES, write_planted
 from deepfm.cli import main
+
+from helpers import PNG, SIZES, write_planted
 
 pytest.importorskip("matplotlib")
 
@@ -25,7 +25,9 @@ ALL_FIGURES = {"learning_curves", "reliability", "roc", "decomposition", "pairs"
 
 def figures(html: str) -> dict[str, bytes]:
     """name -> PNG bytes of every embedded figure."""
-    found = re.findall(r"<figure data-figure='(\w+)'><img alt='\w+' src='data:image/png;base64,([A-Za-z0-9+/=]+)'>", html)
+    found = re.findall(
+        r"<figure data-figure='(\w+)'><img alt='\w+' src='data:image/png;base64,([A-Za-z0-9+/=]+)'>", html
+    )
     return {name: base64.b64decode(data) for name, data in found}
 
 
@@ -68,7 +70,9 @@ def test_train_records_the_learning_curve_within_epochs(trained) -> None:
         assert 15 <= len(points) <= 40, len(points)  # about 20 per epoch
         assert points[-1]["epoch"] == epoch and sum(p["rows"] for p in points) == m["train_rows"]
         # the points are the epoch's batches: their row-weighted loss is the epoch's loss
-        assert sum(p["loss"] * p["rows"] for p in points) / m["train_rows"] == pytest.approx(row["train_loss"], rel=1e-9)
+        assert sum(p["loss"] * p["rows"] for p in points) / m["train_rows"] == pytest.approx(
+            row["train_loss"], rel=1e-9
+        )
         assert all(0 <= p["auc"] <= 1 for p in points)
     assert np.all(np.diff([p["epoch"] for p in curve]) > 0)
     # the test part's calibration and ROC are kept for `deepfm report` without data
@@ -120,12 +124,21 @@ def test_report_renders_in_chromium(trained, tmp_path: Path) -> None:
     _, out, _, _ = trained
     errors: list[str] = []
     # The flags keep Chromium off the network it has no use for here (this page needs none).
-    flags = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    flags = [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+    ]
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=executable, args=flags)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.on("console", lambda m: errors.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None)
+            page.on(
+                "console",
+                lambda m: errors.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None,
+            )
             page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
             page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url[:80]}"))
             page.goto((out / "report.html").as_uri(), wait_until="load")
@@ -156,8 +169,8 @@ def test_report_renders_in_chromium(trained, tmp_path: Path) -> None:
 def test_report_of_a_model_trained_before_the_curves_were_recorded(trained) -> None:
     """A bundle whose metrics lack the within-epoch curve and the recorded evaluation still
     gets per-epoch curves, and says what is missing instead of failing."""
-    from deepfm.bundle import Bundle
     from deepfm.analysis.report import build_report
+    from deepfm.bundle import Bundle
 
     _, out, _, _ = trained
     bundle = Bundle.load(out)

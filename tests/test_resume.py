@@ -16,18 +16,37 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import nan_loss_at_step, simple_records, simple_schema, small_config, write_records_csv  # type: ignore[import-not-found]
-from deepfm.training.checkpoint import CHECKPOINT, load_checkpoint
-from deepfm.training.inputs import RUN
 from deepfm.errors import ConfigError, DataError, TrainingError
 from deepfm.training import Trainer, resume, train
+from deepfm.training.checkpoint import CHECKPOINT, load_checkpoint
+from deepfm.training.inputs import RUN
+
+from helpers import nan_loss_at_step, simple_records, simple_schema, small_config, write_records_csv
 
 # Long enough (4 epochs of ~150 steps) that a kill lands inside an epoch; dropout so the
 # RNG state is part of what must be restored.
 ARGS = [
-    "--split", "0.8,0.1,0.1", "--epochs", "4", "--patience", "4", "--batch-size", "32", "--hidden", "32,32",
-    "--dropout", "0.2", "--embedding-dim", "8", "--threads", "1", "--checkpoint-every", "7", "--quiet", "--no-cache",
-]  # fmt: skip
+    "--split",
+    "0.8,0.1,0.1",
+    "--epochs",
+    "4",
+    "--patience",
+    "4",
+    "--batch-size",
+    "32",
+    "--hidden",
+    "32,32",
+    "--dropout",
+    "0.2",
+    "--embedding-dim",
+    "8",
+    "--threads",
+    "1",
+    "--checkpoint-every",
+    "7",
+    "--quiet",
+    "--no-cache",
+]
 
 
 def cli(*args: object) -> subprocess.CompletedProcess[str]:
@@ -54,7 +73,9 @@ def wait_then_kill(proc: subprocess.Popen[bytes], out: Path, when: str) -> dict:
         if (out / CHECKPOINT).exists() and when != "before any checkpoint":
             # Read while training replaces it: atomic writes mean a whole file every time.
             progress = load_checkpoint(out / CHECKPOINT)[1]["progress"]
-            if (when == "in epoch 1" and progress["batch"] > 0) or (when == "later epoch" and progress["epoch"] >= 2 and progress["batch"] > 40):
+            if (when == "in epoch 1" and progress["batch"] > 0) or (
+                when == "later epoch" and progress["epoch"] >= 2 and progress["batch"] > 40
+            ):
                 break
         time.sleep(0.005)
     proc.kill()
@@ -66,8 +87,11 @@ def wait_then_kill(proc: subprocess.Popen[bytes], out: Path, when: str) -> dict:
 def test_kill_9_then_resume_gives_identical_weights(reference: tuple[Path, Path], tmp_path: Path, when: str) -> None:
     data, ref = reference
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "deepfm", "train", "--data", str(data), "--out", str(out), *ARGS],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "deepfm", "train", "--data", str(data), "--out", str(out), *ARGS],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     progress = wait_then_kill(proc, out, when)
     assert not (out / "manifest.json").exists()  # killed before it finished
     if when != "before any checkpoint":
@@ -92,7 +116,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, monke
     config = small_config(simple_schema(), epochs=3, batch_size=32, checkpoint_every=5)
     real_step = nan_loss_at_step(monkeypatch, 23)
     out = tmp_path / "run"
-    with pytest.raises(TrainingError, match=r"loss became nan in epoch 1 \(step 23\); the last good checkpoint is kept in .*checkpoint"):
+    with pytest.raises(
+        TrainingError, match=r"loss became nan in epoch 1 \(step 23\); the last good checkpoint is kept in .*checkpoint"
+    ):
         train(config, data, out, split="0.8,0.2", cache=False)
     tensors, state = load_checkpoint(out / CHECKPOINT)
     assert state["progress"]["steps"] == 20  # the last multiple of 5 before the bad step

@@ -10,17 +10,18 @@ import numpy as np
 import pyarrow.csv as pacsv
 import pytest
 
-from conftest import small_config
 from deepfm.bundle import Bundle
-from deepfm.model.calibration import Calibration, fit, postprocess
 from deepfm.cli import main
-from deepfm.errors import BundleError
-from deepfm.util.metrics import logloss
-from deepfm.inference.predictor import calibrate, evaluate, predict_file
 from deepfm.data.sampling import BLOCK, keep_mask
 from deepfm.data.schema import criteo_schema
 from deepfm.data.synth import write_synth
+from deepfm.errors import BundleError
+from deepfm.inference.predictor import calibrate, evaluate, predict_file
+from deepfm.model.calibration import Calibration, fit, postprocess
 from deepfm.training import train
+from deepfm.util.metrics import logloss
+
+from helpers import small_config
 
 TRAIN, VALID, TEST = 40_000, 10_000, 10_000
 
@@ -39,7 +40,10 @@ def _split(src: Path, folder: Path, day: int) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def days(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, Path]]:
     folder = tmp_path_factory.mktemp("days")
-    return {d: _split(write_synth(TRAIN + VALID + TEST, folder / f"day{d}.tsv", seed=3, day=d).path, folder, d) for d in (1, 2)}
+    return {
+        d: _split(write_synth(TRAIN + VALID + TEST, folder / f"day{d}.tsv", seed=3, day=d).path, folder, d)
+        for d in (1, 2)
+    }
 
 
 def _config(**train_kw: object):  # type: ignore[no-untyped-def]
@@ -50,13 +54,17 @@ def _config(**train_kw: object):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
-def full_and_sampled(days: dict[int, dict[str, Path]], tmp_path_factory: pytest.TempPathFactory) -> tuple[Bundle, Bundle]:
+def full_and_sampled(
+    days: dict[int, dict[str, Path]], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Bundle, Bundle]:
     out = tmp_path_factory.mktemp("runs")
     d = days[1]
     # No calibration fitted in training: these tests look at the downsampling correction and at
     # `deepfm calibrate`, which a Platt fit on the same validation rows would leave nothing to do.
     full = train(_config(calibrate=False), d["train"], out / "full", valid=d["valid"], cache=False)
-    sampled = train(_config(calibrate=False), d["train"], out / "sampled", valid=d["valid"], cache=False, neg_sample_rate=0.25)
+    sampled = train(
+        _config(calibrate=False), d["train"], out / "sampled", valid=d["valid"], cache=False, neg_sample_rate=0.25
+    )
     return full, sampled
 
 
@@ -81,7 +89,9 @@ def test_correction_formula() -> None:
     assert np.array_equal(postprocess(p, Calibration()), p)  # the default changes nothing
 
 
-def test_downsampled_model_predicts_the_real_click_rate(full_and_sampled: tuple[Bundle, Bundle], days: dict[int, dict[str, Path]]) -> None:
+def test_downsampled_model_predicts_the_real_click_rate(
+    full_and_sampled: tuple[Bundle, Bundle], days: dict[int, dict[str, Path]]
+) -> None:
     full, sampled = full_and_sampled
     m = sampled.metrics
     assert m["neg_sample_rate"] == 0.25 and m["train_rows_before_downsampling"] == TRAIN
@@ -97,8 +107,11 @@ def test_downsampled_model_predicts_the_real_click_rate(full_and_sampled: tuple[
     assert ev["logloss"] < ev_full["logloss"] + 0.01, (ev, ev_full)
     # The Python path on raw records gives the same corrected figures; uncorrected, the model
     # would be far off: it saw 4x the negatives' share of positives.
-    table = pacsv.read_csv(test, parse_options=pacsv.ParseOptions(delimiter="\t"),
-                           read_options=pacsv.ReadOptions(column_names=list(sampled.config.schema.columns)))  # fmt: skip
+    table = pacsv.read_csv(
+        test,
+        parse_options=pacsv.ParseOptions(delimiter="\t"),
+        read_options=pacsv.ReadOptions(column_names=list(sampled.config.schema.columns)),
+    )
     p = sampled.predict(table)
     assert abs(float(p.mean()) - ev["mean_prediction"]) < 1e-9
     raw = np.concatenate([sampled.predict_encoded(c, calibrated=False) for c in _chunks(sampled, test)])
@@ -106,7 +119,9 @@ def test_downsampled_model_predicts_the_real_click_rate(full_and_sampled: tuple[
     assert Bundle.load(sampled.path).calibration.neg_sample_rate == 0.25  # recorded in the bundle
 
 
-def test_every_path_returns_corrected_probabilities(full_and_sampled: tuple[Bundle, Bundle], days: dict[int, dict[str, Path]], tmp_path: Path) -> None:
+def test_every_path_returns_corrected_probabilities(
+    full_and_sampled: tuple[Bundle, Bundle], days: dict[int, dict[str, Path]], tmp_path: Path
+) -> None:
     _, sampled = full_and_sampled
     loaded = Bundle.load(sampled.path)
     test = days[1]["test"]
@@ -157,7 +172,12 @@ def test_fits_recover_a_known_distortion() -> None:
     assert abs(a - 2.0) < 0.1 and abs(b + 0.6) < 0.1
 
 
-def test_calibrate_command_stores_and_applies(full_and_sampled: tuple[Bundle, Bundle], days: dict[int, dict[str, Path]], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_calibrate_command_stores_and_applies(
+    full_and_sampled: tuple[Bundle, Bundle],
+    days: dict[int, dict[str, Path]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     import shutil
 
     _, sampled = full_and_sampled
@@ -217,10 +237,20 @@ def test_grow_vocabulary_keeps_ids_adds_and_evicts() -> None:
 
 
 @pytest.fixture(scope="module")
-def warm(full_and_sampled: tuple[Bundle, Bundle], days: dict[int, dict[str, Path]], tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+def warm(
+    full_and_sampled: tuple[Bundle, Bundle], days: dict[int, dict[str, Path]], tmp_path_factory: pytest.TempPathFactory
+) -> Bundle:
     full, _ = full_and_sampled
     out = tmp_path_factory.mktemp("warm") / "day2"
-    return train(_config(epochs=1), days[2]["train"], out, valid=days[2]["valid"], test=days[2]["test"], cache=False, warm_start=full.path)
+    return train(
+        _config(epochs=1),
+        days[2]["train"],
+        out,
+        valid=days[2]["valid"],
+        test=days[2]["test"],
+        cache=False,
+        warm_start=full.path,
+    )
 
 
 def _reader_chunks(path: Path, schema):  # type: ignore[no-untyped-def]
@@ -230,7 +260,9 @@ def _reader_chunks(path: Path, schema):  # type: ignore[no-untyped-def]
     return reader.chunks([schema.label, *schema.names], schema.numeric_columns)
 
 
-def test_warm_start_keeps_known_vectors_and_adds_new_rows(full_and_sampled: tuple[Bundle, Bundle], days: dict[int, dict[str, Path]]) -> None:
+def test_warm_start_keeps_known_vectors_and_adds_new_rows(
+    full_and_sampled: tuple[Bundle, Bundle], days: dict[int, dict[str, Path]]
+) -> None:
     import torch
 
     from deepfm.features.pipeline import OOV, FeaturePipeline
@@ -240,8 +272,12 @@ def test_warm_start_keeps_known_vectors_and_adds_new_rows(full_and_sampled: tupl
     old, _ = full_and_sampled
     schema = old.config.schema
     grown = FeaturePipeline(schema).fit(_reader_chunks(days[2]["train"], schema), base=old.pipeline)
-    layout = InputLayout(num_embeddings=grown.num_embeddings, n_single=len(grown.single_fields),
-                         scaled_positions=tuple(grown.scaled_positions), poolings=())  # fmt: skip
+    layout = InputLayout(
+        num_embeddings=grown.num_embeddings,
+        n_single=len(grown.single_fields),
+        scaled_positions=tuple(grown.scaled_positions),
+        poolings=(),
+    )
     torch.manual_seed(0)
     model = DeepFM(layout, old.config.model)
     fresh = model.embedding.weight.detach().clone()
@@ -269,10 +305,14 @@ def test_warm_start_keeps_known_vectors_and_adds_new_rows(full_and_sampled: tupl
     newly_known = (ids_old == OOV) & (ids_new >= len(old.pipeline.states["C3"].vocab) + 2)
     assert newly_known.sum() > 50
     # Numeric statistics are kept, not refitted: the bins of a numeric field did not move.
-    assert grown.states["I5"].vocab.slice(0, len(old.pipeline.states["I5"].vocab)).equals(old.pipeline.states["I5"].vocab)
+    assert (
+        grown.states["I5"].vocab.slice(0, len(old.pipeline.states["I5"].vocab)).equals(old.pipeline.states["I5"].vocab)
+    )
 
 
-def test_warm_pipeline_encodes_like_a_loaded_one(warm: Bundle, days: dict[int, dict[str, Path]], tmp_path: Path) -> None:
+def test_warm_pipeline_encodes_like_a_loaded_one(
+    warm: Bundle, days: dict[int, dict[str, Path]], tmp_path: Path
+) -> None:
     """The single-parse encoding during training, the grown pipeline and the same pipeline
     loaded from the bundle give identical ids."""
     from deepfm.features.pipeline import FeaturePipeline
@@ -291,7 +331,9 @@ def test_warm_pipeline_encodes_like_a_loaded_one(warm: Bundle, days: dict[int, d
     assert isinstance(loaded, FeaturePipeline)
 
 
-def test_day_by_day_bundle_loads_and_predicts(warm: Bundle, full_and_sampled: tuple[Bundle, Bundle], days: dict[int, dict[str, Path]], tmp_path: Path) -> None:
+def test_day_by_day_bundle_loads_and_predicts(
+    warm: Bundle, full_and_sampled: tuple[Bundle, Bundle], days: dict[int, dict[str, Path]], tmp_path: Path
+) -> None:
     full, _ = full_and_sampled
     loaded = Bundle.load(warm.path)
     m = loaded.metrics
@@ -302,19 +344,38 @@ def test_day_by_day_bundle_loads_and_predicts(warm: Bundle, full_and_sampled: tu
     # It learned day 2 on top of day 1: at least as good as the day-1 model on day-2 rows.
     assert ev["auc"] > evaluate(full, test)["auc"] - 0.002
     # And it can be warm-started again (day 3 = day 2's rows here: the vocabulary is stable).
-    again = train(_config(epochs=1), days[2]["valid"], tmp_path / "day3", split="0.8,0.2", cache=False, warm_start=loaded.path)
+    again = train(
+        _config(epochs=1), days[2]["valid"], tmp_path / "day3", split="0.8,0.2", cache=False, warm_start=loaded.path
+    )
     assert again.pipeline.num_embeddings >= loaded.pipeline.num_embeddings
     assert predict_file(Bundle.load(again.path), test, tmp_path / "p.csv") == TEST
 
 
-def test_warm_start_refuses_another_shape(full_and_sampled: tuple[Bundle, Bundle], days: dict[int, dict[str, Path]], tmp_path: Path) -> None:
+def test_warm_start_refuses_another_shape(
+    full_and_sampled: tuple[Bundle, Bundle], days: dict[int, dict[str, Path]], tmp_path: Path
+) -> None:
     from deepfm.errors import ConfigError
 
     full, _ = full_and_sampled
     wider = small_config(criteo_schema(), model={"embedding_dim": 8})
     with pytest.raises(ConfigError, match="model settings"):
         train(wider, days[2]["train"], tmp_path / "x", cache=False, warm_start=full.path)
-    assert main(["train", "--warm-start", str(full.path), "--data", str(days[2]["train"]), "--preset", "criteo", "--out", str(tmp_path / "y")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--warm-start",
+                str(full.path),
+                "--data",
+                str(days[2]["train"]),
+                "--preset",
+                "criteo",
+                "--out",
+                str(tmp_path / "y"),
+            ]
+        )
+        == 2
+    )
 
 
 def test_warm_start_refuses_other_hash_buckets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -322,18 +383,33 @@ def test_warm_start_refuses_other_hash_buckets(tmp_path: Path, capsys: pytest.Ca
     in common with buckets: either change is refused, naming the field and both counts."""
     from dataclasses import replace
 
-    from conftest import simple_records, simple_schema, write_records_csv
     from deepfm.errors import ConfigError
 
+    from helpers import simple_records, simple_schema, write_records_csv
+
     data = write_records_csv(tmp_path / "d.csv", simple_records(600, seed=1))
+
     def buckets(n: int):  # type: ignore[no-untyped-def]
         fields = tuple(replace(f, hash_buckets=n) if f.name == "user" else f for f in simple_schema().fields)
         return small_config(replace(simple_schema(), fields=fields), epochs=1)
+
     old = train(buckets(8), data, tmp_path / "old", split="0.8,0.2", cache=False)
     with pytest.raises(ConfigError, match=r"'user' changed hash_buckets 8 -> 16"):
         train(buckets(16), data, tmp_path / "x", split="0.8,0.2", cache=False, warm_start=old.path)
     # back to a vocabulary, from the command line: a usage error, not a traceback
-    args = ["train", "--warm-start", str(old.path), "--hash-buckets", "0", "--data", str(data), "--split", "0.8,0.2", "--out", str(tmp_path / "y")]
+    args = [
+        "train",
+        "--warm-start",
+        str(old.path),
+        "--hash-buckets",
+        "0",
+        "--data",
+        str(data),
+        "--split",
+        "0.8,0.2",
+        "--out",
+        str(tmp_path / "y"),
+    ]
     assert main(args) == 2
     assert "'user' changed hash_buckets 8 -> 0" in capsys.readouterr().err
 
@@ -342,8 +418,9 @@ def test_resume_of_a_warm_started_downsampled_run_is_the_same_run(tmp_path: Path
     import torch
     from safetensors.torch import load_file
 
-    from conftest import simple_records, simple_schema, write_records_csv
     from deepfm.training import resume
+
+    from helpers import simple_records, simple_schema, write_records_csv
 
     day1 = write_records_csv(tmp_path / "d1.csv", simple_records(1500, seed=3))
     day2 = write_records_csv(tmp_path / "d2.csv", simple_records(3000, seed=4))
@@ -360,7 +437,10 @@ def test_resume_of_a_warm_started_downsampled_run_is_the_same_run(tmp_path: Path
         train(config, day2, tmp_path / "cut", on_epoch=stop, **kw)
     assert json.loads((tmp_path / "cut" / "run.json").read_text())["warm_start"] == str(base.path)
     resumed = resume(tmp_path / "cut")
-    a, b = load_file(str(tmp_path / "ref" / "model.safetensors")), load_file(str(tmp_path / "cut" / "model.safetensors"))
+    a, b = (
+        load_file(str(tmp_path / "ref" / "model.safetensors")),
+        load_file(str(tmp_path / "cut" / "model.safetensors")),
+    )
     assert all(torch.equal(a[k], b[k]) for k in a)  # the same steps, batches and threads: bit for bit
     assert resumed.calibration.neg_sample_rate == 0.5 and resumed.metrics["warm_start"]["from"] == str(base.path)
 
@@ -376,7 +456,12 @@ def test_psi_formula() -> None:
     assert np.isfinite(psi(np.array([10, 0]), np.array([0, 10])))  # empty buckets are floored
 
 
-def test_drift_check_sees_the_simulated_days(full_and_sampled: tuple[Bundle, Bundle], days: dict[int, dict[str, Path]], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_drift_check_sees_the_simulated_days(
+    full_and_sampled: tuple[Bundle, Bundle],
+    days: dict[int, dict[str, Path]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     full, _ = full_and_sampled
     model = tmp_path / "m"
     import shutil
@@ -391,12 +476,26 @@ def test_drift_check_sees_the_simulated_days(full_and_sampled: tuple[Bundle, Bun
     capsys.readouterr()
     # Day 2: new ids in the large fields, none in the small ones; the base CTR fell.
     out = tmp_path / "d2.json"
-    code = main(["drift", str(model), "--data", str(days[2]["test"]), "--out", str(out), "--fail-on", "psi>0.25",
-                 "--fail-on", "oov_change>0.05", "--report", "--quiet"])  # fmt: skip
+    code = main(
+        [
+            "drift",
+            str(model),
+            "--data",
+            str(days[2]["test"]),
+            "--out",
+            str(out),
+            "--fail-on",
+            "psi>0.25",
+            "--fail-on",
+            "oov_change>0.05",
+            "--report",
+            "--quiet",
+        ]
+    )
     assert code == 1
     assert "threshold crossed: psi>0.25" in capsys.readouterr().err
     d2 = json.loads(out.read_text())
-    from deepfm.data.synth import CATEGORICAL_SPECS, CHURN_MIN_CARD
+    from deepfm.data.synth_world import CATEGORICAL_SPECS, CHURN_MIN_CARD
 
     churned = [d2["fields"][c.name] for c in CATEGORICAL_SPECS if c.cardinality >= CHURN_MIN_CARD]
     kept = [d2["fields"][c.name] for c in CATEGORICAL_SPECS if c.cardinality < CHURN_MIN_CARD]
@@ -407,13 +506,17 @@ def test_drift_check_sees_the_simulated_days(full_and_sampled: tuple[Bundle, Bun
     lab = d2["labels"]
     assert lab["ctr_gap"] == pytest.approx(abs(d2["mean_prediction"] - lab["ctr"]) / lab["ctr"])
     assert lab["auc"] == pytest.approx(evaluate(full, days[2]["test"])["auc"])
-    assert any(f.startswith("psi>0.25") for f in d2["failed"]) and any(f.startswith("oov_change>0.05") for f in d2["failed"])
+    assert any(f.startswith("psi>0.25") for f in d2["failed"]) and any(
+        f.startswith("oov_change>0.05") for f in d2["failed"]
+    )
     # The report shows the last check written into the model folder (with --report above:
     # drift.json there is the day-1 check; the day-2 one went to --out).
     assert "<h2>Drift</h2>" in (model / "report.html").read_text()
     # Rows without labels: no CTR comparison, a label threshold says why it cannot pass.
     unlabelled = tmp_path / "nolabel.tsv"
-    unlabelled.write_text("".join(line.split("\t", 1)[1] for line in days[2]["test"].read_text().splitlines(keepends=True)[:500]))
+    unlabelled.write_text(
+        "".join(line.split("\t", 1)[1] for line in days[2]["test"].read_text().splitlines(keepends=True)[:500])
+    )
     assert main(["drift", str(model), "--data", str(unlabelled), "--fail-on", "ctr_gap>0.1", "--quiet"]) == 1
     nl = json.loads((model / "drift.json").read_text())
     assert "labels" not in nl and "no labels" in nl["failed"][0]

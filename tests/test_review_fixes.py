@@ -7,16 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import small_config, write_criteo_tsv, write_rows  # type: ignore[import-not-found]
 
 from deepfm.cli import main
 from deepfm.config import RunConfig, TrainConfig
-from deepfm.errors import ConfigError, DataError
 from deepfm.data.readers import open_reader
-from deepfm.data.tables import as_table
-from deepfm.data.source import ReadOptions
 from deepfm.data.schema import CRITEO_COLUMNS, criteo_schema
+from deepfm.data.source import ReadOptions
+from deepfm.data.tables import as_table
+from deepfm.errors import ConfigError, DataError
 from deepfm.training import parse_split, train
+
+from helpers import small_config, write_criteo_tsv, write_rows
 
 
 def test_an_error_in_an_early_chunk_does_not_hang_the_reader(tmp_path: Path) -> None:
@@ -44,7 +45,9 @@ def test_an_error_in_an_early_chunk_does_not_hang_the_reader(tmp_path: Path) -> 
 
 
 def test_yaml_numbers_written_as_text_become_numbers() -> None:
-    config = RunConfig.from_dict({"preset": "criteo", "train": {"lr": "1e-3", "seed": "5"}, "model": {"dropout": "0.1"}})
+    config = RunConfig.from_dict(
+        {"preset": "criteo", "train": {"lr": "1e-3", "seed": "5"}, "model": {"dropout": "0.1"}}
+    )
     assert config.train.lr == 1e-3 and isinstance(config.train.lr, float)
     assert config.train.seed == 5 and config.model.dropout == 0.1
     with pytest.raises(ConfigError, match="train.lr"):
@@ -79,8 +82,26 @@ def test_skipped_rows_never_shrink_the_last_part(tmp_path: Path) -> None:
 
 def test_cli_reports_os_errors_without_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = write_rows(tmp_path / "d.tsv", [["1"] + ["1"] * 13 + ["a"] * 26] * 200, list(CRITEO_COLUMNS), "\t")
-    assert main(["train", "--data", str(data), "--preset", "criteo", "--out", str(tmp_path / "m"), "--epochs", "1",
-                 "--threads", "1", "--quiet", "--no-cache"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--preset",
+                "criteo",
+                "--out",
+                str(tmp_path / "m"),
+                "--epochs",
+                "1",
+                "--threads",
+                "1",
+                "--quiet",
+                "--no-cache",
+            ]
+        )
+        == 0
+    )
     code = main(["predict", str(tmp_path / "m"), "--data", str(data), "--out", str(tmp_path / "no" / "such" / "s.csv")])
     err = capsys.readouterr().err
     assert code == 2 and "error" in err and "Traceback" not in err

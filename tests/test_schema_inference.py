@@ -11,10 +11,11 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from conftest import write_rows
 from deepfm.cli import main
 from deepfm.data.schema import Schema
 from deepfm.data.schema_inference import guess_field, infer_fields
+
+from helpers import write_rows
 
 
 def movie_like(n: int = 20_000, seed: int = 0) -> dict[str, np.ndarray | list[str]]:
@@ -43,10 +44,16 @@ def test_kinds_follow_the_values() -> None:
     guesses = {g.spec.name: g for g in infer_fields(pa.table(movie_like()))}
     kinds = {name: (g.spec.kind, g.spec.binning if g.spec.kind == "numeric" else None) for name, g in guesses.items()}
     assert kinds == {
-        "a": ("categorical", None), "b": ("categorical", None), "zip": ("categorical", None),
-        "genres": ("multi_hot", None), "t": ("numeric", "quantile"), "v": ("numeric", "log"),
-        "h": ("numeric", "quantile"), "hour": ("categorical", None), "price": ("numeric", "quantile"),
-    }  # fmt: skip
+        "a": ("categorical", None),
+        "b": ("categorical", None),
+        "zip": ("categorical", None),
+        "genres": ("multi_hot", None),
+        "t": ("numeric", "quantile"),
+        "v": ("numeric", "log"),
+        "h": ("numeric", "quantile"),
+        "hour": ("categorical", None),
+        "price": ("numeric", "quantile"),
+    }
     assert guesses["genres"].spec.separator == "|"
     assert "identifier" in guesses["a"].reason and "counts" in guesses["v"].reason and "smooth" in guesses["h"].reason
 
@@ -78,7 +85,9 @@ def test_schema_command_prints_a_config_that_trains(tmp_path: Path, capsys: pyte
     rng = np.random.default_rng(3)
     label = (rng.random(3000) < 0.3).astype(int)
     names = ["label", *cols]
-    data = write_rows(tmp_path / "d.csv", [[str(label[i]), *(str(cols[c][i]) for c in cols)] for i in range(3000)], names)
+    data = write_rows(
+        tmp_path / "d.csv", [[str(label[i]), *(str(cols[c][i]) for c in cols)] for i in range(3000)], names
+    )
     assert main(["schema", "--data", str(data)]) == 0
     text = capsys.readouterr().out
     assert text.startswith("# The schema deepfm infers for") and "# " in text.splitlines()[4]  # a reason per field
@@ -89,7 +98,23 @@ def test_schema_command_prints_a_config_that_trains(tmp_path: Path, capsys: pyte
     # The printed file trains as a config, with model and train sections added to it.
     (tmp_path / "s.yaml").write_text(text + "model: {embedding_dim: 4, hidden: [8]}\ntrain: {epochs: 1, threads: 1}\n")
     out = tmp_path / "m"
-    assert main(["train", "--data", str(data), "--config", str(tmp_path / "s.yaml"), "--split", "0.8,0.2", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--config",
+                str(tmp_path / "s.yaml"),
+                "--split",
+                "0.8,0.2",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     saved = json.loads((out / "config.json").read_text())
     assert [f["kind"] for f in saved["fields"]] == [f.kind for f in schema.fields]
 
@@ -97,10 +122,28 @@ def test_schema_command_prints_a_config_that_trains(tmp_path: Path, capsys: pyte
 def test_a_config_of_model_and_train_takes_its_fields_from_inference_or_a_preset(tmp_path: Path) -> None:
     cols = movie_like(2000, seed=4)
     label = (np.random.default_rng(5).random(2000) < 0.3).astype(int)
-    data = write_rows(tmp_path / "d.csv", [[str(label[i]), *(str(cols[c][i]) for c in cols)] for i in range(2000)], ["label", *cols])
+    data = write_rows(
+        tmp_path / "d.csv", [[str(label[i]), *(str(cols[c][i]) for c in cols)] for i in range(2000)], ["label", *cols]
+    )
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model: {embedding_dim: 4, hidden: [8]}\ntrain: {epochs: 1, threads: 1, lr: 0.002}\n")
-    assert main(["train", "--data", str(data), "--config", str(cfg), "--split", "0.8,0.2", "--out", str(tmp_path / "m"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--config",
+                str(cfg),
+                "--split",
+                "0.8,0.2",
+                "--out",
+                str(tmp_path / "m"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     saved = json.loads((tmp_path / "m" / "config.json").read_text())
     assert saved["model"]["embedding_dim"] == 4 and saved["train"]["lr"] == 0.002
     assert {f["name"]: f["kind"] for f in saved["fields"]}["genres"] == "multi_hot"

@@ -19,13 +19,20 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import (
-    REPO, SIMPLE_FIELDS, assert_scores_close, assert_scores_differ, simple_records, simple_schema, small_config,
-    write_records_csv,
-)  # fmt: skip
 from deepfm.bundle import Bundle
 from deepfm.cli import main
 from deepfm.training import train
+
+from helpers import (
+    REPO,
+    SIMPLE_FIELDS,
+    assert_scores_close,
+    assert_scores_differ,
+    simple_records,
+    simple_schema,
+    small_config,
+    write_records_csv,
+)
 
 MAX_RECORDS = 50
 MAX_BODY = 20_000
@@ -46,8 +53,21 @@ class Server:
         self.log_path = log
         self.log = open(log, "wb")
         env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        command = [sys.executable, "-m", "deepfm", "serve", str(model), "--host", "127.0.0.1", "--port", str(self.port), *args]
-        self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        command = [
+            sys.executable,
+            "-m",
+            "deepfm",
+            "serve",
+            str(model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            *args,
+        ]
+        self.proc = subprocess.Popen(
+            command, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
 
     def wait_ready(self, timeout: float = 90) -> None:
         end = time.monotonic() + timeout
@@ -61,7 +81,9 @@ class Server:
                 time.sleep(0.1)
         raise AssertionError(f"server not ready after {timeout} s:\n{self.log_path.read_text()}")
 
-    def request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         try:
             conn.request(method, path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
@@ -122,8 +144,11 @@ def test_health_schema_and_docs(server: Server, model_dir: Path) -> None:
     schema = json.loads(raw)
     assert status == 200 and schema["model"] == model_id and schema["max_records"] == MAX_RECORDS
     assert [(f["name"], f["kind"]) for f in schema["fields"]] == [
-        ("user", "categorical"), ("item", "categorical"), ("price", "numeric"), ("tags", "multi_hot")
-    ]  # fmt: skip
+        ("user", "categorical"),
+        ("item", "categorical"),
+        ("price", "numeric"),
+        ("tags", "multi_hot"),
+    ]
     assert set(schema["example"]) == set(SIMPLE_FIELDS)
     status, answer = server.post({"records": [schema["example"]]})
     assert status == 200 and len(answer["probabilities"]) == 1
@@ -163,8 +188,10 @@ def test_missing_field_is_a_missing_value(server: Server) -> None:
     status, answer = server.post({"records": cases})
     assert status == 200
     p = np.array(answer["probabilities"])
-    # One request, six batch positions: float32 tolerance (conftest's FLOAT32_RTOL).
-    assert_scores_close(p[[1, 2, 5]], p[[0, 3, 3]], "absent and null price, a list and joined text, a label riding along")
+    # One request, six batch positions: float32 tolerance (helpers.FLOAT32_RTOL).
+    assert_scores_close(
+        p[[1, 2, 5]], p[[0, 3, 3]], "absent and null price, a list and joined text, a label riding along"
+    )
     assert_scores_differ(p[0], p[3], "a missing price against price 10")
     assert np.all((0 < p) & (p < 1))
 
@@ -178,7 +205,9 @@ def test_concurrent_requests_get_their_own_probabilities(server: Server, model_d
     bundle = Bundle.load(model_dir)
     for recs, (status, answer) in zip(requests, answers):
         assert status == 200
-        assert_scores_close(answer["probabilities"], bundle.predict(recs), "requests batched together against each alone")
+        assert_scores_close(
+            answer["probabilities"], bundle.predict(recs), "requests batched together against each alone"
+        )
 
 
 # ---------------------------------------------------------------- bad requests
@@ -192,7 +221,14 @@ BAD_REQUESTS = [
     ("object for a number", {"records": [{"price": {"v": 1}}]}, 422, ["expected a number", "dict"], 0, "price"),
     ("nested list", {"records": [OK, {"tags": [["red"]]}]}, 422, ["list of strings or numbers"], 1, "tags"),
     ("infinite number", b'{"records": [{"price": 1e999}]}', 422, ["finite number"], 0, "price"),
-    ("huge integer", b'{"records": [{"price": 1' + b"0" * 400 + b"}]}", 422, ["finite number", "401 digits"], 0, "price"),
+    (
+        "huge integer",
+        b'{"records": [{"price": 1' + b"0" * 400 + b"}]}",
+        422,
+        ["finite number", "401 digits"],
+        0,
+        "price",
+    ),
     ("record not an object", {"records": [OK, "u1"]}, 422, ["expected an object", "a string"], 1, None),
     ("records not a list", {"records": {"user": "u1"}}, 422, ['"records" must be a list', "an object"], None, None),
     ("no records key", {}, 422, ['missing "records"'], None, None),
@@ -201,9 +237,23 @@ BAD_REQUESTS = [
     ("not JSON", b'{"records": [', 400, ["not valid JSON"], None, None),
     ("NaN", b'{"records": [{"price": NaN}]}', 400, ["NaN is not a JSON number"], None, None),
     ("not UTF-8", b'{"records": [{"user": "\xff"}]}', 400, ["not valid JSON"], None, None),
-    ("too many records", {"records": [OK] * (MAX_RECORDS + 1)}, 413, [f"{MAX_RECORDS + 1} records", f"at most {MAX_RECORDS}"], None, None),
-    ("body too large", {"records": [{"user": "u" * MAX_BODY}]}, 413, [f"at most {MAX_BODY}", "--max-body-bytes"], None, None),
-]  # fmt: skip
+    (
+        "too many records",
+        {"records": [OK] * (MAX_RECORDS + 1)},
+        413,
+        [f"{MAX_RECORDS + 1} records", f"at most {MAX_RECORDS}"],
+        None,
+        None,
+    ),
+    (
+        "body too large",
+        {"records": [{"user": "u" * MAX_BODY}]},
+        413,
+        [f"at most {MAX_BODY}", "--max-body-bytes"],
+        None,
+        None,
+    ),
+]
 
 
 @pytest.mark.parametrize("name,body,status,words,record,field", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
@@ -229,8 +279,13 @@ def test_chunked_body_over_the_limit(server: Server) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     try:
         part = b" " * 4096
-        conn.request("POST", "/predict", body=iter([b'{"records": []'] + [part] * 8 + [b"}"]), encode_chunked=True,
-                     headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})  # fmt: skip
+        conn.request(
+            "POST",
+            "/predict",
+            body=iter([b'{"records": []'] + [part] * 8 + [b"}"]),
+            encode_chunked=True,
+            headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+        )
         resp = conn.getresponse()
         assert resp.status == 413
         assert "--max-body-bytes" in json.loads(resp.read())["error"]["message"]
@@ -263,7 +318,9 @@ def test_onnx_engine_with_two_workers(model_dir: Path, tmp_path: Path, capsys: p
     assert report["max_abs_diff"] <= 1e-5 and report["inputs"] == ["ids", "values", "mh0_offsets", "mh0_ids"]
     records = features(simple_records(MAX_RECORDS, seed=8))
     expected = Bundle.load(model_dir).predict(records)
-    for server in start(model_dir, tmp_path / "onnx.log", "--engine", "onnx", "--onnx", str(onnx_path), "--workers", "2"):
+    for server in start(
+        model_dir, tmp_path / "onnx.log", "--engine", "onnx", "--onnx", str(onnx_path), "--workers", "2"
+    ):
         status, raw = server.request("GET", "/health")
         assert json.loads(raw)["engine"] == "onnx"
         for _ in range(4):  # reaches both workers in all likelihood; each must answer the same
@@ -284,9 +341,30 @@ def test_loadtest_runs_against_a_live_server(server: Server, model_dir: Path, tm
     data = write_records_csv(tmp_path / "rows.csv", simple_records(300, seed=9))
     out = tmp_path / "load.json"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    command = [sys.executable, str(REPO / "benchmarks" / "loadtest.py"), "--model", str(model_dir), "--data", str(data),
-               "--url", f"http://127.0.0.1:{server.port}", "--sizes", "1,8", "--clients", "1,4", "--requests", "40",
-               "--large-requests", "20", "--warmup", "4", "--seconds", "30", "--json", str(out)]  # fmt: skip
+    command = [
+        sys.executable,
+        str(REPO / "benchmarks" / "loadtest.py"),
+        "--model",
+        str(model_dir),
+        "--data",
+        str(data),
+        "--url",
+        f"http://127.0.0.1:{server.port}",
+        "--sizes",
+        "1,8",
+        "--clients",
+        "1,4",
+        "--requests",
+        "40",
+        "--large-requests",
+        "20",
+        "--warmup",
+        "4",
+        "--seconds",
+        "30",
+        "--json",
+        str(out),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text())
@@ -295,5 +373,7 @@ def test_loadtest_runs_against_a_live_server(server: Server, model_dir: Path, tm
     assert all(r["p50_ms"] <= r["p99_ms"] <= r["max_ms"] and r["requests_per_s"] > 0 for r in report["results"])
     assert "| records/request |" in done.stdout
 
-    remote = subprocess.run([*command[:6], "--url", "http://192.0.2.1:8000"], capture_output=True, text=True, timeout=60, env=env)
+    remote = subprocess.run(
+        [*command[:6], "--url", "http://192.0.2.1:8000"], capture_output=True, text=True, timeout=60, env=env
+    )
     assert remote.returncode != 0 and "loopback" in remote.stderr

@@ -16,29 +16,47 @@ from hypothesis import strategies as st
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from test_fuzz import FUZZ, TEXT, outcome  # type: ignore[import-not-found]  # noqa: E402
-from test_serve import MAX_BODY, MAX_RECORDS, Server, model_dir, start  # type: ignore[import-not-found]  # noqa: E402, F401
+from test_fuzz import FUZZ, TEXT, outcome  # noqa: E402
+from test_serve import MAX_BODY, MAX_RECORDS, Server, model_dir, start  # noqa: E402, F401
 
 TARGET = "HTTP bodies -> POST /predict"
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**80), 2**80) | st.floats(allow_nan=False, allow_infinity=False) | TEXT
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**80), 2**80)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | TEXT
     | st.sampled_from(["nan", "inf", "1e400", "", "12", "red|green", "u1", "item3"]),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(TEXT, inner, max_size=3),
     max_leaves=8,
-)  # fmt: skip
+)
 FIELD_NAMES = st.sampled_from(["user", "item", "price", "tags", "label", "Price", "", "records"]) | TEXT
 RECORD = st.dictionaries(FIELD_NAMES, JSON_VALUES, max_size=6)
 BODIES = (
-    st.builds(lambda recs: {"records": recs}, st.lists(RECORD, max_size=MAX_RECORDS + 5)).map(lambda d: json.dumps(d).encode())
+    st.builds(lambda recs: {"records": recs}, st.lists(RECORD, max_size=MAX_RECORDS + 5)).map(
+        lambda d: json.dumps(d).encode()
+    )
     | JSON_VALUES.map(lambda v: json.dumps(v).encode())
-    | st.builds(lambda recs, extra: json.dumps({"records": recs, **extra}).encode(), st.lists(RECORD, max_size=3),
-                st.dictionaries(TEXT, JSON_VALUES, max_size=2))
-    | st.sampled_from([b'{"records": [{"price": NaN}]}', b'{"records": [{"price": Infinity}]}', b"{", b"", b"\xff\xfe",
-                       b'{"records": ' + b"[" * 5000 + b"]" * 5000 + b"}", b'{"records": [' + b'{"user": "u1"},' * 60 + b"{}]}"])
+    | st.builds(
+        lambda recs, extra: json.dumps({"records": recs, **extra}).encode(),
+        st.lists(RECORD, max_size=3),
+        st.dictionaries(TEXT, JSON_VALUES, max_size=2),
+    )
+    | st.sampled_from(
+        [
+            b'{"records": [{"price": NaN}]}',
+            b'{"records": [{"price": Infinity}]}',
+            b"{",
+            b"",
+            b"\xff\xfe",
+            b'{"records": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+            b'{"records": [' + b'{"user": "u1"},' * 60 + b"{}]}",
+        ]
+    )
     | st.binary(max_size=200)
     | st.builds(lambda n: b'{"records": [{"tags": "' + b"a|" * n + b'"}]}', st.integers(0, MAX_BODY))
-)  # fmt: skip
+)
 
 
 @pytest.fixture(scope="module")

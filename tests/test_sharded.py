@@ -13,16 +13,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, simple_records, simple_schema, write_records_csv  # type: ignore[import-not-found]
 from safetensors.torch import load_file
 from sklearn.metrics import roc_auc_score
 
 from deepfm.training.sharded import FieldTable, plan_tables
 
+from helpers import REPO, simple_records, simple_schema, write_records_csv
+
 
 def test_plan_splits_large_tables_and_balances_the_rest() -> None:
-    tables = [FieldTable("a", 0, 5000, "sum"), FieldTable("b", 5000, 40, "sum"), FieldTable("c", 5040, 30, "sum"),
-              FieldTable("d", 5070, 20, "mean"), FieldTable("e", 5090, 10, "sum")]  # fmt: skip
+    tables = [
+        FieldTable("a", 0, 5000, "sum"),
+        FieldTable("b", 5000, 40, "sum"),
+        FieldTable("c", 5040, 30, "sum"),
+        FieldTable("d", 5070, 20, "mean"),
+        FieldTable("e", 5090, 10, "sum"),
+    ]
     plan = plan_tables(tables, world=2, row_wise_min_rows=1000)
     assert plan["a"] == ("row_wise", [0, 1])
     whole = {n: ranks[0] for n, (how, ranks) in plan.items() if how == "table_wise"}
@@ -35,8 +41,17 @@ def test_plan_splits_large_tables_and_balances_the_rest() -> None:
 
 def _torchrun(n: int, data: Path, out: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n),
-               str(REPO / "tests" / "sharded_worker.py"), str(data), str(out)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(n),
+        str(REPO / "tests" / "sharded_worker.py"),
+        str(data),
+        str(out),
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     return json.loads((out / "report.json").read_text())
@@ -70,7 +85,10 @@ def test_two_processes_with_sharded_tables_match_one(tmp_path: Path) -> None:
     # The same steps on the same rows: equal losses and weights up to float summation order.
     assert two["epoch_loss"] == pytest.approx(one["epoch_loss"], rel=1e-4)
     assert two["epoch_loss"][-1] < two["epoch_loss"][0]
-    a, b = load_file(str(tmp_path / "one" / "weights.safetensors")), load_file(str(tmp_path / "two" / "weights.safetensors"))
+    a, b = (
+        load_file(str(tmp_path / "one" / "weights.safetensors")),
+        load_file(str(tmp_path / "two" / "weights.safetensors")),
+    )
     assert set(a) == set(b) and all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
     auc_one = roc_auc_score(one["valid_labels"], one["valid_scores"])
     auc_two = roc_auc_score(two["valid_labels"], two["valid_scores"])

@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from deepfm.data import synth
+from deepfm.data import synth, synth_world
 from deepfm.data.synth import CRITEO_COLUMNS, SynthResult, generate_table, write_synth
 
 SPECS = {s.name: s for s in (*synth.NUMERIC_SPECS, *synth.CATEGORICAL_SPECS)}
@@ -33,6 +33,7 @@ def _lines(path: Path) -> list[bytes]:
 
 
 # ---- shape ---------------------------------------------------------------------------------
+
 
 def test_columns_and_types() -> None:
     assert len(CRITEO_COLUMNS) == 40
@@ -100,6 +101,7 @@ def test_zero_rows_and_bad_arguments(tmp_path: Path) -> None:
 
 # ---- determinism ---------------------------------------------------------------------------
 
+
 def test_same_seed_is_byte_identical_and_seeds_differ(tmp_path: Path) -> None:
     a = write_synth(4_000, tmp_path / "a.txt", seed=0)
     b = write_synth(4_000, tmp_path / "b.txt", seed=0)
@@ -133,12 +135,12 @@ def test_chunk_rows_does_not_change_output(tmp_path: Path) -> None:
     out = write_synth(rows, tmp_path / "c7000.txt", seed=0, chunk_rows=7_000)
     assert out.path.read_bytes() == ref_bytes
     assert out.truth_path.read_bytes() == ref_truth
-    small = [write_synth(5_000, tmp_path / f"s{c}.txt", chunk_rows=c).path.read_bytes()
-             for c in (777, 5_000)]
+    small = [write_synth(5_000, tmp_path / f"s{c}.txt", chunk_rows=c).path.read_bytes() for c in (777, 5_000)]
     assert small[0] == small[1]
 
 
 # ---- realism -------------------------------------------------------------------------------
+
 
 def test_categoricals_are_hex_and_vocabularies_distinct(big: tuple[pa.Table, np.ndarray]) -> None:
     table, _ = big
@@ -147,10 +149,10 @@ def test_categoricals_are_hex_and_vocabularies_distinct(big: tuple[pa.Table, np.
         assert pc.all(pc.match_substring_regex(col, r"^[0-9a-f]{8}$")).as_py(), name
     # The largest vocabulary has one distinct string per rank, and it is reproducible.
     spec = synth.CATEGORICAL_SPECS[2]
-    vocab = synth._hex_vocab(0, 2, spec.cardinality)
+    vocab = synth_world._hex_vocab(0, 2, spec.cardinality)
     assert len(pc.unique(vocab)) == spec.cardinality
-    assert vocab.equals(synth._hex_vocab(0, 2, spec.cardinality))
-    assert not vocab.slice(0, 1000).equals(synth._hex_vocab(0, 3, 1000))
+    assert vocab.equals(synth_world._hex_vocab(0, 2, spec.cardinality))
+    assert not vocab.slice(0, 1000).equals(synth_world._hex_vocab(0, 3, 1000))
 
 
 def test_missing_rates_follow_configuration(big: tuple[pa.Table, np.ndarray]) -> None:
@@ -212,7 +214,7 @@ def test_teacher_signal_lives_in_frequent_values() -> None:
 def test_rare_values_barely_move_the_click_probability() -> None:
     # Behavioural check on the teacher: resetting a high-cardinality field to other frequent
     # values moves p_true far more than resetting it to other rare values.
-    world = synth._world(0)
+    world = synth_world.world_for(0)
     rng = np.random.default_rng(123)
     x = world.sample(rng, 4_000)
     x.cat_missing[:] = False
@@ -233,7 +235,7 @@ def test_days_drift_as_documented() -> None:
     t1, p1 = synth.generate_table(rows, seed=0, day=1)
     t0, p0 = synth.generate_table(rows, seed=0)
     assert t1.equals(t0) and np.array_equal(p1, p0)
-    w1, w3 = synth._world(0, 1), synth._world(0, 3)
+    w1, w3 = synth_world.world_for(0, 1), synth_world.world_for(0, 3)
     f = [s.name for s in synth.CATEGORICAL_SPECS].index("C3")
     v1 = set(w1.vocabs[f].to_pylist())
     v3 = w3.vocabs[f].to_pylist()
@@ -255,6 +257,7 @@ def test_days_drift_as_documented() -> None:
 
 
 # ---- settings ------------------------------------------------------------------------------
+
 
 def test_criteo_setting_is_the_default_generator() -> None:
     table, p = generate_table(3_000, seed=0)
@@ -283,21 +286,21 @@ def test_named_setting_is_deterministic_and_hits_its_targets(name: str) -> None:
 
 def test_setting_knobs_change_what_they_say() -> None:
     # Small vocabularies keep the worlds built here cheap; C9's 3 values become the minimum 2.
-    small = synth._World(0, synth.SynthSetting("c", card_scale=0.01, numeric_share=0.6))
+    small = synth_world.World(0, synth.SynthSetting("c", card_scale=0.01, numeric_share=0.6))
     assert [int(c) for c in small.cards] == [max(2, round(s.cardinality * 0.01)) for s in synth.CATEGORICAL_SPECS]
     table, _ = generate_table(5_000, seed=0, setting=small.setting)
     assert len(pc.unique(table.column("C9"))) == 2 and len(pc.unique(table.column("C3").drop_null())) > 5_000 // 4
 
     # numeric_share: I1..I13's share of the squared field importances, the draw otherwise kept.
-    rng = np.random.default_rng([0, synth._TEACHER_TAG, 0])
+    rng = np.random.default_rng([0, synth_world._TEACHER_TAG, 0])
     drawn = np.exp(rng.normal(0.0, 0.6, 39)) * np.where(rng.random(39) < 0.2, 0.15, 1.0)
     num = (small.num_importance**2).sum()
     assert num / (num + (drawn[13:] ** 2).sum()) == pytest.approx(0.6)
-    base = synth._world(0)
+    base = synth_world.world_for(0)
     np.testing.assert_allclose(base.num_importance, drawn[:13])
 
-    flat = synth._World(0, synth.SynthSetting("z", card_scale=0.1, zipf_shift=-0.15))
-    steep = synth._World(0, synth.SynthSetting("z", card_scale=0.1))
+    flat = synth_world.World(0, synth.SynthSetting("z", card_scale=0.1, zipf_shift=-0.15))
+    steep = synth_world.World(0, synth.SynthSetting("z", card_scale=0.1))
     assert flat.cdfs[2][99] < steep.cdfs[2][99] - 0.05  # the 100 most frequent C3 values get less traffic
 
     # The FM weight moves the logit towards the pairwise part (same teacher, other weights).
@@ -310,7 +313,13 @@ def test_setting_knobs_change_what_they_say() -> None:
 
 
 def test_setting_arguments_are_checked() -> None:
-    for bad in ({"fm_weight": -1}, {"card_scale": 0}, {"zipf_shift": -1.0}, {"numeric_share": 1.0}, {"bayes_auc": 0.99}):
+    for bad in (
+        {"fm_weight": -1},
+        {"card_scale": 0},
+        {"zipf_shift": -1.0},
+        {"numeric_share": 1.0},
+        {"bayes_auc": 0.99},
+    ):
         with pytest.raises(ValueError):
             synth.SynthSetting("bad", **bad)
     with pytest.raises(ValueError, match="unknown synth setting"):

@@ -10,11 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import nan_loss_at_step, simple_records, simple_schema, small_config, write_criteo_tsv, write_records_csv
 from deepfm.config import TrainConfig
-from deepfm.errors import ConfigError
 from deepfm.data.schema import criteo_schema
+from deepfm.errors import ConfigError
 from deepfm.training import train
+
+from helpers import nan_loss_at_step, simple_records, simple_schema, small_config, write_criteo_tsv, write_records_csv
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -55,8 +56,18 @@ def test_best_epoch_weights_are_restored(tmp_path: Path) -> None:
     gain counts (min_improvement 0); the vectors start small, without batch norm, and the
     steps stay large after a fall (lr_decay 1), so these 800 rows overfit within 6 epochs."""
     data = write_records_csv(tmp_path / "d.csv", simple_records(800, seed=4))
-    config = small_config(simple_schema(), epochs=6, patience=10, lr=0.05, embedding_lr=0.05, seed=1, batch_size=16,
-                          min_improvement=0.0, lr_decay=1.0, model={"hidden": (64, 64), "init_std": 0.01, "batch_norm": False})  # fmt: skip
+    config = small_config(
+        simple_schema(),
+        epochs=6,
+        patience=10,
+        lr=0.05,
+        embedding_lr=0.05,
+        seed=1,
+        batch_size=16,
+        min_improvement=0.0,
+        lr_decay=1.0,
+        model={"hidden": (64, 64), "init_std": 0.01, "batch_norm": False},
+    )
     bundle = train(config, data, tmp_path / "m", split="0.7,0.3")
     m = bundle.metrics
     history = m["history"]
@@ -70,8 +81,16 @@ def test_best_epoch_weights_are_restored(tmp_path: Path) -> None:
 
 def test_early_stopping_patience(tmp_path: Path) -> None:
     data = write_records_csv(tmp_path / "d.csv", simple_records(800, seed=4))
-    config = small_config(simple_schema(), epochs=30, patience=1, lr=0.05, embedding_lr=0.05, seed=1, batch_size=16,
-                          model={"hidden": (64, 64)})  # fmt: skip
+    config = small_config(
+        simple_schema(),
+        epochs=30,
+        patience=1,
+        lr=0.05,
+        embedding_lr=0.05,
+        seed=1,
+        batch_size=16,
+        model={"hidden": (64, 64)},
+    )
     m = train(config, data, tmp_path / "m", split="0.7,0.3").metrics
     aucs = [h["valid_auc"] for h in m["history"]]
     assert len(aucs) < 30
@@ -110,9 +129,9 @@ def test_training_metrics_on_every_kth_row_of_a_large_epoch(tmp_path: Path, monk
     import math
 
     progress_module = importlib.import_module("deepfm.training.progress")  # the epoch's sample and its AUC
-    from deepfm.training.checkpoint import load_checkpoint
     from deepfm.errors import TrainingError
     from deepfm.training import Trainer, resume
+    from deepfm.training.checkpoint import load_checkpoint
 
     real_auc = progress_module.auc
     seen: list[tuple[np.ndarray, np.ndarray]] = []
@@ -123,7 +142,9 @@ def test_training_metrics_on_every_kth_row_of_a_large_epoch(tmp_path: Path, monk
 
     monkeypatch.setattr(progress_module, "auc", recording_auc)
     data = write_records_csv(tmp_path / "d.csv", simple_records(3000, seed=2))
-    config = small_config(simple_schema(), epochs=2, batch_size=50, checkpoint_every=5)  # 50: not a multiple of the stride
+    config = small_config(
+        simple_schema(), epochs=2, batch_size=50, checkpoint_every=5
+    )  # 50: not a multiple of the stride
     full = train(config, data, tmp_path / "full", split="0.8,0.2", cache=False)
     n = full.metrics["train_rows"]
     full_calls = [c for c in seen if len(c[0]) == n]
@@ -161,9 +182,9 @@ def test_auto_init_gives_the_pairwise_term_its_set_spread(tmp_path: Path) -> Non
     """init_std "auto" draws the vectors so that the FM pairwise term starts with std
     INIT_PAIRWISE_STD whatever the number of fields; the run saves the std it resolved to,
     with the batch size, in the bundle's config and metrics.json."""
-    from deepfm.model.layers import fm_pairwise
-    from deepfm.model.deepfm import DeepFM, InputLayout
     from deepfm.config import INIT_PAIRWISE_STD, ModelConfig, auto_init_std
+    from deepfm.model.deepfm import DeepFM, InputLayout
+    from deepfm.model.layers import fm_pairwise
 
     assert (auto_init_std(10, 16), auto_init_std(39, 16)) == (0.061, 0.0303)  # Frappe's and Criteo's fields
     for fields in (6, 20, 39):
@@ -174,7 +195,12 @@ def test_auto_init_gives_the_pairwise_term_its_set_spread(tmp_path: Path) -> Non
         pairs = fm_pairwise(model.embedding.weight.detach()[rows][..., :16])
         assert float(pairs.std()) == pytest.approx(INIT_PAIRWISE_STD, rel=0.05)
     data = write_records_csv(tmp_path / "d.csv", simple_records(1500, seed=2))
-    bundle = train(small_config(simple_schema(), model={"init_std": "auto"}, batch_size="auto"), data, tmp_path / "m", split="0.8,0.2")
+    bundle = train(
+        small_config(simple_schema(), model={"init_std": "auto"}, batch_size="auto"),
+        data,
+        tmp_path / "m",
+        split="0.8,0.2",
+    )
     saved = json.loads((tmp_path / "m" / "config.json").read_text())
     assert saved["model"]["init_std"] == bundle.metrics["resolved"]["init_std"] == auto_init_std(4, 4)
     assert saved["train"]["batch_size"] == bundle.metrics["resolved"]["batch_size"] == bundle.metrics["batch_size"]
@@ -185,13 +211,26 @@ def test_training_calibrates_on_the_validation_rows(tmp_path: Path) -> None:
     validation log loss (or keeps it: the identity is one of its fits), leaves AUC alone, and
     is left out when asked or when the validation part is too small to fit it."""
     data = write_records_csv(tmp_path / "d.csv", simple_records(3000, seed=5))
-    bundle = train(small_config(simple_schema(), epochs=4, lr=0.05, embedding_lr=0.05), data, tmp_path / "m", split="0.7,0.3")
+    bundle = train(
+        small_config(simple_schema(), epochs=4, lr=0.05, embedding_lr=0.05), data, tmp_path / "m", split="0.7,0.3"
+    )
     fit, m = bundle.metrics["valid_calibration"], bundle.metrics
-    assert bundle.calibration.method == "platt" and list(bundle.calibration.platt) == fit["platt"] and fit["rows"] == 900
+    assert (
+        bundle.calibration.method == "platt" and list(bundle.calibration.platt) == fit["platt"] and fit["rows"] == 900
+    )
     assert m["valid_logloss"] <= fit["valid_logloss_before"]
     assert m["valid_auc"] == pytest.approx(max(h["valid_auc"] for h in m["history"]), abs=1e-9)
-    off = train(small_config(simple_schema(), epochs=4, lr=0.05, embedding_lr=0.05, calibrate=False), data, tmp_path / "o", split="0.7,0.3")
+    off = train(
+        small_config(simple_schema(), epochs=4, lr=0.05, embedding_lr=0.05, calibrate=False),
+        data,
+        tmp_path / "o",
+        split="0.7,0.3",
+    )
     assert off.calibration.method == "none" and off.metrics["valid_calibration"] is None
-    assert off.metrics["valid_logloss"] == pytest.approx(fit["valid_logloss_before"], rel=1e-9)  # same run, uncalibrated
-    few = train(small_config(simple_schema(), epochs=1), data, tmp_path / "f", split="0.97,0.03")  # 90 rows: < 50 of a class
+    assert off.metrics["valid_logloss"] == pytest.approx(
+        fit["valid_logloss_before"], rel=1e-9
+    )  # same run, uncalibrated
+    few = train(
+        small_config(simple_schema(), epochs=1), data, tmp_path / "f", split="0.97,0.03"
+    )  # 90 rows: < 50 of a class
     assert few.calibration.method == "none" and few.metrics["valid_calibration"] is None

@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import write_criteo_tsv  # type: ignore[import-not-found]
 
 from deepfm.cli import main
+
+from helpers import write_criteo_tsv
 
 pytest.importorskip("optuna")
 
@@ -32,16 +33,45 @@ def test_tune_writes_a_best_config_that_train_reproduces(tmp_path: Path, capsys:
     assert "| trial |" in (out / "trials.md").read_text()
     capsys.readouterr()
     # Training again from best.yaml gives the best trial's validation AUC exactly (same seed).
-    assert main(["train", "--data", str(data), "--config", str(out / "best.yaml"), "--split", "0.7,0.2,0.1",
-                 "--out", str(tmp_path / "again"), "--quiet"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--config",
+                str(out / "best.yaml"),
+                "--split",
+                "0.7,0.2,0.1",
+                "--out",
+                str(tmp_path / "again"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())
     assert again["valid_auc"] == pytest.approx(rows[best]["valid_auc"], abs=1e-12)
 
 
 def test_tune_needs_at_least_one_trial(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = write_criteo_tsv(tmp_path / "d.tsv", 300, seed=22)
-    code = main(["tune", "--data", str(data), "--preset", "criteo", "--split", "0.8,0.2", "--trials", "0",
-                 "--out", str(tmp_path / "t"), "--quiet"])  # fmt: skip
+    code = main(
+        [
+            "tune",
+            "--data",
+            str(data),
+            "--preset",
+            "criteo",
+            "--split",
+            "0.8,0.2",
+            "--trials",
+            "0",
+            "--out",
+            str(tmp_path / "t"),
+            "--quiet",
+        ]
+    )
     assert code == 2 and "--trials" in capsys.readouterr().err
 
 

@@ -167,8 +167,14 @@ def load_encoded(folder: str) -> EncodedSet:
 
 
 def accuracy_result(
-    library: str, version: str, torch_version: str, data: EncodedSet, args: argparse.Namespace,
-    valid_aucs: list[float], train_seconds: float, scores: np.ndarray,
+    library: str,
+    version: str,
+    torch_version: str,
+    data: EncodedSet,
+    args: argparse.Namespace,
+    valid_aucs: list[float],
+    train_seconds: float,
+    scores: np.ndarray,
 ) -> dict:
     """The one JSON line of an accuracy run: the epochs, the validation AUC of each, and the
     test metrics of the best epoch's weights (which the runner has restored)."""
@@ -204,9 +210,21 @@ def auc_logloss(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
 
 
 def result(
-    library: str, version: str, torch_version: str, rows: int, n_train: int, n_test: int, epochs: int,
-    embedding_rows: int, parameters: int, preprocess_seconds: float, train_seconds: float,
-    predict_seconds: float, t_start: float, y_test: np.ndarray, scores: np.ndarray,
+    library: str,
+    version: str,
+    torch_version: str,
+    rows: int,
+    n_train: int,
+    n_test: int,
+    epochs: int,
+    embedding_rows: int,
+    parameters: int,
+    preprocess_seconds: float,
+    train_seconds: float,
+    predict_seconds: float,
+    t_start: float,
+    y_test: np.ndarray,
+    scores: np.ndarray,
 ) -> dict:
     """The one JSON line every runner prints: times, rates derived from them, test metrics.
     End to end runs from ``t_start`` to the test metrics, which are computed here."""

@@ -49,9 +49,14 @@ def run_accuracy(args) -> dict:
         return {name: data.x[part][:, i] for i, name in enumerate(data.fields)}
 
     model = DeepFM(
-        linear_feature_columns=columns, dnn_feature_columns=columns, dnn_hidden_units=tuple(args.hidden),
-        dnn_activation="relu", seed=args.seed, task="binary", device="cpu",
-    )  # fmt: skip
+        linear_feature_columns=columns,
+        dnn_feature_columns=columns,
+        dnn_hidden_units=tuple(args.hidden),
+        dnn_activation="relu",
+        seed=args.seed,
+        task="binary",
+        device="cpu",
+    )
     assert args.lr == 1e-3, "compile('adam') fixes the learning rate at 1e-3"
     model.compile("adam", "binary_crossentropy", metrics=["auc"])
     stop = EarlyStopping(monitor="val_auc", mode="max", patience=args.patience, restore_best_weights=True)
@@ -59,9 +64,15 @@ def run_accuracy(args) -> dict:
     model.evaluate = eval_timer.wrap(model.evaluate)
     t_fit = time.perf_counter()
     history = model.fit(
-        model_input("train"), data.y["train"], batch_size=args.batch_size, epochs=args.max_epochs, verbose=0,
-        validation_data=(model_input("valid"), data.y["valid"]), shuffle=True, callbacks=[stop],
-    )  # fmt: skip
+        model_input("train"),
+        data.y["train"],
+        batch_size=args.batch_size,
+        epochs=args.max_epochs,
+        verbose=0,
+        validation_data=(model_input("valid"), data.y["valid"]),
+        shuffle=True,
+        callbacks=[stop],
+    )
     train_seconds = time.perf_counter() - t_fit - eval_timer.seconds
     # EarlyStopping restores the best weights only when it stops the run; after the last
     # allowed epoch they are put back here.
@@ -69,9 +80,15 @@ def run_accuracy(args) -> dict:
         model.load_state_dict(stop.best_weights)
     scores = model.predict(model_input("test"), batch_size=args.predict_batch)
     return common.accuracy_result(
-        "deepctr-torch", deepctr_torch.__version__, torch.__version__, data, args,
-        history.history["val_auc"], train_seconds, scores,
-    )  # fmt: skip
+        "deepctr-torch",
+        deepctr_torch.__version__,
+        torch.__version__,
+        data,
+        args,
+        history.history["val_auc"],
+        train_seconds,
+        scores,
+    )
 
 
 def run(args) -> dict:
@@ -95,10 +112,19 @@ def run(args) -> dict:
     # Same model as everywhere: FM + MLP 400-400-400 ReLU, no dropout, no batch norm, L2 0
     # (DeepCTR's defaults put 1e-5 on the embeddings and the linear part).
     model = DeepFM(
-        linear_feature_columns=columns, dnn_feature_columns=columns,
-        dnn_hidden_units=tuple(args.hidden), dnn_activation="relu", dnn_dropout=0, dnn_use_bn=False,
-        l2_reg_linear=0, l2_reg_embedding=0, l2_reg_dnn=0, seed=args.seed, task="binary", device="cpu",
-    )  # fmt: skip
+        linear_feature_columns=columns,
+        dnn_feature_columns=columns,
+        dnn_hidden_units=tuple(args.hidden),
+        dnn_activation="relu",
+        dnn_dropout=0,
+        dnn_use_bn=False,
+        l2_reg_linear=0,
+        l2_reg_embedding=0,
+        l2_reg_dnn=0,
+        seed=args.seed,
+        task="binary",
+        device="cpu",
+    )
     # 'adam' is torch.optim.Adam with its default lr, 1e-3: the benchmark's lr.
     assert args.lr == 1e-3, "compile('adam') fixes the learning rate at 1e-3"
     model.compile("adam", "binary_crossentropy")
@@ -109,9 +135,14 @@ def run(args) -> dict:
     model.evaluate = eval_timer.wrap(model.evaluate)
     t_fit = time.perf_counter()
     model.fit(
-        model_input("train"), data.y["train"], batch_size=args.batch_size, epochs=args.epochs, verbose=2,
-        validation_data=(model_input("valid"), data.y["valid"]), shuffle=True,
-    )  # fmt: skip
+        model_input("train"),
+        data.y["train"],
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        verbose=2,
+        validation_data=(model_input("valid"), data.y["valid"]),
+        shuffle=True,
+    )
     fit_seconds = time.perf_counter() - t_fit
     train_seconds = fit_seconds - eval_timer.seconds
 
@@ -120,9 +151,21 @@ def run(args) -> dict:
     scores = model.predict(test_input, batch_size=args.predict_batch)
     predict_seconds = time.perf_counter() - t_pred
     return common.result(
-        "deepctr-torch", deepctr_torch.__version__, torch.__version__, data.rows, len(data.y["train"]), len(data.y["test"]),
-        args.epochs, sum(data.vocab_sizes), sum(w.numel() for w in model.parameters()), data.seconds,
-        train_seconds, predict_seconds, t_start, data.y["test"], scores,
+        "deepctr-torch",
+        deepctr_torch.__version__,
+        torch.__version__,
+        data.rows,
+        len(data.y["train"]),
+        len(data.y["test"]),
+        args.epochs,
+        sum(data.vocab_sizes),
+        sum(w.numel() for w in model.parameters()),
+        data.seconds,
+        train_seconds,
+        predict_seconds,
+        t_start,
+        data.y["test"],
+        scores,
     )
 
 

@@ -20,9 +20,8 @@ import json
 import os
 import time
 
-import numpy as np
-
 import common
+import numpy as np
 
 
 def main() -> None:
@@ -56,11 +55,19 @@ def main() -> None:
         digest.update(y.tobytes())
         rows[part] = int(b - a)
     meta = {
-        "fields": fields, "vocab_sizes": vocab_sizes, "rows": rows, "fingerprint": digest.hexdigest()[:16],
-        "source": {"data": args.data, "test": args.test, "format": args.format, "split": args.split,
-                   "min_count": args.min_count},
+        "fields": fields,
+        "vocab_sizes": vocab_sizes,
+        "rows": rows,
+        "fingerprint": digest.hexdigest()[:16],
+        "source": {
+            "data": args.data,
+            "test": args.test,
+            "format": args.format,
+            "split": args.split,
+            "min_count": args.min_count,
+        },
         "seconds": round(time.perf_counter() - t0, 2),
-    }  # fmt: skip
+    }
     # meta.json last: its presence says the arrays beside it are whole.
     with open(os.path.join(args.out, "meta.json"), "w") as f:
         json.dump(meta, f, indent=1)
@@ -106,7 +113,9 @@ def read_libfm(path: str) -> tuple[np.ndarray, list[np.ndarray], list[str]]:
             labels.append(1.0 if float(tokens[0]) > 0 else 0.0)
             rows.append([t.split(":", 1)[0] for t in tokens[1:]])
             if len(rows[-1]) != len(rows[0]):
-                raise SystemExit(f"encode.py: {path}, line {number}: {len(rows[-1])} features, the first line has {len(rows[0])}")
+                raise SystemExit(
+                    f"encode.py: {path}, line {number}: {len(rows[-1])} features, the first line has {len(rows[0])}"
+                )
     table = np.array(rows, dtype=object)
     fields = [f"f{i}" for i in range(table.shape[1])]
     return np.array(labels, dtype=np.float32), [table[:, i] for i in range(table.shape[1])], fields

@@ -33,6 +33,7 @@ import os
 import sys
 import time
 
+import common
 import fuxictr
 import numpy as np
 import polars as pl
@@ -43,8 +44,6 @@ from fuxictr.pytorch.dataloaders.npz_dataloader import NpzDataLoader
 from fuxictr.pytorch.layers import FactorizationMachine, FeatureEmbedding, MLP_Block
 from fuxictr.pytorch.models import BaseModel
 from fuxictr.pytorch.torch_utils import seed_everything
-
-import common
 
 
 class Processor(CustomizedFeatureProcessor):
@@ -72,9 +71,14 @@ class DeepFM(BaseModel):
         self.embedding_layer = FeatureEmbedding(feature_map, embedding_dim)
         self.fm = FactorizationMachine(feature_map)
         self.mlp = MLP_Block(
-            input_dim=feature_map.sum_emb_out_dim(), output_dim=1, hidden_units=hidden_units,
-            hidden_activations="ReLU", output_activation=None, dropout_rates=0, batch_norm=False,
-        )  # fmt: skip
+            input_dim=feature_map.sum_emb_out_dim(),
+            output_dim=1,
+            hidden_units=hidden_units,
+            hidden_activations="ReLU",
+            output_activation=None,
+            dropout_rates=0,
+            batch_norm=False,
+        )
         self.compile("adam", "binary_crossentropy", learning_rate)
         self.reset_parameters()
         self.model_to_device()
@@ -103,9 +107,13 @@ def encoded_inputs(data: common.EncodedSet, folder: str, embedding_dim: int) -> 
         for name, size in zip(data.fields, data.vocab_sizes)
     ]
     spec = {
-        "dataset_id": "encoded", "num_fields": len(features), "total_features": sum(data.vocab_sizes) + len(features),
-        "input_length": len(features), "labels": ["label"], "features": features,
-    }  # fmt: skip
+        "dataset_id": "encoded",
+        "num_fields": len(features),
+        "total_features": sum(data.vocab_sizes) + len(features),
+        "input_length": len(features),
+        "labels": ["label"],
+        "features": features,
+    }
     json_file = os.path.join(folder, "feature_map.json")
     with open(json_file, "w") as f:
         json.dump(spec, f)
@@ -128,10 +136,15 @@ def run_accuracy(args) -> dict:
     valid_gen = NpzDataLoader(feature_map, paths["valid"], batch_size=args.predict_batch, shuffle=False)
     test_gen = NpzDataLoader(feature_map, paths["test"], batch_size=args.predict_batch, shuffle=False)
     model = DeepFM(
-        feature_map, embedding_dim=args.embedding_dim, hidden_units=args.hidden, learning_rate=args.lr, verbose=0,
-        model_root=os.path.join(args.workdir, "checkpoints"), metrics=["logloss", "AUC"],
+        feature_map,
+        embedding_dim=args.embedding_dim,
+        hidden_units=args.hidden,
+        learning_rate=args.lr,
+        verbose=0,
+        model_root=os.path.join(args.workdir, "checkpoints"),
+        metrics=["logloss", "AUC"],
         early_stop_patience=args.patience,
-    )  # fmt: skip
+    )
     os.makedirs(model.model_dir, exist_ok=True)
     valid_aucs: list[float] = []
     record = model.checkpoint_and_earlystop
@@ -160,14 +173,30 @@ def run(args) -> dict:
 
     # ---- preprocessing: raw TSV -> fitted FeatureProcessor -> encoded .npz parts
     feature_cols = [
-        {"name": common.NUMERIC, "active": True, "dtype": "float", "type": "categorical",
-         "fill_na": None, "preprocess": "bucket_keep_missing"},
-        {"name": common.CATEGORICAL, "active": True, "dtype": "str", "type": "categorical",
-         "fill_na": None, "preprocess": "keep_missing"},
-    ]  # fmt: skip
+        {
+            "name": common.NUMERIC,
+            "active": True,
+            "dtype": "float",
+            "type": "categorical",
+            "fill_na": None,
+            "preprocess": "bucket_keep_missing",
+        },
+        {
+            "name": common.CATEGORICAL,
+            "active": True,
+            "dtype": "str",
+            "type": "categorical",
+            "fill_na": None,
+            "preprocess": "keep_missing",
+        },
+    ]
     label_col = {"name": "label", "dtype": "float"}
-    processor = Processor(feature_cols=feature_cols, label_col=label_col, dataset_id="criteo_synth", data_root=data_root)
-    schema = {"label": pl.Float64} | {c: pl.Float64 for c in common.NUMERIC} | {c: pl.String for c in common.CATEGORICAL}
+    processor = Processor(
+        feature_cols=feature_cols, label_col=label_col, dataset_id="criteo_synth", data_root=data_root
+    )
+    schema = (
+        {"label": pl.Float64} | {c: pl.Float64 for c in common.NUMERIC} | {c: pl.String for c in common.CATEGORICAL}
+    )
     raw = pl.scan_csv(args.data, separator="\t", has_header=False, new_columns=common.COLUMNS, schema_overrides=schema)
     n_rows = raw.select(pl.len()).collect().item()
     bounds = common.split_bounds(n_rows, args.split)
@@ -191,10 +220,16 @@ def run(args) -> dict:
     # of each epoch and reloads the best checkpoint at the end; both are timed apart so that
     # train samples/s counts the training loop only.
     model = DeepFM(
-        feature_map, embedding_dim=args.embedding_dim, hidden_units=args.hidden, learning_rate=args.lr,
-        embedding_regularizer=None, net_regularizer=None, verbose=0,
-        model_root=os.path.join(args.workdir, "checkpoints"), metrics=["logloss", "AUC"],
-    )  # fmt: skip
+        feature_map,
+        embedding_dim=args.embedding_dim,
+        hidden_units=args.hidden,
+        learning_rate=args.lr,
+        embedding_regularizer=None,
+        net_regularizer=None,
+        verbose=0,
+        model_root=os.path.join(args.workdir, "checkpoints"),
+        metrics=["logloss", "AUC"],
+    )
     os.makedirs(model.model_dir, exist_ok=True)  # fit() saves its best checkpoint there
     outside = common.Timer()
     model.eval_step = outside.wrap(model.eval_step)
@@ -207,9 +242,21 @@ def run(args) -> dict:
     scores = model.predict(test_gen)
     predict_seconds = time.perf_counter() - t_pred
     return common.result(
-        "fuxictr", fuxictr.__version__, torch.__version__, n_rows, len(labels["train"]), len(labels["test"]),
-        args.epochs, sum(spec["vocab_size"] for spec in feature_map.features.values()), sum(w.numel() for w in model.parameters()), preprocess_seconds,
-        train_seconds, predict_seconds, t_start, labels["test"], scores,
+        "fuxictr",
+        fuxictr.__version__,
+        torch.__version__,
+        n_rows,
+        len(labels["train"]),
+        len(labels["test"]),
+        args.epochs,
+        sum(spec["vocab_size"] for spec in feature_map.features.values()),
+        sum(w.numel() for w in model.parameters()),
+        preprocess_seconds,
+        train_seconds,
+        predict_seconds,
+        t_start,
+        labels["test"],
+        scores,
     )
 
 

@@ -51,8 +51,10 @@ def run_accuracy(args) -> dict:
     # BatchNorm cannot train on a last batch of one row; drop such a row (never at this benchmark's sizes).
     train_batches = DataLoader(
         TensorDataset(torch.from_numpy(data.x["train"]), torch.from_numpy(data.y["train"])),
-        batch_size=args.batch_size, shuffle=True, drop_last=n_train % args.batch_size == 1,
-    )  # fmt: skip
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_last=n_train % args.batch_size == 1,
+    )
 
     @torch.no_grad()
     def predict(part: str) -> np.ndarray:
@@ -138,9 +140,21 @@ def run(args) -> dict:
     scores = predict(test_batches)
     predict_seconds = time.perf_counter() - t_pred
     return common.result(
-        "torchfm", _version("torchfm"), torch.__version__, data.rows, len(data.y["train"]), len(data.y["test"]),
-        args.epochs, sum(data.vocab_sizes), sum(w.numel() for w in model.parameters()), data.seconds,
-        train_seconds, predict_seconds, t_start, data.y["test"], scores,
+        "torchfm",
+        _version("torchfm"),
+        torch.__version__,
+        data.rows,
+        len(data.y["train"]),
+        len(data.y["test"]),
+        args.epochs,
+        sum(data.vocab_sizes),
+        sum(w.numel() for w in model.parameters()),
+        data.seconds,
+        train_seconds,
+        predict_seconds,
+        t_start,
+        data.y["test"],
+        scores,
     )
 
 

@@ -28,8 +28,8 @@ from deepfm.bundle import Bundle
 from deepfm.data.encoded import EncodedChunk
 from deepfm.data.source import ReadOptions
 from deepfm.errors import BundleError, ConfigError
-from deepfm.features.pipeline import MISSING, OOV
 from deepfm.features.profile import PROFILE_FILE, FieldCounts, vocab_buckets
+from deepfm.features.state import MISSING, OOV
 from deepfm.inference.predictor import open_input
 from deepfm.util.metrics import auc, logloss
 
@@ -61,7 +61,9 @@ class Threshold:
         m = re.fullmatch(r"\s*([a-z_]+)\s*([<>])\s*([0-9.eE+-]+)\s*", text)
         names = FIELD_METRICS + GLOBAL_METRICS
         if not m or m.group(1) not in names:
-            raise ConfigError(f"--fail-on wants METRIC>VALUE or METRIC<VALUE with METRIC one of {list(names)}, got {text!r}")
+            raise ConfigError(
+                f"--fail-on wants METRIC>VALUE or METRIC<VALUE with METRIC one of {list(names)}, got {text!r}"
+            )
         try:
             return cls(m.group(1), m.group(2), float(m.group(3)))
         except ValueError:
@@ -80,7 +82,9 @@ class Threshold:
 def load_profile(bundle: Bundle) -> dict[str, Any]:
     raw = bundle.extra.get(PROFILE_FILE)
     if raw is None:
-        raise BundleError(f"{bundle.path}: no {PROFILE_FILE} (the model was trained before drift checks existed); train it again")
+        raise BundleError(
+            f"{bundle.path}: no {PROFILE_FILE} (the model was trained before drift checks existed); train it again"
+        )
     return json.loads(raw)
 
 
@@ -126,11 +130,15 @@ def check(
             "missing_change": abs(missing - ref["missing"] / ref_total),
         }
     report: dict[str, Any] = {
-        "model": str(bundle.path), "data": str(path), "rows": int(p.size), "training_rows": reference["rows"],
+        "model": str(bundle.path),
+        "data": str(path),
+        "rows": int(p.size),
+        "training_rows": reference["rows"],
         "reference_part": reference.get("part", "train"),
-        "mean_prediction": float(p.mean()) if p.size else None, "fields": fields,
+        "mean_prediction": float(p.mean()) if p.size else None,
+        "fields": fields,
         "max_psi": max((f["psi"] for f in fields.values()), default=0.0),
-    }  # fmt: skip
+    }
     if labels:
         y = np.concatenate(labels)
         report["labels"] = {"ctr": float(y.mean()), "auc": auc(y, p), "logloss": logloss(y, p)}

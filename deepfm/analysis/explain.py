@@ -22,20 +22,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from deepfm.analysis.explanation import Combination, Drilldown, Explanation, PartStats
 from deepfm.bundle import Bundle
-from deepfm.model.calibration import postprocess
 from deepfm.data.encoded import Batch, EncodedDataset
-from deepfm.errors import ConfigError
-from deepfm.features.pipeline import FIRST_VALUE, MISSING, OOV
 from deepfm.data.source import ReadOptions
+from deepfm.errors import ConfigError
+from deepfm.features.state import FIRST_VALUE, MISSING, OOV
 from deepfm.inference.predictor import open_input
+from deepfm.model.calibration import postprocess
 from deepfm.util.maths import sigmoid
 
 PAIR_BATCH = 4096  # rows per (B, F, F) product: 4096 x 39 x 39 floats is 25 MB
@@ -44,102 +44,6 @@ SCALED_BINS = 12  # from -3 to +3 standard deviations, the ends open
 _COMPACT_ROWS = 1 << 20  # drill-down combinations pending before they are merged
 
 
-@dataclass
-class PartStats:
-    """One additive part of the logit over the rows: mean, mean of |part|, standard deviation."""
-
-    mean: float
-    mean_abs: float
-    std: float
-
-
-@dataclass
-class Combination:
-    """A pair's value combination: decoded values, rows, mean contribution to the logit and
-    mean change of the probability it causes."""
-
-    values: tuple[str, str]
-    count: int
-    mean_contribution: float
-    mean_effect: float
-
-
-@dataclass
-class Drilldown:
-    """Value combinations of one field pair. ``grid``: mean contribution (R, C) over the most
-    frequent values of each field (NaN where no row has both), with counts (R, C)."""
-
-    fields: tuple[str, str]
-    combinations: int
-    min_count: int
-    up: list[Combination]
-    down: list[Combination]
-    grid_rows: list[str]
-    grid_columns: list[str]
-    grid_contribution: np.ndarray
-    grid_count: np.ndarray
-
-
-@dataclass
-class Explanation:
-    """What :func:`explain` measured over ``rows`` rows of ``source``."""
-
-    source: str
-    kind: str
-    fields: list[str]
-    rows: int
-    parts: dict[str, PartStats]  # bias, first_order, fm_pairs, dnn: those the kind has
-    first_order: np.ndarray | None  # (F,) mean |w_i|; None for kinds without a first-order term
-    pair_mean_abs: np.ndarray | None  # (F, F), zero diagonal; None for kinds without FM pairs
-    pair_mean: np.ndarray | None  # (F, F)
-    drilldown: Drilldown | None
-    probabilities: np.ndarray = field(repr=False)  # (N,) the model's probability of each row
-    labels: np.ndarray | None = field(repr=False)  # (N,) when the rows had labels
-
-    def top_pairs(self, k: int = 10) -> list[dict[str, Any]]:
-        """The k pairs with the largest mean |<v_i, v_j>|, strongest first."""
-        if self.pair_mean_abs is None:
-            return []
-        i, j = np.triu_indices(len(self.fields), k=1)
-        strength = self.pair_mean_abs[i, j]
-        signed = self.pair_mean[i, j] if self.pair_mean is not None else np.full(len(i), np.nan)
-        order = np.argsort(-strength, kind="stable")[:k]
-        return [{"fields": [self.fields[i[o]], self.fields[j[o]]], "mean_abs": float(strength[o]), "mean": float(signed[o])} for o in order]
-
-    def to_json(self, top_k: int = 10) -> dict[str, Any]:
-        """The numbers as plain JSON types (NaN as null)."""
-        out: dict[str, Any] = {
-            "source": self.source,
-            "model": self.kind,
-            "rows": self.rows,
-            "fields": self.fields,
-            "decomposition": {k: vars(v) for k, v in self.parts.items()},
-            "first_order_mean_abs": _listed(self.first_order),
-            "pairs": None,
-            "top_pairs": self.top_pairs(top_k),
-            "drilldown": None,
-        }
-        if self.pair_mean_abs is not None:
-            out["pairs"] = {"mean_abs": _listed(self.pair_mean_abs), "mean": _listed(self.pair_mean)}
-        if self.drilldown is not None:
-            d = self.drilldown
-            out["drilldown"] = {
-                "fields": list(d.fields),
-                "combinations": d.combinations,
-                "min_count": d.min_count,
-                "up": [vars(c) | {"values": list(c.values)} for c in d.up],
-                "down": [vars(c) | {"values": list(c.values)} for c in d.down],
-                "grid": {
-                    "rows": d.grid_rows,
-                    "columns": d.grid_columns,
-                    "mean_contribution": _listed(d.grid_contribution),
-                    "count": d.grid_count.tolist(),
-                },
-            }
-        return out
-
-
-# ---------------------------------------------------------------- entry point
 def explain(
     bundle: Bundle,
     data: str | Path | EncodedDataset,
@@ -157,12 +61,16 @@ def explain(
         raise ConfigError(f"--rows must be at least 1, got {rows}")
     if min_count < 1:
         raise ConfigError(f"--min-count must be at least 1, got {min_count}")
-    names = [f.name for f in (*bundle.pipeline.single_fields, *bundle.pipeline.multi_hot_fields)]  # the model's field order
+    names = [
+        f.name for f in (*bundle.pipeline.single_fields, *bundle.pipeline.multi_hot_fields)
+    ]  # the model's field order
     model = bundle.model.eval()
     if pair is not None:
         chosen = _pair_index(pair, names)
         if not model.config.uses_pairwise:
-            raise ConfigError(f"a {model.config.kind!r} model has no pairwise term to drill into; --pair needs kind fm or deepfm")
+            raise ConfigError(
+                f"a {model.config.kind!r} model has no pairwise term to drill into; --pair needs kind fm or deepfm"
+            )
     batches = _batches(bundle, data, rows, options)
     scan = _Scan(model, len(names), _Combinations(bundle, chosen) if pair is not None else None)
     with torch.no_grad():
@@ -174,18 +82,7 @@ def explain(
     drill = None
     if model.config.uses_pairwise:
         pair_abs, pair_mean = scan.pair_abs / scan.rows, scan.pair_sum / scan.rows
-        combos = scan.combos
-        if combos is None:
-            # The strongest pair is known only now: a second pass for its combinations,
-            # with the logits the first pass kept.
-            i, j = np.triu_indices(len(names), k=1)
-            best = int(np.argmax(pair_abs[i, j]))
-            combos = _Combinations(bundle, (int(i[best]), int(j[best])))
-            row0, logits = 0, np.concatenate(scan.logits)
-            with torch.no_grad():
-                for batch in batches():
-                    combos.add(batch, _vectors(model, batch), logits[row0 : row0 + len(batch)])
-                    row0 += len(batch)
+        combos = scan.combos if scan.combos is not None else _strongest_pair(bundle, batches, scan, pair_abs)
         drill = combos.drilldown(min_count, top_k, grid_size)
     return Explanation(
         source=_source(data),
@@ -202,6 +99,23 @@ def explain(
         probabilities=postprocess(sigmoid(np.concatenate(scan.logits)), bundle.calibration),
         labels=np.concatenate(scan.labels) if scan.labels else None,
     )
+
+
+def _strongest_pair(
+    bundle: Bundle, batches: Callable[[], Iterator[Batch]], scan: _Scan, pair_abs: np.ndarray
+) -> _Combinations:
+    """The combinations of the strongest pair, known only after the first pass: a second pass
+    over the rows, with the logits the first one kept."""
+    model = bundle.model
+    i, j = np.triu_indices(pair_abs.shape[0], k=1)
+    best = int(np.argmax(pair_abs[i, j]))
+    combos = _Combinations(bundle, (int(i[best]), int(j[best])))
+    row0, logits = 0, np.concatenate(scan.logits)
+    with torch.no_grad():
+        for batch in batches():
+            combos.add(batch, _vectors(model, batch), logits[row0 : row0 + len(batch)])
+            row0 += len(batch)
+    return combos
 
 
 def parse_pair(text: str | None) -> tuple[str, str] | None:
@@ -246,7 +160,9 @@ class _Scan:
         if model.config.uses_pairwise:
             v = e[..., :d]
             for start in range(0, len(batch), PAIR_BATCH):
-                inner = torch.einsum("bfd,bgd->bfg", v[start : start + PAIR_BATCH], v[start : start + PAIR_BATCH])  # (B, F, F)
+                inner = torch.einsum(
+                    "bfd,bgd->bfg", v[start : start + PAIR_BATCH], v[start : start + PAIR_BATCH]
+                )  # (B, F, F)
                 self.pair_abs += inner.abs().double().sum(dim=0).cpu().numpy()
                 self.pair_sum += inner.double().sum(dim=0).cpu().numpy()
             # <v_i, v_i> is no part of the model: only i != j pairs enter the FM term.
@@ -298,7 +214,12 @@ class _Combinations:
 
         def listed(order: np.ndarray) -> list[Combination]:
             return [
-                Combination((keyers[0].label(keys[o, 0]), keyers[1].label(keys[o, 1])), int(count[o]), float(mean_c[o]), float(mean_e[o]))
+                Combination(
+                    (keyers[0].label(keys[o, 0]), keyers[1].label(keys[o, 1])),
+                    int(count[o]),
+                    float(mean_c[o]),
+                    float(mean_e[o]),
+                )
                 for o in order
             ]
 
@@ -378,7 +299,10 @@ class _FieldKeys:
         if self.column is None:
             return local
         z = batch.values[:, self.column].numpy()
-        bins = np.clip(np.floor(z / SCALED_BIN), -SCALED_BINS // 2, SCALED_BINS // 2 - 1).astype(np.int64) + SCALED_BINS // 2
+        bins = (
+            np.clip(np.floor(z / SCALED_BIN), -SCALED_BINS // 2, SCALED_BINS // 2 - 1).astype(np.int64)
+            + SCALED_BINS // 2
+        )
         return np.where(local == MISSING, -1, bins)
 
     def label(self, key: int) -> str:
@@ -432,7 +356,7 @@ class _FieldKeys:
 
 
 def _log_bin_label(key: int) -> str:
-    """The values of a log bin (the inverse of features._log_bin_keys): |x| <= 2 keeps
+    """The values of a log bin (the inverse of deepfm.features.encoders.log_bin_keys): |x| <= 2 keeps
     floor(x); larger |x| go to sign(x) * (100 + floor(log(|x|)^2))."""
     if abs(key) < 100:
         return "2" if key == 2 else f"[{key}, {key + 1})"  # 2 is the only value with floor 2 and |x| <= 2
@@ -523,10 +447,3 @@ def _stats(sums: list[float], rows: int) -> PartStats:
     shift, centred, absolute, square = sums
     mean = centred / rows
     return PartStats(mean=shift + mean, mean_abs=absolute / rows, std=math.sqrt(max(square / rows - mean**2, 0.0)))
-
-
-def _listed(a: np.ndarray | None) -> Any:
-    """An array as nested lists with NaN as None (JSON null)."""
-    if a is None:
-        return None
-    return np.where(np.isfinite(a), a, None).tolist()

@@ -72,7 +72,9 @@ def pair_heatmap(expl: Explanation) -> bytes:
     for rank, top in enumerate(expl.top_pairs(3)):
         i, j = names.index(top["fields"][0]), names.index(top["fields"][1])
         for r, c in ((i, j), (j, i)):
-            ax.add_patch(plt.Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.2 - 0.5 * rank))
+            ax.add_patch(
+                plt.Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.2 - 0.5 * rank)
+            )
     ax.set_title(f"Field-pair interaction strength over {expl.rows:,} rows\n(red: the three strongest pairs)")
     return _png(fig)
 
@@ -90,7 +92,14 @@ def decomposition(expl: Explanation) -> bytes:
     ax.barh(y - 0.2, [expl.parts[n].mean_abs for n in names], height=0.4, label="mean |part|", color="#4c72b0")
     ax.barh(y + 0.2, [expl.parts[n].std for n in names], height=0.4, label="std over rows", color="#dd8452")
     for k, n in enumerate(names):
-        ax.annotate(f"mean {expl.parts[n].mean:+.3f}", (expl.parts[n].mean_abs, k - 0.2), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
+        ax.annotate(
+            f"mean {expl.parts[n].mean:+.3f}",
+            (expl.parts[n].mean_abs, k - 0.2),
+            xytext=(3, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=8,
+        )
     ax.set_yticks(y, names)
     ax.invert_yaxis()
     ax.set_xlabel("logit units")
@@ -130,7 +139,15 @@ def drilldown_heatmap(expl: Explanation) -> bytes:
         for j in range(c):
             if d.grid_count[i, j]:
                 dark = abs(grid[i, j]) > 0.6 * vmax
-                ax.text(j, i, str(d.grid_count[i, j]), ha="center", va="center", fontsize=7, color="white" if dark else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(d.grid_count[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if dark else "black",
+                )
     ax.set_title(f"{d.fields[0]} x {d.fields[1]}: contribution by value (numbers: rows)")
     return _png(fig)
 
@@ -152,12 +169,25 @@ def learning_curves(metrics: dict[str, Any]) -> bytes:
         axes, (("loss", "train_logloss", "valid_logloss", "Log loss"), ("auc", "train_auc", "valid_auc", "AUC"))
     ):
         if curve:
-            ax.plot([p["epoch"] for p in curve], [_num(p.get(within)) for p in curve], color="#4c72b0", alpha=0.45, linewidth=1, label="train, within epochs")
+            ax.plot(
+                [p["epoch"] for p in curve],
+                [_num(p.get(within)) for p in curve],
+                color="#4c72b0",
+                alpha=0.45,
+                linewidth=1,
+                label="train, within epochs",
+            )
         ax.plot(epochs, [_num(h.get(train_key)) for h in history], "o-", color="#4c72b0", label="train, per epoch")
         if any(valid_key in h for h in history):
             ax.plot(epochs, [_num(h.get(valid_key)) for h in history], "s-", color="#c44e52", label="valid, per epoch")
         if metrics.get("best_epoch"):
-            ax.axvline(metrics["best_epoch"], color="grey", linestyle="--", linewidth=1, label=f"best epoch ({metrics['best_epoch']})")
+            ax.axvline(
+                metrics["best_epoch"],
+                color="grey",
+                linestyle="--",
+                linewidth=1,
+                label=f"best epoch ({metrics['best_epoch']})",
+            )
         ax.set_xlabel("epoch")
         ax.set_title(title)
         ax.grid(alpha=0.3)

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from deepfm.analysis import plots
+from deepfm.analysis.explain import Combination, Explanation, explain
 from deepfm.bundle import Bundle
 from deepfm.data.encoded import EncodedDataset
-from deepfm.analysis.explain import Combination, Explanation, explain
 from deepfm.data.source import ReadOptions
 from deepfm.util.metrics import calibration, roc_curve, summary
 
@@ -47,7 +47,9 @@ def build_report(
     min_count: int = 5,
 ) -> str:
     """The report as an HTML string; see the module docstring for where each part comes from."""
-    expl = explain(bundle, data, rows=rows, pair=pair, options=options, min_count=min_count) if data is not None else None
+    expl = (
+        explain(bundle, data, rows=rows, pair=pair, options=options, min_count=min_count) if data is not None else None
+    )
     m = bundle.metrics
     evaluation = _evaluation(m, expl)
     name = html.escape(str(bundle.path or "model"))
@@ -57,24 +59,10 @@ def build_report(
         f"embedding size {bundle.config.model.embedding_dim}; written {time.strftime('%Y-%m-%d %H:%M')}</p>",
         _summary(m),
         "<h2>Learning curves</h2>",
+        *_learning_curves(m),
+        "<h2>Calibration and ROC</h2>",
+        *_calibration_and_roc(evaluation),
     ]
-    if m.get("history"):
-        body.append(_figure("learning_curves", plots.learning_curves(m), "Log loss and AUC by epoch. Thin line: the training batches since the point before (about 20 points an epoch); markers: each epoch's training and validation figures; dashed: the epoch whose weights were kept."))
-        body.append(_epochs_table(m["history"]))
-    else:
-        body.append("<p class='note'>This model folder has no training history.</p>")
-    body.append("<h2>Calibration and ROC</h2>")
-    if evaluation is None:
-        body.append("<p class='note'>No labelled rows: give labelled rows with <code>--data</code> to draw the reliability diagram and the ROC curve.</p>")
-    else:
-        body.append(f"<p>On {html.escape(evaluation['source'])}: {evaluation['rows']:,} rows, AUC {_f(evaluation.get('auc'))}, log loss {_f(evaluation.get('logloss'))}.</p>")
-        cal = evaluation["calibration"]
-        body.append("<div class='cols'>")
-        body.append(_figure("reliability", plots.reliability(cal), "Observed positive rate against mean prediction in equal-count bins (n: rows in the bin), over a histogram of all predictions. On the dashed line the model is calibrated."))
-        body.append("<div>" + _figure("roc", plots.roc(evaluation["roc"], evaluation.get("auc")), "True against false positive rate as the threshold falls."))
-        body.append(_table(["bin", "predictions from", "to", "rows", "mean prediction", "positive rate"], [
-            [k + 1, _f(b["lo"]), _f(b["hi"]), f"{b['count']:,}", _f(b["mean_prediction"]), _f(b["positive_rate"])] for k, b in enumerate(cal["bins"])
-        ]) + "</div></div>")  # fmt: skip
     if m.get("calibration_fit"):
         body.extend(_calibration_fit(m["calibration_fit"]))
     drift_file = Path(bundle.path) / "drift.json" if bundle.path is not None else None
@@ -82,13 +70,82 @@ def build_report(
         body.extend(_drift(json.loads(drift_file.read_text())))
     body.append("<h2>What the model learned</h2>")
     if expl is None:
-        body.append("<p class='note'>The explanation needs rows to explain: <code>deepfm report MODEL --data rows.tsv</code>.</p>")
+        body.append(
+            "<p class='note'>The explanation needs rows to explain: <code>deepfm report MODEL --data rows.tsv</code>.</p>"
+        )
     else:
         body.extend(_explanation(expl))
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-        f"<title>deepfm report: {name}</title><style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+        f"<title>deepfm report: {name}</title><style>{STYLE}</style></head><body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
     )
+
+
+def _learning_curves(m: dict[str, Any]) -> list[str]:
+    """The learning curves' figure and the epochs' table, from metrics.json's history."""
+    body: list[str] = []
+    if m.get("history"):
+        body.append(
+            _figure(
+                "learning_curves",
+                plots.learning_curves(m),
+                "Log loss and AUC by epoch. Thin line: the training batches since the point before (about 20 points an epoch); markers: each epoch's training and validation figures; dashed: the epoch whose weights were kept.",
+            )
+        )
+        body.append(_epochs_table(m["history"]))
+    else:
+        body.append("<p class='note'>This model folder has no training history.</p>")
+    return body
+
+
+def _calibration_and_roc(evaluation: dict[str, Any] | None) -> list[str]:
+    """The reliability diagram, the ROC curve and the calibration bins, when rows were scored."""
+    body: list[str] = []
+    if evaluation is None:
+        body.append(
+            "<p class='note'>No labelled rows: give labelled rows with <code>--data</code> to draw the reliability diagram and the ROC curve.</p>"
+        )
+    else:
+        body.append(
+            f"<p>On {html.escape(evaluation['source'])}: {evaluation['rows']:,} rows, AUC {_f(evaluation.get('auc'))}, log loss {_f(evaluation.get('logloss'))}.</p>"
+        )
+        cal = evaluation["calibration"]
+        body.append("<div class='cols'>")
+        body.append(
+            _figure(
+                "reliability",
+                plots.reliability(cal),
+                "Observed positive rate against mean prediction in equal-count bins (n: rows in the bin), over a histogram of all predictions. On the dashed line the model is calibrated.",
+            )
+        )
+        body.append(
+            "<div>"
+            + _figure(
+                "roc",
+                plots.roc(evaluation["roc"], evaluation.get("auc")),
+                "True against false positive rate as the threshold falls.",
+            )
+        )
+        body.append(
+            _table(
+                ["bin", "predictions from", "to", "rows", "mean prediction", "positive rate"],
+                [
+                    [
+                        k + 1,
+                        _f(b["lo"]),
+                        _f(b["hi"]),
+                        f"{b['count']:,}",
+                        _f(b["mean_prediction"]),
+                        _f(b["positive_rate"]),
+                    ]
+                    for k, b in enumerate(cal["bins"])
+                ],
+            )
+            + "</div></div>"
+        )
+    return body
 
 
 def write_report(bundle: Bundle, out: str | Path, **kwargs: Any) -> Path:
@@ -147,12 +204,20 @@ def _drift(d: dict[str, Any]) -> list[str]:
     ]
     if d.get("labels"):
         lab = d["labels"]
-        out.append(f"<p>Mean prediction {_f(d['mean_prediction'])} against an observed click rate of {_f(lab['ctr'])}; AUC {_f(lab['auc'])}, log loss {_f(lab['logloss'])}.</p>")
+        out.append(
+            f"<p>Mean prediction {_f(d['mean_prediction'])} against an observed click rate of {_f(lab['ctr'])}; AUC {_f(lab['auc'])}, log loss {_f(lab['logloss'])}.</p>"
+        )
     if d.get("failed"):
         out.append("<p class='note'>Thresholds crossed: " + "; ".join(html.escape(x) for x in d["failed"]) + "</p>")
-    out.append(_table(["field", "PSI", "OOV train", "OOV new", "missing train", "missing new"], [
-        [_Text(name), _f(f["psi"]), _f(f["oov_train"]), _f(f["oov"]), _f(f["missing_train"]), _f(f["missing"])] for name, f in rows
-    ]))  # fmt: skip
+    out.append(
+        _table(
+            ["field", "PSI", "OOV train", "OOV new", "missing train", "missing new"],
+            [
+                [_Text(name), _f(f["psi"]), _f(f["oov_train"]), _f(f["oov"]), _f(f["missing_train"]), _f(f["missing"])]
+                for name, f in rows
+            ],
+        )
+    )
     return out
 
 
@@ -163,14 +228,26 @@ def _calibration_fit(fit: dict[str, Any]) -> list[str]:
         "<h2>Fitted calibration</h2>",
         f"<p>{html.escape(fit['method'])} calibration fitted by <code>deepfm calibrate</code> on {before['rows']:,} rows of "
         f"<code>{html.escape(fit['data'])}</code>"
-        + (f" (negative downsampling at {fit['neg_sample_rate']:g} corrected first)" if fit.get("neg_sample_rate", 1.0) != 1.0 else "")
+        + (
+            f" (negative downsampling at {fit['neg_sample_rate']:g} corrected first)"
+            if fit.get("neg_sample_rate", 1.0) != 1.0
+            else ""
+        )
         + ". Every prediction applies it. Figures on those rows; a held-out file given to <code>deepfm report --data</code> "
         "shows the calibrated model above.</p>",
-        _table(["", "log loss", "ECE", "mean prediction", "positive rate"], [
-            [name, _f(r["logloss"]), _f(r["ece"]), _f(r["mean_prediction"]), _f(r["ctr"])] for name, r in (("before", before), ("after", after))
-        ]),  # fmt: skip
+        _table(
+            ["", "log loss", "ECE", "mean prediction", "positive rate"],
+            [
+                [name, _f(r["logloss"]), _f(r["ece"]), _f(r["mean_prediction"]), _f(r["ctr"])]
+                for name, r in (("before", before), ("after", after))
+            ],
+        ),
         "<div class='cols'>",
-        _figure("reliability_before", plots.reliability(before["calibration"]), "Before: the model's probabilities (downsampling corrected)."),
+        _figure(
+            "reliability_before",
+            plots.reliability(before["calibration"]),
+            "Before: the model's probabilities (downsampling corrected).",
+        ),
         _figure("reliability_after", plots.reliability(after["calibration"]), "After: through the fitted calibration."),
         "</div>",
     ]
@@ -179,7 +256,14 @@ def _calibration_fit(fit: dict[str, Any]) -> list[str]:
 
 def _summary(m: dict[str, Any]) -> str:
     rows = []
-    for key, label in (("auc", "AUC"), ("logloss", "log loss"), ("rows", "rows"), ("ctr", "positive rate"), ("mean_prediction", "mean prediction"), ("ece", "ECE")):
+    for key, label in (
+        ("auc", "AUC"),
+        ("logloss", "log loss"),
+        ("rows", "rows"),
+        ("ctr", "positive rate"),
+        ("mean_prediction", "mean prediction"),
+        ("ece", "ECE"),
+    ):
         cells = [m.get(f"{part}_{key}") for part in ("valid", "test")]
         if any(c is not None for c in cells):
             rows.append([label, *(_f(c) for c in cells)])
@@ -197,27 +281,56 @@ def _explanation(expl: Explanation) -> list[str]:
         f"<p>Over {expl.rows:,} rows of {html.escape(expl.source)}. For fields i and j, FM adds &lt;v<sub>i</sub>, v<sub>j</sub>&gt; "
         "to the logit (v<sub>i</sub> carries the field's value), so each pair's part of the logit is exact.</p>",
         "<h3>How the logit splits</h3><div class='cols'>",
-        _table(["part", "mean", "mean |part|", "std over rows"], [
-            [_Text(k), _f(p.mean), _f(p.mean_abs), _f(p.std)] for k, p in expl.parts.items()
-        ]),  # fmt: skip
+        _table(
+            ["part", "mean", "mean |part|", "std over rows"],
+            [[_Text(k), _f(p.mean), _f(p.mean_abs), _f(p.std)] for k, p in expl.parts.items()],
+        ),
     ]
     figures = plots.explanation_figures(expl)
-    out.append(_figure("decomposition", figures["decomposition"], "Left: each additive part of the logit, its mean size and spread over the rows. Right: the fields with the largest first-order weights.") + "</div>")
+    out.append(
+        _figure(
+            "decomposition",
+            figures["decomposition"],
+            "Left: each additive part of the logit, its mean size and spread over the rows. Right: the fields with the largest first-order weights.",
+        )
+        + "</div>"
+    )
     if "pairs" not in figures:
         out.append(f"<p class='note'>A {html.escape(expl.kind)} model has no FM pairwise term: no pair to show.</p>")
         return out
     out.append("<h3>Field pairs</h3><div class='cols'>")
-    out.append(_figure("pairs", figures["pairs"], "Mean |&lt;v<sub>i</sub>, v<sub>j</sub>&gt;| of every field pair: how far the pair moves the logit, either way, on an average row."))
-    out.append(_table(["rank", "pair", "mean |contribution|", "mean contribution"], [
-        [k + 1, _Text(" × ".join(t["fields"])), _f(t["mean_abs"]), _f(t["mean"])] for k, t in enumerate(expl.top_pairs(15))
-    ]) + "</div>")  # fmt: skip
+    out.append(
+        _figure(
+            "pairs",
+            figures["pairs"],
+            "Mean |&lt;v<sub>i</sub>, v<sub>j</sub>&gt;| of every field pair: how far the pair moves the logit, either way, on an average row.",
+        )
+    )
+    out.append(
+        _table(
+            ["rank", "pair", "mean |contribution|", "mean contribution"],
+            [
+                [k + 1, _Text(" × ".join(t["fields"])), _f(t["mean_abs"]), _f(t["mean"])]
+                for k, t in enumerate(expl.top_pairs(15))
+            ],
+        )
+        + "</div>"
+    )
     d = expl.drilldown
     assert d is not None
     a, b = (html.escape(f) for f in d.fields)
     out.append(f"<h3>Drill-down: {a} × {b}</h3>")
-    out.append(_figure("drilldown", figures["drilldown"], f"Mean contribution of the pair for the most frequent values of {a} (rows) and {b} (columns); numbers are rows. Red raises the probability, blue lowers it."))
-    out.append(f"<p>{d.combinations:,} value combinations seen; those with at least {d.min_count} rows, by their mean effect on the probability "
-               "(the probability minus what it would be without this pair's term):</p>")  # fmt: skip
+    out.append(
+        _figure(
+            "drilldown",
+            figures["drilldown"],
+            f"Mean contribution of the pair for the most frequent values of {a} (rows) and {b} (columns); numbers are rows. Red raises the probability, blue lowers it.",
+        )
+    )
+    out.append(
+        f"<p>{d.combinations:,} value combinations seen; those with at least {d.min_count} rows, by their mean effect on the probability "
+        "(the probability minus what it would be without this pair's term):</p>"
+    )
     out.append("<div class='cols'>")
     for title, combos in (("pushes the probability up most", d.up), ("pushes it down most", d.down)):
         out.append(f"<div><h4>{title}</h4>" + _combo_table(d.fields, combos) + "</div>")
@@ -228,10 +341,13 @@ def _explanation(expl: Explanation) -> list[str]:
 def _combo_table(fields: tuple[str, str], combos: list[Combination]) -> str:
     if not combos:
         return "<p class='note'>none with enough rows</p>"
-    return _table([fields[0], fields[1], "rows", "mean contribution", "mean effect on p"], [
-        [_Text(c.values[0]), _Text(c.values[1]), f"{c.count:,}", _f(c.mean_contribution), f"{c.mean_effect:+.4f}"]
-        for c in combos
-    ])  # fmt: skip
+    return _table(
+        [fields[0], fields[1], "rows", "mean contribution", "mean effect on p"],
+        [
+            [_Text(c.values[0]), _Text(c.values[1]), f"{c.count:,}", _f(c.mean_contribution), f"{c.mean_effect:+.4f}"]
+            for c in combos
+        ],
+    )
 
 
 # ---------------------------------------------------------------- HTML pieces

@@ -36,12 +36,15 @@ from deepfm.errors import DeepFMError
 __all__ = ["build_parser", "main"]
 
 # deepfm 0.1's deepfm.cli module held every command.
-__getattr__ = moved_names(__name__, {
-    **{f"cmd_{c}": "deepfm.cli.train" for c in ("schema", "train", "compare", "tune")},
-    **{f"cmd_{c}": "deepfm.cli.score" for c in ("evaluate", "predict", "calibrate", "export", "serve")},
-    **{f"cmd_{c}": "deepfm.cli.analyze" for c in ("drift", "explain", "report")},
-    **{f"cmd_{c}": "deepfm.cli.data" for c in ("synth", "demo")},
-})  # fmt: skip
+__getattr__ = moved_names(
+    __name__,
+    {
+        **{f"cmd_{c}": "deepfm.cli.train" for c in ("schema", "train", "compare", "tune")},
+        **{f"cmd_{c}": "deepfm.cli.score" for c in ("evaluate", "predict", "calibrate", "export", "serve")},
+        **{f"cmd_{c}": "deepfm.cli.analyze" for c in ("drift", "explain", "report")},
+        **{f"cmd_{c}": "deepfm.cli.data" for c in ("synth", "demo")},
+    },
+)
 
 
 def main(argv: list[str] | None = None) -> int:

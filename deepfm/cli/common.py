@@ -8,12 +8,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from deepfm.errors import ConfigError, DeepFMError
 from deepfm.bundle import Bundle
 from deepfm.config import RunConfig, load_config, read_options, with_overrides
 from deepfm.data.readers import open_reader
 from deepfm.data.schema import PRESETS
 from deepfm.data.schema_inference import infer_schema, schema_yaml
+from deepfm.errors import ConfigError, DeepFMError
 from deepfm.training import RunInputs
 
 log = logging.getLogger("deepfm")
@@ -26,17 +26,31 @@ def read_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {"format": args.format, "delimiter": delimiter, "header": args.header, "on_bad_row": args.on_bad_row}
 
 
+def shape_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags that set the schema and the model's shape, by name: a warm start and a
+    resumed run keep the shape they started with, so these may not be given again."""
+    return {
+        "--config": args.config,
+        "--preset": args.preset,
+        "--label": args.label,
+        "--model": args.kind,
+        "--embedding-dim": args.embedding_dim,
+        "--hidden": args.hidden,
+        "--dropout": args.dropout,
+    }
+
+
 def run_config(args: argparse.Namespace) -> Any:
     """The RunConfig of train/compare: --config, --preset or an inferred schema, then flags."""
     raw = load_config(args.config) if args.config else {}
     if args.preset and {"fields", "preset"} & raw.keys():
         raise usage_error(f"{args.config} names its fields already: give --config or --preset, not both")
     if getattr(args, "warm_start", None) is not None:
-        shape = {"--config": args.config, "--preset": args.preset, "--label": args.label, "--model": args.kind,
-                 "--embedding-dim": args.embedding_dim, "--hidden": args.hidden, "--dropout": args.dropout}  # fmt: skip
-        given = [flag for flag, value in shape.items() if value is not None]
+        given = [flag for flag, value in shape_flags(args).items() if value is not None]
         if given:
-            raise usage_error(f"--warm-start keeps the schema and model of {args.warm_start}; leave out {', '.join(given)}")
+            raise usage_error(
+                f"--warm-start keeps the schema and model of {args.warm_start}; leave out {', '.join(given)}"
+            )
         config = Bundle.load(args.warm_start).config
     elif {"fields", "preset"} & raw.keys():
         config = RunConfig.from_dict(raw, where=str(args.config))
@@ -49,13 +63,7 @@ def run_config(args: argparse.Namespace) -> Any:
             columns = raw.get("columns")
             schema = inferred_schema(args.data, raw.get("label", args.label or "label"), options, columns)
         config = RunConfig.from_dict({**raw, **schema.to_dict()}, where=where)
-    for flag, key in (("min_count", "min_count"), ("max_vocab", "max_vocab")):
-        if getattr(args, flag) is not None:
-            fields = tuple(replace(f, **{key: getattr(args, flag)}) for f in config.schema.fields)
-            config = replace(config, schema=replace(config.schema, fields=fields))
-    if args.hash_buckets is not None:
-        fields = tuple(replace(f, hash_buckets=args.hash_buckets) if f.kind != "numeric" else f for f in config.schema.fields)
-        config = replace(config, schema=replace(config.schema, fields=fields))
+    config = _field_overrides(config, args)
     try:
         hidden = tuple(int(h) for h in args.hidden.split(",")) if args.hidden else None
     except ValueError:
@@ -64,20 +72,47 @@ def run_config(args: argparse.Namespace) -> Any:
         config,
         model={"kind": args.kind, "embedding_dim": args.embedding_dim, "hidden": hidden, "dropout": args.dropout},
         train={
-            "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "embedding_lr": args.embedding_lr,
-            "l2_embedding": args.l2_embedding, "patience": args.patience, "seed": args.seed, "device": args.device,
-            "threads": args.threads, "progress": False if args.quiet else None, "checkpoint_every": args.checkpoint_every,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "embedding_lr": args.embedding_lr,
+            "l2_embedding": args.l2_embedding,
+            "patience": args.patience,
+            "seed": args.seed,
+            "device": args.device,
+            "threads": args.threads,
+            "progress": False if args.quiet else None,
+            "checkpoint_every": args.checkpoint_every,
         },
         data=read_overrides(args),
-    )  # fmt: skip
+    )
+
+
+def _field_overrides(config: RunConfig, args: argparse.Namespace) -> RunConfig:
+    """--min-count, --max-vocab and --hash-buckets applied to every field they concern."""
+    for flag, key in (("min_count", "min_count"), ("max_vocab", "max_vocab")):
+        if getattr(args, flag) is not None:
+            fields = tuple(replace(f, **{key: getattr(args, flag)}) for f in config.schema.fields)
+            config = replace(config, schema=replace(config.schema, fields=fields))
+    if args.hash_buckets is not None:
+        fields = tuple(
+            replace(f, hash_buckets=args.hash_buckets) if f.kind != "numeric" else f for f in config.schema.fields
+        )
+        config = replace(config, schema=replace(config.schema, fields=fields))
+    return config
 
 
 def run_inputs(args: argparse.Namespace, **more: Any) -> Any:
     """The RunInputs of train/compare/tune: the data files, split and cache flags."""
     return RunInputs(
-        args.data, valid=args.valid, test=args.test, split=args.split, cache=not args.no_cache,
-        cache_dir=args.cache_dir, **more,
-    )  # fmt: skip
+        args.data,
+        valid=args.valid,
+        test=args.test,
+        split=args.split,
+        cache=not args.no_cache,
+        cache_dir=args.cache_dir,
+        **more,
+    )
 
 
 def inferred_schema(data: Path, label: str, options: Any, columns: list[str] | None = None) -> Any:
@@ -86,7 +121,11 @@ def inferred_schema(data: Path, label: str, options: Any, columns: list[str] | N
     schema, guesses = infer_schema(open_reader(data, options, column_names=columns), label)
     if columns is not None:
         schema = replace(schema, columns=tuple(columns))
-    log.info("inferred the schema (deepfm schema --data %s prints it to edit):\n%s", data, schema_yaml(schema, guesses, str(data)))
+    log.info(
+        "inferred the schema (deepfm schema --data %s prints it to edit):\n%s",
+        data,
+        schema_yaml(schema, guesses, str(data)),
+    )
     return schema
 
 

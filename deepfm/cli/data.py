@@ -20,7 +20,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     if args.day < 1:
         raise usage_error(f"--day must be at least 1, got {args.day}")
-    knobs = {k: getattr(args, k) for k in ("fm_weight", "mlp_weight", "card_scale", "zipf_shift", "numeric_share", "bayes_auc")}
+    knobs = {
+        k: getattr(args, k)
+        for k in ("fm_weight", "mlp_weight", "card_scale", "zipf_shift", "numeric_share", "bayes_auc")
+    }
     try:
         setting = get_setting(args.setting, **knobs)
     except ValueError as exc:

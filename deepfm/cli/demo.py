@@ -15,10 +15,10 @@ import numpy as np
 import pyarrow.csv as pacsv
 
 from deepfm.config import RunConfig
-from deepfm.util.metrics import auc, logloss
 from deepfm.data.schema import criteo_schema
 from deepfm.data.synth import write_synth
 from deepfm.training.job import train
+from deepfm.util.metrics import auc, logloss
 
 log = logging.getLogger(__name__)
 SPLIT = (0.8, 0.1, 0.1)

@@ -29,31 +29,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", type=int, required=True)
     p.add_argument("--out", type=Path, required=True, help="TSV to write; true probabilities go to <stem>.truth.csv")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--day", type=int, default=1, help="simulated day: from day 2 on, new ids appear, old ones fade "
-                   "and the click rate falls (default 1: no drift)")
+    p.add_argument(
+        "--day",
+        type=int,
+        default=1,
+        help="simulated day: from day 2 on, new ids appear, old ones fade "
+        "and the click rate falls (default 1: no drift)",
+    )
     _add_synth_setting_args(p)
-    p.add_argument("--header", action="store_true", help="start with a header line (label, I1..I13, C1..C26), "
-                   "so the file can be read without --preset")  # fmt: skip
+    p.add_argument(
+        "--header",
+        action="store_true",
+        help="start with a header line (label, I1..I13, C1..C26), so the file can be read without --preset",
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("train", help="train a model and save it to a folder")
     _add_run_args(p, data_required=False)
     p.add_argument("--out", type=Path, default=Path("runs/model"), help="output folder (default runs/model)")
-    p.add_argument("--nproc", type=int, help="train data-parallel in this many processes on this machine: runs "
-                   "torchrun --standalone --nproc-per-node N -m deepfm train ... (--batch-size is per process)")  # fmt: skip
     p.add_argument(
-        "--resume", type=Path, metavar="RUN",
+        "--nproc",
+        type=int,
+        help="train data-parallel in this many processes on this machine: runs "
+        "torchrun --standalone --nproc-per-node N -m deepfm train ... (--batch-size is per process)",
+    )
+    p.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN",
         help="carry on with the interrupted run in this folder from its last checkpoint (same config and data; "
         "--lr, --embedding-lr, --epochs, --patience, --threads may change)",
-    )  # fmt: skip
-    p.add_argument("--report", action="store_true", help="also write <out>/report.html, explained on the test part (valid without one)")
-    p.add_argument("--warm-start", type=Path, metavar="MODEL",
-                   help="continue from this model folder on new data: its schema, statistics, vocabularies (grown by "
-                   "new values) and weights; training flags (--epochs, --lr, ...) still apply")  # fmt: skip
-    p.add_argument("--neg-sample-rate", type=float, metavar="W",
-                   help="train on every positive and this share (0 < W <= 1) of the negatives of the training part; "
-                   "predictions are corrected back (valid/test keep every row)")  # fmt: skip
+    )
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="also write <out>/report.html, explained on the test part (valid without one)",
+    )
+    p.add_argument(
+        "--warm-start",
+        type=Path,
+        metavar="MODEL",
+        help="continue from this model folder on new data: its schema, statistics, vocabularies (grown by "
+        "new values) and weights; training flags (--epochs, --lr, ...) still apply",
+    )
+    p.add_argument(
+        "--neg-sample-rate",
+        type=float,
+        metavar="W",
+        help="train on every positive and this share (0 < W <= 1) of the negatives of the training part; "
+        "predictions are corrected back (valid/test keep every row)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("schema", help="print the schema inferred for a file, as a YAML config to edit")
@@ -74,8 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=50, help="the most trials (default 50)")
     p.add_argument("--minutes", type=float, help="time budget; no new trial starts after it")
     p.add_argument("--keep-trials", action="store_true", help="keep every trial's model folder")
-    p.add_argument("--metric", choices=["auc", "logloss"], default="auc",
-                   help="rank trials by validation AUC (default) or log loss; every trial is calibrated first")
+    p.add_argument(
+        "--metric",
+        choices=["auc", "logloss"],
+        default="auc",
+        help="rank trials by validation AUC (default) or log loss; every trial is calibrated first",
+    )
     p.add_argument("--out", type=Path, default=Path("runs/tune"), help="best.yaml, trials.md, trials.json")
     p.set_defaults(func=cmd_tune)
 
@@ -87,23 +117,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("calibrate", help="fit isotonic or Platt calibration on held-out labelled rows and store it in the model")
+    p = sub.add_parser(
+        "calibrate", help="fit isotonic or Platt calibration on held-out labelled rows and store it in the model"
+    )
     p.add_argument("model", type=Path)
-    p.add_argument("--data", type=Path, required=True, help="labelled rows the model did not train on (a validation file)")
-    p.add_argument("--method", choices=["platt", "isotonic"], default="platt",
-                   help="platt (default: two parameters, safe on tens of thousands of rows) or isotonic (a step function: needs more rows)")
+    p.add_argument(
+        "--data", type=Path, required=True, help="labelled rows the model did not train on (a validation file)"
+    )
+    p.add_argument(
+        "--method",
+        choices=["platt", "isotonic"],
+        default="platt",
+        help="platt (default: two parameters, safe on tens of thousands of rows) or isotonic (a step function: needs more rows)",
+    )
     _add_read_options(p, defaults_from_model=True)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_calibrate)
 
-    p = sub.add_parser("drift", help="compare new rows with the training data: OOV and missing rates, PSI per field, "
-                       "predicted vs observed CTR; exit 1 when a --fail-on threshold is crossed")  # fmt: skip
+    p = sub.add_parser(
+        "drift",
+        help="compare new rows with the training data: OOV and missing rates, PSI per field, "
+        "predicted vs observed CTR; exit 1 when a --fail-on threshold is crossed",
+    )
     p.add_argument("model", type=Path)
     p.add_argument("--data", type=Path, required=True, help="new rows (labels optional)")
     p.add_argument("--out", type=Path, help="JSON to write (default <model>/drift.json, which deepfm report shows)")
-    p.add_argument("--fail-on", action="append", default=[], metavar="METRIC>VALUE",
-                   help="e.g. psi>0.25, oov_change>0.05, missing_change>0.1, ctr_gap>0.1, auc<0.7; repeatable")  # fmt: skip
-    p.add_argument("--report", action="store_true", help="also write <model>/report.html (recorded figures + this check)")
+    p.add_argument(
+        "--fail-on",
+        action="append",
+        default=[],
+        metavar="METRIC>VALUE",
+        help="e.g. psi>0.25, oov_change>0.05, missing_change>0.1, ctr_gap>0.1, auc<0.7; repeatable",
+    )
+    p.add_argument(
+        "--report", action="store_true", help="also write <model>/report.html (recorded figures + this check)"
+    )
     _add_read_options(p, defaults_from_model=True)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_drift)
@@ -118,10 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("explain", help="field-pair interactions and the logit's parts over some rows: PNG heatmaps + explain.json")
+    p = sub.add_parser(
+        "explain", help="field-pair interactions and the logit's parts over some rows: PNG heatmaps + explain.json"
+    )
     p.add_argument("model", type=Path)
     p.add_argument("--data", type=Path, required=True, help="rows to explain (labels not needed)")
-    p.add_argument("--out", type=Path, required=True, help="folder for explain.json, pairs.png, decomposition.png, drilldown.png")
+    p.add_argument(
+        "--out", type=Path, required=True, help="folder for explain.json, pairs.png, decomposition.png, drilldown.png"
+    )
     _add_explain_args(p)
     p.add_argument("--top", type=int, default=10, help="pairs and value combinations to list (default 10)")
     _add_read_options(p, defaults_from_model=True)
@@ -130,22 +182,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="one self-contained HTML: learning curves, calibration, ROC, explanation")
     p.add_argument("model", type=Path)
-    p.add_argument("--data", type=Path, help="labelled rows for calibration, ROC and the explanation "
-                   "(default: calibration and ROC as recorded for the test part; no explanation)")  # fmt: skip
+    p.add_argument(
+        "--data",
+        type=Path,
+        help="labelled rows for calibration, ROC and the explanation "
+        "(default: calibration and ROC as recorded for the test part; no explanation)",
+    )
     p.add_argument("--out", type=Path, help="HTML file to write (default <model>/report.html)")
     _add_explain_args(p)
     _add_read_options(p, defaults_from_model=True)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("export", help="write the model as an ONNX graph over encoded inputs (pip install 'deepfm[onnx]')")
+    p = sub.add_parser(
+        "export", help="write the model as an ONNX graph over encoded inputs (pip install 'deepfm[onnx]')"
+    )
     p.add_argument("model", type=Path)
     p.add_argument("--onnx", type=Path, required=True, help="the .onnx file to write")
-    p.add_argument("--check-rows", type=int, default=2000, help="generated rows to compare ONNX Runtime with PyTorch on (0: skip)")
+    p.add_argument(
+        "--check-rows", type=int, default=2000, help="generated rows to compare ONNX Runtime with PyTorch on (0: skip)"
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("serve", help="HTTP prediction service: POST /predict, GET /health, /schema, /docs (pip install 'deepfm[serve]')")
+    p = sub.add_parser(
+        "serve",
+        help="HTTP prediction service: POST /predict, GET /health, /schema, /docs (pip install 'deepfm[serve]')",
+    )
     p.add_argument("model", type=Path)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
@@ -162,14 +225,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_synth_setting_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generator setting (deepfm/data/synth_settings.py; a flag overrides the setting's value)")
-    g.add_argument("--setting", choices=list(SETTINGS), default="criteo",
-                   help="named knobs: criteo (default, the original generator), interactions, tail, noisy")  # fmt: skip
+    g.add_argument(
+        "--setting",
+        choices=list(SETTINGS),
+        default="criteo",
+        help="named knobs: criteo (default, the original generator), interactions, tail, noisy",
+    )
     g.add_argument("--fm-weight", type=float, help="weight of the teacher's pairwise (FM) part (criteo 0.7)")
     g.add_argument("--mlp-weight", type=float, help="weight of the teacher's higher-order (MLP) part (criteo 0.5)")
     g.add_argument("--card-scale", type=float, help="vocabulary sizes times this (criteo 1)")
     g.add_argument("--zipf-shift", type=float, help="added to every Zipf exponent; < 0: longer tails (criteo 0)")
-    g.add_argument("--numeric-share", type=float, help="share of the signal's field importance in I1..I13 "
-                   "(criteo: as drawn, 0.23 for seed 0)")  # fmt: skip
+    g.add_argument(
+        "--numeric-share",
+        type=float,
+        help="share of the signal's field importance in I1..I13 (criteo: as drawn, 0.23 for seed 0)",
+    )
     g.add_argument("--bayes-auc", type=float, help="AUC of the true probabilities, i.e. the noise (criteo 0.80)")
 
 
@@ -181,7 +251,9 @@ def _add_explain_args(p: argparse.ArgumentParser) -> None:
 
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("engine")
-    g.add_argument("--engine", choices=["torch", "onnx"], default="torch", help="run the model with PyTorch or ONNX Runtime")
+    g.add_argument(
+        "--engine", choices=["torch", "onnx"], default="torch", help="run the model with PyTorch or ONNX Runtime"
+    )
     g.add_argument("--onnx", type=Path, help="the exported graph for --engine onnx (default: <model>/model.onnx)")
 
 
@@ -194,7 +266,11 @@ def _add_run_args(p: argparse.ArgumentParser, data_required: bool = True) -> Non
     p.add_argument("--config", type=Path, help="YAML config: fields, model, train, data")
     p.add_argument("--preset", choices=["criteo"], help="a ready schema (criteo: label, I1..I13, C1..C26)")
     p.add_argument("--label", default=None, help="label column when the schema is inferred (default: label)")
-    p.add_argument("--cache-dir", type=Path, help="keep encoded data here for later runs (default $DEEPFM_CACHE_DIR or ~/.cache/deepfm/encoded)")
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="keep encoded data here for later runs (default $DEEPFM_CACHE_DIR or ~/.cache/deepfm/encoded)",
+    )
     p.add_argument("--no-cache", action="store_true", help="encode into a temporary folder and throw it away")
     _add_read_options(p)
     g = p.add_argument_group("model and training (override the config)")
@@ -208,16 +284,34 @@ def _add_run_args(p: argparse.ArgumentParser, data_required: bool = True) -> Non
     g.add_argument("--embedding-lr", type=float)
     g.add_argument("--l2-embedding", type=float)
     g.add_argument("--patience", type=int)
-    g.add_argument("--min-count", type=int, help="for every field with a vocabulary (categorical, bucketized, multi-hot)")
-    g.add_argument("--max-vocab", type=int, help="cap on every vocabulary (0: none); fresh fits keep the most frequent, "
-                   "warm starts evict the lowest recency-weighted counts")  # fmt: skip
-    g.add_argument("--hash-buckets", type=int, help="hash every categorical and multi-hot field into this many rows "
-                   "instead of fitting a vocabulary (0: vocabularies); memory is then fixed whatever the distinct values")  # fmt: skip
+    g.add_argument(
+        "--min-count", type=int, help="for every field with a vocabulary (categorical, bucketized, multi-hot)"
+    )
+    g.add_argument(
+        "--max-vocab",
+        type=int,
+        help="cap on every vocabulary (0: none); fresh fits keep the most frequent, "
+        "warm starts evict the lowest recency-weighted counts",
+    )
+    g.add_argument(
+        "--hash-buckets",
+        type=int,
+        help="hash every categorical and multi-hot field into this many rows "
+        "instead of fitting a vocabulary (0: vocabularies); memory is then fixed whatever the distinct values",
+    )
     g.add_argument("--seed", type=int)
     g.add_argument("--device", help="auto, cpu or cuda")
-    g.add_argument("--threads", type=int, help="torch threads per process (default: PyTorch's, which follows "
-                   "OMP_NUM_THREADS; one per core, or cores / N under --nproc N)")
-    g.add_argument("--checkpoint-every", type=int, help="steps between checkpoints in the output folder (default 2000; 0: epoch ends only)")
+    g.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads per process (default: PyTorch's, which follows "
+        "OMP_NUM_THREADS; one per core, or cores / N under --nproc N)",
+    )
+    g.add_argument(
+        "--checkpoint-every",
+        type=int,
+        help="steps between checkpoints in the output folder (default 2000; 0: epoch ends only)",
+    )
     p.add_argument("--quiet", action="store_true")
 
 
@@ -226,4 +320,6 @@ def _add_read_options(p: argparse.ArgumentParser, defaults_from_model: bool = Fa
     g.add_argument("--format", choices=["auto", "text", "parquet", "libfm"])
     g.add_argument("--delimiter", help="for text files; default: guessed from the first line")
     g.add_argument("--header", choices=["auto", "yes", "no"])
-    g.add_argument("--on-bad-row", choices=["error", "skip"], help="skip rows with the wrong column count and report how many")
+    g.add_argument(
+        "--on-bad-row", choices=["error", "skip"], help="skip rows with the wrong column count and report how many"
+    )

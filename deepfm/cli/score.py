@@ -6,8 +6,8 @@ import argparse
 import json
 import logging
 
-from deepfm.cli.common import model_read_options, usage_error
 from deepfm.bundle import Bundle
+from deepfm.cli.common import model_read_options, usage_error
 from deepfm.errors import require_extra
 from deepfm.inference.export import export_onnx
 from deepfm.inference.predictor import Predictor, calibrate, evaluate, predict_file
@@ -35,9 +35,18 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     bundle = Bundle.load(args.model)
     record = calibrate(bundle, args.data, args.method, model_read_options(bundle, args))
     keys = ("auc", "logloss", "ece", "mean_prediction", "ctr")
-    print(json.dumps({"model": str(args.model), "method": args.method, "rows": record["before"]["rows"],
-                      **{f"{k}_before": record["before"][k] for k in keys if k != "ctr"},
-                      **{f"{k}_after": record["after"][k] for k in keys if k != "ctr"}, "ctr": record["before"]["ctr"]}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "model": str(args.model),
+                "method": args.method,
+                "rows": record["before"]["rows"],
+                **{f"{k}_before": record["before"][k] for k in keys if k != "ctr"},
+                **{f"{k}_after": record["after"][k] for k in keys if k != "ctr"},
+                "ctr": record["before"]["ctr"],
+            }
+        )
+    )
     return 0
 
 
@@ -54,11 +63,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.engine == "onnx":
         require_extra("onnx", "onnxruntime")
     settings = ServeSettings(
-        model=str(args.model), engine=args.engine, onnx=str(args.onnx) if args.onnx else None,
-        max_records=args.max_records, max_body_bytes=args.max_body_bytes, threads=args.threads,
-    )  # fmt: skip
+        model=str(args.model),
+        engine=args.engine,
+        onnx=str(args.onnx) if args.onnx else None,
+        max_records=args.max_records,
+        max_body_bytes=args.max_body_bytes,
+        threads=args.threads,
+    )
     serve(
-        settings, host=args.host, port=args.port, workers=args.workers, access_log=args.access_log,
+        settings,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        access_log=args.access_log,
         log_level="warning" if args.quiet else "info",
-    )  # fmt: skip
+    )
     return 0

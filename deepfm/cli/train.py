@@ -12,12 +12,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from deepfm.cli.common import read_overrides, run_config, run_inputs, usage_error
 from deepfm.analysis.plots import require_matplotlib
 from deepfm.analysis.report import write_report
+from deepfm.cli.common import read_overrides, run_config, run_inputs, shape_flags, usage_error
 from deepfm.data.readers import open_reader
-from deepfm.data.source import ReadOptions
 from deepfm.data.schema_inference import infer_schema, schema_yaml
+from deepfm.data.source import ReadOptions
 from deepfm.training import check_resume, check_start, resume, run_training
 from deepfm.training.compare import compare, to_markdown
 from deepfm.training.tune import tune
@@ -77,7 +77,16 @@ def _launch(argv: list[str], nproc: int) -> int:
             skip = True
         elif not a.startswith("--nproc="):
             rest.append(a)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "deepfm", *rest]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "deepfm",
+        *rest,
+    ]
     env = dict(os.environ)
     if "OMP_NUM_THREADS" not in env:
         # torchrun would give every rank one thread; share the cores this process may use.
@@ -90,26 +99,47 @@ def _launch(argv: list[str], nproc: int) -> int:
 def _resume_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """train --resume RUN's settings: only those that leave the model as it is may be given again."""
     fixed = {
-        "--data": args.data, "--valid": args.valid, "--test": args.test, "--split": args.split, "--config": args.config,
-        "--preset": args.preset, "--label": args.label, "--model": args.kind, "--embedding-dim": args.embedding_dim,
-        "--hidden": args.hidden, "--dropout": args.dropout, "--batch-size": args.batch_size, "--seed": args.seed,
-        "--l2-embedding": args.l2_embedding, "--min-count": args.min_count, "--cache-dir": args.cache_dir,
-        "--format": args.format, "--delimiter": args.delimiter, "--header": args.header, "--on-bad-row": args.on_bad_row,
-        "--checkpoint-every": args.checkpoint_every, "--neg-sample-rate": args.neg_sample_rate,
-        "--warm-start": args.warm_start, "--max-vocab": args.max_vocab, "--hash-buckets": args.hash_buckets,
-    }  # fmt: skip
+        "--data": args.data,
+        "--valid": args.valid,
+        "--test": args.test,
+        "--split": args.split,
+        **shape_flags(args),
+        "--batch-size": args.batch_size,
+        "--seed": args.seed,
+        "--l2-embedding": args.l2_embedding,
+        "--min-count": args.min_count,
+        "--cache-dir": args.cache_dir,
+        "--format": args.format,
+        "--delimiter": args.delimiter,
+        "--header": args.header,
+        "--on-bad-row": args.on_bad_row,
+        "--checkpoint-every": args.checkpoint_every,
+        "--neg-sample-rate": args.neg_sample_rate,
+        "--warm-start": args.warm_start,
+        "--max-vocab": args.max_vocab,
+        "--hash-buckets": args.hash_buckets,
+    }
     given = [flag for flag, value in fixed.items() if value is not None] + (["--no-cache"] if args.no_cache else [])
     if given:
         raise usage_error(f"--resume carries on the run as it was started; leave out {', '.join(given)}")
     return {
-        "lr": args.lr, "embedding_lr": args.embedding_lr, "epochs": args.epochs, "patience": args.patience,
-        "threads": args.threads, "device": args.device, "progress": False if args.quiet else None,
-    }  # fmt: skip
+        "lr": args.lr,
+        "embedding_lr": args.embedding_lr,
+        "epochs": args.epochs,
+        "patience": args.patience,
+        "threads": args.threads,
+        "device": args.device,
+        "progress": False if args.quiet else None,
+    }
 
 
 def _print_summary(out: Path, bundle: Any) -> int:
     m = bundle.metrics
-    summary = {k: m[k] for k in ("valid_auc", "valid_logloss", "test_auc", "test_logloss", "epochs", "train_samples_per_s") if k in m}
+    summary = {
+        k: m[k]
+        for k in ("valid_auc", "valid_logloss", "test_auc", "test_logloss", "epochs", "train_samples_per_s")
+        if k in m
+    }
     print(json.dumps({"out": str(out), **summary}))
     return 0
 
@@ -134,9 +164,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     summary = tune(
-        run_config(args), run_inputs(args), args.out, trials=args.trials,
-        timeout=args.minutes * 60 if args.minutes else None, keep_trials=args.keep_trials, metric=args.metric,
-    )  # fmt: skip
+        run_config(args),
+        run_inputs(args),
+        args.out,
+        trials=args.trials,
+        timeout=args.minutes * 60 if args.minutes else None,
+        keep_trials=args.keep_trials,
+        metric=args.metric,
+    )
     keys = ("trials", "pruned", "metric", "best_trial", "best_valid_auc", "best_valid_logloss", "best", "default")
     print(json.dumps({"best_config": str(args.out / "best.yaml"), **{k: summary[k] for k in keys}}, default=str))
     return 0

@@ -237,8 +237,12 @@ class DatasetWriter:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.id_dtype = np.dtype(id_dtype)
         self.meta = {
-            "rows": 0, "n_single": n_single, "n_values": n_values, "n_multi_hot": n_multi_hot, "id_dtype": self.id_dtype.name,
-        }  # fmt: skip
+            "rows": 0,
+            "n_single": n_single,
+            "n_values": n_values,
+            "n_multi_hot": n_multi_hot,
+            "id_dtype": self.id_dtype.name,
+        }
         self._ids = open(self.folder / "ids.bin", "wb")
         self._values = open(self.folder / "values.bin", "wb")
         self._labels = open(self.folder / "labels.bin", "wb")
@@ -257,9 +261,9 @@ class DatasetWriter:
             return
         assert chunk.labels is not None, "training data needs labels"
         # memoryview: write the array's memory without another copy
-        self._ids.write(memoryview(np.ascontiguousarray(chunk.ids[sl], dtype=self.id_dtype)))
-        self._values.write(memoryview(np.ascontiguousarray(chunk.values[sl])))
-        self._labels.write(memoryview(np.ascontiguousarray(chunk.labels[sl])))
+        self._ids.write(np.ascontiguousarray(chunk.ids[sl], dtype=self.id_dtype).data)
+        self._values.write(np.ascontiguousarray(chunk.values[sl]).data)
+        self._labels.write(np.ascontiguousarray(chunk.labels[sl]).data)
         for k, (offsets, ids) in enumerate(chunk.multi_hot):
             lo, hi = offsets[sl.start], offsets[sl.stop]
             self._mh[k][0].write((offsets[sl.start + 1 : sl.stop + 1] - lo + self._mh_nnz[k]).tobytes())
@@ -272,4 +276,3 @@ class DatasetWriter:
             f.close()
         (self.folder / "meta.json").write_text(json.dumps(self.meta))
         return EncodedDataset(self.folder)
-

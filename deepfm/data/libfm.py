@@ -102,12 +102,12 @@ class LibfmReader(Reader):
                         line=row0 + r + 1,
                         field=f"f{c + 1}",
                     )
-            columns = {"label": pa.array(labels, pa.string())}
+            arrays: dict[str, pa.Array] = {"label": pa.array(labels, pa.string())}
             ids_np = ids.to_numpy(zero_copy_only=False).reshape(-1, width)
             for c in range(width):
-                columns[f"f{c + 1}"] = pa.array(ids_np[:, c], pa.string())
+                arrays[f"f{c + 1}"] = pa.array(ids_np[:, c], pa.string())
             row0 += batch.num_rows
-            yield pa.RecordBatch.from_pydict(columns)
+            yield pa.RecordBatch.from_pydict(arrays)
 
 
 def _all_floats(values: pa.Array) -> bool:

@@ -27,7 +27,7 @@ class ParquetReader(Reader):
 
     def _batches(self, columns: list[str], numeric: set[str]) -> Iterator[pa.RecordBatch]:
         batch_rows = max(1024, self.options.block_size // 256)
-        return self._pq.iter_batches(batch_size=batch_rows, columns=columns)  # type: ignore[no-any-return]
+        return self._pq.iter_batches(batch_size=batch_rows, columns=columns)
 
     def locate(self, row: int) -> str:
         return f"row {row + 1}"

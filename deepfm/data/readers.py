@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from deepfm.data.libfm import LIBFM_LINE, LibfmReader
 from deepfm.data.parquet import ParquetReader
-from deepfm.data.source import ReadOptions, Reader, check_file, io_errors
+from deepfm.data.source import Reader, ReadOptions, check_file, io_errors
 from deepfm.data.text import TextReader
 
 FORMAT_READERS: dict[str, type[Reader]] = {"text": TextReader, "parquet": ParquetReader, "libfm": LibfmReader}

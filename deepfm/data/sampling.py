@@ -43,9 +43,11 @@ def downsample(part: EncodedDataset, rate: float, seed: int, folder: Path) -> En
             continue
         b = part.batch(keep)
         chunk = EncodedChunk(
-            ids=b.ids.numpy(), values=b.values.numpy(), labels=b.labels.numpy() if b.labels is not None else None,
+            ids=b.ids.numpy(),
+            values=b.values.numpy(),
+            labels=b.labels.numpy() if b.labels is not None else None,
             multi_hot=[(offsets_with_end(o.numpy(), len(keep), i.numpy().size), i.numpy()) for o, i in b.multi_hot],
-        )  # fmt: skip
+        )
         writer.append(chunk)
     return writer.close()
 

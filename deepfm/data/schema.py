@@ -68,7 +68,9 @@ class FieldSpec:
         if not isinstance(self.max_vocab, int) or self.max_vocab < 0:
             raise ConfigError(f"{where}: max_vocab must be an integer >= 0 (0: no cap), got {self.max_vocab!r}")
         if not isinstance(self.hash_buckets, int) or isinstance(self.hash_buckets, bool) or self.hash_buckets < 0:
-            raise ConfigError(f"{where}: hash_buckets must be an integer >= 0 (0: a vocabulary), got {self.hash_buckets!r}")
+            raise ConfigError(
+                f"{where}: hash_buckets must be an integer >= 0 (0: a vocabulary), got {self.hash_buckets!r}"
+            )
         if self.hash_buckets and self.kind == "numeric":
             raise ConfigError(f"{where}: hash_buckets applies to categorical and multi_hot fields, not numeric ones")
         _check_choice(where, "mode", self.mode, NUMERIC_MODES)
@@ -173,7 +175,7 @@ class Schema:
             label=str(data.get("label", "label")),
             fields=specs,
             columns=tuple(columns) if columns is not None else None,
-            label_values=tuple(data.get("label_values", (0.0, 1.0))),  # type: ignore[arg-type]
+            label_values=tuple(data.get("label_values", (0.0, 1.0))),
         )
 
 

@@ -35,9 +35,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from deepfm.errors import ConfigError
-from deepfm.data.source import Reader
 from deepfm.data.schema import FieldSpec, Schema
+from deepfm.data.source import Reader
+from deepfm.errors import ConfigError
 
 SAMPLE_ROWS = 100_000  # rows of a file looked at
 SMALL_CODE_SET = 32
@@ -52,16 +52,89 @@ LIST_SEPARATORS = ("|", ";", ",")
 LIST_SHARE = 0.05  # of the values holding a separator, for a list column
 
 _ID_WORDS = {
-    "id", "ids", "uid", "uuid", "key", "code", "zip", "zipcode", "postcode", "postal", "user", "users", "item", "items",
-    "movie", "product", "sku", "ad", "ads", "advertiser", "campaign", "creative", "site", "app", "device", "publisher",
-    "domain", "category", "cat", "type", "brand", "store", "shop", "country", "city", "region", "state", "gender",
-    "occupation", "os", "browser", "model", "channel", "slot", "placement", "partner", "merchant", "hash",
-}  # fmt: skip
+    "id",
+    "ids",
+    "uid",
+    "uuid",
+    "key",
+    "code",
+    "zip",
+    "zipcode",
+    "postcode",
+    "postal",
+    "user",
+    "users",
+    "item",
+    "items",
+    "movie",
+    "product",
+    "sku",
+    "ad",
+    "ads",
+    "advertiser",
+    "campaign",
+    "creative",
+    "site",
+    "app",
+    "device",
+    "publisher",
+    "domain",
+    "category",
+    "cat",
+    "type",
+    "brand",
+    "store",
+    "shop",
+    "country",
+    "city",
+    "region",
+    "state",
+    "gender",
+    "occupation",
+    "os",
+    "browser",
+    "model",
+    "channel",
+    "slot",
+    "placement",
+    "partner",
+    "merchant",
+    "hash",
+}
 _AMOUNT_WORDS = {
-    "count", "counts", "cnt", "num", "number", "amount", "price", "cost", "revenue", "spend", "clicks", "impressions",
-    "views", "visits", "sessions", "duration", "seconds", "length", "size", "total", "sum", "balance", "quantity", "qty",
-    "distance", "weight", "height", "income", "salary", "score", "rating", "age",
-}  # fmt: skip
+    "count",
+    "counts",
+    "cnt",
+    "num",
+    "number",
+    "amount",
+    "price",
+    "cost",
+    "revenue",
+    "spend",
+    "clicks",
+    "impressions",
+    "views",
+    "visits",
+    "sessions",
+    "duration",
+    "seconds",
+    "length",
+    "size",
+    "total",
+    "sum",
+    "balance",
+    "quantity",
+    "qty",
+    "distance",
+    "weight",
+    "height",
+    "income",
+    "salary",
+    "score",
+    "rating",
+    "age",
+}
 
 
 @dataclass(frozen=True)
@@ -90,7 +163,11 @@ def infer_schema(reader: Reader, label: str = "label") -> tuple[Schema, list[Gue
         rows += chunk.table.num_rows
         if rows >= SAMPLE_ROWS:
             break
-    sample = pa.concat_tables(parts).slice(0, SAMPLE_ROWS) if parts else pa.table({c: pa.array([], pa.string()) for c in reader.columns})
+    sample = (
+        pa.concat_tables(parts).slice(0, SAMPLE_ROWS)
+        if parts
+        else pa.table({c: pa.array([], pa.string()) for c in reader.columns})
+    )
     guesses = infer_fields(sample, exclude=(label,))
     return Schema(label=label, fields=tuple(g.spec for g in guesses)), guesses
 
@@ -119,7 +196,13 @@ def schema_yaml(schema: Schema, guesses: list[Guess], source: str) -> str:
 def _yaml_scalar(value: str) -> str:
     import json
 
-    plain = re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]*", value) is not None and value not in ("true", "false", "null", "yes", "no")
+    plain = re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]*", value) is not None and value not in (
+        "true",
+        "false",
+        "null",
+        "yes",
+        "no",
+    )
     return value if plain else json.dumps(value)  # JSON strings are YAML strings
 
 
@@ -195,7 +278,9 @@ def _text(name: str, column: pa.ChunkedArray | pa.Array, options: dict[str, Any]
         sep = best[1]
         tokens = pc.unique(pc.utf8_trim_whitespace(pc.list_flatten(pc.split_pattern(values, sep))))
         if len(tokens) < len(values):
-            reason = f"lists: {best[0]:.0%} of {len(values):,} distinct values hold {sep!r}, {len(tokens):,} distinct items"
+            reason = (
+                f"lists: {best[0]:.0%} of {len(values):,} distinct values hold {sep!r}, {len(tokens):,} distinct items"
+            )
             return Guess(FieldSpec(name=name, kind="multi_hot", separator=sep, **options), reason)
     return _categorical(name, f"text, {len(values):,} distinct values", options)
 

@@ -62,11 +62,22 @@ class Source(Protocol):
     source writes missing values and labels."""
 
     path: Path
-    format: str  # text | parquet | libfm | table
-    # Empty text fields arrive as nulls already (a CSV reader's nulls); elsewhere "" is turned
-    # into a missing value by the column parsers.
-    blank_is_null: bool
-    signed_labels: bool  # labels are 1 and 0 or -1 (libFM), not 1 and 0
+
+    @property
+    def format(self) -> str:
+        """text | parquet | libfm | table"""
+        ...
+
+    @property
+    def blank_is_null(self) -> bool:
+        """Empty text fields arrive as nulls already (a CSV reader's nulls); elsewhere "" is
+        turned into a missing value by the column parsers."""
+        ...
+
+    @property
+    def signed_labels(self) -> bool:
+        """Labels are 1 and 0 or -1 (libFM), not 1 and 0."""
+        ...
 
     def locate(self, row: int) -> str:
         """Location of 0-based data row ``row`` as a user sees it: ``line 17``, ``row 3``."""

@@ -53,7 +53,9 @@ class SynthSetting:
         if not 0.001 <= self.card_scale <= 100:
             raise ValueError(f"card_scale must be in [0.001, 100], got {self.card_scale}")
         if not _MIN_ZIPF + self.zipf_shift >= 0.1:
-            raise ValueError(f"zipf_shift must keep every Zipf exponent >= 0.1 (>= {0.1 - _MIN_ZIPF:.2f}), got {self.zipf_shift}")
+            raise ValueError(
+                f"zipf_shift must keep every Zipf exponent >= 0.1 (>= {0.1 - _MIN_ZIPF:.2f}), got {self.zipf_shift}"
+            )
         if self.numeric_share is not None and not 0.01 <= self.numeric_share <= 0.99:
             raise ValueError(f"numeric_share must be in [0.01, 0.99], got {self.numeric_share}")
         # Above ~0.95 the calibration's scale search (up to 50) cannot reach the target.

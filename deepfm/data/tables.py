@@ -41,9 +41,7 @@ class TableSource:
             yield Chunk(table=table.slice(start, batch_rows), row0=start, reader=self)
 
 
-def as_table(
-    data: object, numeric: set[str] | None = None, multi_hot: dict[str, str] | None = None
-) -> pa.Table:
+def as_table(data: object, numeric: set[str] | None = None, multi_hot: dict[str, str] | None = None) -> pa.Table:
     """Arrow table from a list of dicts, a pandas or polars DataFrame, or an Arrow table.
 
     Records are built column by column so a value of the wrong type names its record and field.
@@ -55,9 +53,9 @@ def as_table(
     if isinstance(data, pa.RecordBatch):
         return pa.Table.from_batches([data])
     if hasattr(data, "to_arrow") and not isinstance(data, (list, tuple, dict)):  # polars
-        return data.to_arrow()  # type: ignore[no-any-return, attr-defined]
+        return data.to_arrow()
     if type(data).__module__.startswith("pandas"):
-        return pa.Table.from_pandas(data, preserve_index=False)  # type: ignore[arg-type]
+        return pa.Table.from_pandas(data, preserve_index=False)
     if isinstance(data, dict):
         data = [data]
     if not isinstance(data, (list, tuple)):

@@ -40,7 +40,9 @@ class TextReader(Reader):
         try:
             first_fields = next(csv.reader([first.decode("utf-8", errors="replace")], delimiter=delim))
         except csv.Error as exc:  # a lone carriage return inside the line, say
-            raise DataError(f"cannot split the first line into fields ({exc}): {first[:120]!r}", path=str(self.path), line=1) from None
+            raise DataError(
+                f"cannot split the first line into fields ({exc}): {first[:120]!r}", path=str(self.path), line=1
+            ) from None
         header = self.options.header
         if header == "auto":
             if column_names is not None:

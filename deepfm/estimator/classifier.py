@@ -43,8 +43,15 @@ from deepfm.data.schema_inference import guess_field
 from deepfm.errors import BundleError, ConfigError, DataError
 from deepfm.estimator.labels import encode_labels, fit_labels, holdout
 from deepfm.estimator.tables import (
-    align, default_kind, eval_pair, integral, join_lists, list_separator, to_table, write_parquet,
-)  # fmt: skip
+    align,
+    default_kind,
+    eval_pair,
+    integral,
+    join_lists,
+    list_separator,
+    to_table,
+    write_parquet,
+)
 from deepfm.training import train
 
 ESTIMATOR_FILE = "estimator.json"  # classes, feature names and parameters, beside the bundle
@@ -175,17 +182,30 @@ class DeepFMClassifier(ClassifierMixin, BaseEstimator):
     def _model_config(self) -> ModelConfig:
         hidden = (self.hidden,) if isinstance(self.hidden, int) else tuple(self.hidden)
         return ModelConfig(
-            kind=self.kind, embedding_dim=self.embedding_dim, hidden=hidden, activation=self.activation,
-            dropout=self.dropout, batch_norm=self.batch_norm, cross_layers=self.cross_layers,
-        )  # fmt: skip
+            kind=self.kind,
+            embedding_dim=self.embedding_dim,
+            hidden=hidden,
+            activation=self.activation,
+            dropout=self.dropout,
+            batch_norm=self.batch_norm,
+            cross_layers=self.cross_layers,
+        )
 
     def _train_config(self) -> TrainConfig:
         return TrainConfig(
-            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, embedding_lr=self.embedding_lr,
-            l2_embedding=self.l2_embedding, weight_decay=self.weight_decay, patience=self.patience,
-            lr_decay=self.lr_decay, seed=self.seed, device=self.device, threads=self.threads,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            embedding_lr=self.embedding_lr,
+            l2_embedding=self.l2_embedding,
+            weight_decay=self.weight_decay,
+            patience=self.patience,
+            lr_decay=self.lr_decay,
+            seed=self.seed,
+            device=self.device,
+            threads=self.threads,
             progress=bool(self.verbose),
-        )  # fmt: skip
+        )
 
     def _validation_fraction(self) -> float:
         f = self.validation_fraction
@@ -222,7 +242,9 @@ class DeepFMClassifier(ClassifierMixin, BaseEstimator):
         elif isinstance(override, str):
             options["kind"] = override
         elif override is not None:
-            raise ConfigError(f"fields[{name!r}]: expected a kind {list(KINDS)} or a dict of field options, got {override!r}")
+            raise ConfigError(
+                f"fields[{name!r}]: expected a kind {list(KINDS)} or a dict of field options, got {override!r}"
+            )
         if kind_of_type is None and "kind" not in options:
             raise ConfigError(
                 f"column {name!r} has Arrow type {columns[0].type}, which has no default kind; "
@@ -230,7 +252,9 @@ class DeepFMClassifier(ClassifierMixin, BaseEstimator):
             )
         if kind_of_type == "multi_hot":
             if options.setdefault("kind", "multi_hot") != "multi_hot":
-                raise ConfigError(f"column {name!r} holds lists: it can only be a multi_hot field, not {options['kind']!r}")
+                raise ConfigError(
+                    f"column {name!r} holds lists: it can only be a multi_hot field, not {options['kind']!r}"
+                )
             options["separator"] = list_separator(name, columns, options.get("separator"))
         else:
             # The rules files get (deepfm.schema_inference), on X's values: kind, binning, separator.
@@ -283,13 +307,17 @@ class DeepFMClassifier(ClassifierMixin, BaseEstimator):
         bundle = Bundle.load(folder, device=device)  # checks every file against the manifest
         path = Path(folder) / ESTIMATOR_FILE
         if not path.is_file():
-            raise BundleError(f"{folder}: no {ESTIMATOR_FILE}, so not saved by DeepFMClassifier.save; use deepfm.Bundle.load")
+            raise BundleError(
+                f"{folder}: no {ESTIMATOR_FILE}, so not saved by DeepFMClassifier.save; use deepfm.Bundle.load"
+            )
         try:
             meta = json.loads(path.read_text())
             params = dict(meta["params"])
             params["hidden"] = tuple(params["hidden"]) if isinstance(params["hidden"], list) else params["hidden"]
             est = cls(**params)
-            classes = np.asarray(meta["classes"], dtype=object if meta["classes_dtype"] == "object" else meta["classes_dtype"])
+            classes = np.asarray(
+                meta["classes"], dtype=object if meta["classes_dtype"] == "object" else meta["classes_dtype"]
+            )
             est._set_fitted(bundle, classes, meta["feature_names_in"], int(meta["n_features_in"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{path}: not what DeepFMClassifier.save writes ({exc!r})") from None

@@ -14,8 +14,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from deepfm.bundle import Bundle
-from deepfm.data.tables import as_table
 from deepfm.data.schema import Schema
+from deepfm.data.tables import as_table
 from deepfm.errors import ConfigError, DataError
 from deepfm.estimator.labels import is_missing
 
@@ -79,6 +79,7 @@ def _from_array(X: Any, what: str) -> pa.Table:
 def _mixed_types(values: list[Any], name: str, what: str, exc: Exception) -> DataError:
     """The error for a column Arrow cannot convert: the first record whose type differs from
     the column's first value (text among numbers, say)."""
+
     def sort(v: Any) -> str:
         is_number = isinstance(v, (int, float, np.number)) and not isinstance(v, (bool, np.bool_))
         return "a number" if is_number else "text" if isinstance(v, str) else type(v).__name__
@@ -86,7 +87,11 @@ def _mixed_types(values: list[Any], name: str, what: str, exc: Exception) -> Dat
     present = [(i, v) for i, v in enumerate(values) if not is_missing(v)]
     for i, v in present:
         if sort(v) != sort(present[0][1]):
-            return DataError(f"{what}: expected {sort(present[0][1])} as in record {present[0][0]}, got {v!r}", line=f"record {i}", field=name)
+            return DataError(
+                f"{what}: expected {sort(present[0][1])} as in record {present[0][0]}, got {v!r}",
+                line=f"record {i}",
+                field=name,
+            )
     return DataError(f"{what}: cannot convert the column ({exc})", field=name)
 
 
@@ -138,9 +143,17 @@ def _is_scalar(t: pa.DataType) -> bool:
     if pa.types.is_dictionary(t):
         t = t.value_type
     return any(
-        check(t) for check in (pa.types.is_string, pa.types.is_large_string, _is_string_view, pa.types.is_integer,
-                               pa.types.is_floating, pa.types.is_boolean, pa.types.is_null)
-    )  # fmt: skip
+        check(t)
+        for check in (
+            pa.types.is_string,
+            pa.types.is_large_string,
+            _is_string_view,
+            pa.types.is_integer,
+            pa.types.is_floating,
+            pa.types.is_boolean,
+            pa.types.is_null,
+        )
+    )
 
 
 def align(data: tuple[pa.Table, bool], names: list[str], fitted_named: bool, what: str) -> pa.Table:
@@ -156,11 +169,21 @@ def align(data: tuple[pa.Table, bool], names: list[str], fitted_named: bool, wha
             )
         return table.select(names)
     if table.num_columns != len(names):
-        raise ValueError(f"{what} has {table.num_columns} features, but DeepFMClassifier is expecting {len(names)} features as input")
+        raise ValueError(
+            f"{what} has {table.num_columns} features, but DeepFMClassifier is expecting {len(names)} features as input"
+        )
     if named:
-        warnings.warn(f"{what} has feature names, but DeepFMClassifier was fitted without feature names", UserWarning)
+        warnings.warn(
+            f"{what} has feature names, but DeepFMClassifier was fitted without feature names",
+            UserWarning,
+            stacklevel=3,
+        )
     elif fitted_named:
-        warnings.warn(f"{what} does not have valid feature names, but DeepFMClassifier was fitted with feature names", UserWarning)
+        warnings.warn(
+            f"{what} does not have valid feature names, but DeepFMClassifier was fitted with feature names",
+            UserWarning,
+            stacklevel=3,
+        )
     return table.rename_columns(names)
 
 
@@ -176,6 +199,7 @@ def eval_pair(eval_set: Any) -> tuple[Any, Any]:
 def list_separator(name: str, columns: list[pa.ChunkedArray], given: str | None) -> str:
     """A separator that no value of the list column holds (or the given one, checked)."""
     values = [_list_values(chunk) for col in columns for chunk in col.chunks]
+
     def occurs(sep: str) -> bool:
         return any(pc.any(pc.match_substring(v, sep)).as_py() for v in values if len(v))
 
@@ -188,7 +212,9 @@ def list_separator(name: str, columns: list[pa.ChunkedArray], given: str | None)
     for sep in SEPARATORS:
         if not occurs(sep):
             return sep
-    raise ConfigError(f"column {name!r}: its list values hold every separator tried {list(SEPARATORS)}; give one with fields")
+    raise ConfigError(
+        f"column {name!r}: its list values hold every separator tried {list(SEPARATORS)}; give one with fields"
+    )
 
 
 def _list_values(chunk: pa.Array) -> pa.Array:

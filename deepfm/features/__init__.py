@@ -6,5 +6,5 @@ from deepfm.features.pipeline import FIRST_VALUE, MISSING, OOV, FeaturePipeline,
 
 __all__ = ["FIRST_VALUE", "MISSING", "OOV", "FeaturePipeline", "FieldState"]
 
-# deepfm 0.1's deepfm.features module held the encoded chunk too.
-__getattr__ = moved_names(__name__, {"EncodedChunk": "deepfm.data.encoded"})
+# deepfm 0.1's deepfm.features module held the encoded chunk and the spill budget too.
+__getattr__ = moved_names(__name__, {"EncodedChunk": "deepfm.data.encoded", "SPILL_MEMORY": "deepfm.features.counting"})

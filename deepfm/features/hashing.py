@@ -29,7 +29,11 @@ def hash64(strings: pa.Array | pa.ChunkedArray) -> np.ndarray:
     n = len(arr)
     _, off_buf, data_buf = arr.buffers()
     off_type = np.int64 if pa.types.is_large_string(arr.type) else np.int32
-    offsets = np.frombuffer(off_buf, dtype=off_type, count=n + 1, offset=arr.offset * np.dtype(off_type).itemsize) if n else np.zeros(1, off_type)
+    offsets = (
+        np.frombuffer(off_buf, dtype=off_type, count=n + 1, offset=arr.offset * np.dtype(off_type).itemsize)
+        if n
+        else np.zeros(1, off_type)
+    )
     data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
     starts = offsets[:-1].astype(np.int64)
     lengths = np.diff(offsets).astype(np.int64)

@@ -14,13 +14,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
-from deepfm.data.tables import TableSource, as_table, record_value
 from deepfm.data.columns import to_float
-from deepfm.data.source import Chunk
 from deepfm.data.schema import FieldSpec, Schema
+from deepfm.data.source import Chunk
+from deepfm.data.tables import TableSource, as_table, record_value
 from deepfm.errors import DataError
 from deepfm.features.pipeline import FeaturePipeline
 
@@ -88,7 +87,7 @@ class RecordChecker:
                 column[i] = x
         for name in text_numbers:  # numbers written as text: parsed and checked as in a file
             table = pa.table({name: pa.array([None if v is None else str(v) for v in columns[name]], pa.string())})
-            x = to_float(Chunk(table=table, row0=0, reader=TableSource(table)), name)  # type: ignore[arg-type]
+            x = to_float(Chunk(table=table, row0=0, reader=TableSource(table)), name)
             columns[name] = [None if v != v else float(v) for v in x.tolist()]
         return CheckedRecords(rows=n, columns=columns)
 
@@ -104,7 +103,9 @@ class RecordChecker:
         except ValueError as exc:
             raise DataError(str(exc), line=f"record {i}", field=key) from None
         except OverflowError:  # an integer beyond any float
-            raise DataError(f"expected a finite number, got an integer of {len(str(v))} digits", line=f"record {i}", field=key) from None
+            raise DataError(
+                f"expected a finite number, got an integer of {len(str(v))} digits", line=f"record {i}", field=key
+            ) from None
         if type(x) is float:
             if x != x:
                 return None  # NaN is a missing value, as in a file
@@ -156,31 +157,7 @@ def describe_fields(schema: Schema) -> list[dict[str, Any]]:
 def example_record(pipeline: FeaturePipeline) -> dict[str, Any]:
     """A record of typical values: each categorical's most frequent value, numbers inside
     the most common bin or at the training mean."""
-    out: dict[str, Any] = {}
-    for spec in pipeline.schema.fields:
-        st = pipeline.states[spec.name]
-        vocab = [] if st.vocab is None else st.vocab.slice(0, 2).to_pylist()
-        if spec.kind == "categorical":
-            out[spec.name] = vocab[0] if vocab else "a"
-        elif spec.kind == "multi_hot":
-            out[spec.name] = vocab or ["a"]
-        elif spec.is_scaled:
-            m = st.mean if "standardize" in spec.transform else 0.0
-            out[spec.name] = round(float(np.sign(m) * np.expm1(abs(m))) if "log1p" in spec.transform else m, 3)
-        elif spec.binning == "quantile":
-            out[spec.name] = round(st.edges[len(st.edges) // 2], 3) if st.edges else 0.0
-        else:
-            out[spec.name] = _log_bin_value(int(vocab[0])) if vocab else 0
-    return out
-
-
-def _log_bin_value(key: int) -> int | float:
-    """A number in log bin ``key`` (see the pipeline's log bins): small keys are the value
-    itself, larger ones sign * (100 + floor(log(|x|)^2))."""
-    if abs(key) < 100:
-        return key
-    b = abs(key) - 100
-    return int(np.sign(key)) * round(float(np.exp(np.sqrt(b + 0.5))), 1)
+    return {f.name: pipeline.encoders[f.name].example(pipeline.states[f.name]) for f in pipeline.schema.fields}
 
 
 def _accepts(spec: FieldSpec) -> str:

@@ -21,7 +21,12 @@ DECAY = 0.5  # weight of yesterday's count against today's: a half-life of one r
 
 
 def grow_vocabulary(
-    old_keys: pa.Array, old_counts: np.ndarray, new_keys: pa.Array, new_counts: np.ndarray, min_count: int, max_vocab: int
+    old_keys: pa.Array,
+    old_counts: np.ndarray,
+    new_keys: pa.Array,
+    new_counts: np.ndarray,
+    min_count: int,
+    max_vocab: int,
 ) -> tuple[pa.Array, np.ndarray, np.ndarray]:
     """Merge a field's fitted vocabulary with the keys counted in new data.
 

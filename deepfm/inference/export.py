@@ -39,8 +39,8 @@ import torch
 from torch import nn
 
 from deepfm.bundle import Bundle
-from deepfm.errors import BundleError, DeepFMError, require_extra
 from deepfm.data.encoded import EncodedChunk
+from deepfm.errors import BundleError, DeepFMError, require_extra
 from deepfm.features.pipeline import FeaturePipeline
 from deepfm.model.deepfm import DeepFM
 from deepfm.scoring import TorchEngine
@@ -210,9 +210,14 @@ def _export(module: nn.Module, args: tuple[torch.Tensor, ...], names: list[str],
     # forward(ids, *rest): the shapes follow that structure, and an empty *rest is left out.
     shapes = (dynamic[0], tuple(dynamic[1:])) if len(dynamic) > 1 else (dynamic[0],)
     return torch.onnx.export(
-        module, args, dynamo=True, input_names=names, output_names=["logit", "probability"],
-        dynamic_shapes=shapes, verbose=False,
-    )  # fmt: skip
+        module,
+        args,
+        dynamo=True,
+        input_names=names,
+        output_names=["logit", "probability"],
+        dynamic_shapes=shapes,
+        verbose=False,
+    )
 
 
 class OnnxEngine:
@@ -250,4 +255,3 @@ class OnnxEngine:
     def __call__(self, chunk: EncodedChunk) -> np.ndarray:
         (p,) = self.session.run(["probability"], graph_inputs(chunk, self.names))
         return p.astype(np.float64)
-

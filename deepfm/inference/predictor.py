@@ -15,8 +15,7 @@ import pyarrow.csv as pacsv
 
 from deepfm.bundle import Bundle
 from deepfm.data.readers import open_reader
-from deepfm.data.source import Reader
-from deepfm.data.source import ReadOptions
+from deepfm.data.source import Reader, ReadOptions
 from deepfm.errors import ConfigError, DataError
 from deepfm.inference.export import OnnxEngine
 from deepfm.model.calibration import Calibration, describe, fit, postprocess
@@ -44,14 +43,18 @@ class Predictor(Scorer):
 
 
 # ---------------------------------------------------------------- files
-def open_input(bundle: ScoredModel, path: str | Path, options: ReadOptions | None = None, need_label: bool = False) -> Reader:
+def open_input(
+    bundle: ScoredModel, path: str | Path, options: ReadOptions | None = None, need_label: bool = False
+) -> Reader:
     """A Reader for data to score with ``bundle``: same reading settings as training unless
     given; a headerless file may leave out the label column."""
     schema = bundle.config.schema
     reader = open_reader(path, options or bundle.config.data, column_names=schema.columns, optional_label=schema.label)
     reader.check_columns(schema.names, what="the model's schema")
     if need_label and schema.label not in reader.columns:
-        raise DataError(f"no label column {schema.label!r} to evaluate against; the file has {reader.columns}", path=str(path))
+        raise DataError(
+            f"no label column {schema.label!r} to evaluate against; the file has {reader.columns}", path=str(path)
+        )
     return reader
 
 
@@ -75,12 +78,15 @@ def scores(
     labels, probs = [], []
     for chunk in reader.chunks([schema.label, *schema.names], schema.numeric_columns):
         enc = predictor.pipeline.encode(chunk)
+        assert enc.labels is not None  # open_input checked the label column
         labels.append(enc.labels)
         probs.append(predictor.predict_encoded(enc, calibrated=calibrated))
     return np.concatenate(labels), np.concatenate(probs), reader.skipped
 
 
-def calibrate(bundle: Bundle, path: str | Path, method: str = "platt", options: ReadOptions | None = None) -> dict[str, Any]:
+def calibrate(
+    bundle: Bundle, path: str | Path, method: str = "platt", options: ReadOptions | None = None
+) -> dict[str, Any]:
     """Fit ``method`` (isotonic or platt) on the labelled rows of ``path`` -- rows the model
     did not train on -- and save it into the bundle's folder (calibration.json, manifest
     signed again). metrics.json gains ``calibration_fit``: the summary and reliability bins of
@@ -128,4 +134,3 @@ def predict_file(
 
 def _predictor(model: Bundle | Scorer) -> Scorer:
     return model if isinstance(model, Scorer) else model.predictor()
-

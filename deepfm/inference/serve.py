@@ -85,7 +85,9 @@ def load_predictor(settings: ServeSettings) -> Predictor:
 class RequestError(Exception):
     """A request the service refuses: an HTTP status and what to tell the client."""
 
-    def __init__(self, status: int, kind: str, message: str, record: int | None = None, field: str | None = None) -> None:
+    def __init__(
+        self, status: int, kind: str, message: str, record: int | None = None, field: str | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.kind, self.message, self.record, self.field = status, kind, message, record, field
 
@@ -115,12 +117,20 @@ async def _read_body(request: Any, limit: int) -> bytes:
         if not declared.isdigit():
             raise RequestError(400, "bad_request", f"Content-Length is not a number: {declared!r}")
         if int(declared) > limit:
-            raise RequestError(413, "body_too_large", f"the body is {int(declared)} bytes; this server takes at most {limit} (deepfm serve --max-body-bytes)")
+            raise RequestError(
+                413,
+                "body_too_large",
+                f"the body is {int(declared)} bytes; this server takes at most {limit} (deepfm serve --max-body-bytes)",
+            )
     body = bytearray()
     async for part in request.stream():
         body += part
         if len(body) > limit:  # a chunked body has no Content-Length to check up front
-            raise RequestError(413, "body_too_large", f"the body is over {limit} bytes; this server takes at most {limit} (deepfm serve --max-body-bytes)")
+            raise RequestError(
+                413,
+                "body_too_large",
+                f"the body is over {limit} bytes; this server takes at most {limit} (deepfm serve --max-body-bytes)",
+            )
     return bytes(body)
 
 
@@ -135,17 +145,25 @@ def parse_records(body: bytes, max_records: int) -> list[Any]:
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise RequestError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
-        raise RequestError(422, "invalid_body", f'expected a JSON object {{"records": [...]}}, got {json_type(payload)}')
+        raise RequestError(
+            422, "invalid_body", f'expected a JSON object {{"records": [...]}}, got {json_type(payload)}'
+        )
     unknown = sorted(set(payload) - {"records"})
     if unknown:
         raise RequestError(422, "invalid_body", f'unknown key(s) {unknown}; the body is {{"records": [...]}}')
     if "records" not in payload:
-        raise RequestError(422, "invalid_body", 'missing "records": the body is {"records": [{field: value, ...}, ...]}')
+        raise RequestError(
+            422, "invalid_body", 'missing "records": the body is {"records": [{field: value, ...}, ...]}'
+        )
     records = payload["records"]
     if not isinstance(records, list):
         raise RequestError(422, "invalid_body", f'"records" must be a list of objects, got {json_type(records)}')
     if len(records) > max_records:
-        raise RequestError(413, "too_many_records", f"{len(records)} records; this server takes at most {max_records} per request (deepfm serve --max-records)")
+        raise RequestError(
+            413,
+            "too_many_records",
+            f"{len(records)} records; this server takes at most {max_records} per request (deepfm serve --max-records)",
+        )
     return records
 
 
@@ -218,11 +236,8 @@ class Batcher:
 def create_app(predictor: Predictor, settings: ServeSettings) -> Any:
     """The FastAPI app serving ``predictor`` (whose process is this server)."""
     require_extra("serve", "fastapi", "uvicorn")
-    from fastapi import FastAPI, Request
-    from fastapi.concurrency import run_in_threadpool
+    from fastapi import FastAPI
     from fastapi.responses import Response
-    from starlette.exceptions import HTTPException
-    from starlette.requests import ClientDisconnect
 
     from deepfm._version import __version__
 
@@ -247,21 +262,7 @@ def create_app(predictor: Predictor, settings: ServeSettings) -> Any:
     def json_response(data: Any, status: int = 200) -> Response:
         return Response(json.dumps(data).encode(), status_code=status, media_type="application/json")
 
-    @app.exception_handler(RequestError)
-    async def request_error(_: Request, exc: RequestError) -> Response:
-        return Response(exc.body(), status_code=exc.status, media_type="application/json")
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> Response:
-        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        error = RequestError(exc.status_code, kind, f"{exc.detail}: {request.method} {request.url.path}")
-        return Response(error.body(), status_code=exc.status_code, media_type="application/json", headers=exc.headers)
-
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception) -> Response:
-        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
-        body = RequestError(500, "internal_error", "the server failed to score this request; see its log").body()
-        return Response(body, status_code=500, media_type="application/json")
+    _add_error_handlers(app)
 
     @app.get("/health", summary="Liveness, and which model is served")
     async def health() -> Response:
@@ -269,7 +270,25 @@ def create_app(predictor: Predictor, settings: ServeSettings) -> Any:
 
     @app.get("/schema", summary="The fields a record may hold, their kinds, an example record")
     async def schema() -> Response:
-        return json_response({**description, "max_records": settings.max_records, "max_body_bytes": settings.max_body_bytes})
+        return json_response(
+            {**description, "max_records": settings.max_records, "max_body_bytes": settings.max_body_bytes}
+        )
+
+    _add_predict_route(app, predictor, settings, batcher, json_response)
+    return app
+
+
+def _add_predict_route(
+    app: Any, predictor: Predictor, settings: ServeSettings, batcher: Batcher, json_response: Callable[..., Any]
+) -> None:
+    """POST /predict: records checked (on a worker thread when many), then scored in the
+    batcher's next micro-batch with other requests' records."""
+    from fastapi import Request
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.responses import Response
+    from starlette.requests import ClientDisconnect
+
+    model_id = predictor.model_id
 
     @app.post(
         "/predict",
@@ -293,15 +312,39 @@ def create_app(predictor: Predictor, settings: ServeSettings) -> Any:
         probs = await batcher.submit(checked) if records else np.zeros(0)
         return json_response({"probabilities": probs.tolist(), "model": model_id})
 
-    return app
+
+def _add_error_handlers(app: Any) -> None:
+    """Every error answers as JSON (RequestError's body): request errors with their status,
+    routing errors with theirs, and anything else as a 500 that is logged here."""
+    from fastapi import Request
+    from fastapi.responses import Response
+    from starlette.exceptions import HTTPException
+
+    @app.exception_handler(RequestError)
+    async def request_error(_: Request, exc: RequestError) -> Response:
+        return Response(exc.body(), status_code=exc.status, media_type="application/json")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        error = RequestError(exc.status_code, kind, f"{exc.detail}: {request.method} {request.url.path}")
+        return Response(error.body(), status_code=exc.status_code, media_type="application/json", headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        body = RequestError(500, "internal_error", "the server failed to score this request; see its log").body()
+        return Response(body, status_code=500, media_type="application/json")
 
 
 def _predict_openapi(predictor: Predictor, settings: ServeSettings) -> dict[str, Any]:
     """The /predict request and responses for /docs, from the model's fields."""
-    kinds = {
+    kinds: dict[str, dict[str, Any]] = {
         "numeric": {"type": ["number", "string", "null"]},
         "categorical": {"type": ["string", "number", "null"]},
-        "multi_hot": {"anyOf": [{"type": "array", "items": {"type": ["string", "number"]}}, {"type": ["string", "null"]}]},
+        "multi_hot": {
+            "anyOf": [{"type": "array", "items": {"type": ["string", "number"]}}, {"type": ["string", "null"]}]
+        },
     }
     record = {
         "type": "object",
@@ -390,8 +433,12 @@ def serve(
     if not Path(settings.model).exists():
         raise ConfigError(f"{settings.model}: no such model folder")
     predictor = load_predictor(settings)
-    options: dict[str, Any] = dict(host=host, port=port, access_log=access_log, log_level=log_level, timeout_graceful_shutdown=5)
-    log.info("serving %s on http://%s:%d (%d worker%s)", predictor.model_id, host, port, workers, "s" if workers > 1 else "")
+    options: dict[str, Any] = dict(
+        host=host, port=port, access_log=access_log, log_level=log_level, timeout_graceful_shutdown=5
+    )
+    log.info(
+        "serving %s on http://%s:%d (%d worker%s)", predictor.model_id, host, port, workers, "s" if workers > 1 else ""
+    )
     if workers == 1:
         app = create_app(predictor, settings)
         settle_gc()

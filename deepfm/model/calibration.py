@@ -51,24 +51,33 @@ class Calibration:
 
     def to_json(self) -> str:
         return json.dumps(
-            {"neg_sample_rate": self.neg_sample_rate, "method": self.method, "platt": list(self.platt),
-             "x": list(self.x), "y": list(self.y)},
+            {
+                "neg_sample_rate": self.neg_sample_rate,
+                "method": self.method,
+                "platt": list(self.platt),
+                "x": list(self.x),
+                "y": list(self.y),
+            },
             indent=1,
-        )  # fmt: skip
+        )
 
     @classmethod
     def from_json(cls, text: str | bytes, where: str = FILE) -> Calibration:
         try:
             raw = json.loads(text)
             return cls(
-                neg_sample_rate=float(raw["neg_sample_rate"]), method=str(raw["method"]),
+                neg_sample_rate=float(raw["neg_sample_rate"]),
+                method=str(raw["method"]),
                 platt=(float(raw["platt"][0]), float(raw["platt"][1])),
-                x=tuple(float(v) for v in raw["x"]), y=tuple(float(v) for v in raw["y"]),
-            )  # fmt: skip
+                x=tuple(float(v) for v in raw["x"]),
+                y=tuple(float(v) for v in raw["y"]),
+            )
         except (ValueError, KeyError, TypeError, IndexError, ConfigError) as exc:
             raise BundleError(f"{where}: not a calibration this deepfm wrote ({exc})") from None
 
-    def with_fit(self, method: str, platt: tuple[float, float] = (1.0, 0.0), x: tuple[float, ...] = (), y: tuple[float, ...] = ()) -> Calibration:
+    def with_fit(
+        self, method: str, platt: tuple[float, float] = (1.0, 0.0), x: tuple[float, ...] = (), y: tuple[float, ...] = ()
+    ) -> Calibration:
         """The same downsampling correction with another fitted part."""
         return Calibration(self.neg_sample_rate, method, platt, x, y)
 
@@ -96,7 +105,9 @@ def fit(probs: np.ndarray, labels: np.ndarray, method: str, base: Calibration = 
     if method not in ("platt", "isotonic"):
         raise ConfigError(f"--method must be platt or isotonic, got {method!r}")
     if p.size == 0 or y.min() == y.max():
-        raise ConfigError(f"calibration needs rows of both classes; got {p.size} rows with labels {sorted(set(y.tolist()))}")
+        raise ConfigError(
+            f"calibration needs rows of both classes; got {p.size} rows with labels {sorted(set(y.tolist()))}"
+        )
     if method == "platt":
         return base.with_fit("platt", platt=fit_platt(logit(p), y))
     try:
@@ -115,7 +126,9 @@ def fit_platt(z: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
     x, t = torch.from_numpy(np.asarray(z, dtype=np.float64)), torch.from_numpy(np.asarray(y, dtype=np.float64))
     ab = torch.tensor([1.0, 0.0], dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([ab], lr=1.0, max_iter=200, tolerance_grad=1e-12, tolerance_change=1e-15, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [ab], lr=1.0, max_iter=200, tolerance_grad=1e-12, tolerance_change=1e-15, line_search_fn="strong_wolfe"
+    )
 
     def loss() -> torch.Tensor:
         opt.zero_grad()
@@ -123,7 +136,7 @@ def fit_platt(z: np.ndarray, y: np.ndarray) -> tuple[float, float]:
         value.backward()
         return value
 
-    opt.step(loss)  # type: ignore[arg-type]
+    opt.step(loss)
     a, b = (float(v) for v in ab.detach())
     return a, b
 
@@ -136,4 +149,3 @@ def describe(state: Calibration) -> dict[str, Any]:
     elif state.method == "isotonic":
         out["points"] = len(state.x)
     return out
-

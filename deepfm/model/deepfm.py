@@ -14,7 +14,7 @@ The ablations switch parts off on the same code: ``lr`` (bias + first order), ``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -23,6 +23,7 @@ from torch.profiler import record_function
 from deepfm.config import ModelConfig
 from deepfm.data.encoded import Batch
 from deepfm.model.layers import MLP, CrossNetwork, FieldEmbedding, fm_pairwise
+
 
 @dataclass(frozen=True)
 class InputLayout:
@@ -77,7 +78,8 @@ class DeepFM(nn.Module):
         config = config.resolved(layout)
         self.layout, self.config = layout, config
         d = config.embedding_dim
-        self.embedding = embedding or FieldEmbedding(
+        # Typed as the shared table: a replacement (deepfm.training.sharded) answers its forward.
+        self.embedding: FieldEmbedding = cast(FieldEmbedding, embedding) or FieldEmbedding(
             layout.num_embeddings, d, list(layout.scaled_positions), list(layout.poolings), float(config.init_std)
         )
         self.bias = nn.Parameter(torch.zeros(1))
@@ -85,7 +87,9 @@ class DeepFM(nn.Module):
         self.cross = CrossNetwork(in_dim, config.cross_layers) if config.kind == "dcn" else None
         if config.uses_dnn:
             mlp_in = in_dim * 2 if self.cross is not None else in_dim
-            self.dnn: MLP | None = MLP(mlp_in, list(config.hidden), config.activation, config.dropout, bool(config.batch_norm))
+            self.dnn: MLP | None = MLP(
+                mlp_in, list(config.hidden), config.activation, config.dropout, bool(config.batch_norm)
+            )
         else:
             self.dnn = None
 

@@ -22,6 +22,8 @@ class FieldEmbedding(nn.Module):
       -> (B, F, D+1): row vectors, scaled numerics multiplied by their value, multi-hot pooled.
     """
 
+    scaled: torch.Tensor  # (V,) int64 buffer: the columns of ids that scaled numerics multiply
+
     def __init__(
         self,
         num_embeddings: int,
@@ -106,7 +108,9 @@ def pool_bags(rows: torch.Tensor, offsets: torch.Tensor, mode: str) -> torch.Ten
     starts = torch.zeros(nnz + 1, dtype=offsets.dtype, device=rows.device)
     starts = starts.scatter_add(0, offsets, torch.ones_like(offsets))[:nnz]
     bag = starts.cumsum(0) - 1
-    pooled = torch.zeros((offsets.shape[0], rows.shape[1]), dtype=rows.dtype, device=rows.device).index_add(0, bag, rows)
+    pooled = torch.zeros((offsets.shape[0], rows.shape[1]), dtype=rows.dtype, device=rows.device).index_add(
+        0, bag, rows
+    )
     if mode == "sum":
         return pooled
     sizes = torch.diff(offsets, append=offsets.new_full((1,), nnz)).clamp(min=1)

@@ -39,7 +39,9 @@ class RowAdam:
         self._position: torch.Tensor | None = None
 
     @torch.no_grad()
-    def step(self, ids: torch.Tensor, grads: torch.Tensor, rows: torch.Tensor | None = None, batch_size: int = 1) -> None:
+    def step(
+        self, ids: torch.Tensor, grads: torch.Tensor, rows: torch.Tensor | None = None, batch_size: int = 1
+    ) -> None:
         """ids (K,) int64, grads (K, C): one row per occurrence; rows (K, C) the values that
         were looked up (for L2), or None; batch_size B scales the L2 term."""
         if self.l2 and rows is not None:
@@ -73,6 +75,7 @@ class RowAdam:
             self._seen = torch.zeros(n, dtype=torch.bool, device=ids.device)
             self._position = torch.empty(n, dtype=torch.int64, device=ids.device)
         seen, position = self._seen, self._position
+        assert position is not None
         seen[ids] = True
         uniq = seen.nonzero().squeeze(1)
         seen[uniq] = False  # clean for the next step: O(distinct ids), not O(table)
@@ -85,7 +88,7 @@ class RowAdam:
     def load_state_dict(self, state: dict[str, torch.Tensor | int | float]) -> None:
         self.exp_avg.copy_(state["exp_avg"])  # type: ignore[arg-type]
         self.exp_avg_sq.copy_(state["exp_avg_sq"])  # type: ignore[arg-type]
-        self.steps, self.lr = int(state["steps"]), float(state["lr"])  # type: ignore[arg-type]
+        self.steps, self.lr = int(state["steps"]), float(state["lr"])
 
 
 def dense_adam(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Adam:
@@ -101,7 +104,10 @@ def dense_adam(params: list[torch.nn.Parameter], lr: float, weight_decay: float)
 def deterministic() -> Iterator[None]:
     """torch's deterministic algorithms on for the block; the caller's settings (on or off,
     warn only or not) are put back afterwards, also when the block raises."""
-    was_on, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    was_on, warn_only = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     torch.use_deterministic_algorithms(True)
     try:
         yield

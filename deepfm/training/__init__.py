@@ -10,6 +10,18 @@ from deepfm.training.progress import History
 from deepfm.training.trainer import Trainer
 
 __all__ = [
-    "History", "Parts", "RunInputs", "Trainer", "calibrate_on_valid", "check_resume", "check_start",
-    "default_cache_dir", "parse_split", "prepare", "prepare_cached", "resume", "run_training", "train",
-]  # fmt: skip
+    "History",
+    "Parts",
+    "RunInputs",
+    "Trainer",
+    "calibrate_on_valid",
+    "check_resume",
+    "check_start",
+    "default_cache_dir",
+    "parse_split",
+    "prepare",
+    "prepare_cached",
+    "resume",
+    "run_training",
+    "train",
+]

@@ -114,8 +114,13 @@ def _encoder_version() -> str:
 
 def _load_prepared(folder: Path) -> tuple[FeaturePipeline, Parts]:
     done = json.loads((folder / "complete.json").read_text())
-    parts = {k: EncodedDataset(folder / k) if (folder / k / "meta.json").is_file() else None for k in ("train", "valid", "test")}
+    parts = {
+        k: EncodedDataset(folder / k) if (folder / k / "meta.json").is_file() else None
+        for k in ("train", "valid", "test")
+    }
     train_part = parts["train"]
     if train_part is None:
         raise DataError(f"cache entry {folder} has no training part")
-    return FeaturePipeline.load(folder), Parts(train_part, parts["valid"], parts["test"], done["skipped_rows"], done["rows_read"])
+    return FeaturePipeline.load(folder), Parts(
+        train_part, parts["valid"], parts["test"], done["skipped_rows"], done["rows_read"]
+    )

@@ -60,25 +60,35 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
             state = json.loads((f.metadata() or {})["state"])
             tensors = {k: f.get_tensor(k).clone() for k in f.keys()}
     except (OSError, SafetensorError, ValueError, KeyError, TypeError) as exc:
-        raise TrainingError(f"{path}: not a readable deepfm checkpoint ({exc}); start the run again without --resume") from None
+        raise TrainingError(
+            f"{path}: not a readable deepfm checkpoint ({exc}); start the run again without --resume"
+        ) from None
     return tensors, state
 
 
 # ---------------------------------------------------------------- a Trainer's state
-class Trainer(Protocol):
+class TrainerState(Protocol):
     """What a checkpoint holds of a :class:`deepfm.training.trainer.Trainer`."""
 
-    model: nn.Module
-    device: torch.device
-    ctx: Context
-    dense_opt: torch.optim.Optimizer
-    row_opt: RowAdam
-    stopping: EarlyStopping
-    progress: EpochProgress
+    # Read-only (properties) where a Trainer's own attribute is a narrower type (a DeepFM).
+    @property
+    def model(self) -> nn.Module: ...
+    @property
+    def device(self) -> torch.device: ...
+    @property
+    def ctx(self) -> Context: ...
+    @property
+    def dense_opt(self) -> torch.optim.Optimizer: ...
+    @property
+    def row_opt(self) -> RowAdam: ...
+    @property
+    def stopping(self) -> EarlyStopping: ...
+
+    progress: EpochProgress  # restored in place
     history: History
 
 
-def save_trainer(trainer: Trainer, path: Path) -> None:
+def save_trainer(trainer: TrainerState, path: Path) -> None:
     """Write ``trainer``'s state to ``path``. Collective: every rank calls it at the same step
     (each rank's generator is gathered); rank 0 writes."""
     rng = _rng_states(trainer)
@@ -109,17 +119,19 @@ def save_trainer(trainer: Trainer, path: Path) -> None:
         save_checkpoint(path, tensors, state)
 
 
-def restore_trainer(trainer: Trainer, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+def restore_trainer(trainer: TrainerState, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
     """Load a checkpoint written by :func:`save_trainer` into ``trainer``."""
     _check_resumable(trainer, state)
     try:
         _restore_weights(trainer, tensors, state)
         _restore_progress(trainer, tensors, state)
     except (KeyError, RuntimeError, TypeError, ValueError) as exc:
-        raise TrainingError(f"the checkpoint does not fit this model or trainer ({exc}); start the run again without --resume") from None
+        raise TrainingError(
+            f"the checkpoint does not fit this model or trainer ({exc}); start the run again without --resume"
+        ) from None
 
 
-def _check_resumable(trainer: Trainer, state: dict[str, Any]) -> None:
+def _check_resumable(trainer: TrainerState, state: dict[str, Any]) -> None:
     # A global batch is batch_size x world rows and the checkpoint counts global batches:
     # another world size would skip the wrong rows (and each rank has its own generator).
     world, here = state.get("world_size"), trainer.ctx.world  # None: written before deepfm recorded it
@@ -136,7 +148,7 @@ def _check_resumable(trainer: Trainer, state: dict[str, Any]) -> None:
         )
 
 
-def _restore_weights(trainer: Trainer, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+def _restore_weights(trainer: TrainerState, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
     """The model, the best weights, both optimizers and this rank's generators."""
 
     def part(prefix: str) -> dict[str, torch.Tensor]:
@@ -157,7 +169,7 @@ def _restore_weights(trainer: Trainer, tensors: dict[str, torch.Tensor], state: 
     _set_rng_states(trainer, tensors)
 
 
-def _restore_progress(trainer: Trainer, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+def _restore_progress(trainer: TrainerState, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
     """The epoch in progress, the history and early stopping's score. Rank 0 wrote its own rows
     of the epoch so far; the other ranks' are lost, which leaves the resumed epoch's training
     metrics on fewer rows (the weights are exact)."""
@@ -173,7 +185,7 @@ def _restore_progress(trainer: Trainer, tensors: dict[str, torch.Tensor], state:
     trainer.history = History(**state["history"])
 
 
-def _rng_states(trainer: Trainer) -> dict[str, torch.Tensor]:
+def _rng_states(trainer: TrainerState) -> dict[str, torch.Tensor]:
     """Every rank's random generators (dropout masks), for rank 0 to save: ``rng.torch``
     (world, S) uint8 and, on CUDA, ``rng.cuda`` the same for the rank's GPU."""
     states = {"rng.torch": torch.get_rng_state()}
@@ -182,7 +194,7 @@ def _rng_states(trainer: Trainer) -> dict[str, torch.Tensor]:
     return {k: trainer.ctx.all_gather_rows(v.to(trainer.device).reshape(1, -1)).cpu() for k, v in states.items()}
 
 
-def _set_rng_states(trainer: Trainer, tensors: dict[str, torch.Tensor]) -> None:
+def _set_rng_states(trainer: TrainerState, tensors: dict[str, torch.Tensor]) -> None:
     """This rank's generators from :func:`_rng_states`' tensors (an older checkpoint has one
     (S,) state, which every rank takes)."""
     for key in ("rng.torch", "rng.cuda"):

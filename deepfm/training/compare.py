@@ -16,18 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from deepfm.config import RunConfig
+from deepfm.config import MODEL_KINDS, RunConfig
 from deepfm.errors import ConfigError
-from deepfm.config import MODEL_KINDS
 from deepfm.training.inputs import RunInputs
 from deepfm.training.job import run_training
 
 log = logging.getLogger(__name__)
 
 
-def compare(
-    config: RunConfig, inputs: RunInputs, out: str | Path, models: list[str], seeds: int = 3
-) -> dict[str, Any]:
+def compare(config: RunConfig, inputs: RunInputs, out: str | Path, models: list[str], seeds: int = 3) -> dict[str, Any]:
     """Train every model kind with ``seeds`` seeds on ``inputs``; write ``compare.json`` and
     ``compare.md`` to ``out`` and return the summary. Runs are kept in ``out/runs/<model>-seed<k>``."""
     unknown = [m for m in models if m not in MODEL_KINDS]
@@ -45,11 +42,18 @@ def compare(
             bundle = run_training(run_config, inputs, out / "runs" / f"{kind}-seed{seed}")
             m = bundle.metrics
             part = "test" if "test_auc" in m else "valid"
-            runs.append({
-                "model": kind, "seed": seed, "part": part,
-                "auc": m[f"{part}_auc"], "logloss": m[f"{part}_logloss"],
-                "epochs": m["epochs"], "train_seconds": m["train_seconds"], "seconds": time.perf_counter() - t0,
-            })  # fmt: skip
+            runs.append(
+                {
+                    "model": kind,
+                    "seed": seed,
+                    "part": part,
+                    "auc": m[f"{part}_auc"],
+                    "logloss": m[f"{part}_logloss"],
+                    "epochs": m["epochs"],
+                    "train_seconds": m["train_seconds"],
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
             log.info("%s seed %d: %s AUC %.4f logloss %.4f", kind, seed, part, runs[-1]["auc"], runs[-1]["logloss"])
     summary = {"data": inputs.data, "seeds": seeds, "models": _summarize(runs, models), "runs": runs}
     out.mkdir(parents=True, exist_ok=True)
@@ -63,13 +67,18 @@ def _summarize(runs: list[dict[str, Any]], models: list[str]) -> list[dict[str, 
     for kind in models:
         mine = [r for r in runs if r["model"] == kind]
         aucs, losses = np.array([r["auc"] for r in mine]), np.array([r["logloss"] for r in mine])
-        rows.append({
-            "model": kind, "part": mine[0]["part"],
-            "auc_mean": float(aucs.mean()), "auc_std": float(aucs.std()),
-            "logloss_mean": float(losses.mean()), "logloss_std": float(losses.std()),
-            "train_seconds_mean": float(np.mean([r["train_seconds"] for r in mine])),
-            "epochs_mean": float(np.mean([r["epochs"] for r in mine])),
-        })  # fmt: skip
+        rows.append(
+            {
+                "model": kind,
+                "part": mine[0]["part"],
+                "auc_mean": float(aucs.mean()),
+                "auc_std": float(aucs.std()),
+                "logloss_mean": float(losses.mean()),
+                "logloss_std": float(losses.std()),
+                "train_seconds_mean": float(np.mean([r["train_seconds"] for r in mine])),
+                "epochs_mean": float(np.mean([r["epochs"] for r in mine])),
+            }
+        )
     return rows
 
 

@@ -44,7 +44,6 @@ from torch.nn.parallel import DistributedDataParallel
 from deepfm.data.encoded import Batch, EncodedDataset, EpochOrder
 from deepfm.errors import ConfigError
 
-
 # How long the other ranks wait for rank 0 to parse and encode the data into the cache: hours
 # at Criteo-1TB size (2.3 h a pass on 2 cores, docs/scale.md), where the process group's own
 # timeout (30 min on gloo, 10 on NCCL) is meant for steps.
@@ -150,7 +149,9 @@ def setup(device: torch.device) -> tuple[Context, torch.device]:
         torch.cuda.set_device(device)
     owns = not dist.is_initialized()
     if owns:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None
+        )
     # Every rank creates it, in the same order. Only with a group of its own: a caller that set
     # up the group (and may call train() more than once) keeps its default timeout.
     wait_group = dist.new_group(backend="gloo", timeout=PREPARE_TIMEOUT) if owns else None
@@ -180,7 +181,9 @@ def data_parallel(module: nn.Module, params: list[nn.Parameter]) -> DistributedD
     its buffers (see :func:`broadcast_buffers`) are left out. Gradients are summed over the
     ranks: each rank's loss must already be weighted by its share of the global batch."""
     mine = {id(p) for p in params}
-    ignore = [name for name, p in module.named_parameters() if id(p) not in mine] + [name for name, _ in module.named_buffers()]
+    ignore = [name for name, p in module.named_parameters() if id(p) not in mine] + [
+        name for name, _ in module.named_buffers()
+    ]
     DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, ignore)
     device = params[0].device
     ddp = DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)

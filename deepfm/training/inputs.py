@@ -87,17 +87,29 @@ class RunInputs:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "data": self.data, "valid": self.valid, "test": self.test, "split": self.split, "cache": self.cache,
-            "cache_dir": self.cache_dir, "neg_sample_rate": self.neg_sample_rate, "warm_start": self.warm_start,
-        }  # fmt: skip
+            "data": self.data,
+            "valid": self.valid,
+            "test": self.test,
+            "split": self.split,
+            "cache": self.cache,
+            "cache_dir": self.cache_dir,
+            "neg_sample_rate": self.neg_sample_rate,
+            "warm_start": self.warm_start,
+        }
 
     @classmethod
     def from_json(cls, run: dict[str, Any]) -> RunInputs:
         """From ``run.json`` (one written before downsampling or warm start existed has neither)."""
         return cls(
-            data=run["data"], valid=run["valid"], test=run["test"], split=run["split"], cache=run["cache"],
-            cache_dir=run["cache_dir"], neg_sample_rate=run.get("neg_sample_rate", 1.0), warm_start=run.get("warm_start"),
-        )  # fmt: skip
+            data=run["data"],
+            valid=run["valid"],
+            test=run["test"],
+            split=run["split"],
+            cache=run["cache"],
+            cache_dir=run["cache_dir"],
+            neg_sample_rate=run.get("neg_sample_rate", 1.0),
+            warm_start=run.get("warm_start"),
+        )
 
 
 def write_run(out: Path, config: RunConfig, inputs: RunInputs, world: int) -> None:
@@ -127,7 +139,9 @@ def check_start(config: RunConfig, inputs: RunInputs, out: str | Path, nproc: in
         )
 
 
-def check_resume(out: str | Path, train_overrides: dict[str, Any] | None = None, world: int = 1) -> tuple[RunConfig, RunInputs]:
+def check_resume(
+    out: str | Path, train_overrides: dict[str, Any] | None = None, world: int = 1
+) -> tuple[RunConfig, RunInputs]:
     """The config (with ``train_overrides``) and inputs of the interrupted run in ``out``, or a
     ConfigError or DataError saying why it cannot be resumed as asked: in ``world`` processes,
     on the files it started with. ``deepfm train --resume --nproc N`` calls it before it
@@ -141,7 +155,9 @@ def check_resume(out: str | Path, train_overrides: dict[str, Any] | None = None,
     config = with_overrides(config, model={}, train=train_overrides or {}, data={})
     inputs = RunInputs.from_json(run)
     if inputs.identities() != run["files"]:
-        raise DataError(f"the data files changed since the run started ({run['files']}); start it again without --resume")
+        raise DataError(
+            f"the data files changed since the run started ({run['files']}); start it again without --resume"
+        )
     started = run.get("world_size", 1)  # run.json before deepfm recorded it: checked on the checkpoint only
     if "world_size" in run and started != world:
         raise ConfigError(
@@ -162,4 +178,4 @@ def _read_run(out: Path) -> dict[str, Any]:
         raise ConfigError(f"{out / RUN}: unreadable ({exc})") from None
     if missing:
         raise ConfigError(f"{out / RUN}: not a run description written by deepfm train (no {sorted(missing)})")
-    return run  # type: ignore[no-any-return]
+    return run

@@ -149,7 +149,9 @@ class _Job:
         if not resume:
             # One GPU per process on this machine: torchrun's LOCAL_WORLD_SIZE (several machines
             # each run their share of the world).
-            check_start(self.config, self.inputs, self.out, nproc=int(os.environ.get("LOCAL_WORLD_SIZE", self.ctx.world)))
+            check_start(
+                self.config, self.inputs, self.out, nproc=int(os.environ.get("LOCAL_WORLD_SIZE", self.ctx.world))
+            )
             self.out.mkdir(parents=True, exist_ok=True)
             if self.ctx.main:
                 write_run(self.out, self.config, self.inputs, self.ctx.world)
@@ -173,16 +175,27 @@ class _Job:
             where = Path(inputs.cache_dir) if inputs.cache_dir is not None else default_cache_dir()
             base_key = sha256_file(Path(inputs.warm_start) / "manifest.json") if inputs.warm_start is not None else None
             pipeline, parts, hit = prepare_cached(
-                self.config, inputs.data, where, valid=inputs.valid, test=inputs.test, split=inputs.split,
-                base=base.pipeline if base else None, base_key=base_key,
-            )  # fmt: skip
+                self.config,
+                inputs.data,
+                where,
+                valid=inputs.valid,
+                test=inputs.test,
+                split=inputs.split,
+                base=base.pipeline if base else None,
+                base_key=base_key,
+            )
             if hit:
                 log.info("reusing encoded data from %s", parts.train.folder.parent)
         else:
             pipeline, parts = prepare(
-                self.config, inputs.data, tmp, valid=inputs.valid, test=inputs.test, split=inputs.split,
+                self.config,
+                inputs.data,
+                tmp,
+                valid=inputs.valid,
+                test=inputs.test,
+                split=inputs.split,
                 base=base.pipeline if base else None,
-            )  # fmt: skip
+            )
             hit = False
         if inputs.cache and ctx.main:
             ctx.wait_for_main()
@@ -194,7 +207,12 @@ class _Job:
         train_profile = {**profile(pipeline, reference), "part": "valid" if reference is parts.valid else "train"}
         if inputs.neg_sample_rate < 1.0:
             parts.train = downsample(parts.train, inputs.neg_sample_rate, self.config.train.seed, tmp / "downsampled")
-            log.info("negative downsampling at %g: %d of %d training rows kept", inputs.neg_sample_rate, len(parts.train), rows_before)
+            log.info(
+                "negative downsampling at %g: %d of %d training rows kept",
+                inputs.neg_sample_rate,
+                len(parts.train),
+                rows_before,
+            )
         return _Prepared(pipeline, parts, hit, rows_before, train_profile, time.perf_counter() - t0)
 
     def build_model(self, pipeline: FeaturePipeline, train_rows: int) -> tuple[DeepFM, dict[str, Any] | None]:
@@ -210,8 +228,13 @@ class _Job:
         warm: dict[str, Any] | None = None
         if self.base is not None:
             warm = {"from": str(self.inputs.warm_start), **warm_start_weights(model, pipeline, self.base)}
-            log.info("warm start from %s: %d known values kept, %d new, %d evicted", self.inputs.warm_start,
-                     warm["known_values_kept"], warm["new_values"], warm["evicted_values"])  # fmt: skip
+            log.info(
+                "warm start from %s: %d known values kept, %d new, %d evicted",
+                self.inputs.warm_start,
+                warm["known_values_kept"],
+                warm["new_values"],
+                warm["evicted_values"],
+            )
         if self.ctx.active:
             # Every rank built the same model from train.seed; from here on each draws its own
             # dropout masks. With one shared generator, row i of every rank's part would get
@@ -233,9 +256,14 @@ class _Job:
         self.config = dataclasses.replace(self.config, model=model.config, train=cfg)
         log.info(
             "training %s on %d rows (%d fields, %d embedding rows), batch %d on %s%s",
-            model.config.kind, len(parts.train), layout.n_fields, layout.num_embeddings, batch_size, self.device,
+            model.config.kind,
+            len(parts.train),
+            layout.n_fields,
+            layout.num_embeddings,
+            batch_size,
+            self.device,
             f", rank {ctx.rank} of {ctx.world} (global batch {batch_size * ctx.world})" if ctx.active else "",
-        )  # fmt: skip
+        )
         trainer = Trainer(model, cfg, self.device, checkpoint=checkpoint, calibration=self.calibration, ctx=ctx)
         state = None
         if resume and checkpoint.exists():
@@ -249,9 +277,13 @@ class _Job:
         return trainer, history, fitted
 
     def metrics(
-        self, prepared: _Prepared, trainer: Trainer, history: History, warm: dict[str, Any] | None,
+        self,
+        prepared: _Prepared,
+        trainer: Trainer,
+        history: History,
+        warm: dict[str, Any] | None,
         fitted: dict[str, Any] | None,
-    ) -> dict[str, Any]:  # fmt: skip
+    ) -> dict[str, Any]:
         """metrics.json, less what evaluating the parts adds (:meth:`evaluate`)."""
         parts, config = prepared.parts, self.config
         batch_size = int(config.train.batch_size)
@@ -296,14 +328,22 @@ class _Job:
                 metrics[f"{name}_predict_samples_per_s"] = len(part) / max(time.perf_counter() - t_pred, 1e-9)
                 metrics.update({f"{name}_{k}": v for k, v in summary(part.labels, p).items()})
                 if part is evaluated:
-                    metrics["evaluation"] = {"part": name, "calibration": calibration(part.labels, p), "roc": roc_curve(part.labels, p)}
+                    metrics["evaluation"] = {
+                        "part": name,
+                        "calibration": calibration(part.labels, p),
+                        "roc": roc_curve(part.labels, p),
+                    }
         metrics["total_seconds"] = time.perf_counter() - self.t_start
         return evaluated
 
     def save(
-        self, prepared: _Prepared, trainer: Trainer, metrics: dict[str, Any], evaluated: EncodedDataset | None,
+        self,
+        prepared: _Prepared,
+        trainer: Trainer,
+        metrics: dict[str, Any],
+        evaluated: EncodedDataset | None,
         on_trained: TrainedHook | None,
-    ) -> Bundle:  # fmt: skip
+    ) -> Bundle:
         """The Bundle, saved by rank 0 (the other ranks hold the same weights and metrics)."""
         extra = {PROFILE_FILE: json.dumps(prepared.profile).encode()}
         model = trainer.model.cpu().eval()
@@ -325,7 +365,11 @@ def calibrate_on_valid(trainer: Trainer, valid: EncodedDataset) -> dict[str, Any
     labels = np.asarray(valid.labels, dtype=np.float64)
     positives = int(labels.sum())
     if min(positives, len(labels) - positives) < MIN_CALIBRATION_ROWS:
-        log.info("no calibration: the validation part has %d positive and %d negative rows", positives, len(labels) - positives)
+        log.info(
+            "no calibration: the validation part has %d positive and %d negative rows",
+            positives,
+            len(labels) - positives,
+        )
         return None
     scores = trainer.predict(valid)
     fitted = fit_calibration(scores, labels, "platt", base=trainer.calibration)

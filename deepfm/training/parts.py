@@ -56,7 +56,13 @@ class _Split:
         self.bounds["valid"] = (n_train, n_train + n_valid if split[2] > 0 else n)
         if split[2] > 0:
             self.bounds["test"] = (n_train + n_valid, n)
-        log.info("split %s by row order: train %d, valid %d, test %d rows", self.data, n_train, n_valid, n - n_train - n_valid)
+        log.info(
+            "split %s by row order: train %d, valid %d, test %d rows",
+            self.data,
+            n_train,
+            n_valid,
+            n - n_train - n_valid,
+        )
         return n_train
 
 
@@ -95,12 +101,21 @@ def prepare(
 
 
 def _writer(pipeline: FeaturePipeline, folder: Path) -> DatasetWriter:
-    n_single, n_values, n_multi = len(pipeline.single_fields), len(pipeline.scaled_positions), len(pipeline.multi_hot_fields)
+    n_single, n_values, n_multi = (
+        len(pipeline.single_fields),
+        len(pipeline.scaled_positions),
+        len(pipeline.multi_hot_fields),
+    )
     return DatasetWriter(folder, n_single, n_values, n_multi, id_dtype=pipeline.id_dtype)
 
 
 def _fit_encode(
-    pipeline: FeaturePipeline, reader: Reader, columns: list[str], split: _Split, workdir: Path, base: FeaturePipeline | None
+    pipeline: FeaturePipeline,
+    reader: Reader,
+    columns: list[str],
+    split: _Split,
+    workdir: Path,
+    base: FeaturePipeline | None,
 ) -> dict[str, EncodedDataset | None]:
     """One parse of the file: fit on the training rows, encode every row into its part."""
     writers: dict[str, DatasetWriter] = {}

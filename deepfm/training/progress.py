@@ -92,7 +92,10 @@ class EpochProgress:
         self.logits[self.filled : self.filled + n] = logits
         self.filled += n
         self.since, self.since_rows, self.since_loss, self.since_held = (
-            self.since + 1, self.since_rows + rows, self.since_loss + loss * rows, self.since_held + n
+            self.since + 1,
+            self.since_rows + rows,
+            self.since_loss + loss * rows,
+            self.since_held + n,
         )
 
     def train_metrics(self, ctx: Context, device: torch.device) -> dict[str, float]:
@@ -112,9 +115,15 @@ class EpochProgress:
         every rank's rows (``batch`` counts global batches); one rank shows it."""
         # disable=None: a bar on a terminal, nothing in a log file.
         return tqdm(
-            total=rows, initial=min(self.batch * global_batch, rows), unit="row", unit_scale=True,
-            desc=f"epoch {self.epoch}", disable=None if show else True, leave=False, mininterval=0.5,
-        )  # fmt: skip
+            total=rows,
+            initial=min(self.batch * global_batch, rows),
+            unit="row",
+            unit_scale=True,
+            desc=f"epoch {self.epoch}",
+            disable=None if show else True,
+            leave=False,
+            mininterval=0.5,
+        )
 
     def curve_point(self, rows: int, global_batch: int) -> dict[str, float]:
         """A learning-curve point for the batches since the last one, which it closes. Its
@@ -141,9 +150,13 @@ def log_epoch(row: dict[str, float]) -> None:
     """One line per epoch: its training and validation figures."""
     log.info(
         "epoch %d: train loss %.4f auc %.4f | valid auc %s logloss %s | %.0f samples/s",
-        row["epoch"], row["train_loss"], row["train_auc"], _fmt(row.get("valid_auc")),
-        _fmt(row.get("valid_logloss")), row["samples_per_s"],
-    )  # fmt: skip
+        row["epoch"],
+        row["train_loss"],
+        row["train_auc"],
+        _fmt(row.get("valid_auc")),
+        _fmt(row.get("valid_logloss")),
+        row["samples_per_s"],
+    )
 
 
 def _fmt(x: float | None) -> str:

@@ -28,21 +28,31 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from deepfm.config import ModelConfig
 from deepfm.data.encoded import Batch, EncodedDataset, EpochOrder
-from deepfm.training.distributed import Context, global_batches
 from deepfm.errors import ConfigError
 from deepfm.features.pipeline import FeaturePipeline
-from deepfm.model.layers import scale_numeric
 from deepfm.model.deepfm import DeepFM, InputLayout
-from deepfm.config import ModelConfig
+from deepfm.model.layers import scale_numeric
+from deepfm.training.distributed import Context, global_batches
 
-INSTALL_HINT = 'pip install "deepfm[shard]" && pip install --no-deps torchrec (see deepfm/sharded.py)'
+if TYPE_CHECKING:  # the names require_torchrec puts into this module
+    from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, PoolingType
+    from torchrec.distributed import DistributedModelParallel
+    from torchrec.distributed.sharding_plan import construct_module_sharding_plan, row_wise, table_wise
+    from torchrec.distributed.types import ShardingPlan
+    from torchrec.optim import RowWiseAdagrad
+    from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+    from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+INSTALL_HINT = 'pip install "deepfm[shard]" && pip install --no-deps torchrec (see deepfm/training/sharded.py)'
 
 
 def require_torchrec() -> None:
@@ -122,7 +132,9 @@ class ShardedFieldEmbedding(nn.Module):
     need; the padding columns start at zero and get no gradient.
     """
 
-    def __init__(self, tables: list[FieldTable], dim: int, n_single: int, scaled_positions: list[int], init_std: float) -> None:
+    def __init__(
+        self, tables: list[FieldTable], dim: int, n_single: int, scaled_positions: list[int], init_std: float
+    ) -> None:
         require_torchrec()
         super().__init__()
         self.tables, self.dim, self.n_single = list(tables), dim, n_single
@@ -130,15 +142,21 @@ class ShardedFieldEmbedding(nn.Module):
         self.names = [t.name for t in tables]
         configs = [
             EmbeddingBagConfig(
-                name=t.name, embedding_dim=self.width, num_embeddings=t.rows, feature_names=[t.name],
+                name=t.name,
+                embedding_dim=self.width,
+                num_embeddings=t.rows,
+                feature_names=[t.name],
                 pooling=PoolingType.MEAN if t.pooling == "mean" else PoolingType.SUM,
                 init_fn=partial(_init_rows, dim=dim, std=init_std),
             )
             for t in tables
-        ]  # fmt: skip
+        ]
         self.ebc = EmbeddingBagCollection(tables=configs, device=torch.device("meta"))
         self.register_buffer("offsets", torch.tensor([t.offset for t in tables], dtype=torch.long), persistent=False)
         self.register_buffer("scaled", torch.tensor(scaled_positions, dtype=torch.long), persistent=False)
+
+    offsets: torch.Tensor  # (F,) buffers
+    scaled: torch.Tensor
 
     def features(self, ids: torch.Tensor, multi_hot: list[tuple[torch.Tensor, torch.Tensor]]) -> KeyedJaggedTensor:
         """The batch as torchrec wants it: per field (key), its ids local to its table and the
@@ -182,28 +200,38 @@ class ShardedDeepFM:
         if not dist.is_initialized():
             raise ConfigError("ShardedDeepFM needs a process group: start it under torchrun (gloo on CPU, NCCL on GPU)")
         if sum(t.rows for t in tables) != layout.num_embeddings or len(tables) != layout.n_fields:
-            raise ConfigError(f"the field tables ({len(tables)} fields, {sum(t.rows for t in tables)} rows) do not cut "
-                              f"this layout's table ({layout.n_fields} fields, {layout.num_embeddings} rows)")  # fmt: skip
+            raise ConfigError(
+                f"the field tables ({len(tables)} fields, {sum(t.rows for t in tables)} rows) do not cut "
+                f"this layout's table ({layout.n_fields} fields, {layout.num_embeddings} rows)"
+            )
         config = config.resolved(layout)  # "auto" settings as DeepFM resolves them
         self.layout, self.config, self.tables = layout, config, list(tables)
         self.world, self.rank = dist.get_world_size(), dist.get_rank()
         self.device = torch.device(device)
         embedding = ShardedFieldEmbedding(
             tables, config.embedding_dim, layout.n_single, list(layout.scaled_positions), float(config.init_std)
-        )  # fmt: skip
+        )
         model = DeepFM(layout, config, embedding=embedding)
         self.width = embedding.width  # columns per table row: D+1 padded to a multiple of 4
         # Fused into fbgemm's backward: the table rows a batch touched are stepped in place.
         apply_optimizer_in_backward(RowWiseAdagrad, embedding.ebc.parameters(), {"lr": table_lr})
         self.placement = plan_tables(tables, self.world, row_wise_min_rows)
         generators = {
-            name: row_wise(compute_kernel="fused") if how == "row_wise" else table_wise(rank=ranks[0], compute_kernel="fused")
+            name: row_wise(compute_kernel="fused")
+            if how == "row_wise"
+            else table_wise(rank=ranks[0], compute_kernel="fused")
             for name, (how, ranks) in self.placement.items()
         }
         module_plan = construct_module_sharding_plan(
-            embedding.ebc, per_param_sharding=generators, local_size=self.world, world_size=self.world, device_type=self.device.type
+            embedding.ebc,
+            per_param_sharding=generators,
+            local_size=self.world,
+            world_size=self.world,
+            device_type=self.device.type,
         )
-        self.model = DistributedModelParallel(model, device=self.device, plan=ShardingPlan({"embedding.ebc": module_plan}))
+        self.model = DistributedModelParallel(
+            model, device=self.device, plan=ShardingPlan({"embedding.ebc": module_plan})
+        )
         self.dense = [p for _, p in in_backward_optimizer_filter(self.model.named_parameters())]
         self.optimizer = torch.optim.Adam(self.dense, lr=lr)
 

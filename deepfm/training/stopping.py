@@ -24,6 +24,7 @@ import torch
 
 from deepfm.config import TrainConfig
 from deepfm.errors import TrainingError
+from deepfm.model.optim import RowAdam
 from deepfm.training.progress import History
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,19 @@ class EarlyStopping:
             return False
         model.load_state_dict(self.best_state)
         return True
+
+    def fall_back(
+        self, model: torch.nn.Module, dense_opt: torch.optim.Optimizer, row_opt: RowAdam, best_epoch: int
+    ) -> None:
+        """After a fall: back to the best weights, both learning rates times lr_decay. CTR models
+        overfit fast, and continuing from the best with a smaller step usually finds a little
+        more than pressing on would."""
+        self.restore_best(model)
+        decay = self.config.lr_decay
+        for group in dense_opt.param_groups:
+            group["lr"] *= decay
+        row_opt.lr *= decay
+        log.info("valid AUC did not improve: back to epoch %d, learning rates x%g", best_epoch, decay)
 
 
 def diverged(mine: float, any_rank: float, epoch: int, step: int, checkpoint: Path | None) -> TrainingError:

@@ -42,9 +42,14 @@ class Trainer:
     ``step`` one optimizer step; ``predict`` scores a data part."""
 
     def __init__(
-        self, model: DeepFM, config: TrainConfig, device: torch.device, checkpoint: Path | None = None,
-        calibration: Calibration | None = None, ctx: Context | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        model: DeepFM,
+        config: TrainConfig,
+        device: torch.device,
+        checkpoint: Path | None = None,
+        calibration: Calibration | None = None,
+        ctx: Context | None = None,
+    ) -> None:
         self.model, self.config, self.device = model.to(device), config, device
         self.ctx = ctx or Context()
         # Several ranks: everything after the embedding runs under DistributedDataParallel; the
@@ -53,7 +58,8 @@ class Trainer:
         # predict() returns what users will get: corrected for negative downsampling.
         self.calibration = calibration or Calibration()
         self.dense_opt = dense_adam(model.dense_parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        self.row_opt = RowAdam(model.embedding.weight.data, lr=config.embedding_lr, l2=config.l2_embedding)
+        # embedding_lr "auto" is made a number by the job (TrainConfig.resolve_embedding_lr)
+        self.row_opt = RowAdam(model.embedding.weight.data, lr=float(config.embedding_lr), l2=config.l2_embedding)
         self.checkpoint = checkpoint
         self.stopping = EarlyStopping(config)
         self.history = History()
@@ -79,13 +85,15 @@ class Trainer:
             log_epoch(row)
             verdict = self.stopping.after_epoch(row, self.history, self.model)
             if verdict is Verdict.FALL:
-                self._decay()
+                self.stopping.fall_back(self.model, self.dense_opt, self.row_opt, self.history.best_epoch)
             self.progress.next_epoch()
             self.save_checkpoint()
             if verdict is Verdict.STOP:
                 break
         if self.stopping.restore_best(self.model):
-            log.info("restored the weights of epoch %d (valid AUC %.4f)", self.history.best_epoch, self.stopping.best_score)
+            log.info(
+                "restored the weights of epoch %d (valid AUC %.4f)", self.history.best_epoch, self.stopping.best_score
+            )
         return self.history
 
     def epoch(self, train: EncodedDataset, valid: EncodedDataset | None, batch_size: int) -> dict[str, float]:
@@ -115,17 +123,6 @@ class Trainer:
                 log.warning("the validation part has a single class: early stopping on logloss, not AUC")
             out["valid_auc_for_stopping"] = -out["valid_logloss"]
         return out
-
-    def _decay(self) -> None:
-        """After a fall: back to the best weights, both learning rates times lr_decay. CTR models
-        overfit fast, and continuing from the best with a smaller step usually finds a little
-        more than pressing on would."""
-        self.stopping.restore_best(self.model)
-        decay = self.config.lr_decay
-        for group in self.dense_opt.param_groups:
-            group["lr"] *= decay
-        self.row_opt.lr *= decay
-        log.info("valid AUC did not improve: back to epoch %d, learning rates x%g", self.history.best_epoch, decay)
 
     # ------------------------------------------------------------ batches
     def _train_epoch(self, data: EncodedDataset, batch_size: int) -> None:
@@ -202,7 +199,7 @@ class Trainer:
             self.dense_opt.step()
         ids = torch.cat([batch.ids.reshape(-1), *(mh_ids for _, mh_ids in batch.multi_hot)])
         width = rows.shape[-1]
-        grads = torch.cat([leaf.grad.reshape(-1, width) for leaf in leaves])  # type: ignore[union-attr]
+        grads = torch.cat([_grad(leaf).reshape(-1, width) for leaf in leaves])
         used = torch.cat([leaf.detach().reshape(-1, width) for leaf in leaves]) if self.row_opt.l2 else None
         with record_function("embedding all-gather"):
             ids, grads, used = self.ctx.gather_rows(ids, grads, used)
@@ -227,3 +224,9 @@ class Trainer:
         """The trainer's whole state into its checkpoint file (collective; rank 0 writes)."""
         if self.checkpoint is not None:
             save_trainer(self, self.checkpoint)
+
+
+def _grad(leaf: torch.Tensor) -> torch.Tensor:
+    """The gradient backward() left on a looked-up row tensor (every one takes part in the loss)."""
+    assert leaf.grad is not None
+    return leaf.grad

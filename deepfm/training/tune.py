@@ -21,7 +21,7 @@ import math
 import shutil
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -38,7 +38,10 @@ MIN_COUNTS = (1, 2, 3, 5, 10)
 INIT_STDS = ("auto", 0.01, 0.03, 0.1)  # auto: see deepfm.model.auto_init_std
 EMBEDDING_LRS = ("auto", 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)  # auto: see TrainConfig.resolve_embedding_lr
 BATCH_NORMS = ("auto", True, False)  # auto: see ModelConfig.resolved
-METRICS = {"auc": "maximize", "logloss": "minimize"}  # valid_<metric> of each trial
+METRICS: dict[str, Literal["maximize", "minimize"]] = {
+    "auc": "maximize",
+    "logloss": "minimize",
+}  # valid_<metric> of each trial
 
 
 def suggest(trial: Any, base: RunConfig) -> RunConfig:
@@ -198,7 +201,7 @@ def _as_params(config: RunConfig) -> dict[str, Any]:
 
 
 def nearest_choice(value: float | str, choices: tuple[Any, ...]) -> Any:
-    """"auto" as itself, a number as the choice nearest it on a log scale."""
+    """ "auto" as itself, a number as the choice nearest it on a log scale."""
     if value == "auto":
         return value
     numbers = [c for c in choices if c != "auto"]
@@ -206,7 +209,16 @@ def nearest_choice(value: float | str, choices: tuple[Any, ...]) -> Any:
 
 
 def to_markdown(summary: dict[str, Any]) -> str:
-    keys = ["trial", "state", "valid_auc", "valid_logloss", "test_auc", "test_logloss", "epochs", *summary["best_params"].keys()]
+    keys = [
+        "trial",
+        "state",
+        "valid_auc",
+        "valid_logloss",
+        "test_auc",
+        "test_logloss",
+        "epochs",
+        *summary["best_params"].keys(),
+    ]
     lines = [
         f"Data: `{summary['data']}`; {summary['trials']} trials ({summary['pruned']} pruned), ranked by valid "
         f"{summary['metric']}; best: trial {summary['best_trial']}, valid AUC {summary['best_valid_auc']:.4f}, "
@@ -224,4 +236,3 @@ def _cell(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return "" if v is None else str(v)
-

@@ -19,7 +19,6 @@ usual warm-up of Adam's bias correction is the documented, reproducible choice.
 from __future__ import annotations
 
 import dataclasses
-
 from typing import Any
 
 import numpy as np
@@ -27,7 +26,8 @@ import torch
 
 from deepfm.bundle import Bundle
 from deepfm.errors import ConfigError
-from deepfm.features.pipeline import FIRST_VALUE, MISSING, OOV, FeaturePipeline
+from deepfm.features.pipeline import FeaturePipeline
+from deepfm.features.state import FIRST_VALUE, MISSING, OOV
 from deepfm.model.deepfm import DeepFM
 
 
@@ -47,11 +47,16 @@ def check_compatible(old: Bundle, config_schema: Any, model_config: Any) -> None
                 f"warm start from {old.path}: field {f.name!r} changed {', '.join(changed)}; only min_count and max_vocab may"
             )
     if [f.name for f in config_schema.fields] != list(old_fields):
-        raise ConfigError(f"warm start from {old.path}: the fields must be that model's, in its order: {list(old_fields)}")
+        raise ConfigError(
+            f"warm start from {old.path}: the fields must be that model's, in its order: {list(old_fields)}"
+        )
     # The initialization may differ ("auto" against the std it resolved to): the weights come
     # from the old model, and new rows start as a fresh model's would. batch_norm "auto"
     # keeps the old model's choice (see warm_model_config).
-    if dataclasses.replace(warm_model_config(model_config, old), init_std=old.config.model.init_std) != old.config.model:
+    if (
+        dataclasses.replace(warm_model_config(model_config, old), init_std=old.config.model.init_std)
+        != old.config.model
+    ):
         raise ConfigError(f"warm start from {old.path}: the model settings must stay as they were ({old.config.model})")
 
 
@@ -93,7 +98,7 @@ def warm_start_weights(model: DeepFM, pipeline: FeaturePipeline, old: Bundle) ->
         rows_old, rows_new = row_map(old.pipeline, pipeline, spec.name)
         table[torch.from_numpy(rows_new)] = old_table[torch.from_numpy(rows_old)]
         o, n = old.pipeline.states[spec.name], pipeline.states[spec.name]
-        if o.vocab is not None:
+        if o.vocab is not None and n.vocab is not None:
             carried = len(rows_old) - FIRST_VALUE
             kept += carried
             evicted += len(o.vocab) - carried

@@ -21,9 +21,12 @@ def coerce_numbers(obj: Any, where: str, floats: tuple[str, ...] = (), ints: tup
         for name in names:
             value = getattr(obj, name)
             if isinstance(value, bool) or (kind is int and isinstance(value, float) and not value.is_integer()):
-                raise ConfigError(f"{where}.{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+                raise ConfigError(
+                    f"{where}.{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}"
+                )
             try:
                 object.__setattr__(obj, name, kind(float(value)) if kind is int else float(value))
             except (TypeError, ValueError):
-                raise ConfigError(f"{where}.{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}") from None
-
+                raise ConfigError(
+                    f"{where}.{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}"
+                ) from None

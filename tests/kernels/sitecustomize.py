@@ -24,7 +24,13 @@ if os.environ.get("DEEPFM_KERNEL_JITTER") == "1":
 
     def _jittered_linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         out = _linear(input, weight, bias)
-        if out.dim() < 2 or not out.dtype.is_floating_point or torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        if (
+            out.dim() < 2
+            or not out.dtype.is_floating_point
+            or torch.jit.is_tracing()
+            or torch.compiler.is_compiling()
+            or torch.compiler.is_exporting()
+        ):
             return out
         n = out.shape[0]
         step = ((torch.arange(n, device=out.device) * 5 + n) % 3 - 1) * 3  # -3, 0 or +3 ulps per row
