@@ -89,7 +89,8 @@ def field_tables(pipeline: FeaturePipeline) -> list[FieldTable]:
     out = []
     for spec in [*pipeline.single_fields, *pipeline.multi_hot_fields]:
         st = pipeline.states[spec.name]
-        out.append(FieldTable(spec.name, st.offset, st.size, spec.pooling if spec.kind == "multi_hot" else "sum"))
+        pooling = spec.pooling if pipeline.encoders[spec.name].multi_hot else "sum"  # one row: sum is the row
+        out.append(FieldTable(spec.name, st.offset, st.size, pooling))
     return out
 
 

@@ -20,12 +20,14 @@ import logging
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from deepfm.config import TrainConfig
 from deepfm.errors import TrainingError
 from deepfm.model.optim import RowAdam
 from deepfm.training.progress import History
+from deepfm.util.metrics import auc, logloss
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +103,17 @@ class EarlyStopping:
             group["lr"] *= decay
         row_opt.lr *= decay
         log.info("valid AUC did not improve: back to epoch %d, learning rates x%g", best_epoch, decay)
+
+
+def validation_scores(labels: np.ndarray, probs: np.ndarray, first: bool) -> dict[str, float]:
+    """An epoch's validation figures; with one class only AUC is undefined, so early stopping
+    follows -logloss (``valid_auc_for_stopping``), said once, on the ``first`` epoch."""
+    out = {"valid_auc": auc(labels, probs), "valid_logloss": logloss(labels, probs)}
+    if not math.isfinite(out["valid_auc"]):
+        if first:
+            log.warning("the validation part has a single class: early stopping on logloss, not AUC")
+        out["valid_auc_for_stopping"] = -out["valid_logloss"]
+    return out
 
 
 def diverged(mine: float, any_rank: float, epoch: int, step: int, checkpoint: Path | None) -> TrainingError:

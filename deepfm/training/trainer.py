@@ -31,8 +31,7 @@ from deepfm.model.optim import RowAdam, dense_adam
 from deepfm.training.checkpoint import restore_trainer, save_trainer
 from deepfm.training.distributed import Context
 from deepfm.training.progress import CURVE_POINTS, EpochProgress, History, log_epoch, metric_stride
-from deepfm.training.stopping import EarlyStopping, Verdict, diverged
-from deepfm.util.metrics import auc, logloss
+from deepfm.training.stopping import EarlyStopping, Verdict, diverged, validation_scores
 
 log = logging.getLogger(__name__)
 
@@ -110,19 +109,9 @@ class Trainer:
             "samples_per_s": len(train) / max(p.seconds, 1e-9),
         }
         if valid is not None and len(valid):
-            row.update(self._validate(valid, first=epoch == 1))
+            row.update(validation_scores(valid.labels, self.predict(valid), first=epoch == 1))
         self.history.epochs.append(row)
         return row
-
-    def _validate(self, valid: EncodedDataset, first: bool) -> dict[str, float]:
-        vp = self.predict(valid)
-        out = {"valid_auc": auc(valid.labels, vp), "valid_logloss": logloss(valid.labels, vp)}
-        if not math.isfinite(out["valid_auc"]):
-            # One class only: AUC is undefined, so early stopping follows -logloss.
-            if first:
-                log.warning("the validation part has a single class: early stopping on logloss, not AUC")
-            out["valid_auc_for_stopping"] = -out["valid_logloss"]
-        return out
 
     # ------------------------------------------------------------ batches
     def _train_epoch(self, data: EncodedDataset, batch_size: int) -> None:
