@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--neg-sample-rate", type=float, metavar="W",
                    help="train on every positive and this share (0 < W <= 1) of the negatives of the training part; "
                    "predictions are corrected back (valid/test keep every row)")  # fmt: skip
+    p.add_argument("--register", metavar="NAME", help="with --track mlflow: register the model under this name (a new version)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("schema", help="print the schema inferred for a file, as a YAML config to edit")
@@ -243,6 +244,8 @@ def _add_run_args(p: argparse.ArgumentParser, data_required: bool = True) -> Non
     p.add_argument("--label", default=None, help="label column when the schema is inferred (default: label)")
     p.add_argument("--cache-dir", type=Path, help="keep encoded data here for later runs (default $DEEPFM_CACHE_DIR or ~/.cache/deepfm/encoded)")
     p.add_argument("--no-cache", action="store_true", help="encode into a temporary folder and throw it away")
+    p.add_argument("--track", action="append", metavar="SPEC", help="track the run in tensorboard:DIR or mlflow[:TRACKING_URI] "
+                   "(again for both; needs pip install 'deepfm[track]')")  # fmt: skip
     _add_read_options(p)
     g = p.add_argument_group("model and training (override the config)")
     g.add_argument("--model", dest="kind", choices=["deepfm", "fm", "lr", "dnn", "wide_deep", "dcn"])
@@ -325,6 +328,8 @@ def _run_config(args: argparse.Namespace) -> Any:
         hidden = tuple(int(h) for h in args.hidden.split(",")) if args.hidden else None
     except ValueError:
         raise _usage(f"--hidden wants layer sizes like 400,400,400, got {args.hidden!r}") from None
+    if args.track:  # the flags replace the config file's track:
+        config = replace(config, track=tuple(args.track))
     return with_overrides(
         config,
         model={"kind": args.kind, "embedding_dim": args.embedding_dim, "hidden": hidden, "dropout": args.dropout},
@@ -383,7 +388,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if launch:
             check_resume(args.resume, overrides, world=args.nproc)
             return _launch(args.argv, args.nproc)
-        bundle = resume(args.resume, overrides, on_trained=on_trained)
+        bundle = resume(args.resume, overrides, on_trained=on_trained, track=_tracker(args.track, args.register))
     else:
         if args.data is None:
             raise _usage("train needs --data (or --resume RUN to carry on with an interrupted run)")
@@ -397,11 +402,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         bundle = train(
             config, args.data, args.out, valid=args.valid, test=args.test, split=args.split,
             cache=not args.no_cache, cache_dir=args.cache_dir, on_trained=on_trained, neg_sample_rate=rate,
-            warm_start=args.warm_start,
+            warm_start=args.warm_start, track=_tracker(config.track, args.register),
         )  # fmt: skip
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # rank 0 saved the model and prints its summary
     return _print_summary(out, bundle)
+
+
+def _tracker(track: Any, register: str | None) -> Any:
+    """train's ``track``: the specs as they are, or with --register an MLflow tracker that registers."""
+    if register is None:
+        return track or None
+    from deepfm.tracking import open_tracker
+
+    return open_tracker(track, register=register)
 
 
 def _launch(argv: list[str], nproc: int) -> int:

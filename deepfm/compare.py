@@ -35,9 +35,17 @@ def compare(
     split: str | None = None,
     cache: bool = True,
     cache_dir: str | Path | None = None,
+    tracker: Any = None,
 ) -> dict[str, Any]:
     """Train every model kind with ``seeds`` seeds; write ``compare.json`` and ``compare.md``
-    to ``out`` and return the summary. Runs are kept in ``out/runs/<model>-seed<k>``."""
+    to ``out`` and return the summary. Runs are kept in ``out/runs/<model>-seed<k>``.
+    ``tracker``: a started run whose children the runs are (default: one from config.track)."""
+    if config.track and tracker is None:  # one parent run, each model and seed a child run (deepfm.tracking)
+        from deepfm.tracking import group
+
+        files = lambda: [Path(out) / "compare.md", Path(out) / "compare.json"]  # noqa: E731
+        with group(config.track, f"compare {Path(out).name}", config, files) as parent:
+            return compare(replace(config, track=()), data, out, models, seeds, valid, test, split, cache, cache_dir, parent)
     unknown = [m for m in models if m not in MODEL_KINDS]
     if unknown or not models:
         raise ConfigError(f"--models must name some of {list(MODEL_KINDS)}, got {models}")
@@ -50,7 +58,8 @@ def compare(
             seed = config.train.seed + k
             run_config = replace(config, model=replace(config.model, kind=kind), train=replace(config.train, seed=seed))
             t0 = time.perf_counter()
-            bundle = train(run_config, data, out / "runs" / f"{kind}-seed{seed}", valid=valid, test=test, split=split, cache=cache, cache_dir=cache_dir)
+            bundle = train(run_config, data, out / "runs" / f"{kind}-seed{seed}", valid=valid, test=test, split=split, cache=cache,
+                           cache_dir=cache_dir, track=tracker.child() if tracker is not None else None)  # fmt: skip
             m = bundle.metrics
             part = "test" if "test_auc" in m else "valid"
             runs.append({
@@ -63,6 +72,8 @@ def compare(
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps(summary, indent=1))
     (out / "compare.md").write_text(to_markdown(summary))
+    for i, row in enumerate(summary["models"] if tracker is not None else []):  # step: the model's place in --models
+        tracker.log_metrics({f"{row['model']}_{k}": v for k, v in row.items()}, step=i)
     return summary
 
 

@@ -28,6 +28,7 @@ from deepfm.errors import ConfigError
 from deepfm.io import ReadOptions
 from deepfm.model import DENSE_ROWS_PER_TABLE_ROW, ModelConfig
 from deepfm.schema import PRESETS, FieldSpec, Schema, check_keys, coerce_numbers
+from deepfm.tracking import specs
 
 
 # embedding_lr "auto" (TrainConfig.resolve_embedding_lr): below DENSE_ROWS_PER_TABLE_ROW, 1e-3
@@ -121,6 +122,12 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: ReadOptions = field(default_factory=ReadOptions)
+    # Where runs are tracked ("tensorboard:DIR", "mlflow[:URI]"; see deepfm.tracking). Not a
+    # model setting: training drops it before the config is saved with the model.
+    track: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "track", specs(self.track))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -128,13 +135,14 @@ class RunConfig:
             "model": self.model.to_dict(),
             "train": asdict(self.train),
             "data": asdict(self.data),
+            **({"track": list(self.track)} if self.track else {}),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "config") -> RunConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{where}: expected a mapping at the top level")
-        known = {"preset", "label", "columns", "fields", "label_values", "model", "train", "data"}
+        known = {"preset", "label", "columns", "fields", "label_values", "model", "train", "data", "track"}
         check_keys(where, data, known)
         try:
             if "preset" in data:
@@ -150,6 +158,7 @@ class RunConfig:
                 model=ModelConfig.from_dict(_mapping(data, "model")),
                 train=_build(TrainConfig, _mapping(data, "train"), "train"),
                 data=_build(ReadOptions, _mapping(data, "data"), "data"),
+                track=data.get("track"),
             )
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None

@@ -700,6 +700,7 @@ def train(
     resume: bool = False,
     neg_sample_rate: float = 1.0,
     warm_start: str | Path | None = None,
+    track: Any = None,
 ) -> Bundle:
     """Train a model on ``data`` and save it to ``out``. Returns the Bundle (metrics attached).
 
@@ -721,7 +722,17 @@ def train(
     numeric statistics, vocabularies (grown by the new data's values that pass min_count, capped
     by max_vocab) and weights; ``config`` must keep its fields and model settings. Fresh
     optimizer state; a calibration fitted on the old model is not carried over.
+
+    ``track``: where the run is tracked (default ``config.track``): spec(s) such as
+    "tensorboard:DIR" or "mlflow:URI", or a :class:`deepfm.tracking.Tracker`.
     """
+    track = config.track if track is None else track
+    if track:  # imported only then: the trackers are an optional extra
+        from deepfm.tracking import track_run
+
+        run = functools.partial(train, data=data, out=out, valid=valid, test=test, split=split, cache=cache, cache_dir=cache_dir,
+                                on_trained=on_trained, resume=resume, neg_sample_rate=neg_sample_rate, warm_start=warm_start)  # fmt: skip
+        return track_run(track, config, run, out, on_epoch=on_epoch, warm_start=warm_start)
     device, ctx = resolve_device(config.train.device), Context()
     try:
         ctx, device = setup(device)

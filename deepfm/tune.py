@@ -75,10 +75,18 @@ def tune(
     cache_dir: str | Path | None = None,
     keep_trials: bool = False,
     metric: str = "auc",
+    tracker: Any = None,
 ) -> dict[str, Any]:
     """Search, write ``best.yaml``, ``trials.json`` and ``trials.md`` to ``out``, and return
     the summary. The default config is trial 0, so the search can only improve on it.
-    ``metric``: "auc" (higher is better) or "logloss" (lower), on the validation rows."""
+    ``metric``: "auc" (higher is better) or "logloss" (lower), on the validation rows.
+    ``tracker``: a started run whose children the trials are (default: one from config.track)."""
+    if config.track and tracker is None:  # one parent run, each trial a child run (deepfm.tracking)
+        from deepfm.tracking import group
+
+        files = lambda: [Path(out) / "best.yaml", Path(out) / "trials.md"]  # noqa: E731
+        with group(config.track, f"tune {Path(out).name}", config, files) as parent:
+            return tune(replace(config, track=()), data, out, trials, timeout, valid, test, split, cache, cache_dir, keep_trials, metric, parent)
     try:
         import optuna
     except ImportError as exc:  # an optional extra
@@ -113,7 +121,8 @@ def tune(
                     raise optuna.TrialPruned()
 
         try:
-            bundle = train(run_config, data, folder, valid=valid, test=test, split=split, cache=cache, cache_dir=cache_dir, on_epoch=report)
+            bundle = train(run_config, data, folder, valid=valid, test=test, split=split, cache=cache, cache_dir=cache_dir, on_epoch=report,
+                           track=tracker.child() if tracker is not None else None)  # fmt: skip
         finally:
             if not keep_trials:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -157,6 +166,8 @@ def tune(
         "rows": rows,
     }
     (out / "trials.json").write_text(json.dumps(summary, indent=1, default=str))
+    if tracker is not None:
+        tracker.log_metrics({f"best_{k}": v for k, v in results[best.number].items()}, step=len(study.trials))
     (out / "trials.md").write_text(to_markdown(summary))
     log.info("best trial %d: valid %s %.4f; config written to %s", best.number, metric, best.value, out / "best.yaml")
     return summary
