@@ -222,6 +222,20 @@ def test_mlflow_models_serve_returns_the_bundle_probabilities(server: str, track
     assert_scores_close(got, Bundle.load(tracked["out"]).predict(df), "mlflow models serve vs Bundle.predict")
 
 
+def test_log_model_inside_an_active_run(server: str, tracked: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from deepfm.integrations.mlflow import log_model
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)
+    bundle = Bundle.load(tracked["out"])
+    with pytest.raises(ConfigError, match="needs a run"):
+        log_model(bundle)
+    with mlflow.start_run():
+        uri = log_model(bundle, "ctr-model")
+    assert uri.startswith("runs:/") and uri.endswith("/ctr-model")
+    df = _rows(30)
+    assert_scores_close(np.asarray(mlflow.pyfunc.load_model(uri).predict(df)), bundle.predict(df), "log_model in an active run")
+
+
 # ---------------------------------------------------------------- TensorBoard
 def test_tensorboard_events_read_back(tracked: dict[str, Any]) -> None:
     run_dir = Path(tracked["record"]["tensorboard"])
@@ -275,6 +289,19 @@ def test_warm_start_links_to_yesterdays_run(server: str, tracked: dict[str, Any]
     assert main(argv) == 0
     run = mlflow.MlflowClient(tracking_uri=server).get_run(json.loads((out / "tracking.json").read_text())["mlflow"]["run_id"])
     assert run.data.tags["deepfm.warm_start_run_id"] == tracked["record"]["mlflow"]["run_id"]
+
+
+def test_track_in_the_config_file_is_a_run_setting_not_a_model_setting(data: dict[str, Path], tmp_path: Path) -> None:
+    import yaml
+
+    raw = yaml.safe_load(_config_file(tmp_path).read_text())
+    raw["train"]["epochs"] = 1
+    (tmp_path / "tracked.yaml").write_text(yaml.safe_dump({**raw, "track": f"tensorboard:{tmp_path / 'tb'}"}))
+    argv = ["train", "--data", str(data["train"]), "--config", str(tmp_path / "tracked.yaml"), "--out", str(tmp_path / "m"),
+            "--no-cache", "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    assert [p.name for p in (tmp_path / "tb").iterdir()] == ["m"]
+    assert "track" not in json.loads((tmp_path / "m" / "config.json").read_text())  # not carried by the model
 
 
 def test_estimator_tracks_its_fit(tmp_path: Path) -> None:
