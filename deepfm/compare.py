@@ -68,7 +68,7 @@ def compare(
                 "epochs": m["epochs"], "train_seconds": m["train_seconds"], "seconds": time.perf_counter() - t0,
             })  # fmt: skip
             log.info("%s seed %d: %s AUC %.4f logloss %.4f", kind, seed, part, runs[-1]["auc"], runs[-1]["logloss"])
-    summary = {"data": str(data), "seeds": seeds, "models": _summarize(runs, models), "runs": runs}
+    summary: dict[str, Any] = {"data": str(data), "seeds": seeds, "models": _summarize(runs, models), "runs": runs}
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps(summary, indent=1))
     (out / "compare.md").write_text(to_markdown(summary))

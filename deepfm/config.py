@@ -158,7 +158,7 @@ class RunConfig:
                 model=ModelConfig.from_dict(_mapping(data, "model")),
                 train=_build(TrainConfig, _mapping(data, "train"), "train"),
                 data=_build(ReadOptions, _mapping(data, "data"), "data"),
-                track=data.get("track"),
+                track=specs(data.get("track")),
             )
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None

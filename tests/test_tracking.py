@@ -317,32 +317,6 @@ def test_estimator_tracks_its_fit(tmp_path: Path) -> None:
     assert {"valid_auc", "train_logloss", "curve_loss"} <= set(acc.Tags()["scalars"])
 
 
-# ---------------------------------------------------------------- failures
-def test_without_the_extra_the_flag_names_the_pip_command(monkeypatch: pytest.MonkeyPatch, data: dict[str, Path], tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
-    monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow now raises ImportError
-    argv = ["train", "--data", str(data["train"]), "--out", str(tmp_path / "m"), "--no-cache", "--quiet", "--track", "mlflow"]
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert "pip install 'deepfm[track]'" in err and "--track mlflow" in err
-    assert not (tmp_path / "m" / "model.safetensors").exists()
-
-
-@pytest.mark.parametrize("spec", ["tensorboard", "tensorboard:", "wandb:x", "mlflo", ""])
-def test_bad_specs_say_what_is_expected(spec: str) -> None:
-    from deepfm.config import RunConfig
-
-    with pytest.raises(ConfigError, match="tensorboard"):
-        RunConfig.from_dict({**simple_schema().to_dict(), "track": spec})
-
-
-def test_register_needs_mlflow(data: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["train", "--data", str(data["train"]), "--out", str(tmp_path / "m"), "--quiet", "--track", f"tensorboard:{tmp_path}",
-            "--register", "ctr"]  # fmt: skip
-    assert main(argv) == 2
-    assert "--track mlflow" in capsys.readouterr().err
-
-
 # ---------------------------------------------------------------- last: it stops the server
 def test_a_tracker_stopped_mid_run_costs_no_run(server_process: tuple[str, subprocess.Popen[bytes]], data: dict[str, Path],
                                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
