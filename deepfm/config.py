@@ -19,6 +19,7 @@ The configs are plain frozen dataclasses (no torch): the model and the trainer r
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -230,12 +231,44 @@ class TrainConfig:
         return int(min(4096, max(64, 2 ** int(round(np.log2(target))))))
 
 
+TRACKER_KINDS = ("tensorboard", "mlflow")  # deepfm.training.tracking
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """ "tensorboard:DIR" -> ("tensorboard", DIR); "mlflow" -> ("mlflow", None); "mlflow:URI" ->
+    ("mlflow", URI). Anything else is a ConfigError naming the expected forms."""
+    if not isinstance(spec, str):
+        raise ConfigError(f"track: expected a string like 'tensorboard:DIR' or 'mlflow[:URI]', got {spec!r}")
+    kind, _, target = spec.partition(":")
+    if kind not in TRACKER_KINDS:
+        raise ConfigError(f"track: expected 'tensorboard:DIR', 'mlflow' or 'mlflow:TRACKING_URI', got {spec!r}")
+    if kind == "tensorboard" and not target:
+        raise ConfigError(
+            f"track: tensorboard needs a folder for its event files, e.g. 'tensorboard:runs/tb', got {spec!r}"
+        )
+    return kind, target or None
+
+
+def specs(track: str | Sequence[str] | None) -> tuple[str, ...]:
+    """One spec or several, checked, as a tuple (None: none)."""
+    items = () if track is None else (track,) if isinstance(track, str) else tuple(track)
+    for s in items:
+        parse_spec(s)
+    return items
+
+
 @dataclass(frozen=True)
 class RunConfig:
     schema: Schema
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: ReadOptions = field(default_factory=ReadOptions)
+    # Where runs are tracked ("tensorboard:DIR", "mlflow[:URI]"; see deepfm.training.tracking).
+    # Not a model setting: training drops it before the config is saved with the model.
+    track: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "track", specs(self.track))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -243,13 +276,14 @@ class RunConfig:
             "model": self.model.to_dict(),
             "train": asdict(self.train),
             "data": asdict(self.data),
+            **({"track": list(self.track)} if self.track else {}),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "config") -> RunConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{where}: expected a mapping at the top level")
-        known = {"preset", "label", "columns", "fields", "label_values", "model", "train", "data"}
+        known = {"preset", "label", "columns", "fields", "label_values", "model", "train", "data", "track"}
         check_keys(where, data, known)
         try:
             if "preset" in data:
@@ -267,6 +301,7 @@ class RunConfig:
                 model=ModelConfig.from_dict(_mapping(data, "model")),
                 train=_build(TrainConfig, _mapping(data, "train"), "train"),
                 data=_build(ReadOptions, _mapping(data, "data"), "data"),
+                track=specs(data.get("track")),
             )
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None

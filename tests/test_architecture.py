@@ -22,6 +22,7 @@ LAYERS = [
     {"config"},
     {"model"},
     {"bundle", "scoring"},
+    {"integrations"},
     {"training", "inference"},
     {"analysis"},
     {"estimator", "cli", "__init__", "__main__"},

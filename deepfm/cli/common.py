@@ -68,6 +68,8 @@ def run_config(args: argparse.Namespace) -> Any:
         hidden = tuple(int(h) for h in args.hidden.split(",")) if args.hidden else None
     except ValueError:
         raise usage_error(f"--hidden wants layer sizes like 400,400,400, got {args.hidden!r}") from None
+    if getattr(args, "track", None):  # the flags replace the config file's track:
+        config = replace(config, track=tuple(args.track))
     return with_overrides(
         config,
         model={"kind": args.kind, "embedding_dim": args.embedding_dim, "hidden": hidden, "dropout": args.dropout},

@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="train on every positive and this share (0 < W <= 1) of the negatives of the training part; "
         "predictions are corrected back (valid/test keep every row)",
     )
+    p.add_argument(
+        "--register", metavar="NAME", help="with --track mlflow: register the model under this name (a new version)"
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("schema", help="print the schema inferred for a file, as a YAML config to edit")
@@ -272,7 +275,19 @@ def _add_run_args(p: argparse.ArgumentParser, data_required: bool = True) -> Non
         help="keep encoded data here for later runs (default $DEEPFM_CACHE_DIR or ~/.cache/deepfm/encoded)",
     )
     p.add_argument("--no-cache", action="store_true", help="encode into a temporary folder and throw it away")
+    p.add_argument(
+        "--track",
+        action="append",
+        metavar="SPEC",
+        help="track the run in tensorboard:DIR or mlflow[:TRACKING_URI] (again for both; needs pip install 'deepfm[track]')",
+    )
     _add_read_options(p)
+    _add_training_overrides(p)
+    p.add_argument("--quiet", action="store_true")
+
+
+def _add_training_overrides(p: argparse.ArgumentParser) -> None:
+    """The model and training flags that override the config's values."""
     g = p.add_argument_group("model and training (override the config)")
     g.add_argument("--model", dest="kind", choices=["deepfm", "fm", "lr", "dnn", "wide_deep", "dcn"])
     g.add_argument("--embedding-dim", type=int)
@@ -312,7 +327,6 @@ def _add_run_args(p: argparse.ArgumentParser, data_required: bool = True) -> Non
         type=int,
         help="steps between checkpoints in the output folder (default 2000; 0: epoch ends only)",
     )
-    p.add_argument("--quiet", action="store_true")
 
 
 def _add_read_options(p: argparse.ArgumentParser, defaults_from_model: bool = False) -> None:

@@ -49,7 +49,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if launch:
             check_resume(args.resume, overrides, world=args.nproc)
             return _launch(args.argv, args.nproc)
-        bundle = resume(args.resume, overrides, on_trained=on_trained)
+        bundle = resume(args.resume, overrides, on_trained=on_trained, track=_tracker(args.track, args.register))
     else:
         if args.data is None:
             raise usage_error("train needs --data (or --resume RUN to carry on with an interrupted run)")
@@ -61,10 +61,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         if launch:
             check_start(config, inputs, args.out, nproc=args.nproc)
             return _launch(args.argv, args.nproc)
-        bundle = run_training(config, inputs, args.out, on_trained=on_trained)
+        track = _tracker(config.track, args.register)
+        bundle = run_training(config, inputs, args.out, on_trained=on_trained, track=track)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # rank 0 saved the model and prints its summary
     return _print_summary(out, bundle)
+
+
+def _tracker(track: Any, register: str | None) -> Any:
+    """run_training's ``track``: the specs as they are, or with --register an MLflow tracker
+    that registers the model."""
+    if register is None:
+        return track or None
+    from deepfm.training.tracking import open_tracker
+
+    return open_tracker(track, register=register)
 
 
 def _launch(argv: list[str], nproc: int) -> int:

@@ -79,6 +79,9 @@ class DeepFMClassifier(ClassifierMixin, BaseEstimator):
         stopping; 0 trains on every row for ``epochs`` epochs.
     verbose : bool
         Show a progress bar while training.
+    track : str or list of str, optional
+        Track each fit in ``"tensorboard:DIR"`` or ``"mlflow[:URI]"``
+        (:mod:`deepfm.training.tracking`; ``pip install deepfm[track]``).
 
     Attributes: ``classes_``, ``n_features_in_``, ``feature_names_in_`` (when X has string
     column names), ``bundle_`` (the fitted :class:`~deepfm.Bundle`; ``bundle_.metrics``
@@ -113,6 +116,7 @@ class DeepFMClassifier(ClassifierMixin, BaseEstimator):
         device: str = _TRAIN.device,
         threads: int = _TRAIN.threads,
         verbose: bool = False,
+        track: str | list[str] | None = None,
     ) -> None:
         # scikit-learn's contract: store every argument as given; fit validates them.
         self.fields = fields
@@ -137,6 +141,7 @@ class DeepFMClassifier(ClassifierMixin, BaseEstimator):
         self.device = device
         self.threads = threads
         self.verbose = verbose
+        self.track = track
 
     # ------------------------------------------------------------ fit
     def fit(self, X: Any, y: Any, eval_set: Any = None) -> DeepFMClassifier:
@@ -157,7 +162,7 @@ class DeepFMClassifier(ClassifierMixin, BaseEstimator):
             vtable = align(to_table(vx, "eval_set X"), table.column_names, named, "eval_set X")
             valid = vtable, encode_labels(vy, vtable.num_rows, classes, "eval_set y")
         schema = self._schema(table, [] if valid is None else [valid[0]])
-        config = RunConfig(schema=schema, model=model_config, train=train_config)
+        config = RunConfig(schema=schema, model=model_config, train=train_config, track=self.track)  # type: ignore[arg-type]
         if valid is None:
             (table, labels), valid = holdout(table, labels, self._validation_fraction(), config.train.seed)
         with tempfile.TemporaryDirectory(prefix="deepfm-fit-") as tmp:

@@ -24,9 +24,18 @@ from deepfm.training.job import run_training
 log = logging.getLogger(__name__)
 
 
-def compare(config: RunConfig, inputs: RunInputs, out: str | Path, models: list[str], seeds: int = 3) -> dict[str, Any]:
+def compare(
+    config: RunConfig, inputs: RunInputs, out: str | Path, models: list[str], seeds: int = 3, tracker: Any = None
+) -> dict[str, Any]:
     """Train every model kind with ``seeds`` seeds on ``inputs``; write ``compare.json`` and
-    ``compare.md`` to ``out`` and return the summary. Runs are kept in ``out/runs/<model>-seed<k>``."""
+    ``compare.md`` to ``out`` and return the summary. Runs are kept in ``out/runs/<model>-seed<k>``.
+    ``tracker``: a started run whose children the runs are (default: one from config.track)."""
+    if config.track and tracker is None:  # one parent run, each model and seed a child run
+        from deepfm.training.tracking import group
+
+        files = lambda: [Path(out) / "compare.md", Path(out) / "compare.json"]  # noqa: E731
+        with group(config.track, f"compare {Path(out).name}", config, files) as parent:
+            return compare(replace(config, track=()), inputs, out, models, seeds, parent)
     unknown = [m for m in models if m not in MODEL_KINDS]
     if unknown or not models:
         raise ConfigError(f"--models must name some of {list(MODEL_KINDS)}, got {models}")
@@ -39,7 +48,8 @@ def compare(config: RunConfig, inputs: RunInputs, out: str | Path, models: list[
             seed = config.train.seed + k
             run_config = replace(config, model=replace(config.model, kind=kind), train=replace(config.train, seed=seed))
             t0 = time.perf_counter()
-            bundle = run_training(run_config, inputs, out / "runs" / f"{kind}-seed{seed}")
+            track = tracker.child() if tracker is not None else None
+            bundle = run_training(run_config, inputs, out / "runs" / f"{kind}-seed{seed}", track=track)
             m = bundle.metrics
             part = "test" if "test_auc" in m else "valid"
             runs.append(
@@ -55,10 +65,12 @@ def compare(config: RunConfig, inputs: RunInputs, out: str | Path, models: list[
                 }
             )
             log.info("%s seed %d: %s AUC %.4f logloss %.4f", kind, seed, part, runs[-1]["auc"], runs[-1]["logloss"])
-    summary = {"data": inputs.data, "seeds": seeds, "models": _summarize(runs, models), "runs": runs}
+    summary: dict[str, Any] = {"data": inputs.data, "seeds": seeds, "models": _summarize(runs, models), "runs": runs}
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps(summary, indent=1))
     (out / "compare.md").write_text(to_markdown(summary))
+    for i, row in enumerate(summary["models"] if tracker is not None else []):  # step: the model's place in --models
+        tracker.log_metrics({f"{row['model']}_{k}": v for k, v in row.items()}, step=i)
     return summary
 
 

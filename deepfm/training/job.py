@@ -10,6 +10,7 @@ Platt calibration on the validation rows); evaluate; save the Bundle.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -64,6 +65,7 @@ def train(
     resume: bool = False,
     neg_sample_rate: float = 1.0,
     warm_start: str | Path | None = None,
+    track: Any = None,
 ) -> Bundle:
     """Train a model on ``data`` and save it to ``out``. Returns the Bundle (metrics attached).
 
@@ -86,9 +88,12 @@ def train(
     schema, numeric statistics, vocabularies (grown by the new data's values that pass
     min_count, capped by max_vocab) and weights; ``config`` must keep its fields and model
     settings. Fresh optimizer state; a calibration fitted on the old model is not carried over.
+
+    ``track``: where the run is tracked (default ``config.track``): spec(s) such as
+    "tensorboard:DIR" or "mlflow:URI", or a :class:`deepfm.training.tracking.Tracker`.
     """
     inputs = RunInputs(data, valid, test, split, cache, cache_dir, neg_sample_rate, warm_start)  # type: ignore[arg-type]
-    return run_training(config, inputs, out, on_epoch=on_epoch, on_trained=on_trained, resume=resume)
+    return run_training(config, inputs, out, on_epoch=on_epoch, on_trained=on_trained, resume=resume, track=track)
 
 
 def run_training(
@@ -99,8 +104,15 @@ def run_training(
     on_epoch: EpochHook | None = None,
     on_trained: TrainedHook | None = None,
     resume: bool = False,
+    track: Any = None,
 ) -> Bundle:
     """:func:`train` on the files and settings of ``inputs``."""
+    track = config.track if track is None else track
+    if track:  # imported only then: the trackers are an optional extra
+        from deepfm.training.tracking import track_run
+
+        run = functools.partial(run_training, inputs=inputs, out=out, on_trained=on_trained, resume=resume)
+        return track_run(track, config, run, out, on_epoch=on_epoch, warm_start=inputs.warm_start)
     device, ctx = resolve_device(config.train.device), Context()
     try:
         ctx, device = setup(device)

@@ -74,11 +74,19 @@ def tune(
     timeout: float | None = None,
     keep_trials: bool = False,
     metric: str = "auc",
+    tracker: Any = None,
 ) -> dict[str, Any]:
     """Search, write ``best.yaml``, ``trials.json`` and ``trials.md`` to ``out``, and return
     the summary. Every trial trains on ``inputs``. The default config is trial 0, so the
     search can only improve on it. ``metric``: "auc" (higher is better) or "logloss" (lower),
-    on the validation rows."""
+    on the validation rows. ``tracker``: a started run whose children the trials are (default:
+    one from config.track)."""
+    if config.track and tracker is None:  # one parent run, each trial a child run
+        from deepfm.training.tracking import group
+
+        files = lambda: [Path(out) / "best.yaml", Path(out) / "trials.md"]  # noqa: E731
+        with group(config.track, f"tune {Path(out).name}", config, files) as parent:
+            return tune(replace(config, track=()), inputs, out, trials, timeout, keep_trials, metric, parent)
     try:
         import optuna
     except ImportError as exc:  # an optional extra
@@ -97,7 +105,7 @@ def tune(
     )
     # Trial 0 is the config as given (defaults when nothing was set), mapped into the space.
     study.enqueue_trial(_as_params(config), skip_if_exists=True)
-    trial_runs = _Trials(config, inputs, out, f"valid_{metric}", keep_trials)
+    trial_runs = _Trials(config, inputs, out, f"valid_{metric}", keep_trials, tracker)
     study.optimize(trial_runs.objective, n_trials=trials, timeout=timeout, catch=())
     if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
         raise ConfigError("no trial finished: raise --timeout or --trials")
@@ -107,6 +115,10 @@ def tune(
     (out / "best.yaml").write_text(yaml.safe_dump(best_dict, sort_keys=False))
     summary = _summary(study, trial_runs.results, inputs, metric)
     (out / "trials.json").write_text(json.dumps(summary, indent=1, default=str))
+    if tracker is not None:
+        tracker.log_metrics(
+            {f"best_{k}": v for k, v in trial_runs.results[best.number].items()}, step=len(study.trials)
+        )
     (out / "trials.md").write_text(to_markdown(summary))
     log.info("best trial %d: valid %s %.4f; config written to %s", best.number, metric, best.value, out / "best.yaml")
     return summary
@@ -116,8 +128,11 @@ class _Trials:
     """The runs of a study: each trial trains a model with its config, reports every epoch's
     validation score to the pruner, and records its figures."""
 
-    def __init__(self, config: RunConfig, inputs: RunInputs, out: Path, key: str, keep: bool) -> None:
+    def __init__(
+        self, config: RunConfig, inputs: RunInputs, out: Path, key: str, keep: bool, tracker: Any = None
+    ) -> None:
         self.config, self.inputs, self.out, self.key, self.keep = config, inputs, out, key, keep
+        self.tracker = tracker
         self.configs: dict[int, RunConfig] = {}
         self.results: dict[int, dict[str, Any]] = {}
 
@@ -135,7 +150,8 @@ class _Trials:
                     raise optuna.TrialPruned()
 
         try:
-            bundle = run_training(run_config, self.inputs, folder, on_epoch=report)
+            track = self.tracker.child() if self.tracker is not None else None
+            bundle = run_training(run_config, self.inputs, folder, on_epoch=report, track=track)
         finally:
             if not self.keep:
                 shutil.rmtree(folder, ignore_errors=True)

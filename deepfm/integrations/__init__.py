@@ -1,0 +1,1 @@
+"""Bridges to other tools' formats (each needs its tool installed; none is imported by ``import deepfm``)."""
