@@ -43,6 +43,8 @@ VARIANTS: dict[str, dict[str, dict]] = {
     "patience 3": {"train": {"patience": 3}},
     "no lr decay": {"train": {"lr_decay": 1.0}},
     "dropout 0": {"model": {"dropout": 0.0}},
+    "batch_size 256": {"train": {"batch_size": 256}},
+    "batch_size 512": {"train": {"batch_size": 512}},
 }
 RECORDED = (
     "test_auc",
