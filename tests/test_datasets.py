@@ -188,3 +188,16 @@ def test_synth_days_and_train_split_by_through_the_cli(tmp_path: Path, capsys: p
     assert metrics["train_rows"] == 400 and np.isfinite(metrics["test_auc"])
     run = json.loads((tmp_path / "m" / "run.json").read_text()) if (tmp_path / "m" / "run.json").exists() else None
     assert run is None or run["split_by"]["column"] == "day"
+
+
+def test_a_config_splits_by_time_too(logs: dict[str, Path], tmp_path: Path) -> None:
+    from deepfm.cli.common import split_by
+    from deepfm.cli.parser import build_parser
+
+    config = tmp_path / "c.yaml"
+    config.write_text("preset: criteo\nsplit: {by: day, valid_from: 2026-01-19, test_from: 2026-01-22}\n")
+    args = build_parser().parse_args(["train", "--data", str(logs["pq"]), "--config", str(config)])
+    assert split_by(args) == SPLIT
+    config.write_text("preset: criteo\nsplit: {by: day, valid: 2026-01-19}\n")
+    with pytest.raises(ConfigError, match="valid"):
+        split_by(args)

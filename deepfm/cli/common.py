@@ -120,10 +120,14 @@ def run_inputs(args: argparse.Namespace, **more: Any) -> Any:
 
 
 def split_by(args: argparse.Namespace) -> ColumnSplit | None:
-    """--split-by COLUMN --valid-from V [--test-from W], checked together."""
+    """--split-by COLUMN --valid-from V [--test-from W], checked together; else the config's
+    ``split:`` section."""
     if args.split_by is None:
         if args.valid_from is not None or args.test_from is not None:
             raise usage_error("--valid-from and --test-from go with --split-by COLUMN")
+        raw = load_config(args.config) if args.config else {}
+        if "split" in raw and args.split is None and args.valid is None:  # the flags win
+            return ColumnSplit.from_dict(raw["split"], where=str(args.config))
         return None
     if args.valid_from is None:
         raise usage_error("--split-by needs --valid-from: the first value of the validation rows")

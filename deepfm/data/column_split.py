@@ -15,6 +15,7 @@ points at each row's own line.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -23,6 +24,7 @@ import pyarrow.compute as pc
 from deepfm.data.columns import to_float
 from deepfm.data.source import Chunk, Source, SourceView
 from deepfm.errors import ConfigError
+from deepfm.util.validation import check_keys
 
 PARTS = ("train", "valid", "test")
 
@@ -50,6 +52,17 @@ class ColumnSplit:
             raise ConfigError(f"--test-from {self.test_from} comes before --valid-from {self.valid_from}")
         if not self.numeric and self.test_from is not None and self.test_from < self.valid_from:
             raise ConfigError(f"--test-from {self.test_from!r} comes before --valid-from {self.valid_from!r}")
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "config") -> ColumnSplit:
+        """A config's ``split:`` section: ``{by: day, valid_from: ..., test_from: ...}``."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: split: expected a mapping with by, valid_from and test_from")
+        check_keys("split", data, {"by", "valid_from", "test_from"})
+        if "by" not in data or "valid_from" not in data:
+            raise ConfigError(f"{where}: split: needs 'by' (a column) and 'valid_from'")
+        test_from = data.get("test_from")
+        return cls(str(data["by"]), str(data["valid_from"]), None if test_from is None else str(test_from))
 
     @property
     def numeric(self) -> bool:
