@@ -66,6 +66,8 @@ def test_a_folder_a_glob_and_a_list_read_the_same_rows_in_path_order(logs: dict[
     one = pq.read_table(logs["pq_one"], columns=["label", "C1", "day"])
     assert tables[0].equals(one)
     assert [c.table.num_rows for c in listed.chunks(["label"])] == [ROWS // DAYS] * DAYS
+    one_day = open_reader([logs["pq"] / "day=2026-01-03", logs["pq"] / "day=2026-01-04"])
+    assert set(next(one_day.chunks(["day"])).table["day"].to_pylist()) == {"2026-01-03"}  # its own key
 
 
 def test_the_dataset_trains_like_the_one_file_of_the_same_rows(logs: dict[str, Path], tmp_path: Path) -> None:

@@ -69,7 +69,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         bundle = run_training(config, inputs, args.out, on_trained=on_trained, track=track)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # rank 0 saved the model and prints its summary
-    return _print_summary(out, bundle)
+    return _print_summary(getattr(args, "uri", None) or out, bundle)
 
 
 def _train_to_uri(args: argparse.Namespace) -> int:
@@ -77,7 +77,7 @@ def _train_to_uri(args: argparse.Namespace) -> int:
     or an interrupted one stays local: object stores have no atomic rename to finish it with)."""
     if args.resume is not None or (args.nproc or 1) > 1:
         raise usage_error("--out URI trains in one process and not with --resume: give a local --out, then copy it")
-    uri = args.out
+    uri = args.uri = args.out  # what the summary line names
     with tempfile.TemporaryDirectory(prefix="deepfm-train-") as tmp:
         args.out = Path(tmp) / "model"
         status = cmd_train(args)
@@ -165,7 +165,7 @@ def _resume_overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _print_summary(out: Path, bundle: Any) -> int:
+def _print_summary(out: Path | str, bundle: Any) -> int:
     m = bundle.metrics
     summary = {
         k: m[k]

@@ -160,10 +160,21 @@ def _list_one(spec: str) -> list[FileRef]:
     if not found:
         raise DataError("no data files match" if glob_at >= 0 else "the folder holds no data files", path=spec)
     shown = spec.split("?", 1)[0].rstrip("/") if glob_at < 0 else (prefix + base if prefix else _local_base(path))
+    # A partition folder given itself (logs/day=2026-01-22) keeps its key, as one found below
+    above = "/".join(_trailing_keys(base))
     return [
-        FileRef(full, f"{shown}/{rel}" if not prefix or glob_at < 0 else prefix + full, fs, _partition(rel))
+        FileRef(full, f"{shown}/{rel}" if not prefix or glob_at < 0 else prefix + full, fs, _partition(above, rel))
         for full, rel in sorted(found)
     ]
+
+
+def _trailing_keys(folder: str) -> list[str]:
+    """The ``key=value`` names at the end of a folder's path (its own partition keys)."""
+    names = folder.rstrip("/").split("/")
+    keys: list[str] = []
+    while names and "=" in names[-1]:
+        keys.insert(0, names.pop())
+    return keys
 
 
 def _local_base(pattern: str) -> str:
@@ -179,8 +190,10 @@ def _matches(path: str, pattern: str) -> bool:
     return len(a) >= len(b) and all(fnmatch.fnmatchcase(x, y) for x, y in zip(a, b))
 
 
-def _partition(rel: str) -> tuple[tuple[str, str], ...]:
-    """The hive keys of a file's folders below the dataset's root, decoded as pyarrow does."""
+def _partition(above: str, rel: str) -> tuple[tuple[str, str], ...]:
+    """The hive keys of a file's folders below the dataset's root (and of the root's own
+    trailing ``key=value`` folders, ``above``), decoded as pyarrow does."""
+    rel = f"{above}/{rel}" if above else rel
     keys = [seg.split("=", 1)[0] for seg in rel.split("/")[:-1] if "=" in seg]
     if not keys:
         return ()
