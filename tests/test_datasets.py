@@ -92,6 +92,12 @@ def test_the_dataset_trains_like_the_one_file_of_the_same_rows(logs: dict[str, P
     n = predict_file(train_bundle(model), logs["pq"], tmp_path / "p.csv")
     m = predict_file(train_bundle(model), logs["pq_one"], tmp_path / "q.csv")
     assert n == m == ROWS
+    # drift reads datasets as it reads a file: the same counts of the same rows
+    from deepfm.analysis.drift import check
+
+    drift_days = check(train_bundle(model), test_days)
+    drift_one = check(train_bundle(model), str(logs["pq"] / "day=2026-01-2[234]"))
+    assert drift_days["rows"] == drift_one["rows"] == 300 and drift_days["fields"] == drift_one["fields"]
     # scored a file at a time (100-row chunks) against one chunk: float32 rounding of other batch shapes
     assert_scores_close(read_probs(tmp_path / "p.csv"), read_probs(tmp_path / "q.csv"), "folder against one file")
 
@@ -166,16 +172,24 @@ def test_empty_globs_missing_columns_and_credentials_in_uris_are_refused(logs: d
         train(config(), logs["pq"], logs["pq"].parent / "m", split_by=ColumnSplit("hour", "1"), cache=False)
 
 
-def test_the_cache_key_covers_every_file(logs: dict[str, Path], tmp_path: Path) -> None:
+def test_the_cache_key_and_run_json_cover_every_file(logs: dict[str, Path], tmp_path: Path) -> None:
     import shutil
 
     copy = tmp_path / "pq"
     shutil.copytree(logs["pq"], copy)
     before = data_identity(copy)
     assert isinstance(before, list) and len(before) == DAYS
+    # run.json holds the same identities: a run resumes only on the files it started on
+    from deepfm.training.inputs import RunInputs, check_resume, write_run
+
+    inputs = RunInputs(data=[str(copy), str(logs["tsv"] / "day=2026-01-01")], split_by=SPLIT)
+    write_run(tmp_path, config(), inputs, 1)
+    assert check_resume(tmp_path)[1] == inputs
     last = copy / "day=2026-01-24" / "part-0.parquet"
     pq.write_table(pq.read_table(last).slice(0, 50), last)
     assert data_identity(copy) != before
+    with pytest.raises(DataError, match="changed"):
+        check_resume(tmp_path)
 
 
 def test_synth_days_and_train_split_by_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
