@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from deepfm._version import __version__
 from deepfm.bundle import Bundle
 from deepfm.config import ModelConfig, RunConfig, TrainConfig, load_config
+from deepfm.data.column_split import ColumnSplit
 from deepfm.data.schema import FieldSpec, Schema, criteo_schema
 from deepfm.data.source import ReadOptions
 from deepfm.errors import BundleError, ConfigError, DataError, DeepFMError
@@ -36,6 +37,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "Bundle",
     "BundleError",
+    "ColumnSplit",
     "ConfigError",
     "DataError",
     "DeepFM",

@@ -15,6 +15,7 @@ Loading never unpickles anything: JSON, Arrow and safetensors only.
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from deepfm._version import __version__
 from deepfm.config import RunConfig
 from deepfm.data.encoded import EncodedChunk
+from deepfm.data.storage import download_folder, is_uri
 from deepfm.errors import BundleError
 from deepfm.features.pipeline import FeaturePipeline
 from deepfm.model.calibration import FILE as CALIBRATION_FILE
@@ -55,6 +57,7 @@ class Bundle:
         self.config, self.pipeline, self.model = config, pipeline, model
         self.metrics = metrics or {}
         self.path = path
+        self.download: tempfile.TemporaryDirectory[str] | None = None  # the local copy of a remote bundle
         self._scorer: Scorer | None = None
         self.calibration = calibration or Calibration()
         # Files saved beside the bundle's own (the estimator's classes): kept when it is saved again.
@@ -105,6 +108,14 @@ class Bundle:
 
     @classmethod
     def load(cls, folder: str | Path, device: str | torch.device = "cpu") -> Bundle:
+        """The bundle in ``folder``, its manifest checked. A URI (``s3://bucket/model``) is
+        downloaded to a temporary folder first, which lives as long as the bundle."""
+        if is_uri(folder):
+            local = tempfile.TemporaryDirectory(prefix="deepfm-model-")
+            download_folder(str(folder), Path(local.name))
+            bundle = cls.load(local.name, device)
+            bundle.download = local
+            return bundle
         folder = Path(folder)
         if not folder.is_dir():
             raise BundleError(f"{folder}: not a model folder (it does not exist or is not a directory)")

@@ -283,7 +283,8 @@ class RunConfig:
     def from_dict(cls, data: dict[str, Any], where: str = "config") -> RunConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{where}: expected a mapping at the top level")
-        known = {"preset", "label", "columns", "fields", "label_values", "model", "train", "data", "track"}
+        # split: how a run splits its data by time: read with the run's inputs (deepfm.ColumnSplit)
+        known = {"preset", "label", "columns", "fields", "label_values", "model", "train", "data", "track", "split"}
         check_keys(where, data, known)
         try:
             if "preset" in data:

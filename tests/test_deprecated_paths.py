@@ -77,6 +77,7 @@ def test_the_package_api_is_unchanged() -> None:
     assert set(deepfm.__all__) == {
         "Bundle",
         "BundleError",
+        "ColumnSplit",  # added in 0.2: the split by time of train(split_by=...)
         "ConfigError",
         "DataError",
         "DeepFM",

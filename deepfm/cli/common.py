@@ -10,6 +10,7 @@ from typing import Any
 
 from deepfm.bundle import Bundle
 from deepfm.config import RunConfig, load_config, read_options, with_overrides
+from deepfm.data.column_split import ColumnSplit
 from deepfm.data.readers import open_reader
 from deepfm.data.schema import PRESETS
 from deepfm.data.schema_inference import infer_schema, schema_yaml
@@ -111,10 +112,26 @@ def run_inputs(args: argparse.Namespace, **more: Any) -> Any:
         valid=args.valid,
         test=args.test,
         split=args.split,
+        split_by=split_by(args),
         cache=not args.no_cache,
         cache_dir=args.cache_dir,
         **more,
     )
+
+
+def split_by(args: argparse.Namespace) -> ColumnSplit | None:
+    """--split-by COLUMN --valid-from V [--test-from W], checked together; else the config's
+    ``split:`` section."""
+    if args.split_by is None:
+        if args.valid_from is not None or args.test_from is not None:
+            raise usage_error("--valid-from and --test-from go with --split-by COLUMN")
+        raw = load_config(args.config) if args.config else {}
+        if "split" in raw and args.split is None and args.valid is None:  # the flags win
+            return ColumnSplit.from_dict(raw["split"], where=str(args.config))
+        return None
+    if args.valid_from is None:
+        raise usage_error("--split-by needs --valid-from: the first value of the validation rows")
+    return ColumnSplit(args.split_by, args.valid_from, args.test_from)
 
 
 def inferred_schema(data: Path, label: str, options: Any, columns: list[str] | None = None) -> Any:

@@ -11,6 +11,7 @@ from pathlib import Path
 from deepfm.cli.common import usage_error
 from deepfm.cli.demo import run_demo
 from deepfm.data.synth import write_synth
+from deepfm.data.synth_days import write_synth_days
 from deepfm.data.synth_settings import get_setting
 
 
@@ -28,6 +29,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
         setting = get_setting(args.setting, **knobs)
     except ValueError as exc:
         raise usage_error(str(exc)) from None
+    if args.days is not None:
+        if not 1 <= args.days <= args.rows:
+            raise usage_error(f"--days must be between 1 and --rows, got {args.days}")
+        files = write_synth_days(args.rows, args.days, args.out, args.file_format, seed=args.seed, setting=setting)
+        print(json.dumps({"out": str(args.out), "files": len(files), "rows": args.rows, "format": args.file_format}))
+        return 0
     result = write_synth(args.rows, args.out, seed=args.seed, day=args.day, setting=setting, header=args.header)
     print(
         json.dumps(

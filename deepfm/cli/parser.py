@@ -4,13 +4,34 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from deepfm._version import __version__
 from deepfm.cli.analyze import cmd_drift, cmd_explain, cmd_report
 from deepfm.cli.data import cmd_demo, cmd_synth
 from deepfm.cli.score import cmd_calibrate, cmd_evaluate, cmd_export, cmd_predict, cmd_serve
 from deepfm.cli.train import cmd_compare, cmd_schema, cmd_train, cmd_tune
+from deepfm.data.storage import is_uri
 from deepfm.data.synth_settings import SETTINGS
+
+
+class _OneOrMany(argparse.Action):
+    """A data argument: one file, folder, glob or URI as text; several as a list of them."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, ns: argparse.Namespace, values: object, opt: object = None
+    ) -> None:
+        assert isinstance(values, list)
+        setattr(ns, self.dest, values[0] if len(values) == 1 else values)
+
+
+# --data, --valid, --test: a file, a folder, a glob (quoted), a URI (s3://, gs://, hdfs://, file://) or several
+DATA: dict[str, Any] = {"nargs": "+", "action": _OneOrMany, "metavar": "PATH"}
+
+
+def _location(text: str) -> str | Path:
+    """A model folder: a URI stays text (a Path would fold s3:// into s3:/)."""
+    return text if is_uri(text) else Path(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,12 +63,30 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="start with a header line (label, I1..I13, C1..C26), so the file can be read without --preset",
     )
+    p.add_argument(
+        "--days",
+        type=int,
+        help="write a dataset instead of one file: --out FOLDER/day=YYYY-MM-DD/part-0.<format>, one folder a day "
+        "(the same rows as one file of --rows, in order)",
+    )
+    p.add_argument(
+        "--format",
+        dest="file_format",
+        choices=["parquet", "tsv.gz"],
+        default="parquet",
+        help="with --days: Parquet, or gzip TSV with a header",
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("train", help="train a model and save it to a folder")
     _add_run_args(p, data_required=False)
-    p.add_argument("--out", type=Path, default=Path("runs/model"), help="output folder (default runs/model)")
+    p.add_argument(
+        "--out",
+        type=_location,
+        default=Path("runs/model"),
+        help="output folder (default runs/model); a URI (s3://bucket/model) gets the finished model uploaded",
+    )
     p.add_argument(
         "--nproc",
         type=int,
@@ -86,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("schema", help="print the schema inferred for a file, as a YAML config to edit")
-    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--data", **DATA, required=True)
     p.add_argument("--label", default="label", help="the label column (default: label)")
     _add_read_options(p)
     p.set_defaults(func=cmd_schema)
@@ -113,8 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("evaluate", help="AUC and logloss of a saved model on a labelled file (JSON)")
-    p.add_argument("model", type=Path)
-    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("model", type=_location)
+    p.add_argument("--data", **DATA, required=True)
     _add_read_options(p, defaults_from_model=True)
     _add_engine_args(p)
     p.add_argument("--quiet", action="store_true")
@@ -123,10 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "calibrate", help="fit isotonic or Platt calibration on held-out labelled rows and store it in the model"
     )
-    p.add_argument("model", type=Path)
-    p.add_argument(
-        "--data", type=Path, required=True, help="labelled rows the model did not train on (a validation file)"
-    )
+    p.add_argument("model", type=_location)
+    p.add_argument("--data", **DATA, required=True, help="labelled rows the model did not train on (a validation file)")
     p.add_argument(
         "--method",
         choices=["platt", "isotonic"],
@@ -142,8 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="compare new rows with the training data: OOV and missing rates, PSI per field, "
         "predicted vs observed CTR; exit 1 when a --fail-on threshold is crossed",
     )
-    p.add_argument("model", type=Path)
-    p.add_argument("--data", type=Path, required=True, help="new rows (labels optional)")
+    p.add_argument("model", type=_location)
+    p.add_argument("--data", **DATA, required=True, help="new rows (labels optional)")
     p.add_argument("--out", type=Path, help="JSON to write (default <model>/drift.json, which deepfm report shows)")
     p.add_argument(
         "--fail-on",
@@ -160,8 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_drift)
 
     p = sub.add_parser("predict", help="write click probabilities for a file")
-    p.add_argument("model", type=Path)
-    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("model", type=_location)
+    p.add_argument("--data", **DATA, required=True)
     p.add_argument("--out", type=Path, required=True, help="CSV with a 'probability' column, one row per input row")
     p.add_argument("--keep", default="", help="input columns to copy into the output, e.g. id")
     _add_read_options(p, defaults_from_model=True)
@@ -172,8 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "explain", help="field-pair interactions and the logit's parts over some rows: PNG heatmaps + explain.json"
     )
-    p.add_argument("model", type=Path)
-    p.add_argument("--data", type=Path, required=True, help="rows to explain (labels not needed)")
+    p.add_argument("model", type=_location)
+    p.add_argument("--data", **DATA, required=True, help="rows to explain (labels not needed)")
     p.add_argument(
         "--out", type=Path, required=True, help="folder for explain.json, pairs.png, decomposition.png, drilldown.png"
     )
@@ -184,10 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("report", help="one self-contained HTML: learning curves, calibration, ROC, explanation")
-    p.add_argument("model", type=Path)
+    p.add_argument("model", type=_location)
     p.add_argument(
         "--data",
-        type=Path,
+        **DATA,
         help="labelled rows for calibration, ROC and the explanation "
         "(default: calibration and ROC as recorded for the test part; no explanation)",
     )
@@ -200,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "export", help="write the model as an ONNX graph over encoded inputs (pip install 'deepfm[onnx]')"
     )
-    p.add_argument("model", type=Path)
+    p.add_argument("model", type=_location)
     p.add_argument("--onnx", type=Path, required=True, help="the .onnx file to write")
     p.add_argument(
         "--check-rows", type=int, default=2000, help="generated rows to compare ONNX Runtime with PyTorch on (0: skip)"
@@ -212,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="HTTP prediction service: POST /predict, GET /health, /schema, /docs (pip install 'deepfm[serve]')",
     )
-    p.add_argument("model", type=Path)
+    p.add_argument("model", type=_location)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=1, help="server processes, each with its own copy of the model")
@@ -262,10 +299,23 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
 
 def _add_run_args(p: argparse.ArgumentParser, data_required: bool = True) -> None:
     """Data, schema, reading and model/training overrides: shared by train and compare."""
-    p.add_argument("--data", type=Path, required=data_required, help="training file (CSV/TSV, Parquet or libFM)")
-    p.add_argument("--valid", type=Path, help="validation file (early stopping)")
-    p.add_argument("--test", type=Path, help="test file (reported in metrics.json)")
+    p.add_argument(
+        "--data",
+        **DATA,
+        required=data_required,
+        help="training data (CSV/TSV, Parquet or libFM): a file, folder, glob, URI or several",
+    )
+    p.add_argument("--valid", **DATA, help="validation file (early stopping)")
+    p.add_argument("--test", **DATA, help="test file (reported in metrics.json)")
     p.add_argument("--split", help="split --data by row order: train,valid[,test] fractions, e.g. 0.8,0.1,0.1")
+    p.add_argument(
+        "--split-by",
+        metavar="COLUMN",
+        help="split --data by this column's value (a partition key such as day, or a column): below "
+        "--valid-from trains, from --valid-from validates, from --test-from tests (docs/datasets.md)",
+    )
+    p.add_argument("--valid-from", metavar="V", help="with --split-by: the first value of the validation rows")
+    p.add_argument("--test-from", metavar="V", help="with --split-by: the first value of the test rows")
     p.add_argument("--config", type=Path, help="YAML config: fields, model, train, data")
     p.add_argument("--preset", choices=["criteo"], help="a ready schema (criteo: label, I1..I13, C1..C26)")
     p.add_argument("--label", default=None, help="label column when the schema is inferred (default: label)")

@@ -8,6 +8,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from deepfm.cli.common import read_overrides, run_config, run_inputs, shape_flag
 from deepfm.data.readers import open_reader
 from deepfm.data.schema_inference import infer_schema, schema_yaml
 from deepfm.data.source import ReadOptions
+from deepfm.data.storage import is_uri, upload_folder
 from deepfm.training import check_resume, check_start, resume, run_training
 from deepfm.training.compare import compare, to_markdown
 from deepfm.training.tune import tune
@@ -37,6 +39,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if is_uri(args.out):
+        return _train_to_uri(args)
     if args.nproc is not None and args.nproc < 1:
         raise usage_error(f"--nproc must be at least 1, got {args.nproc}")
     launch = args.nproc is not None and args.nproc > 1 and "WORLD_SIZE" not in os.environ
@@ -65,7 +69,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         bundle = run_training(config, inputs, args.out, on_trained=on_trained, track=track)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # rank 0 saved the model and prints its summary
-    return _print_summary(out, bundle)
+    return _print_summary(getattr(args, "uri", None) or out, bundle)
+
+
+def _train_to_uri(args: argparse.Namespace) -> int:
+    """--out URI: train into a local folder, then upload the finished model (a run to resume
+    or an interrupted one stays local: object stores have no atomic rename to finish it with)."""
+    if args.resume is not None or (args.nproc or 1) > 1:
+        raise usage_error("--out URI trains in one process and not with --resume: give a local --out, then copy it")
+    uri = args.uri = args.out  # what the summary line names
+    with tempfile.TemporaryDirectory(prefix="deepfm-train-") as tmp:
+        args.out = Path(tmp) / "model"
+        status = cmd_train(args)
+        upload_folder(args.out, uri)
+    log.info("uploaded the model to %s", uri.split("?")[0])
+    return status
 
 
 def _tracker(track: Any, register: str | None) -> Any:
@@ -114,6 +132,9 @@ def _resume_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "--valid": args.valid,
         "--test": args.test,
         "--split": args.split,
+        "--split-by": args.split_by,
+        "--valid-from": args.valid_from,
+        "--test-from": args.test_from,
         **shape_flags(args),
         "--batch-size": args.batch_size,
         "--seed": args.seed,
@@ -144,7 +165,7 @@ def _resume_overrides(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _print_summary(out: Path, bundle: Any) -> int:
+def _print_summary(out: Path | str, bundle: Any) -> int:
     m = bundle.metrics
     summary = {
         k: m[k]

@@ -47,16 +47,14 @@ class LibfmReader(Reader):
     def _width(self) -> int:
         first = self.first_line()
         if not LIBFM_LINE.match(first):
-            raise DataError(
-                f"expected a libFM line 'label id:value ...', got {first[:80]!r}", path=str(self.path), line=1
-            )
+            raise DataError(f"expected a libFM line 'label id:value ...', got {first[:80]!r}", path=self.name, line=1)
         return len(first.split()) - 1
 
     def _batches(self, columns: list[str], numeric: set[str]) -> Iterator[pa.RecordBatch]:
         """Every column (the caller selects): the label and the ids of f1..fk, as text."""
         width = len(self.columns) - 1
         reader = pacsv.open_csv(
-            str(self.path),
+            self.ref.readable(),
             read_options=pacsv.ReadOptions(column_names=["line"], block_size=self.options.block_size),
             parse_options=pacsv.ParseOptions(delimiter="\x1f", quote_char=False, ignore_empty_lines=False),
             convert_options=pacsv.ConvertOptions(column_types={"line": pa.string()}, strings_can_be_null=False),
@@ -73,7 +71,7 @@ class LibfmReader(Reader):
                     raise DataError(
                         f"expected a label and {width} id:value features (as on line 1), "
                         f"got {int(lengths[i]) - 1 if lines[i].as_py() else 'an empty line'}",
-                        path=str(self.path),
+                        path=self.name,
                         line=row0 + i + 1,
                     )
                 keep = lengths == width + 1
@@ -98,7 +96,7 @@ class LibfmReader(Reader):
                     raise DataError(
                         f"feature values must be 1 (one-hot libFM, one feature per field); got "
                         f"{values[bad_at].as_py()!r}. Convert weighted features to a table with numeric columns",
-                        path=str(self.path),
+                        path=self.name,
                         line=row0 + r + 1,
                         field=f"f{c + 1}",
                     )

@@ -18,12 +18,12 @@ class ParquetReader(Reader):
 
     def _open(self, column_names: tuple[str, ...] | list[str] | None, optional_label: str | None) -> None:
         try:
-            self._pq = pq.ParquetFile(self.path)
+            self._pq = pq.ParquetFile(self.ref.open_random())
         except Exception as exc:  # pyarrow raises several types for a broken file
-            raise DataError(f"not a readable Parquet file ({exc})", path=str(self.path)) from exc
+            raise DataError(f"not a readable Parquet file ({exc})", path=self.name) from exc
         self.columns = list(self._pq.schema_arrow.names)
         if self._pq.metadata.num_rows == 0:
-            raise DataError("the file holds no rows", path=str(self.path))
+            raise DataError("the file holds no rows", path=self.name)
 
     def _batches(self, columns: list[str], numeric: set[str]) -> Iterator[pa.RecordBatch]:
         batch_rows = max(1024, self.options.block_size // 256)

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import ClassVar, Protocol, TypeVar
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 
+from deepfm.data.storage import FileRef
 from deepfm.errors import ConfigError, DataError
 
 FORMATS = ("auto", "text", "parquet", "libfm")
@@ -62,6 +64,7 @@ class Source(Protocol):
     source writes missing values and labels."""
 
     path: Path
+    name: str  # the path as messages show it (a URI for a remote file)
 
     @property
     def format(self) -> str:
@@ -84,6 +87,31 @@ class Source(Protocol):
         ...
 
 
+class SourceView:
+    """A Source read as ``base`` but with rows numbered its own way; subclasses map a row back
+    to ``base``'s (a file of a dataset, the rows of one part of a split)."""
+
+    def __init__(self, base: Source) -> None:
+        self.base = base
+        self.path: Path = base.path
+        self.name: str = base.name
+
+    @property
+    def format(self) -> str:
+        return self.base.format
+
+    @property
+    def blank_is_null(self) -> bool:
+        return self.base.blank_is_null
+
+    @property
+    def signed_labels(self) -> bool:
+        return self.base.signed_labels
+
+    def locate(self, row: int) -> str:
+        return self.base.locate(row)
+
+
 @dataclass
 class Chunk:
     """A slice of a source: ``table`` holds rows ``row0 .. row0+len-1`` (0-based data rows)."""
@@ -97,7 +125,7 @@ class Chunk:
         return self.reader.locate(self.row0 + i)
 
     def error(self, i: int, message: str, field: str | None = None) -> DataError:
-        return DataError(message, path=str(self.reader.path), line=self.where(i), field=field)
+        return DataError(message, path=self.reader.name, line=self.where(i), field=field)
 
 
 class Reader:
@@ -112,22 +140,25 @@ class Reader:
 
     def __init__(
         self,
-        path: str | Path,
+        path: str | Path | FileRef,
         options: ReadOptions = ReadOptions(),
         column_names: tuple[str, ...] | list[str] | None = None,
         optional_label: str | None = None,
     ) -> None:
         """``column_names`` name the columns of a headerless file; a file to score may leave
-        out the ``optional_label`` column of those."""
-        self.path = Path(path)
+        out the ``optional_label`` column of those. ``path`` may be a file of a dataset
+        (:class:`~deepfm.data.storage.FileRef`), local or remote."""
+        self.ref = path if isinstance(path, FileRef) else FileRef(str(path), str(path))
+        self.path = Path(self.ref.path)
+        self.name = self.ref.name
         self.options = options
         self.skipped = 0  # bad rows skipped under on_bad_row=skip
         self.skipped_examples: list[str] = []
         self.has_header = False
         self.delimiter = ","
         self.columns: list[str] = []
-        check_file(self.path)
-        with io_errors(self.path):
+        check_file(self.ref)
+        with io_errors(self.name):
             self._open(column_names, optional_label)
 
     def _open(self, column_names: tuple[str, ...] | list[str] | None, optional_label: str | None) -> None:
@@ -157,7 +188,7 @@ class Reader:
         if missing:
             raise DataError(
                 f"{what} names column(s) {missing} that the file lacks; it has {self.columns}",
-                path=str(self.path),
+                path=self.name,
             )
 
     def chunks(self, columns: list[str], numeric: set[str] | frozenset[str] = frozenset()) -> Iterator[Chunk]:
@@ -167,19 +198,19 @@ class Reader:
         self._restart()  # counts are per pass: training reads a file twice (fit, then encode)
         row0 = 0
         source = self._batches(columns, set(numeric) & set(columns))
-        with io_errors(self.path):
+        with io_errors(self.name):
             for batches in _prefetch(_grouped(source, self.group)):
                 table = pa.Table.from_batches(batches).select(columns)
                 yield Chunk(table=table, row0=row0, reader=self)
                 row0 += table.num_rows
         if row0 == 0:
-            raise DataError("the file holds no data rows", path=str(self.path))
+            raise DataError("the file holds no data rows", path=self.name)
 
     def count_rows(self) -> int:
         """Number of data rows (fast: counting line ends in blocks)."""
         n = 0
         last = b"\n"
-        with pa.input_stream(str(self.path), compression="detect") as f:
+        with self.ref.open_stream() as f:
             while True:
                 block = f.read(16 << 20)
                 if not block:
@@ -192,28 +223,35 @@ class Reader:
 
     def first_line(self) -> bytes:
         """The file's first line (decompressed), without its line end."""
-        with pa.input_stream(str(self.path), compression="detect") as f:
+        with self.ref.open_stream() as f:
             head = f.read(1 << 16)
         if not head.strip():
-            raise DataError("the file is empty", path=str(self.path))
+            raise DataError("the file is empty", path=self.name)
         return head.split(b"\n", 1)[0].rstrip(b"\r")
 
 
-def check_file(path: Path) -> None:
-    """A DataError unless ``path`` is a file."""
-    if not path.exists():
-        raise DataError("file not found", path=str(path))
-    if path.is_dir():
-        raise DataError("expected a file, got a folder", path=str(path))
+def check_file(ref: FileRef) -> None:
+    """A DataError unless ``ref`` is a file."""
+    if ref.fs is None:
+        path = Path(ref.path)
+        if not path.exists():
+            raise DataError("file not found", path=ref.name)
+        if path.is_dir():
+            raise DataError("expected a file, got a folder", path=ref.name)
+        return
+    with io_errors(ref.name):
+        kind = ref.info().type
+    if kind != pafs.FileType.File:
+        raise DataError("file not found" if kind == pafs.FileType.NotFound else "expected a file", path=ref.name)
 
 
 @contextmanager
-def io_errors(path: Path) -> Iterator[None]:
+def io_errors(name: str | Path) -> Iterator[None]:
     """Arrow raises OSError for unreadable or corrupt input (a truncated gzip, say): name the file."""
     try:
         yield
     except OSError as exc:
-        raise DataError(f"cannot read the file: {exc}", path=str(path)) from exc
+        raise DataError(f"cannot read the file: {exc}", path=str(name)) from exc
 
 
 def _grouped(batches: Iterator[pa.RecordBatch], size: int) -> Iterator[list[pa.RecordBatch]]:

@@ -23,6 +23,7 @@ class TableSource:
     def __init__(self, table: pa.Table, name: str = "<records>") -> None:
         self.table = table
         self.path = Path(name)
+        self.name = name
         self.columns = list(table.column_names)
         self.skipped = 0
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterator
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from deepfm.data.source import Reader
+from deepfm.data.storage import FileRef
 from deepfm.errors import ConfigError, DataError
 
 
@@ -33,7 +33,7 @@ class TextReader(Reader):
             raise DataError(
                 "cannot tell the delimiter from the first line (no tab, comma, semicolon or |); "
                 "set 'delimiter' in the config or --delimiter",
-                path=str(self.path),
+                path=self.name,
                 line=1,
             )
         self.delimiter = delim
@@ -41,7 +41,7 @@ class TextReader(Reader):
             first_fields = next(csv.reader([first.decode("utf-8", errors="replace")], delimiter=delim))
         except csv.Error as exc:  # a lone carriage return inside the line, say
             raise DataError(
-                f"cannot split the first line into fields ({exc}): {first[:120]!r}", path=str(self.path), line=1
+                f"cannot split the first line into fields ({exc}): {first[:120]!r}", path=self.name, line=1
             ) from None
         header = self.options.header
         if header == "auto":
@@ -57,7 +57,7 @@ class TextReader(Reader):
         else:
             if column_names is None:
                 raise ConfigError(
-                    f"{self.path}: the file has no header; name its columns with 'columns' in the "
+                    f"{self.name}: the file has no header; name its columns with 'columns' in the "
                     "config or a preset such as --preset criteo"
                 )
             self.columns = list(column_names)
@@ -67,12 +67,12 @@ class TextReader(Reader):
                 raise DataError(
                     f"expected {len(self.columns)} columns ({', '.join(self.columns[:4])}, ...), "
                     f"got {len(first_fields)}",
-                    path=str(self.path),
+                    path=self.name,
                     line=1,
                 )
         dupes = sorted({c for c in self.columns if self.columns.count(c) > 1})
         if dupes:
-            raise DataError(f"the header names columns more than once: {dupes}", path=str(self.path), line=1)
+            raise DataError(f"the header names columns more than once: {dupes}", path=self.name, line=1)
 
     def _batches(self, columns: list[str], numeric: set[str]) -> Iterator[pa.RecordBatch]:
         """Numeric columns are parsed as float64 by Arrow (fast). If a value does not parse,
@@ -106,7 +106,7 @@ class TextReader(Reader):
         try:
             # open_csv reads the first block at once: bad rows there raise here.
             reader = pacsv.open_csv(
-                str(self.path),
+                self.ref.readable(),
                 read_options=pacsv.ReadOptions(
                     column_names=self.columns,
                     skip_rows=1 if self.has_header else 0,
@@ -135,14 +135,14 @@ class TextReader(Reader):
                 line = self._find_line_with_text(row.text)
                 raise DataError(
                     f"expected {row.expected_columns} columns, got {row.actual_columns}: {row.text[:120]!r}",
-                    path=str(self.path),
+                    path=self.name,
                     line=line,
                 ) from exc
-            raise DataError(f"cannot parse the file: {exc}", path=str(self.path)) from exc
+            raise DataError(f"cannot parse the file: {exc}", path=self.name) from exc
 
     def _find_line_with_text(self, text: str) -> int | None:
         """Error path only: the 1-based line of the first line equal to ``text``."""
-        with _open_text(self.path) as f:
+        with _open_text(self.ref) as f:
             for n, line in enumerate(f, start=1):
                 if line.rstrip("\r\n") == text:
                     return n
@@ -157,7 +157,7 @@ class TextReader(Reader):
         """Error path only: find the line of a data row when bad rows were skipped before it."""
         width = len(self.columns)
         seen = -1
-        with _open_text(self.path) as f:
+        with _open_text(self.ref) as f:
             lines = iter(enumerate(f, start=1))
             if self.has_header:
                 next(lines, None)
@@ -184,6 +184,6 @@ def sniff_delimiter(first_line: bytes) -> str | None:
     return best if counts[best] > 0 else None
 
 
-def _open_text(path: Path) -> io.TextIOWrapper:
-    stream = pa.input_stream(str(path), compression="detect")
+def _open_text(ref: FileRef) -> io.TextIOWrapper:
+    stream = ref.open_stream()
     return io.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline="")

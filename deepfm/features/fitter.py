@@ -32,7 +32,7 @@ class Fitter:
         }
         self.rows_counted = 0
         self.chunk_rows: list[tuple[int, int]] = []  # (first row, rows) of every chunk counted
-        self.reader: Source | None = None  # where the chunks come from: errors name its lines
+        self.readers: list[Source] = []  # where each chunk came from (files of a dataset differ)
 
     @property
     def counters(self) -> list[Dictionary | BinCounts]:
@@ -46,7 +46,7 @@ class Fitter:
         n = chunk.table.num_rows
         self.rows_counted += n
         self.chunk_rows.append((chunk.row0, n))
-        self.reader = chunk.reader
+        self.readers.append(chunk.reader)
         fields = list(enumerate(self.schema.fields))
 
         def run(part: list[tuple[int, str]]) -> tuple[int, Exception] | None:
@@ -88,6 +88,5 @@ class Fitter:
 
     def _error(self, i: int, field: str, row: int, message: str) -> DataError:
         """An error at ``row`` of spilled chunk ``i``, located in the file it came from."""
-        assert self.reader is not None
-        line = self.reader.locate(self.chunk_rows[i][0] + row)
-        return DataError(message, path=str(self.reader.path), line=line, field=field)
+        reader = self.readers[i]
+        return DataError(message, path=reader.name, line=reader.locate(self.chunk_rows[i][0] + row), field=field)

@@ -38,7 +38,8 @@ class Predictor(Scorer):
         if engine == "torch":
             return cls(bundle)
         if engine == "onnx":
-            return cls(bundle, OnnxEngine(onnx_path or Path(folder) / "model.onnx", bundle, threads=threads))
+            local = bundle.path or Path(folder)  # a URI's bundle: its downloaded copy
+            return cls(bundle, OnnxEngine(onnx_path or local / "model.onnx", bundle, threads=threads))
         raise ConfigError(f"engine must be 'torch' or 'onnx', got {engine!r}")
 
 

@@ -1,7 +1,7 @@
 """The encoded-data cache: the parts a run encoded, kept for later runs on the same data.
 
 An entry is a folder named by a digest of everything encoding depends on: the files (path,
-size, modification time), their roles, the schema, the reading options, the split, a warm
+size, modification time; every file of a dataset), their roles, the schema, the reading options, the split, a warm
 start's base model, the cache format and the code of :mod:`deepfm.data` and
 :mod:`deepfm.features`. It holds the fitted pipeline and the encoded parts; ``complete.json``
 is written last and the folder renamed into place, so a reader sees a whole entry or none.
@@ -23,11 +23,12 @@ from typing import Any
 import deepfm.data
 import deepfm.features
 from deepfm.config import RunConfig
+from deepfm.data.column_split import ColumnSplit
 from deepfm.data.encoded import EncodedDataset
+from deepfm.data.storage import DataSpec, data_identity
 from deepfm.errors import DataError
 from deepfm.features.pipeline import FeaturePipeline
 from deepfm.training.parts import Parts, prepare
-from deepfm.util.files import file_identity
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 2  # bump when the encoded layout changes (CHANGELOG.md: cache formats)
@@ -41,13 +42,14 @@ def default_cache_dir() -> Path:
 
 def prepare_cached(
     config: RunConfig,
-    data: str | Path,
+    data: DataSpec,
     cache_dir: Path,
-    valid: str | Path | None = None,
-    test: str | Path | None = None,
+    valid: DataSpec | None = None,
+    test: DataSpec | None = None,
     split: tuple[float, float, float] | None = None,
     base: FeaturePipeline | None = None,
     base_key: str | None = None,
+    split_by: ColumnSplit | None = None,
 ) -> tuple[FeaturePipeline, Parts, bool]:
     """:func:`~deepfm.training.parts.prepare`, reusing the encoded data of an earlier run on
     the same files (path, size, modification time), schema, reading options, split and
@@ -55,18 +57,20 @@ def prepare_cached(
     (pipeline, parts, hit)."""
     if base is not None and base_key is None:
         raise ValueError("prepare_cached with a base pipeline needs its base_key")
-    files = [Path(p) for p in (data, valid, test) if p is not None]
-    for p in files:
-        if not p.is_file():
+    files = [p for p in (data, valid, test) if p is not None]
+    identities = [data_identity(p) for p in files]  # a dataset: every one of its files
+    for p, found in zip(files, identities):
+        if found is None:
             raise DataError("file not found", path=str(p))
     identity = {
         "format": CACHE_FORMAT,
         "code": _encoder_version(),
-        "files": [file_identity(p) for p in files],
+        "files": identities,
         "roles": [valid is not None, test is not None],
         "schema": config.schema.to_dict(),
         "data": dataclasses.asdict(config.data),
         "split": split,
+        "split_by": dataclasses.asdict(split_by) if split_by is not None else None,
         "base": base_key,
     }
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
@@ -77,7 +81,7 @@ def prepare_cached(
         except Exception as exc:  # a damaged cache entry is rebuilt, never trusted
             log.warning("cache entry %s is unreadable (%s): encoding again", folder, exc)
             shutil.rmtree(folder, ignore_errors=True)
-    _fill(folder, identity, lambda tmp: prepare(config, data, tmp, valid=valid, test=test, split=split, base=base))
+    _fill(folder, identity, lambda tmp: prepare(config, data, tmp, valid, test, split, base, split_by))
     log.info("encoded data cached in %s", folder)
     return (*_load_prepared(folder), False)
 

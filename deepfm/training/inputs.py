@@ -10,6 +10,7 @@ RunInputs to each of their runs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, replace
@@ -19,10 +20,12 @@ from typing import Any
 import torch
 
 from deepfm.config import RunConfig, with_overrides
+from deepfm.data.column_split import ColumnSplit
+from deepfm.data.storage import data_identity, is_dataset, list_files
 from deepfm.errors import ConfigError, DataError
 from deepfm.training.checkpoint import CHECKPOINT
 from deepfm.training.distributed import resolve_device
-from deepfm.util.files import file_identity, write_atomic
+from deepfm.util.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -52,38 +55,42 @@ def parse_split(text: str | tuple[float, ...] | list[float] | None) -> tuple[flo
 @dataclass(frozen=True)
 class RunInputs:
     """What a run reads. ``data`` is split by row order into train, valid and test parts by
-    ``split`` (fractions, or text like "0.8,0.1,0.1"), or ``valid`` and ``test`` are files of
-    their own. ``cache``: keep the encoded data in ``cache_dir`` for later runs on the same
+    ``split`` (fractions, or text like "0.8,0.1,0.1"), or by a column's value (``split_by``,
+    time), or ``valid`` and ``test`` are files (or datasets) of their own. ``cache``: keep the encoded data in ``cache_dir`` for later runs on the same
     files. ``neg_sample_rate`` < 1 trains on that share of the negatives. ``warm_start``: a
     model folder to continue from."""
 
-    data: str
-    valid: str | None = None
-    test: str | None = None
+    data: str | tuple[str, ...]
+    valid: str | tuple[str, ...] | None = None
+    test: str | tuple[str, ...] | None = None
     split: tuple[float, float, float] | None = None
     cache: bool = True
     cache_dir: str | None = None
     neg_sample_rate: float = 1.0
     warm_start: str | None = None
+    split_by: ColumnSplit | None = None
 
     def __post_init__(self) -> None:
-        # Paths as text (a Path or a str may be given), the split as three fractions.
+        # Paths as text (a Path or a str may be given; a list for several), the split as three fractions.
         for name in ("data", "valid", "test", "cache_dir", "warm_start"):
             value = getattr(self, name)
-            if value is not None:
+            if isinstance(value, (list, tuple)):
+                object.__setattr__(self, name, value[0] if len(value) == 1 else tuple(str(v) for v in value))
+            elif value is not None:
                 object.__setattr__(self, name, str(value))
         object.__setattr__(self, "split", parse_split(self.split))
 
     def with_default_split(self) -> RunInputs:
         """These inputs, with the last 10% of ``data`` validating when nothing else does."""
-        if self.split is not None or self.valid is not None:
+        if self.split is not None or self.valid is not None or self.split_by is not None:
             return self
         log.info("no --valid or --split given: using the last 10%% of %s for validation", self.data)
         return replace(self, split=DEFAULT_SPLIT)
 
-    def identities(self) -> list[list[str | int] | None]:
-        """The identity of the data, valid and test files (None where absent)."""
-        return [file_identity(p) for p in (self.data, self.valid, self.test)]
+    def identities(self) -> list[Any]:
+        """The identity of the data, valid and test files (None where absent; a list of the
+        files' identities for a dataset)."""
+        return [data_identity(p) for p in (self.data, self.valid, self.test)]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -95,21 +102,28 @@ class RunInputs:
             "cache_dir": self.cache_dir,
             "neg_sample_rate": self.neg_sample_rate,
             "warm_start": self.warm_start,
+            "split_by": dataclasses.asdict(self.split_by) if self.split_by is not None else None,
         }
 
     @classmethod
     def from_json(cls, run: dict[str, Any]) -> RunInputs:
         """From ``run.json`` (one written before downsampling or warm start existed has neither)."""
         return cls(
-            data=run["data"],
-            valid=run["valid"],
-            test=run["test"],
+            data=_spec(run["data"]) or "",
+            valid=_spec(run["valid"]),
+            test=_spec(run["test"]),
             split=run["split"],
             cache=run["cache"],
             cache_dir=run["cache_dir"],
             neg_sample_rate=run.get("neg_sample_rate", 1.0),
             warm_start=run.get("warm_start"),
+            split_by=ColumnSplit(**run["split_by"]) if run.get("split_by") else None,
         )
+
+
+def _spec(value: str | list[str] | None) -> str | tuple[str, ...] | None:
+    """A data argument read back from JSON (several files: a list there)."""
+    return tuple(value) if isinstance(value, list) else value
 
 
 def write_run(out: Path, config: RunConfig, inputs: RunInputs, world: int) -> None:
@@ -124,7 +138,11 @@ def check_start(config: RunConfig, inputs: RunInputs, out: str | Path, nproc: in
     interrupted run. ``deepfm train --nproc N`` calls it before it starts any process, so a
     mistake is one error line rather than one per rank."""
     for role, path in (("data", inputs.data), ("valid", inputs.valid), ("test", inputs.test)):
-        if path is not None and not Path(path).exists():
+        if path is None:
+            continue
+        if is_dataset(path):
+            list_files(path)  # a folder without files, a glob matching none: said here
+        elif isinstance(path, str) and not Path(path).exists():
             raise DataError(f"file not found (the {role} file)", path=str(path))
     device = resolve_device(config.train.device)
     if device.type == "cuda" and nproc > 1 and torch.cuda.device_count() < nproc:

@@ -26,8 +26,10 @@ import torch
 
 from deepfm.bundle import Bundle
 from deepfm.config import RunConfig, rows_per_table_row
+from deepfm.data.column_split import ColumnSplit
 from deepfm.data.encoded import EncodedDataset
 from deepfm.data.sampling import downsample
+from deepfm.data.storage import DataSpec
 from deepfm.features.pipeline import FeaturePipeline
 from deepfm.features.profile import PROFILE_FILE, profile
 from deepfm.model.calibration import Calibration
@@ -53,10 +55,10 @@ TrainedHook = Callable[[Bundle, EncodedDataset | None], None]
 
 def train(
     config: RunConfig,
-    data: str | Path,
+    data: DataSpec,
     out: str | Path,
-    valid: str | Path | None = None,
-    test: str | Path | None = None,
+    valid: DataSpec | None = None,
+    test: DataSpec | None = None,
     split: str | tuple[float, float, float] | None = None,
     cache: bool = True,
     cache_dir: str | Path | None = None,
@@ -66,8 +68,11 @@ def train(
     neg_sample_rate: float = 1.0,
     warm_start: str | Path | None = None,
     track: Any = None,
+    split_by: ColumnSplit | None = None,
 ) -> Bundle:
     """Train a model on ``data`` and save it to ``out``. Returns the Bundle (metrics attached).
+    ``data``, ``valid``, ``test``: a file, folder, glob, URI or a list of them (docs/datasets.md);
+    ``split_by``: split ``data`` by a column's value (time) rather than by row order.
 
     Without ``valid`` or ``split`` the file is split 0.9/0.1 by row order so that early
     stopping has validation rows. With ``cache`` the encoded data is kept in ``cache_dir``
@@ -92,7 +97,7 @@ def train(
     ``track``: where the run is tracked (default ``config.track``): spec(s) such as
     "tensorboard:DIR" or "mlflow:URI", or a :class:`deepfm.training.tracking.Tracker`.
     """
-    inputs = RunInputs(data, valid, test, split, cache, cache_dir, neg_sample_rate, warm_start)  # type: ignore[arg-type]
+    inputs = RunInputs(data, valid, test, split, cache, cache_dir, neg_sample_rate, warm_start, split_by)  # type: ignore[arg-type]
     return run_training(config, inputs, out, on_epoch=on_epoch, on_trained=on_trained, resume=resume, track=track)
 
 
@@ -194,6 +199,7 @@ class _Job:
                 test=inputs.test,
                 split=inputs.split,
                 base=base.pipeline if base else None,
+                split_by=inputs.split_by,
                 base_key=base_key,
             )
             if hit:
@@ -207,6 +213,7 @@ class _Job:
                 test=inputs.test,
                 split=inputs.split,
                 base=base.pipeline if base else None,
+                split_by=inputs.split_by,
             )
             hit = False
         if inputs.cache and ctx.main:

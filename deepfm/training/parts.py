@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from deepfm.config import RunConfig
+from deepfm.data.column_split import ColumnSplit
 from deepfm.data.encoded import DatasetWriter, EncodedDataset
 from deepfm.data.readers import open_reader
-from deepfm.data.source import Reader
+from deepfm.data.source import Chunk, Reader
+from deepfm.data.storage import DataSpec
 from deepfm.errors import ConfigError, DataError
 from deepfm.features.pipeline import FeaturePipeline
 
@@ -39,7 +44,7 @@ class _Split:
     """The row ranges of the parts of one file, decided once the parse has counted its rows:
     no counting pass first. Without fractions every row is a training row."""
 
-    def __init__(self, split: tuple[float, float, float] | None, data: str | Path) -> None:
+    def __init__(self, split: tuple[float, float, float] | None, data: DataSpec) -> None:
         self.split, self.data = split, data
         self.bounds: dict[str, tuple[int, int]] = {}
 
@@ -68,25 +73,27 @@ class _Split:
 
 def prepare(
     config: RunConfig,
-    data: str | Path,
+    data: DataSpec,
     workdir: Path,
-    valid: str | Path | None = None,
-    test: str | Path | None = None,
+    valid: DataSpec | None = None,
+    test: DataSpec | None = None,
     split: tuple[float, float, float] | None = None,
     base: FeaturePipeline | None = None,
+    split_by: ColumnSplit | None = None,
 ) -> tuple[FeaturePipeline, Parts]:
     """Fit the pipeline on the training rows and encode every part into ``workdir``.
-    ``base``: grow that fitted pipeline instead of fitting afresh (warm start)."""
+    ``base``: grow that fitted pipeline instead of fitting afresh (warm start). ``split_by``:
+    split ``data`` by a column's value (time) instead of by row order."""
     schema = config.schema
     columns = [schema.label, *schema.names]
     reader = open_reader(data, config.data, column_names=schema.columns)
     reader.check_columns(columns)
-    if split is not None and valid is not None:
-        raise ConfigError("give either --split or a --valid file, not both")
-    if split is not None and split[2] > 0 and test is not None:
-        raise ConfigError("--split already makes a test part; leave out --test or give two fractions")
+    _check_split(split, split_by, valid, test)
     pipeline = FeaturePipeline(schema)
-    parts = _fit_encode(pipeline, reader, columns, _Split(split, data), workdir, base)
+    if split_by is not None:
+        parts = split_encode(pipeline, reader, columns, split_by, workdir, base)
+    else:
+        parts = _fit_encode(pipeline, reader, columns, _Split(split, data), workdir, base)
     skipped = reader.skipped
     for name, path in (("valid", valid), ("test", test)):
         if path is not None:
@@ -98,6 +105,22 @@ def prepare(
     assert train_part is not None
     rows_read = sum(len(p) for p in parts.values() if p is not None) + skipped
     return pipeline, Parts(train_part, parts["valid"], parts["test"], skipped, rows_read)
+
+
+def _check_split(
+    split: tuple[float, float, float] | None,
+    split_by: ColumnSplit | None,
+    valid: DataSpec | None,
+    test: DataSpec | None,
+) -> None:
+    if split is not None and split_by is not None:
+        raise ConfigError("give either --split or --split-by, not both")
+    if (split is not None or split_by is not None) and valid is not None:
+        raise ConfigError(f"give either {'--split' if split_by is None else '--split-by'} or a --valid file, not both")
+    if split is not None and split[2] > 0 and test is not None:
+        raise ConfigError("--split already makes a test part; leave out --test or give two fractions")
+    if split_by is not None and split_by.test_from is not None and test is not None:
+        raise ConfigError("--test-from already makes a test part; leave out --test or --test-from")
 
 
 def _writer(pipeline: FeaturePipeline, folder: Path) -> DatasetWriter:
@@ -134,7 +157,7 @@ def _fit_encode(
 
 
 def _encode_file(
-    pipeline: FeaturePipeline, config: RunConfig, path: str | Path, columns: list[str], folder: Path
+    pipeline: FeaturePipeline, config: RunConfig, path: DataSpec, columns: list[str], folder: Path
 ) -> tuple[EncodedDataset, int]:
     """A whole file encoded by the fitted pipeline into ``folder``: (the part, rows skipped)."""
     reader = open_reader(path, config.data, column_names=config.schema.columns)
@@ -143,3 +166,45 @@ def _encode_file(
     for chunk in reader.chunks(columns, config.schema.numeric_columns):
         writer.append(pipeline.encode(chunk))
     return writer.close(), reader.skipped
+
+
+def split_encode(
+    pipeline: FeaturePipeline,
+    reader: Reader,
+    columns: list[str],
+    split_by: ColumnSplit,
+    workdir: Path,
+    base: FeaturePipeline | None,
+) -> dict[str, EncodedDataset | None]:
+    """A split by a column's value: fit on the training rows (one pass), then encode every
+    row into its part (a second pass). Each part keeps the input's row order."""
+    read = columns if split_by.column in columns else [*columns, split_by.column]
+    reader.check_columns([split_by.column], what="--split-by")
+    numeric = pipeline.schema.numeric_columns
+
+    def part_of(code: int) -> Iterator[Chunk]:
+        for chunk in reader.chunks(read, numeric):
+            rows = np.flatnonzero(split_by.assign(chunk) == code)
+            if rows.size:
+                yield split_by.subset(chunk, rows)
+
+    pipeline.fit(part_of(0), base=base)
+    writers: dict[str, DatasetWriter] = {}
+    for chunk in reader.chunks(read, numeric):
+        part = split_by.assign(chunk)
+        for code, name in enumerate(split_by.parts):
+            rows = np.flatnonzero(part == code)
+            if rows.size:
+                if name not in writers:  # opening a writer truncates its files: once a part
+                    writers[name] = _writer(pipeline, workdir / name)
+                writers[name].append(pipeline.encode(split_by.subset(chunk, rows)))
+    empty = [name for name in split_by.parts if name not in writers]
+    if empty:
+        raise DataError(
+            f"--split-by {split_by.column} leaves the {' and '.join(empty)} part(s) empty "
+            f"(--valid-from {split_by.valid_from}, --test-from {split_by.test_from})",
+            path=reader.name,
+        )
+    parts: dict[str, EncodedDataset | None] = {"train": None, "valid": None, "test": None}
+    parts.update({k: w.close() for k, w in writers.items()})
+    return parts
