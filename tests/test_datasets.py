@@ -217,3 +217,26 @@ def test_a_config_splits_by_time_too(logs: dict[str, Path], tmp_path: Path) -> N
     config.write_text("preset: criteo\nsplit: {by: day, valid: 2026-01-19}\n")
     with pytest.raises(ConfigError, match="valid"):
         split_by(args)
+
+
+def test_a_model_folder_inside_the_data_folder_is_refused(
+    logs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The next run on that folder would read the model's files as data: refused before
+    anything is read or written."""
+    out = logs["tsv"] / "runs" / "m"
+    args = [
+        "train",
+        "--data",
+        str(logs["tsv"]),
+        "--preset",
+        "criteo",
+        "--split-by",
+        "day",
+        "--valid-from",
+        "2026-01-20",
+    ]
+    assert main([*args, "--out", str(out), "--no-cache", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out} is inside the data folder {logs['tsv']}" in err
+    assert not (logs["tsv"] / "runs").exists()

@@ -14,6 +14,7 @@ from deepfm.data.column_split import ColumnSplit
 from deepfm.data.readers import open_reader
 from deepfm.data.schema import PRESETS
 from deepfm.data.schema_inference import infer_schema, schema_yaml
+from deepfm.data.storage import is_uri
 from deepfm.errors import ConfigError, DeepFMError
 from deepfm.training import RunInputs
 
@@ -117,6 +118,21 @@ def run_inputs(args: argparse.Namespace, **more: Any) -> Any:
         cache_dir=args.cache_dir,
         **more,
     )
+
+
+def check_out_outside_data(out: Any, *data: Any) -> None:
+    """Refuse a model folder inside a data folder: the next run on that folder would read the
+    model's files as data."""
+    if out is None or is_uri(str(out)):
+        return
+    target = Path(out).resolve()
+    for given in data:
+        for item in given if isinstance(given, list) else [given]:
+            if item is None or is_uri(str(item)) or not Path(item).is_dir():
+                continue
+            if target.is_relative_to(Path(item).resolve()):
+                raise usage_error(f"--out {out} is inside the data folder {item}: a later run on that folder would "
+                                  "read the model's files as data; write the model elsewhere")  # fmt: skip
 
 
 def split_by(args: argparse.Namespace) -> ColumnSplit | None:

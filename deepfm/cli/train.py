@@ -15,7 +15,14 @@ from typing import Any
 
 from deepfm.analysis.plots import require_matplotlib
 from deepfm.analysis.report import write_report
-from deepfm.cli.common import read_overrides, run_config, run_inputs, shape_flags, usage_error
+from deepfm.cli.common import (
+    check_out_outside_data,
+    read_overrides,
+    run_config,
+    run_inputs,
+    shape_flags,
+    usage_error,
+)
 from deepfm.data.readers import open_reader
 from deepfm.data.schema_inference import infer_schema, schema_yaml
 from deepfm.data.source import ReadOptions
@@ -61,6 +68,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         rate = 1.0 if args.neg_sample_rate is None else args.neg_sample_rate
         if not 0 < rate <= 1:
             raise usage_error(f"--neg-sample-rate must be in (0, 1], got {rate}")
+        check_out_outside_data(args.out, args.data, args.valid, args.test)
         inputs = run_inputs(args, neg_sample_rate=rate, warm_start=args.warm_start)
         if launch:
             check_start(config, inputs, args.out, nproc=args.nproc)
