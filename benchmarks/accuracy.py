@@ -52,6 +52,7 @@ from benchlib import (
     log,
     read_json_line,
     run_measured,
+    train_deepfm,
 )
 
 # Bump when anything in the peers' protocol changes, so --reuse stops matching older runs.
@@ -219,27 +220,14 @@ def describe(ds: data.DataSet, prepared: data.Prepared) -> dict:
 def run_deepfm(ds: data.DataSet, prepared: data.Prepared, variant: str, seed: int, args: argparse.Namespace) -> dict:
     """deepfm train through its CLI: no hyperparameter flags besides --model for lr and fm."""
     scratch = args.workdir / "runs" / ds.name / f"deepfm-{variant}-{seed}"
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
     flags = prepared.inferred_args if variant == "inferred" else prepared.deepfm_args + DEEPFM_VARIANTS[variant]
-    cmd = [
-        sys.executable,
-        "-m",
-        "deepfm",
-        "train",
-        *flags,
-        "--seed",
-        str(seed),
-        "--out",
-        str(scratch / "model"),
-        "--quiet",
-    ]
     if args.quick:
-        cmd += ["--epochs", str(QUICK_EPOCHS)]
-    # Encoded data is cached between the variants and seeds of one data set, inside the workdir.
-    env = os.environ | {"DEEPFM_CACHE_DIR": str(args.workdir / "deepfm-cache")}
+        flags = [*flags, "--epochs", str(QUICK_EPOCHS)]
     log(f"{ds.name} seed {seed}: deepfm {variant} ...")
-    status, seconds, rss, _, stderr = run_measured(cmd, scratch, args.timeout, env=env)
+    # Encoded data is cached between the variants and seeds of one data set, inside the workdir.
+    status, seconds, rss, stderr, model = train_deepfm(
+        flags, seed, scratch, args.workdir / "deepfm-cache", args.timeout
+    )
     run = {
         "dataset": ds.name,
         "library": "deepfm",
@@ -251,8 +239,8 @@ def run_deepfm(ds: data.DataSet, prepared: data.Prepared, variant: str, seed: in
     }
     if status != 0:
         return _failed(run, status, stderr)
-    m = json.loads((scratch / "model" / "metrics.json").read_text())
-    config = json.loads((scratch / "model" / "config.json").read_text())
+    m = json.loads((model / "metrics.json").read_text())
+    config = json.loads((model / "config.json").read_text())
     max_epochs = config.get("train", {}).get("epochs")
     run |= {
         k: m[k]

@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -115,6 +116,21 @@ def run_measured(
         proc.returncode = os.waitstatus_to_exitcode(wait_status)  # tell Popen it was reaped
         seconds = time.perf_counter() - t0
     return proc.returncode, seconds, usage.ru_maxrss / 1024, out_path.read_text(), err_path.read_text()
+
+
+def train_deepfm(
+    flags: list[str], seed: int, scratch: Path, cache_dir: Path, timeout: float
+) -> tuple[int, float, float, str, Path]:
+    """`deepfm train <flags> --seed S` into scratch/model, quiet, with the encoded data cached
+    in cache_dir between runs on the same files. Exit status, wall seconds, peak RSS (MiB),
+    stderr and the model folder (its metrics.json when the status is 0)."""
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    model = scratch / "model"
+    cmd = [sys.executable, "-m", "deepfm", "train", *flags, "--seed", str(seed), "--out", str(model), "--quiet"]
+    env = os.environ | {"DEEPFM_CACHE_DIR": str(cache_dir)}
+    status, seconds, rss, _, stderr = run_measured(cmd, scratch, timeout, env=env)
+    return status, seconds, rss, stderr, model
 
 
 def read_json_line(stdout: str) -> dict:

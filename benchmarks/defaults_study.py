@@ -28,7 +28,7 @@ from pathlib import Path
 import accuracy_data as data
 import numpy as np
 import yaml
-from benchlib import BENCH, check_deepfm, log, run_measured
+from benchlib import BENCH, check_deepfm, log, train_deepfm
 
 # Each variant: the config sections it forces; everything else stays at the defaults.
 VARIANTS: dict[str, dict[str, dict]] = {
@@ -86,34 +86,22 @@ def main() -> int:
 def run_variant(ds: data.DataSet, prepared: data.Prepared, variant: str, seed: int, args: argparse.Namespace) -> dict:
     """One `deepfm train` with the data set's flags and ``variant``'s config; its metrics."""
     scratch = args.workdir / "study" / ds.name / f"{variant.replace(' ', '_')}-{seed}"
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
-    cmd = [
-        sys.executable,
-        "-m",
-        "deepfm",
-        "train",
-        *prepared.deepfm_args,
-        "--seed",
-        str(seed),
-        "--out",
-        str(scratch / "model"),
-        "--quiet",
-    ]
+    flags = list(prepared.deepfm_args)
     if VARIANTS[variant]:
-        (scratch / "study.yaml").write_text(yaml.safe_dump(VARIANTS[variant]))
-        cmd += ["--config", str(scratch / "study.yaml")]
-    env = os.environ | {"DEEPFM_CACHE_DIR": str(args.workdir / "deepfm-cache")}
+        config = args.workdir / "study" / ds.name / f"{variant.replace(' ', '_')}.yaml"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(yaml.safe_dump(VARIANTS[variant]))
+        flags += ["--config", str(config)]
     log(f"{ds.name} seed {seed}: {variant} ...")
-    status, seconds, _, _, stderr = run_measured(cmd, scratch, args.timeout, env=env)
+    status, seconds, _, stderr, model = train_deepfm(flags, seed, scratch, args.workdir / "deepfm-cache", args.timeout)
     row = {"dataset": ds.name, "variant": variant, "seed": seed, "ok": status == 0, "process_seconds": seconds}
     if status != 0:
         log(f"  failed ({status}): {stderr[-500:]}")
         return row
-    m = json.loads((scratch / "model" / "metrics.json").read_text())
+    m = json.loads((model / "metrics.json").read_text())
     row |= {k: m[k] for k in RECORDED if k in m}
     log(f"  test AUC {row['test_auc']:.4f}, logloss {row['test_logloss']:.4f}, {row['epochs']} epochs")
-    shutil.rmtree(scratch / "model", ignore_errors=True)
+    shutil.rmtree(model, ignore_errors=True)
     return row
 
 
