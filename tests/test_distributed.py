@@ -203,7 +203,7 @@ def test_two_process_run_killed_then_resumed_gives_the_same_weights(tmp_path: Pa
     import signal
     import time
 
-    from deepfm.training.checkpoint import CHECKPOINT, load_checkpoint
+    from deepfm.training.checkpoint import CHECKPOINT, read_checkpoint_state
 
     data = write_records_csv(tmp_path / "d.csv", simple_records(4000, seed=8))
     args = [
@@ -243,7 +243,7 @@ def test_two_process_run_killed_then_resumed_gives_the_same_weights(tmp_path: Pa
     )
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
-        if (out / CHECKPOINT).exists() and load_checkpoint(out / CHECKPOINT)[1]["progress"]["epoch"] == 2:
+        if (out / CHECKPOINT).exists() and read_checkpoint_state(out / CHECKPOINT)["progress"]["epoch"] == 2:
             break
         time.sleep(0.01)
     assert proc.poll() is None, "the run ended before the kill: too short for this test"

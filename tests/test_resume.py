@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from deepfm.errors import ConfigError, DataError, TrainingError
 from deepfm.training import Trainer, resume, train
-from deepfm.training.checkpoint import CHECKPOINT, load_checkpoint
+from deepfm.training.checkpoint import CHECKPOINT, load_checkpoint, read_checkpoint_state
 from deepfm.training.inputs import RUN
 
 from helpers import nan_loss_at_step, simple_records, simple_schema, small_config, write_records_csv
@@ -71,8 +71,8 @@ def wait_then_kill(proc: subprocess.Popen[bytes], out: Path, when: str) -> dict:
         if when == "before any checkpoint" and (out / RUN).exists():
             break
         if (out / CHECKPOINT).exists() and when != "before any checkpoint":
-            # Read while training replaces it: atomic writes mean a whole file every time.
-            progress = load_checkpoint(out / CHECKPOINT)[1]["progress"]
+            # Read while training replaces it: one open file's header, whole every time.
+            progress = read_checkpoint_state(out / CHECKPOINT)["progress"]
             if (when == "in epoch 1" and progress["batch"] > 0) or (
                 when == "later epoch" and progress["epoch"] >= 2 and progress["batch"] > 40
             ):
@@ -80,7 +80,7 @@ def wait_then_kill(proc: subprocess.Popen[bytes], out: Path, when: str) -> dict:
         time.sleep(0.005)
     proc.kill()
     proc.wait()
-    return load_checkpoint(out / CHECKPOINT)[1]["progress"] if (out / CHECKPOINT).exists() else {}
+    return read_checkpoint_state(out / CHECKPOINT)["progress"] if (out / CHECKPOINT).exists() else {}
 
 
 @pytest.mark.parametrize("when", ["before any checkpoint", "in epoch 1", "later epoch"])
@@ -155,15 +155,21 @@ def test_resume_refuses_what_would_not_be_the_same_run(tmp_path: Path) -> None:
         resume_after_kill(tmp_path, data, config)
 
 
-def test_damaged_checkpoint_is_refused_with_its_name(tmp_path: Path) -> None:
+@pytest.mark.parametrize("keep", [0.5, 0.99, 0.001])  # cut in the tensors, at their end, in the header
+def test_damaged_checkpoint_is_refused_with_its_name(tmp_path: Path, keep: float) -> None:
     data = write_records_csv(tmp_path / "d.csv", simple_records(800, seed=2))
     config = small_config(simple_schema(), epochs=1, checkpoint_every=5)
     out = run_until_checkpoint(tmp_path, data, config)
     assert (out / CHECKPOINT).exists()
+    state = read_checkpoint_state(out / CHECKPOINT)
+    assert state == load_checkpoint(out / CHECKPOINT)[1] and state["progress"]["steps"] > 0
     blob = (out / CHECKPOINT).read_bytes()
-    (out / CHECKPOINT).write_bytes(blob[: len(blob) // 2])  # truncated
+    (out / CHECKPOINT).write_bytes(blob[: int(len(blob) * keep)])  # truncated
     with pytest.raises(TrainingError, match=f"{CHECKPOINT}: not a readable deepfm checkpoint"):
         resume(out)
+    if keep < 0.01:
+        with pytest.raises(TrainingError, match=f"{CHECKPOINT}: not a readable deepfm checkpoint"):
+            read_checkpoint_state(out / CHECKPOINT)
 
 
 def test_checkpoint_round_trip_owns_its_tensors(tmp_path: Path) -> None:

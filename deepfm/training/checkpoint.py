@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import struct
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -59,11 +60,27 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         with safe_open(path, framework="pt") as f:
             state = json.loads((f.metadata() or {})["state"])
             tensors = {k: f.get_tensor(k).clone() for k in f.keys()}
-    except (OSError, SafetensorError, ValueError, KeyError, TypeError) as exc:
+    # RuntimeError: safetensors' word for a file shorter than its header says (cut off).
+    except (OSError, SafetensorError, RuntimeError, ValueError, KeyError, TypeError) as exc:
         raise TrainingError(
             f"{path}: not a readable deepfm checkpoint ({exc}); start the run again without --resume"
         ) from None
     return tensors, state
+
+
+def read_checkpoint_state(path: Path) -> dict[str, Any]:
+    """The JSON ``state`` of a checkpoint, without its tensors. It reads one open file, so it
+    is safe to call while training replaces the checkpoint (safe_open may see the old file's
+    header and the new file's size); a damaged file is a TrainingError naming it."""
+    try:
+        with open(path, "rb") as f:
+            # The safetensors layout: a little-endian u64 header length, then the JSON header.
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        state: dict[str, Any] = json.loads(header["__metadata__"]["state"])
+    except (OSError, struct.error, ValueError, KeyError, TypeError) as exc:
+        raise TrainingError(f"{path}: not a readable deepfm checkpoint ({exc})") from None
+    return state
 
 
 # ---------------------------------------------------------------- a Trainer's state
