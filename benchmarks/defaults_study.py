@@ -45,6 +45,9 @@ VARIANTS: dict[str, dict[str, dict]] = {
     "dropout 0": {"model": {"dropout": 0.0}},
     "batch_size 256": {"train": {"batch_size": 256}},
     "batch_size 512": {"train": {"batch_size": 512}},
+    "batch_size 2048": {"train": {"batch_size": 2048}},
+    "embedding_dim 10": {"model": {"embedding_dim": 10}},
+    "dropout 0.4": {"model": {"dropout": 0.4}},
 }
 RECORDED = (
     "test_auc",

@@ -111,6 +111,8 @@ def test_default_split_and_batch_size(tmp_path: Path) -> None:
     sizes = [TrainConfig().resolve_batch_size(n) for n in (10, 1000, 10**5, 10**6, 10**8)]
     assert all(64 <= s <= 4096 and s & (s - 1) == 0 for s in sizes)
     assert sizes == sorted(sizes) and sizes[-1] == 4096 and sizes[0] == 64
+    # about 256 steps an epoch from 8k to 500k rows, about 32 below
+    assert [TrainConfig().resolve_batch_size(n) for n in (4000, 80_000, 240_000)] == [128, 256, 1024]
     assert TrainConfig(batch_size=100).resolve_batch_size(10**6) == 100
 
 
