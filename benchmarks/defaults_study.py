@@ -30,8 +30,9 @@ import numpy as np
 import yaml
 from benchlib import BENCH, check_deepfm, log, train_deepfm
 
-# Each variant: the config sections it forces; everything else stays at the defaults.
-VARIANTS: dict[str, dict[str, dict]] = {
+# Each variant: the config sections it forces (and, under "flags", command-line flags for what
+# a config without fields cannot say); everything else stays at the defaults.
+VARIANTS: dict[str, dict] = {
     "defaults": {},
     "batch_norm on": {"model": {"batch_norm": True}},
     "batch_norm off": {"model": {"batch_norm": False}},
@@ -45,9 +46,11 @@ VARIANTS: dict[str, dict[str, dict]] = {
     "dropout 0": {"model": {"dropout": 0.0}},
     "batch_size 256": {"train": {"batch_size": 256}},
     "batch_size 512": {"train": {"batch_size": 512}},
+    "batch_size 1024": {"train": {"batch_size": 1024}},
     "batch_size 2048": {"train": {"batch_size": 2048}},
     "embedding_dim 10": {"model": {"embedding_dim": 10}},
     "dropout 0.4": {"model": {"dropout": 0.4}},
+    "min_count 5": {"flags": ["--min-count", "5"]},
 }
 RECORDED = (
     "test_auc",
@@ -89,11 +92,12 @@ def main() -> int:
 def run_variant(ds: data.DataSet, prepared: data.Prepared, variant: str, seed: int, args: argparse.Namespace) -> dict:
     """One `deepfm train` with the data set's flags and ``variant``'s config; its metrics."""
     scratch = args.workdir / "study" / ds.name / f"{variant.replace(' ', '_')}-{seed}"
-    flags = list(prepared.deepfm_args)
-    if VARIANTS[variant]:
+    sections = {k: v for k, v in VARIANTS[variant].items() if k != "flags"}
+    flags = list(prepared.deepfm_args) + VARIANTS[variant].get("flags", [])
+    if sections:
         config = args.workdir / "study" / ds.name / f"{variant.replace(' ', '_')}.yaml"
         config.parent.mkdir(parents=True, exist_ok=True)
-        config.write_text(yaml.safe_dump(VARIANTS[variant]))
+        config.write_text(yaml.safe_dump(sections))
         flags += ["--config", str(config)]
     log(f"{ds.name} seed {seed}: {variant} ...")
     status, seconds, _, stderr, model = train_deepfm(flags, seed, scratch, args.workdir / "deepfm-cache", args.timeout)
@@ -110,27 +114,41 @@ def run_variant(ds: data.DataSet, prepared: data.Prepared, variant: str, seed: i
 
 def summary_table(rows: list[dict]) -> str:
     """Markdown: one line per (data set, variant), mean ± sd over seeds, and the difference of
-    the mean test AUC from the defaults' on the same data set."""
+    the mean test AUC from the defaults' on the same data set at the same batch size: a
+    variant run while the defaults resolved another batch (before the batch-size rule changed)
+    is set against the ``batch_size N`` row of its own batch."""
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in rows:
         if r.get("ok"):
             groups[(r["dataset"], r["variant"])].append(r)
     lines = [
-        "| data set | rows per table row | variant | seeds | test AUC | vs defaults | test logloss | epochs |",
-        "|---|---:|---|---:|---:|---:|---:|---:|",
+        "| data set | rows per table row | variant | batch | seeds | test AUC | vs defaults | test logloss | epochs |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for (name, variant), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "defaults", kv[0][1])):
         auc = np.array([r["test_auc"] for r in runs])
         ll = np.array([r["test_logloss"] for r in runs])
-        base = groups.get((name, "defaults"))
-        delta = f"{auc.mean() - np.mean([r['test_auc'] for r in base]):+.4f}" if base and variant != "defaults" else ""
+        batch = runs[0].get("batch_size")
+        base = _baseline(groups, name, variant, batch)
+        delta = f"{auc.mean() - np.mean([r['test_auc'] for r in base]):+.4f}" if base else ""
         density = runs[0].get("resolved", {}).get("rows_per_table_row")
         lines.append(
-            f"| {name} | {'' if density is None else f'{density:.0f}'} | {variant} | {len(runs)} | "
+            f"| {name} | {'' if density is None else f'{density:.0f}'} | {variant} | {batch or ''} | {len(runs)} | "
             f"{auc.mean():.4f} ± {_sd(auc):.4f} | {delta} | {ll.mean():.4f} ± {_sd(ll):.4f} | "
             f"{np.mean([r['epochs'] for r in runs]):.1f} |"
         )
     return "\n".join(lines)
+
+
+def _baseline(groups: dict[tuple[str, str], list[dict]], name: str, variant: str, batch: int | None) -> list[dict]:
+    """The runs a variant is compared with: the defaults', or where they ran at another batch
+    size than the variant, the ``batch_size <batch>`` runs; none for a baseline itself."""
+    defaults = groups.get((name, "defaults"), [])
+    if variant == "defaults":
+        return []
+    if variant.startswith("batch_size ") or not defaults or defaults[0].get("batch_size") == batch:
+        return defaults
+    return groups.get((name, f"batch_size {batch}"), [])
 
 
 def _sd(values: np.ndarray) -> float:
