@@ -1,0 +1,180 @@
+"""The routes of the app (deepfm.inference.serve.app builds it) and its error answers."""
+
+# No ``from __future__ import annotations`` here: FastAPI reads the route functions'
+# annotations (``request: Request``) at runtime.
+import hmac
+from typing import Any
+
+import numpy as np
+
+from deepfm.inference.serve.batcher import Batcher
+from deepfm.inference.serve.metrics import Metrics
+from deepfm.inference.serve.openapi import predict_openapi
+from deepfm.inference.serve.reload import Models, ReloadFailed
+from deepfm.inference.serve.requests import (
+    ARROW_STREAM,
+    RequestError,
+    arrow_table,
+    json_body,
+    json_table,
+    load_json,
+    read_body,
+)
+from deepfm.inference.serve.settings import LoadedModel, ServeSettings
+
+OFFLOAD_RECORDS = 256  # larger requests are checked in a thread, so the event loop keeps serving
+
+
+class State:
+    """What the routes share: the models, the batcher, the metrics, whether shutting down."""
+
+    def __init__(self, settings: ServeSettings, first: LoadedModel) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.models = Models(settings, first, self.metrics)
+        self.batcher: Batcher[LoadedModel] = Batcher(
+            lambda m, table: m.predictor.predict_table(table), settings.max_batch_rows, self.metrics.scored_pass
+        )
+        self.draining = False
+
+
+def json_response(data: Any, status: int = 200, model_id: str | None = None) -> Any:
+    """A JSON answer (orjson: NumPy arrays written as they are); ``model_id`` also as the
+    X-Model-ID header, which the access log reads."""
+    import orjson
+    from fastapi.responses import Response
+
+    headers = {"X-Model-ID": model_id} if model_id else None
+    body = orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY)
+    return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def add_status_routes(app: Any, state: State) -> None:
+    """GET /health, /ready, /schema, /metrics."""
+    from fastapi.responses import Response
+
+    @app.get("/health", summary="Liveness, and which model is served")
+    async def health() -> Response:
+        current = state.models.current
+        return json_response(
+            {"status": "ok", "model": current.model_id, "engine": current.predictor.engine.name},
+            model_id=current.model_id,
+        )
+
+    @app.get("/ready", summary="Readiness: 200 while a model is loaded and the server takes requests, else 503")
+    async def ready() -> Response:
+        current = state.models.current
+        if state.draining or not state.batcher.running:
+            why = "shutting down" if state.draining else "not started"
+            return json_response({"status": why, "model": current.model_id}, 503, current.model_id)
+        return json_response({"status": "ready", "model": current.model_id}, model_id=current.model_id)
+
+    @app.get("/schema", summary="The fields a record may hold, their kinds, an example record")
+    async def schema() -> Response:
+        current = state.models.current
+        settings = state.settings
+        description = {
+            **current.predictor.describe(),
+            "model": current.model_id,
+            "max_records": settings.max_records,
+            "max_body_bytes": settings.max_body_bytes,
+            "body_formats": ["records", "columns", ARROW_STREAM],
+        }
+        return json_response(description, model_id=current.model_id)
+
+    @app.get("/metrics", summary="Prometheus metrics of this server process")
+    async def metrics() -> Response:
+        body, content_type = state.metrics.render()
+        return Response(body, media_type=content_type)
+
+
+def add_predict_route(app: Any, state: State) -> None:
+    """POST /predict: the body checked into a table (on a worker thread when large), then
+    scored in the batcher's next pass with other requests' rows."""
+    from fastapi import Request
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.responses import Response
+    from starlette.requests import ClientDisconnect
+
+    settings = state.settings
+    first = state.models.current
+
+    @app.post(
+        "/predict",
+        summary="Click probabilities for records",
+        openapi_extra=predict_openapi(first.predictor, settings),
+        responses={200: {"description": "one probability per record, in order"}},
+    )
+    async def predict(request: Request) -> Response:
+        try:
+            body = await read_body(request, settings.max_body_bytes)
+        except ClientDisconnect:  # gone before its body arrived: nobody to answer
+            return Response(status_code=400)
+        model = state.models.current  # the model that checks this request also scores it
+        checker = model.predictor.records
+        if request.headers.get("content-type", "").startswith(ARROW_STREAM):
+            body_format, rows = "arrow", -1
+            table = await run_in_threadpool(arrow_table, checker, body, settings.max_records)
+        else:
+            body_format, data, rows = json_body(load_json(body), settings.max_records)
+            try:
+                if rows > OFFLOAD_RECORDS:
+                    table = await run_in_threadpool(json_table, checker, body_format, data, rows)
+                else:
+                    table = json_table(checker, body_format, data, rows)
+            except RequestError:
+                state.metrics.counted(422, body_format, rows)
+                raise
+        probs = await state.batcher.submit(table, model) if table.num_rows else np.zeros(0)
+        state.metrics.counted(200, body_format, table.num_rows)
+        return json_response({"probabilities": probs, "model": model.model_id}, model_id=model.model_id)
+
+
+def add_admin_route(app: Any, state: State, token: str) -> None:
+    """POST /admin/reload, for a bearer of ``token`` only."""
+    from fastapi import Request
+    from fastapi.responses import Response
+
+    expected = f"Bearer {token}".encode()
+
+    @app.post("/admin/reload", summary="Load the model folder again; swap to it when it is another model")
+    async def reload(request: Request) -> Response:
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            error = RequestError(401, "unauthorized", "POST /admin/reload needs 'Authorization: Bearer <token>'")
+            return Response(error.body(), 401, media_type="application/json", headers={"WWW-Authenticate": "Bearer"})
+        try:
+            answer = await state.models.reload()
+        except ReloadFailed as exc:
+            current = state.models.current.model_id
+            error = RequestError(422, "reload_failed", f"{exc}; still serving {current}")
+            return Response(error.body(), 422, media_type="application/json", headers={"X-Model-ID": current})
+        return json_response(answer, model_id=answer["model"] if answer["swapped"] else answer["previous"])
+
+
+def add_error_handlers(app: Any) -> None:
+    """Every error answers as JSON (RequestError's body): request errors with their status,
+    routing errors with theirs, and anything else as a 500 that is logged here."""
+    import logging
+
+    from fastapi import Request
+    from fastapi.responses import Response
+    from starlette.exceptions import HTTPException
+
+    log = logging.getLogger("deepfm.serve")
+
+    @app.exception_handler(RequestError)
+    async def request_error(_: Request, exc: RequestError) -> Response:
+        return Response(exc.body(), status_code=exc.status, media_type="application/json")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        error = RequestError(exc.status_code, kind, f"{exc.detail}: {request.method} {request.url.path}")
+        return Response(error.body(), status_code=exc.status_code, media_type="application/json", headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        body = RequestError(500, "internal_error", "the server failed to score this request; see its log").body()
+        return Response(body, status_code=500, media_type="application/json")
