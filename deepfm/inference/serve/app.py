@@ -12,11 +12,11 @@ GET  /docs           OpenAPI documentation (/openapi.json)
 # No ``from __future__ import annotations`` here: FastAPI reads the route functions'
 # annotations (``request: Request``) at runtime, and Request is imported inside create_app.
 import asyncio
+import itertools
 import logging
 import os
 import signal
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -109,13 +109,16 @@ class RequestIdMiddleware:
 
     def __init__(self, app: Any, metrics: Metrics, access_log: bool) -> None:
         self.app, self.metrics, self.access_log = app, metrics, access_log
+        # A random prefix per process and a counter: unique without a uuid4 per request (its
+        # os.urandom took 0.1 ms here, half of what a 1-record request costs otherwise).
+        self.prefix, self.counter = os.urandom(6).hex().encode() + b"-", itertools.count(1)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         request_id = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")[:128]
         if not request_id or not request_id.isascii():
-            request_id = uuid.uuid4().hex.encode()
+            request_id = b"%s%x" % (self.prefix, next(self.counter))
         t0 = time.perf_counter()
         answer: dict[str, Any] = {"status": 500, "model": b"-"}
 

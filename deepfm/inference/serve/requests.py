@@ -122,7 +122,7 @@ def json_body(payload: Any, max_records: int) -> tuple[str, Any, int]:
             422, "invalid_body", f'"columns" must be an object of field -> list, got {json_type(columns)}'
         )
     lengths = {len(v) if isinstance(v, list) else -1 for v in columns.values()}
-    rows = max(lengths) if lengths else 0
+    rows = max(0, *lengths)
     return "columns", columns, _check_rows(rows, max_records)
 
 

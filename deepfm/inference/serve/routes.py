@@ -3,10 +3,13 @@
 # No ``from __future__ import annotations`` here: FastAPI reads the route functions'
 # annotations (``request: Request``) at runtime.
 import hmac
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
+import pyarrow as pa
 
+from deepfm.errors import DataError
+from deepfm.features.records import CheckedRecords
 from deepfm.inference.serve.batcher import Batcher
 from deepfm.inference.serve.metrics import Metrics
 from deepfm.inference.serve.openapi import predict_openapi
@@ -19,10 +22,16 @@ from deepfm.inference.serve.requests import (
     json_table,
     load_json,
     read_body,
+    record_error,
 )
 from deepfm.inference.serve.settings import LoadedModel, ServeSettings
 
 OFFLOAD_RECORDS = 256  # larger requests are checked in a thread, so the event loop keeps serving
+# Up to this many records, a request's values are checked one by one in Python (microseconds)
+# and become Arrow arrays in the scoring pass, together with the other small requests': per
+# request, Arrow's fixed cost per field (39 calls on Criteo) would be most of the work.
+SMALL_RECORDS = 64
+Part: TypeAlias = "pa.Table | CheckedRecords"  # a large request's table, or a small one's values
 
 
 class State:
@@ -32,10 +41,41 @@ class State:
         self.settings = settings
         self.metrics = Metrics()
         self.models = Models(settings, first, self.metrics)
-        self.batcher: Batcher[LoadedModel] = Batcher(
-            lambda m, table: m.predictor.predict_table(table), settings.max_batch_rows, self.metrics.scored_pass
+        self.batcher: Batcher[Part, LoadedModel] = Batcher(
+            score_parts, settings.max_batch_rows, self.metrics.scored_pass
         )
         self.draining = False
+
+
+def score_parts(model: LoadedModel, parts: list[Part]) -> list[np.ndarray]:
+    """The probabilities of each part, in one pass: the small requests' Python columns become
+    one table (one Arrow array per field for all of them) beside the large requests' tables."""
+    small = [p for p in parts if isinstance(p, CheckedRecords)]
+    tables = [model.predictor.table(small)] if small else []
+    tables += [p for p in parts if not isinstance(p, CheckedRecords)]
+    # One chunk per column: the encoders' fixed cost is per chunk, and there is one per request.
+    table = pa.concat_tables(tables).combine_chunks() if len(tables) > 1 else tables[0]
+    probs = model.predictor.predict_table(table)
+    out, at_small, at_table = [], 0, sum(p.rows for p in small)
+    for p in parts:
+        if isinstance(p, CheckedRecords):
+            out.append(probs[at_small : at_small + p.rows])
+            at_small += p.rows
+        else:
+            out.append(probs[at_table : at_table + p.num_rows])
+            at_table += p.num_rows
+    return out
+
+
+def check_json(model: LoadedModel, body_format: str, data: Any, rows: int) -> Part:
+    """A parsed JSON body's rows, checked: a small list of records value by value (see
+    SMALL_RECORDS), anything else column by column into a table."""
+    if body_format == "records" and rows <= SMALL_RECORDS:
+        try:
+            return model.predictor.check_records(data)
+        except DataError as exc:
+            raise record_error(exc) from None
+    return json_table(model.predictor.records, body_format, data, rows)
 
 
 def json_response(data: Any, status: int = 200, model_id: str | None = None) -> Any:
@@ -111,22 +151,23 @@ def add_predict_route(app: Any, state: State) -> None:
         except ClientDisconnect:  # gone before its body arrived: nobody to answer
             return Response(status_code=400)
         model = state.models.current  # the model that checks this request also scores it
-        checker = model.predictor.records
+        part: Part
         if request.headers.get("content-type", "").startswith(ARROW_STREAM):
-            body_format, rows = "arrow", -1
-            table = await run_in_threadpool(arrow_table, checker, body, settings.max_records)
+            body_format = "arrow"
+            table = await run_in_threadpool(arrow_table, model.predictor.records, body, settings.max_records)
+            part, rows = table, table.num_rows
         else:
             body_format, data, rows = json_body(load_json(body), settings.max_records)
             try:
                 if rows > OFFLOAD_RECORDS:
-                    table = await run_in_threadpool(json_table, checker, body_format, data, rows)
+                    part = await run_in_threadpool(check_json, model, body_format, data, rows)
                 else:
-                    table = json_table(checker, body_format, data, rows)
+                    part = check_json(model, body_format, data, rows)
             except RequestError:
                 state.metrics.counted(422, body_format, rows)
                 raise
-        probs = await state.batcher.submit(table, model) if table.num_rows else np.zeros(0)
-        state.metrics.counted(200, body_format, table.num_rows)
+        probs = await state.batcher.submit(part, rows, model) if rows else np.zeros(0)
+        state.metrics.counted(200, body_format, rows)
         return json_response({"probabilities": probs, "model": model.model_id}, model_id=model.model_id)
 
 
