@@ -599,3 +599,39 @@ def test_sigterm_finishes_the_requests_in_flight(model_dir: Path, tmp_path: Path
         assert "Application shutdown complete" in server.log_path.read_text()
     finally:
         server.stop()
+
+
+def test_loadtest_formats_reload_case_and_docs(model_dir: Path, tmp_path: Path) -> None:
+    """The load test's own server: every body format, the reload-under-load case, the tables
+    written between the page's markers."""
+    data = write_records_csv(tmp_path / "rows.csv", simple_records(300, seed=14))
+    page = tmp_path / "page.md"
+    page.write_text("intro\n<!-- loadtest:begin -->\nold figures\n<!-- loadtest:end -->\nafter\n")
+    out = tmp_path / "load.json"
+    command = [
+        sys.executable, str(REPO / "benchmarks" / "loadtest.py"), "--model", str(model_dir), "--data", str(data),
+        "--sizes", "1,8", "--clients", "3", "--formats", "records,columns,arrow", "--requests", "30",
+        "--large-requests", "20", "--warmup", "3", "--seconds", "20",
+        "--reload-every", "0.5", "--reload-seconds", "3", "--json", str(out), "--docs", str(page),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    model_id = Bundle.load(model_dir).model_id
+    cases = [(r["format"], r["size"], r["requests"], r["errors"], r["models"]) for r in report["results"]]
+    assert cases == [
+        ("records", 1, 30, 0, {model_id: 30}),
+        ("records", 8, 20, 0, {model_id: 20}),
+        ("columns", 8, 20, 0, {model_id: 20}),
+        ("arrow", 8, 20, 0, {model_id: 20}),
+    ]
+    reload = report["reload"]
+    assert reload["swaps"] >= 3 and reload["reload_failures"] == 0 and reload["load"]["errors"] == 0
+    assert len(reload["load"]["models"]) == 2 and model_id in reload["load"]["models"]
+    assert sum(reload["load"]["models"].values()) == reload["load"]["requests"]
+    text = page.read_text()
+    assert text.startswith("intro\n<!-- loadtest:begin -->\nMeasured ") and text.endswith(
+        "<!-- loadtest:end -->\nafter\n"
+    )
+    assert "old figures" not in text and "| arrow | 8 | 3 | 20 | 0 |" in text and "Reload under load:" in text

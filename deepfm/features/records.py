@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -194,17 +195,31 @@ class RecordChecker:
         if unknown:
             raise DataError(self._unknown_message(unknown[0]), field=str(unknown[0]))
         chunk = Chunk(table=table, row0=0, reader=TableSource(table))
-        arrays: list[pa.Array | pa.ChunkedArray] = []
-        for spec in self.schema.fields:
-            if spec.name not in table.column_names:
-                arrays.append(pa.nulls(table.num_rows, pa.float64() if spec.name in self.numeric else pa.string()))
-            elif spec.name in self.numeric:
-                arrays.append(pa.array(to_float(chunk, spec.name), pa.float64(), from_pandas=True))
-            elif spec.name in self.multi_hot and pa.types.is_list(table.column(spec.name).type):
-                arrays.append(pc.binary_join(table.column(spec.name), self.multi_hot[spec.name]))
-            else:
-                arrays.append(to_strings(chunk, spec.name).cast(pa.string()))
+        arrays = [self._arrow_column(chunk, spec.name) for spec in self.schema.fields]
         return pa.table(arrays, schema=self.arrow_schema)
+
+    def _arrow_column(self, chunk: Chunk, name: str) -> pa.ChunkedArray | pa.Array:
+        """One field of an Arrow table as :meth:`table` types it. A column already of that type
+        is kept as it is (after the check for infinite numbers): "" and NaN are missing values
+        to the pipeline, as they are in :meth:`table`'s columns."""
+        table = chunk.table
+        numeric = name in self.numeric
+        if name not in table.column_names:
+            return pa.nulls(table.num_rows, pa.float64() if numeric else pa.string())
+        col = table.column(name)
+        if numeric and pa.types.is_float64(col.type):
+            inf = np.isinf(col.to_numpy())
+            if inf.any():
+                i = int(np.flatnonzero(inf)[0])
+                raise chunk.error(i, f"expected a finite number, got {col[i].as_py()!r}", field=name)
+            return col
+        if numeric:
+            return pa.array(to_float(chunk, name), pa.float64(), from_pandas=True)
+        if name in self.multi_hot and pa.types.is_list(col.type):
+            return pc.binary_join(col, self.multi_hot[name])
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            return col.cast(pa.string())
+        return to_strings(chunk, name).cast(pa.string())
 
     def _unknown_message(self, key: object) -> str:
         names = self.schema.names

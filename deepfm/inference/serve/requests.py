@@ -153,14 +153,19 @@ def json_table(checker: RecordChecker, kind: str, data: Any, rows: int) -> pa.Ta
         raise record_error(exc) from None
 
 
-def arrow_table(checker: RecordChecker, body: bytes, max_records: int) -> pa.Table:
-    """An Arrow IPC stream body's rows as a checked table."""
+def read_arrow(body: bytes, max_records: int) -> pa.Table:
+    """An Arrow IPC stream body as a table, after the checks that concern the whole body."""
     try:
         with pyarrow.ipc.open_stream(pa.py_buffer(body)) as reader:
             table = reader.read_all()
     except (pa.ArrowInvalid, OSError) as exc:
         raise RequestError(400, "invalid_arrow", f"the body is not an Arrow IPC stream: {exc}") from None
     _check_rows(table.num_rows, max_records)
+    return table
+
+
+def arrow_table(checker: RecordChecker, table: pa.Table) -> pa.Table:
+    """An Arrow body's rows as a checked table."""
     try:
         return checker.arrow_table(table)
     except DataError as exc:

@@ -21,6 +21,7 @@ from deepfm.inference.serve.requests import (
     json_body,
     json_table,
     load_json,
+    read_arrow,
     read_body,
     record_error,
 )
@@ -154,8 +155,12 @@ def add_predict_route(app: Any, state: State) -> None:
         part: Part
         if request.headers.get("content-type", "").startswith(ARROW_STREAM):
             body_format = "arrow"
-            table = await run_in_threadpool(arrow_table, model.predictor.records, body, settings.max_records)
-            part, rows = table, table.num_rows
+            table = read_arrow(body, settings.max_records)
+            if table.num_rows > OFFLOAD_RECORDS:
+                part = await run_in_threadpool(arrow_table, model.predictor.records, table)
+            else:
+                part = arrow_table(model.predictor.records, table)
+            rows = table.num_rows
         else:
             body_format, data, rows = json_body(load_json(body), settings.max_records)
             try:
