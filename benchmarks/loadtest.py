@@ -35,6 +35,7 @@ import json
 import os
 import platform
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -48,6 +49,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+MODEL_ID = re.compile(rb'"model":\s*"([^"]*)"')
 
 
 def load_records(model: Path, data: Path, rows: int) -> list[dict[str, Any]]:
@@ -142,11 +144,11 @@ async def run_case(
             if status != 200:
                 errors[f"HTTP {status}"] = errors.get(f"HTTP {status}", 0) + 1
                 continue
-            at = answer.rfind(b'"model":"')  # the answer's last key; cheaper than parsing it all
-            if at < 0:
+            found = MODEL_ID.search(answer, max(0, len(answer) - 64))  # the last key: cheaper than parsing it all
+            if found is None:
                 errors["no model id"] = errors.get("no model id", 0) + 1
                 continue
-            model = answer[at + 9 : answer.index(b'"', at + 9)].decode()
+            model = found.group(1).decode()
             models[model] = models.get(model, 0) + 1
 
     connector = aiohttp.TCPConnector(limit=clients, force_close=False)

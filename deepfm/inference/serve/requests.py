@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pyarrow as pa
@@ -63,16 +64,31 @@ def too_large(what: str, limit: int) -> RequestError:
     )
 
 
-async def read_body(request: Any, limit: int) -> bytes:
-    """The request body, refused (413) past ``limit`` bytes without reading it all."""
-    declared = request.headers.get("content-length")
+class ClientGone(Exception):
+    """The client disconnected before its body arrived."""
+
+
+async def asgi_chunks(receive: Callable[[], Awaitable[dict[str, Any]]]) -> AsyncIterator[bytes]:
+    """The body's parts from ASGI ``receive`` messages; ClientGone when the client leaves."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        yield message.get("body", b"")
+        if not message.get("more_body"):
+            return
+
+
+async def read_body(declared: str | None, chunks: AsyncIterator[bytes], limit: int) -> bytes:
+    """The request body (``declared``: its Content-Length), refused (413) past ``limit`` bytes
+    without reading it all."""
     if declared is not None:
         if not declared.isdigit():
             raise RequestError(400, "bad_request", f"Content-Length is not a number: {declared!r}")
         if int(declared) > limit:
             raise too_large(f"{int(declared)} bytes", limit)
     body = bytearray()
-    async for part in request.stream():
+    async for part in chunks:
         body += part
         if len(body) > limit:  # a chunked body has no Content-Length to check up front
             raise too_large(f"over {limit} bytes", limit)
