@@ -635,3 +635,31 @@ def test_loadtest_formats_reload_case_and_docs(model_dir: Path, tmp_path: Path) 
         "<!-- loadtest:end -->\nafter\n"
     )
     assert "old figures" not in text and "| arrow | 8 | 3 | 20 | 0 |" in text and "Reload under load:" in text
+
+
+def test_a_swapped_out_model_is_freed(model_dir: Path, tmp_path: Path) -> None:
+    """A reload does no full garbage collection (it stalled requests): the old model must go
+    by reference counting alone once nothing uses it."""
+    import asyncio
+    import weakref
+
+    import torch
+
+    from deepfm.inference.serve.metrics import Metrics
+    from deepfm.inference.serve.reload import Models
+    from deepfm.inference.serve.settings import ServeSettings, load_model
+
+    other_id = copy_with_new_id(model_dir, tmp_path / "other")
+    link = tmp_path / "current"
+    point(link, model_dir)
+    threads = torch.get_num_threads()  # load_model sets the process's torch threads
+    try:
+        settings = ServeSettings(model=str(link))
+        models = Models(settings, load_model(settings), Metrics())
+        old = weakref.ref(models.current.predictor)
+        point(link, tmp_path / "other")
+        answer = asyncio.run(models.reload())
+        assert answer["swapped"] and answer["model"] == other_id == models.current.model_id
+        assert old() is None, "the old model is still referenced"
+    finally:
+        torch.set_num_threads(threads)

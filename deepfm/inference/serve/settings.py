@@ -91,9 +91,7 @@ def settle_gc() -> None:
     live as long as the process: a full collection walked them all and stalled every request
     in flight for ~100 ms, a few times a second under load. Frozen, collections only look at
     what requests allocate; a larger first threshold makes them rarer (requests allocate many
-    short-lived containers, freed by reference counting anyway). After a reload the old model
-    is unfrozen first, so a collection can free what reference counting left."""
-    gc.unfreeze()
+    short-lived containers, freed by reference counting anyway)."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
