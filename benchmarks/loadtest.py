@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 import random
@@ -326,10 +327,10 @@ async def swap_models(
     import aiohttp
 
     swaps, failures, load_s = 0, 0, []
-    deadline = time.perf_counter() + seconds
+    start = time.perf_counter()
     async with aiohttp.ClientSession() as session:
-        while time.perf_counter() + every < deadline:
-            await asyncio.sleep(every)
+        for tick in range(1, math.ceil(seconds / every)):  # every tick inside the load
+            await asyncio.sleep(max(0.0, start + tick * every - time.perf_counter()))  # on the clock, not after
             point(link, targets[(swaps + failures + 1) % len(targets)])
             headers = {"Authorization": f"Bearer {token}"}
             async with session.post(f"{base}/admin/reload", headers=headers) as resp:
