@@ -9,15 +9,15 @@ POST /admin/reload   load the model folder again (only with DEEPFM_ADMIN_TOKEN s
 GET  /docs           OpenAPI documentation (/openapi.json)
 """
 
-# No ``from __future__ import annotations`` here: FastAPI reads the route functions'
-# annotations (``request: Request``) at runtime, and Request is imported inside create_app.
+from __future__ import annotations
+
 import asyncio
 import itertools
 import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -36,12 +36,10 @@ from deepfm.inference.serve.settings import ADMIN_TOKEN_ENV, LoadedModel, ServeS
 log = logging.getLogger("deepfm.serve")
 access = logging.getLogger("deepfm.access")
 
-REQUEST_ID = "x-request-id"
 ROUTES = {"/predict", "/health", "/ready", "/schema", "/metrics", "/admin/reload", "/docs", "/openapi.json"}
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
-ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
 
 
 def create_app(first: LoadedModel, settings: ServeSettings, access_log: bool = False) -> Any:
@@ -58,7 +56,6 @@ def create_app(first: LoadedModel, settings: ServeSettings, access_log: bool = F
         description=f"Click probabilities from DeepFM model `{first.model_id}` ({settings.model}).",
         lifespan=_lifespan(state),
     )
-    app.state.deepfm = state
     add_error_handlers(app)
     add_status_routes(app, state)
     add_predict_route(app, state)
