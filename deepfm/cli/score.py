@@ -65,7 +65,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.model is None and args.watch is None:
         raise usage_error("deepfm serve needs a model folder, or --watch PATH")
     if args.model is not None and args.watch is not None and str(args.model) != args.watch:
-        raise usage_error(f"deepfm serve: give the model folder or --watch PATH, not both ({args.model}, {args.watch})")
+        raise usage_error(f"give the model folder or --watch PATH, not both ({args.model}, {args.watch})")
     settings = ServeSettings(
         model=str(args.model if args.model is not None else args.watch),
         watch=args.watch is not None,
