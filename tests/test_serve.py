@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -552,8 +553,10 @@ def test_watch_swaps_when_the_link_moves(model_dir: Path, tmp_path: Path) -> Non
     other_id = copy_with_new_id(model_dir, tmp_path / "other")
     link = tmp_path / "current"
     point(link, model_dir)
-    for server in start(None, tmp_path / "watch.log", "--watch", str(link), "--watch-seconds", "0.2"):
+    for server in start(None, tmp_path / "watch.log", "--watch", str(link), "--watch-seconds", "0.2", "--access-log"):
         first = json.loads(server.request("GET", "/health")[1])["model"]
+        status, _ = server.request("POST", "/predict", json.dumps({"records": [OK]}).encode(), {"X-Request-ID": "w-1"})
+        assert status == 200
         (tmp_path / "broken").mkdir()
         point(link, tmp_path / "broken")
         deadline = time.monotonic() + 20
@@ -565,7 +568,9 @@ def test_watch_swaps_when_the_link_moves(model_dir: Path, tmp_path: Path) -> Non
         while server.post({"records": [OK]})[1]["model"] != other_id:
             assert time.monotonic() < deadline, "the new bundle was never served"
             time.sleep(0.1)
-        assert "reload of" in server.log_path.read_text()  # the failure says why in the log
+        log = server.log_path.read_text()
+        assert "reload of" in log and "not a complete model folder" in log  # the failure says why
+        assert re.search(rf"w-1 POST /predict 200 [0-9.]+ms model={first}", log), "the access log line"
 
 
 def test_sigterm_finishes_the_requests_in_flight(model_dir: Path, tmp_path: Path) -> None:
