@@ -668,3 +668,22 @@ def test_a_swapped_out_model_is_freed(model_dir: Path, tmp_path: Path) -> None:
         assert old() is None, "the old model is still referenced"
     finally:
         torch.set_num_threads(threads)
+
+
+def test_column_paths_type_values_as_the_python_api_does() -> None:
+    """The service's two faster ways to a table (Arrow reading the dicts whole, or one Arrow
+    call per field) give the table of the Python API's value-by-value checks, and step aside
+    (None, or the per-value path) for anything but plain values."""
+    from deepfm.features.records import RecordChecker
+
+    checker = RecordChecker(simple_schema())
+    records = features(simple_records(100, seed=15))
+    expected = checker.records_table(records)
+    plain = checker.plain_records_table(records)
+    assert plain is not None and plain.equals(expected)
+    assert checker.columns_table(checker.record_columns(records), 100).equals(expected)
+    assert checker.plain_records_table([{"tags": ["red", "big"]}]) is None  # a list is joined in Python
+    assert checker.plain_records_table([{"price": "3.5"}]) is None  # text for a number is parsed
+    assert checker.plain_records_table([{"item": 7}]) is None  # a number for a category is written as text
+    odd = [{"item": 7.0, "price": "3.5", "tags": ["red", "big"], "user": 12}, {"price": 2**70}]
+    assert checker.columns_table(checker.record_columns(odd), 2).equals(checker.records_table(odd))

@@ -138,6 +138,12 @@ class RecordChecker:
     def record_columns(self, records: Sequence[object]) -> dict[str, list[object]]:
         """Records (a list of {field: value}) as lists by field, for :meth:`columns_table`.
         Only the structure is checked here: every record an object, every key a field."""
+        keys = self.check_structure(records)
+        return {name: [r.get(name) for r in records] for name in self.schema.names if name in keys}  # type: ignore[attr-defined]
+
+    def check_structure(self, records: Sequence[object]) -> set[object]:
+        """The keys of records (a list of {field: value}), once every record is known to be an
+        object and every key a field (or a column to ignore); the values are not looked at."""
         if not isinstance(records, (list, tuple)):
             raise DataError(f"expected a list of records (objects of field -> value), got {json_type(records)}")
         if not all(type(r) is dict for r in records):
@@ -148,7 +154,18 @@ class RecordChecker:
         if unknown:
             i, key = min((i, k) for i, r in enumerate(records) for k in r if k in unknown)
             raise DataError(self._unknown_message(key), line=f"record {i}", field=str(key))
-        return {name: [r.get(name) for r in records] for name in self.schema.names if name in keys}
+        return keys
+
+    def plain_records_table(self, records: list[dict[str, object]]) -> pa.Table | None:
+        """Records whose structure passed :meth:`check_structure` as :meth:`table` types them,
+        in one Arrow call (C++ reads the dicts), or None when a value is not plain: numbers
+        in numeric fields, strings in the others, null anywhere. Arrow reads a boolean as a
+        number: only for records known to hold none (a JSON body without ``true``/``false``).
+        A multi-hot field's joined string is plain; its list is not (joined in Python)."""
+        try:
+            return pa.Table.from_struct_array(pa.array(records, type=pa.struct(list(self.arrow_schema))))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            return None
 
     def columns_table(self, columns: dict[str, list[object]], rows: int) -> pa.Table:
         """Columns of raw values (JSON's: numbers, text, lists, null) checked and typed as

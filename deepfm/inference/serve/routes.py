@@ -24,7 +24,7 @@ from deepfm.inference.serve.requests import (
     asgi_chunks,
     json_body,
     json_table,
-    load_json,
+    load_json_plain,
     read_arrow,
     read_body,
     record_error,
@@ -73,7 +73,7 @@ def score_parts(model: LoadedModel, parts: list[Part]) -> list[np.ndarray]:
     return out
 
 
-def check_json(model: LoadedModel, body_format: str, data: Any, rows: int) -> Part:
+def check_json(model: LoadedModel, body_format: str, data: Any, rows: int, plain: bool) -> Part:
     """A parsed JSON body's rows, checked: a small list of records value by value (see
     SMALL_RECORDS), anything else column by column into a table."""
     if body_format == "records" and rows <= SMALL_RECORDS:
@@ -81,7 +81,7 @@ def check_json(model: LoadedModel, body_format: str, data: Any, rows: int) -> Pa
             return model.predictor.check_records(data)
         except DataError as exc:
             raise record_error(exc) from None
-    return json_table(model.predictor.records, body_format, data, rows)
+    return json_table(model.predictor.records, body_format, data, rows, plain)
 
 
 def json_response(data: Any, status: int = 200, model_id: str | None = None) -> Any:
@@ -153,12 +153,13 @@ async def answer_predict(state: State, body: bytes, content_type: str) -> tuple[
             part = arrow_table(model.predictor.records, table)
         rows = table.num_rows
     else:
-        body_format, data, rows = json_body(load_json(body), settings.max_records)
+        payload, plain = load_json_plain(body)
+        body_format, data, rows = json_body(payload, settings.max_records)
         try:
             if rows > OFFLOAD_RECORDS:
-                part = await run_in_threadpool(check_json, model, body_format, data, rows)
+                part = await run_in_threadpool(check_json, model, body_format, data, rows, plain)
             else:
-                part = check_json(model, body_format, data, rows)
+                part = check_json(model, body_format, data, rows, plain)
         except RequestError:
             state.metrics.counted(422, body_format, rows)
             raise
