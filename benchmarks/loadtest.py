@@ -1,6 +1,17 @@
 """Load test of ``deepfm serve``: throughput and latency percentiles over HTTP, on loopback.
 
     python benchmarks/loadtest.py --model runs/serve-criteo --data clicks.tsv
+    python benchmarks/loadtest.py --model runs/serve-criteo --data clicks.tsv \
+        --formats records,columns,arrow --reload-every 2 --docs docs/serving.md
+
+Body formats (``--formats``, for requests of more than one record): ``records``
+({"records": [...]}), ``columns`` ({"columns": {field: [...]}}) and ``arrow`` (an Arrow IPC
+stream). ``--reload-every S``: after the other cases, one more of ``--reload-seconds`` (60)
+with ``--reload-size`` records a request at the largest client count, while the model is
+swapped every S seconds (a symlink moved between the model and a copy of it with another
+id, then ``POST /admin/reload``): it counts failed requests and answers that name no model.
+``--docs PATH`` writes the tables between the ``<!-- loadtest:begin -->`` and
+``<!-- loadtest:end -->`` lines of PATH.
 
 Starts ``deepfm serve`` on a free 127.0.0.1 port (or uses ``--url``, which must be loopback),
 builds request bodies from the first rows of ``--data`` (read with the model's own reading
@@ -21,9 +32,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -31,11 +44,13 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+MODEL_ID = re.compile(rb'"model":\s*"([^"]*)"')
 
 
 def load_records(model: Path, data: Path, rows: int) -> list[dict[str, Any]]:
@@ -55,14 +70,41 @@ def load_records(model: Path, data: Path, rows: int) -> list[dict[str, Any]]:
     return records
 
 
-def bodies(records: list[dict[str, Any]], size: int, count: int, seed: int = 0) -> list[bytes]:
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+HEADERS = {"records": "application/json", "columns": "application/json", "arrow": ARROW_STREAM}
+
+
+def encode_body(records: list[dict[str, Any]], fmt: str, numeric: set[str]) -> bytes:
+    """One request body of ``records`` in format ``fmt`` (records, columns or arrow)."""
+    if fmt == "records":
+        return json.dumps({"records": records}).encode()
+    names = list(dict.fromkeys(k for r in records for k in r))
+    columns = {k: [r.get(k) for r in records] for k in names}
+    if fmt == "columns":
+        return json.dumps({"columns": columns}).encode()
+    import pyarrow as pa
+
+    table = pa.table({k: pa.array(v, pa.float64() if k in numeric else pa.string()) for k, v in columns.items()})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def bodies(
+    records: list[dict[str, Any]], size: int, count: int, fmt: str = "records", numeric: set[str] | None = None
+) -> list[bytes]:
     """``count`` request bodies of ``size`` consecutive records, from random places."""
-    rng = random.Random(seed)
+    rng = random.Random(seed_of(size))
     out = []
     for _ in range(count):
         start = rng.randrange(0, max(len(records) - size, 0) + 1)
-        out.append(json.dumps({"records": records[start : start + size]}).encode())
+        out.append(encode_body(records[start : start + size], fmt, numeric or set()))
     return out
+
+
+def seed_of(size: int) -> int:
+    return size  # the same places for every format of one size: the formats score the same rows
 
 
 def percentile(sorted_ms: list[float], q: float) -> float:
@@ -72,15 +114,19 @@ def percentile(sorted_ms: list[float], q: float) -> float:
     return sorted_ms[i]
 
 
-async def run_case(url: str, payloads: list[bytes], clients: int, requests: int, seconds: float) -> dict[str, Any]:
-    """``clients`` closed-loop clients share ``requests`` requests, stopping at ``seconds``."""
+async def run_case(
+    url: str, payloads: list[bytes], clients: int, requests: int, seconds: float, fmt: str = "records"
+) -> dict[str, Any]:
+    """``clients`` closed-loop clients share ``requests`` requests, stopping at ``seconds``.
+    Every answer must name the model that scored it (``"model": id``); they are counted by id."""
     import aiohttp
 
     latencies: list[float] = []
     errors: dict[str, int] = {}
+    models: dict[str, int] = {}
     sent = 0
     deadline = time.perf_counter() + seconds
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": HEADERS[fmt]}
 
     async def client(session: aiohttp.ClientSession) -> None:
         nonlocal sent
@@ -90,7 +136,7 @@ async def run_case(url: str, payloads: list[bytes], clients: int, requests: int,
             t0 = time.perf_counter()
             try:
                 async with session.post(url, data=body, headers=headers) as resp:
-                    await resp.read()
+                    answer = await resp.read()
                     status = resp.status
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
                 errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
@@ -98,6 +144,13 @@ async def run_case(url: str, payloads: list[bytes], clients: int, requests: int,
             latencies.append((time.perf_counter() - t0) * 1e3)
             if status != 200:
                 errors[f"HTTP {status}"] = errors.get(f"HTTP {status}", 0) + 1
+                continue
+            found = MODEL_ID.search(answer, max(0, len(answer) - 64))  # the last key: cheaper than parsing it all
+            if found is None:
+                errors["no model id"] = errors.get("no model id", 0) + 1
+                continue
+            model = found.group(1).decode()
+            models[model] = models.get(model, 0) + 1
 
     connector = aiohttp.TCPConnector(limit=clients, force_close=False)
     timeout = aiohttp.ClientTimeout(total=60)
@@ -117,6 +170,7 @@ async def run_case(url: str, payloads: list[bytes], clients: int, requests: int,
         "p99_ms": round(percentile(done, 99), 2),
         "max_ms": round(done[-1], 2) if done else None,
         "client_cpu_s": round(cpu, 2),
+        "models": models,
     }
 
 
@@ -197,19 +251,112 @@ def machine(load_before: tuple[float, float, float]) -> dict[str, Any]:
 
 def markdown(results: list[dict[str, Any]]) -> str:
     lines = [
-        "| records/request | clients | requests | errors | requests/s | records/s | p50 ms | p99 ms | max ms | client CPU s | server CPU s | other CPU s |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| body | records/request | clients | requests | errors | requests/s | records/s | p50 ms | p99 ms | max ms | client CPU s | server CPU s | other CPU s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
-            f"| {r['size']} | {r['clients']} | {r['requests']} | {r['errors']} | {r['requests_per_s']:.0f} | "
-            f"{r['requests_per_s'] * r['size']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} | "
-            f"{r['client_cpu_s']:.1f} | {r.get('server_cpu_s', float('nan')):.1f} | {r.get('other_cpu_s', float('nan')):.1f} |"
+            f"| {r.get('format', 'records')} | {r['size']} | {r['clients']} | {r['requests']} | {r['errors']} | "
+            f"{r['requests_per_s']:.0f} | {r['requests_per_s'] * r['size']:.0f} | {r['p50_ms']:.1f} | "
+            f"{r['p99_ms']:.1f} | {r['max_ms']:.1f} | {r['client_cpu_s']:.1f} | "
+            f"{r.get('server_cpu_s', float('nan')):.1f} | {r.get('other_cpu_s', float('nan')):.1f} |"
         )
     return "\n".join(lines)
 
 
-def main() -> None:
+def reload_summary(reload: dict[str, Any]) -> str:
+    """The reload-under-load case in one paragraph."""
+    r = reload["load"]
+    return (
+        f"Reload under load: {r['requests']} requests of {reload['size']} record(s) from {reload['clients']} clients "
+        f"over {r['seconds']} s while the model was swapped every {reload['every_s']} s: {reload['swaps']} swaps "
+        f"({reload['reload_failures']} failed reload calls), {r['errors']} failed requests {r['error_kinds'] or ''}, "
+        f"answers by model id {r['models']}; p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, max {r['max_ms']:.1f} ms."
+    )
+
+
+def docs_section(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+    text = [
+        f"Measured {report['date']} by `{report['command']}`: {m['cores']} cores ({m['cpu']}), Python {m['python']}, "
+        f"{versions}; {report['workers']} server worker(s), {report['engine']} engine, model `{report['model']}`; "
+        f"load average {m['load_average_before']} before, {m['load_average_after']} after. "
+        f"Offline, `deepfm train` scored this model's encoded test rows at {report['offline_rows_per_s']} rows/s "
+        "(metrics.json's test_predict_samples_per_s, with the training run's threads).",
+        "",
+        markdown(report["results"]),
+    ]
+    if report.get("reload"):
+        text += ["", reload_summary(report["reload"])]
+    return "\n".join(text)
+
+
+def write_docs(path: Path, section: str) -> None:
+    """Replace what is between the markers of ``path`` with ``section``."""
+    begin, end = "<!-- loadtest:begin -->", "<!-- loadtest:end -->"
+    page = path.read_text()
+    if begin not in page or end not in page:
+        raise SystemExit(f"{path}: no {begin} ... {end} lines to write the figures between")
+    head, rest = page.split(begin, 1)
+    path.write_text(f"{head}{begin}\n{section}\n{end}{rest.split(end, 1)[1]}")
+
+
+def copy_with_new_id(model: Path, out: Path) -> str:
+    """The same weights saved again with one more metrics key: another manifest, so another
+    model id, and the same probabilities."""
+    from deepfm.bundle import Bundle
+
+    bundle = Bundle.load(model)
+    bundle.metrics["loadtest_copy"] = True
+    bundle.save(out)
+    return Bundle.load(out).model_id
+
+
+def point(link: Path, target: Path) -> None:
+    """Move a symlink atomically, as a daily job replacing the model would."""
+    tmp = link.with_name(link.name + ".tmp")
+    if tmp.is_symlink():
+        tmp.unlink()
+    tmp.symlink_to(target.resolve())
+    os.replace(tmp, link)
+
+
+async def swap_models(
+    base: str, link: Path, targets: list[Path], token: str, every: float, seconds: float
+) -> dict[str, Any]:
+    """Every ``every`` seconds for ``seconds``: move ``link`` to the next target, POST /admin/reload."""
+    import aiohttp
+
+    swaps, failures, load_s = 0, 0, []
+    start = time.perf_counter()
+    async with aiohttp.ClientSession() as session:
+        for tick in range(1, math.ceil(seconds / every)):  # every tick inside the load
+            await asyncio.sleep(max(0.0, start + tick * every - time.perf_counter()))  # on the clock, not after
+            point(link, targets[(swaps + failures + 1) % len(targets)])
+            headers = {"Authorization": f"Bearer {token}"}
+            async with session.post(f"{base}/admin/reload", headers=headers) as resp:
+                answer = await resp.json()
+            if resp.status == 200 and answer.get("swapped"):
+                swaps += 1
+                load_s.append(answer["load_seconds"])
+            else:
+                failures += 1
+                print(f"reload failed: {resp.status} {answer}", file=sys.stderr)
+    return {"swaps": swaps, "reload_failures": failures, "load_seconds_max": max(load_s, default=None)}
+
+
+async def reload_case(
+    base: str, link: Path, targets: list[Path], token: str, payloads: list[bytes], args: Any
+) -> dict[str, Any]:
+    clients = max(int(c) for c in args.clients.split(","))
+    load = run_case(f"{base}/predict", payloads, clients, 10**9, args.reload_seconds)
+    swapper = swap_models(base, link, targets, token, args.reload_every, args.reload_seconds)
+    result, swaps = await asyncio.gather(load, swapper)
+    return {"size": args.reload_size, "clients": clients, "every_s": args.reload_every, "load": result, **swaps}
+
+
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, required=True, help="model folder (to serve, and to read --data with)")
     ap.add_argument("--data", type=Path, required=True, help="rows to build requests from")
@@ -217,48 +364,89 @@ def main() -> None:
     ap.add_argument("--engine", choices=["torch", "onnx"], default="torch")
     ap.add_argument("--onnx", type=Path, help="for --engine onnx (default <model>/model.onnx)")
     ap.add_argument("--workers", type=int, default=1, help="server processes")
+    ap.add_argument("--threads", type=int, default=1, help="the server's model threads per worker")
     ap.add_argument("--sizes", default="1,256", help="records per request")
     ap.add_argument("--clients", default="1,10,100", help="concurrent clients")
+    ap.add_argument("--formats", default="records", help="bodies for requests of more records: records,columns,arrow")
     ap.add_argument("--requests", type=int, default=10_000, help="requests per case with 1 record")
     ap.add_argument("--large-requests", type=int, default=2_000, help="requests per case with more records")
     ap.add_argument("--seconds", type=float, default=60, help="time limit per case")
     ap.add_argument("--warmup", type=int, default=200, help="unmeasured requests before each case")
+    ap.add_argument(
+        "--reload-every", type=float, default=0, help="seconds between model swaps in the reload case (0: none)"
+    )
+    ap.add_argument("--reload-seconds", type=float, default=60, help="length of the reload case")
+    ap.add_argument("--reload-size", type=int, default=1, help="records per request in the reload case")
     ap.add_argument("--json", type=Path, help="write the figures here")
+    ap.add_argument("--docs", type=Path, help="write the tables into this page, between its loadtest markers")
     args = ap.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
-    clients = [int(c) for c in args.clients.split(",")]
-
-    load_before = os.getloadavg()
-    records = load_records(args.model, args.data, max(sizes) * 8)
-    proc = None
     if args.url and urlparse(args.url).hostname not in LOOPBACK:
         raise SystemExit(f"--url must be on this machine's loopback ({sorted(LOOPBACK)}), got {args.url}")
+    if args.url and args.reload_every:
+        raise SystemExit("--reload-every needs the server this script starts (not --url): it moves its model link")
+    return args
+
+
+def start_server(
+    args: argparse.Namespace, model: Path, log: Any, env: dict[str, str]
+) -> tuple[str, subprocess.Popen[bytes]]:
+    port = free_port()
+    command = [
+        sys.executable, "-m", "deepfm", "serve", str(model), "--host", "127.0.0.1", "--port", str(port),
+        "--workers", str(args.workers), "--threads", str(args.threads), "--engine", args.engine, "--quiet",
+    ]  # fmt: skip
+    if args.onnx:
+        command += ["--onnx", str(args.onnx)]
+    proc = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **env}
+    )
+    return f"http://127.0.0.1:{port}", proc
+
+
+def measure(
+    base: str, proc: subprocess.Popen[bytes] | None, records: list[dict[str, Any]], numeric: set[str], args: Any
+) -> list[dict[str, Any]]:
+    """Every case: sizes x formats x client counts."""
+    results = []
+    for size in [int(s) for s in args.sizes.split(",")]:
+        for fmt in args.formats.split(",") if size > 1 else ["records"]:
+            payloads = bodies(records, size, 64 if size > 1 else 512, fmt, numeric)
+            n = args.requests if size == 1 else args.large_requests
+            for c in [int(c) for c in args.clients.split(",")]:
+                asyncio.run(run_case(f"{base}/predict", payloads, c, min(args.warmup, n), args.seconds, fmt))
+                server0 = process_cpu_seconds(proc.pid) if proc else float("nan")
+                busy0 = machine_busy_seconds()
+                result = asyncio.run(run_case(f"{base}/predict", payloads, c, n, args.seconds, fmt))
+                result = {"format": fmt, "size": size, "clients": c, **result}
+                if proc:
+                    result["server_cpu_s"] = round(process_cpu_seconds(proc.pid) - server0, 2)
+                    busy = machine_busy_seconds() - busy0
+                    result["other_cpu_s"] = round(max(busy - result["server_cpu_s"] - result["client_cpu_s"], 0.0), 2)
+                results.append(result)
+                print(json.dumps(result), file=sys.stderr)
+    return results
+
+
+def main() -> None:
+    args = parse_args()
+    load_before = os.getloadavg()
+    records = load_records(args.model, args.data, max(int(s) for s in args.sizes.split(",")) * 8)
+    numeric = {f.name for f in _schema(args.model).fields if f.kind == "numeric"}
     log = tempfile.NamedTemporaryFile(prefix="deepfm-serve-", suffix=".log", delete=False)
-    if args.url:
-        base = args.url.rstrip("/")
-    else:
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        command = [
-            sys.executable,
-            "-m",
-            "deepfm",
-            "serve",
-            str(args.model),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            str(args.workers),
-            "--engine",
-            args.engine,
-            "--quiet",
-        ]
-        if args.onnx:
-            command += ["--onnx", str(args.onnx)]
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    work = tempfile.TemporaryDirectory(prefix="deepfm-loadtest-")
+    proc, reload, token = None, None, uuid.uuid4().hex
+    link = Path(work.name) / "current"
+    targets = [args.model.resolve()]
+    if args.reload_every:  # served through a link, so the reload case can move it
+        targets.append(Path(work.name) / "copy")
+        copy_with_new_id(args.model, targets[1])
+        point(link, targets[0])
     try:
+        if args.url:
+            base = args.url.rstrip("/")
+        else:
+            model = link if args.reload_every else args.model
+            base, proc = start_server(args, model, log, {"DEEPFM_ADMIN_TOKEN": token} if args.reload_every else {})
         health = wait_healthy(base, proc, log.name)
         try:
             import uvloop  # a faster event loop leaves more of the shared CPU to the server
@@ -266,43 +454,55 @@ def main() -> None:
             uvloop.install()
         except ImportError:
             pass
-        results = []
-        for size in sizes:
-            payloads = bodies(records, size, 64 if size > 1 else 512)
-            n = args.requests if size == 1 else args.large_requests
-            for c in clients:
-                asyncio.run(run_case(f"{base}/predict", payloads, c, min(args.warmup, n), args.seconds))
-                server0 = process_cpu_seconds(proc.pid) if proc else float("nan")
-                busy0 = machine_busy_seconds()
-                result = asyncio.run(run_case(f"{base}/predict", payloads, c, n, args.seconds))
-                result = {"size": size, "clients": c, **result}
-                if proc:
-                    result["server_cpu_s"] = round(process_cpu_seconds(proc.pid) - server0, 2)
-                    busy = machine_busy_seconds() - busy0
-                    result["other_cpu_s"] = round(max(busy - result["server_cpu_s"] - result["client_cpu_s"], 0.0), 2)
-                results.append(result)
-                print(json.dumps(result), file=sys.stderr)
+        results = measure(base, proc, records, numeric, args)
+        if args.reload_every:
+            payloads = bodies(records, args.reload_size, 512 if args.reload_size == 1 else 64, "records", numeric)
+            reload = asyncio.run(reload_case(base, link, targets, token, payloads, args))
+            print(json.dumps(reload), file=sys.stderr)
     finally:
         if proc is not None:
             os.killpg(proc.pid, signal.SIGTERM)
             try:
-                proc.wait(timeout=20)
+                proc.wait(timeout=40)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
         log.close()
         os.unlink(log.name)
+        work.cleanup()
     report = {
-        "command": " ".join(sys.argv),
+        "command": " ".join(["python", "benchmarks/loadtest.py", *sys.argv[1:]]),
+        "date": time.strftime("%Y-%m-%d"),
         "model": health.get("model"),
         "engine": health.get("engine"),
         "workers": args.workers,
         "machine": {**machine(load_before), "load_average_after": list(os.getloadavg())},
         "results": results,
+        "reload": reload,
+        "offline_rows_per_s": offline_rate(args.model),
     }
     print(markdown(results))
+    if reload:
+        print(reload_summary(reload))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1))
+    if args.docs:
+        write_docs(args.docs, docs_section(report))
+
+
+def offline_rate(model: Path) -> int | None:
+    """How fast ``deepfm train`` scored the model's encoded test rows: the bound to compare with."""
+    try:
+        rate = json.loads((model / "metrics.json").read_text()).get("test_predict_samples_per_s")
+    except (OSError, ValueError):
+        return None
+    return round(rate) if isinstance(rate, (int, float)) else None
+
+
+def _schema(model: Path) -> Any:
+    from deepfm.bundle import Bundle
+
+    return Bundle.load(model).config.schema
 
 
 if __name__ == "__main__":

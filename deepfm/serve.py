@@ -4,30 +4,7 @@ from deepfm._deprecated import deprecated_module
 
 deprecated_module(__name__, "deepfm.inference.serve")
 
-from deepfm.inference.serve import (
-    OFFLOAD_RECORDS,
-    SETTINGS_ENV,
-    Batcher,
-    RequestError,
-    ServeSettings,
-    app_from_env,
-    create_app,
-    load_predictor,
-    parse_records,
-    serve,
-    settle_gc,
-)
+from deepfm.inference import serve as _serve  # noqa: E402
+from deepfm.inference.serve import *  # noqa: E402, F403  (the same names, one list of them)
 
-__all__ = [
-    "Batcher",
-    "OFFLOAD_RECORDS",
-    "RequestError",
-    "SETTINGS_ENV",
-    "ServeSettings",
-    "app_from_env",
-    "create_app",
-    "load_predictor",
-    "parse_records",
-    "serve",
-    "settle_gc",
-]
+__all__ = list(_serve.__all__)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -34,8 +35,8 @@ from helpers import (
     write_records_csv,
 )
 
-MAX_RECORDS = 50
-MAX_BODY = 20_000
+MAX_RECORDS = 300  # above routes.SMALL_RECORDS: large requests take the column-by-column path
+MAX_BODY = 60_000
 
 
 # ---------------------------------------------------------------- a real server
@@ -48,17 +49,21 @@ def free_port() -> int:
 class Server:
     """`deepfm serve` in its own process group, with its output in a file."""
 
-    def __init__(self, model: Path, log: Path, *args: str) -> None:
+    def __init__(self, model: Path | None, log: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.log_path = log
         self.log = open(log, "wb")
-        env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        env = {
+            **{k: v for k, v in os.environ.items() if k != "DEEPFM_ADMIN_TOKEN"},
+            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            **(env or {}),
+        }
         command = [
             sys.executable,
             "-m",
             "deepfm",
             "serve",
-            str(model),
+            *([str(model)] if model is not None else []),
             "--host",
             "127.0.0.1",
             "--port",
@@ -107,8 +112,8 @@ class Server:
         self.log.close()
 
 
-def start(model: Path, log: Path, *args: str) -> Iterator[Server]:
-    server = Server(model, log, *args)
+def start(model: Path | None, log: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Server]:
+    server = Server(model, log, *args, env=env)
     try:
         server.wait_ready()
         yield server
@@ -230,6 +235,18 @@ BAD_REQUESTS = [
         "price",
     ),
     ("record not an object", {"records": [OK, "u1"]}, 422, ["expected an object", "a string"], 1, None),
+    # large requests are checked column by column: the same errors, the same record index
+    ("large: text for a number", {"records": [OK] * 70 + [{"price": "cheap"}]}, 422, ["'cheap'"], 70, "price"),
+    ("large: unknown field", {"records": [OK] * 70 + [{"itme": "x"}]}, 422, ["did you mean 'item'"], 70, "itme"),
+    ("large: boolean", {"records": [OK] * 80 + [{"price": True}]}, 422, ["expected a number", "bool"], 80, "price"),
+    ("large: not an object", {"records": [OK] * 70 + [[1]]}, 422, ["expected an object", "a list"], 70, None),
+    ("columns: boolean", {"columns": {"user": ["u1", True]}}, 422, ["expected a string or number"], 1, "user"),
+    ("columns: text for a number", {"columns": {"price": [1, 2, "x"]}}, 422, ["expected a number", "'x'"], 2, "price"),
+    ("columns: infinite", b'{"columns": {"price": [1, 1e999]}}', 422, ["finite number"], 1, "price"),
+    ("columns: unknown field", {"columns": {"pirce": [1]}}, 422, ["did you mean 'price'"], None, "pirce"),
+    ("columns: lengths differ", {"columns": {"user": ["u1"], "price": [1, 2]}}, 422, ["list of 2"], None, "user"),
+    ("columns: not a list", {"columns": {"user": "u1"}}, 422, ["list of", "a string"], None, "user"),
+    ("records and columns", {"records": [], "columns": {}}, 422, ['both "records" and "columns"'], None, None),
     ("records not a list", {"records": {"user": "u1"}}, 422, ['"records" must be a list', "an object"], None, None),
     ("no records key", {}, 422, ['missing "records"'], None, None),
     ("extra key", {"records": [], "limit": 3}, 422, ["unknown key(s) ['limit']"], None, None),
@@ -282,7 +299,7 @@ def test_chunked_body_over_the_limit(server: Server) -> None:
         conn.request(
             "POST",
             "/predict",
-            body=iter([b'{"records": []'] + [part] * 8 + [b"}"]),
+            body=iter([b'{"records": []'] + [part] * (MAX_BODY // 4096 + 2) + [b"}"]),
             encode_chunked=True,
             headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
         )
@@ -377,3 +394,296 @@ def test_loadtest_runs_against_a_live_server(server: Server, model_dir: Path, tm
         [*command[:6], "--url", "http://192.0.2.1:8000"], capture_output=True, text=True, timeout=60, env=env
     )
     assert remote.returncode != 0 and "loopback" in remote.stderr
+
+
+# ---------------------------------------------------------------- body formats, metrics, reloads
+def arrow_body(columns: dict[str, list[Any]]) -> bytes:
+    import pyarrow as pa
+
+    table = pa.table(columns)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+ARROW = {"Content-Type": "application/vnd.apache.arrow.stream"}
+
+
+def test_every_body_format_scores_as_deepfm_predict(server: Server, model_dir: Path, tmp_path: Path) -> None:
+    """Records (small and large requests), columns and an Arrow stream: the same rows get
+    `deepfm predict`'s probabilities for the same file, whatever the body."""
+    rows = simple_records(200, seed=11)
+    data = write_records_csv(tmp_path / "rows.csv", rows)
+    assert main(["predict", str(model_dir), "--data", str(data), "--out", str(tmp_path / "p.csv"), "--quiet"]) == 0
+    import pyarrow.csv as pacsv
+
+    expected = pacsv.read_csv(tmp_path / "p.csv").column("probability").to_numpy()
+    records = [{k: v for k, v in r.items() if k in SIMPLE_FIELDS and v is not None} for r in rows]
+    columns = {k: [r[k] for r in rows] for k in SIMPLE_FIELDS}
+    model_id = Bundle.load(model_dir).model_id
+    answers = {
+        "records, large": server.post({"records": records}),
+        "columns": server.post({"columns": columns}),
+    }
+    small = [server.post({"records": records[i : i + 20]}) for i in range(0, 200, 20)]
+    assert all(status == 200 and a["model"] == model_id for status, a in small)
+    answers["records, small"] = (
+        200,
+        {"probabilities": sum((a["probabilities"] for _, a in small), []), "model": model_id},
+    )
+    status, raw = server.request("POST", "/predict", arrow_body(columns), ARROW)
+    answers["arrow"] = (status, json.loads(raw))
+    for name, (status, answer) in answers.items():
+        assert status == 200 and answer["model"] == model_id, (name, answer)
+        assert_scores_close(answer["probabilities"], expected, f"{name} body against deepfm predict")
+
+
+def test_arrow_body_errors_name_record_and_field(server: Server) -> None:
+    status, raw = server.request("POST", "/predict", arrow_body({"price": ["1.5", "2", "cheap"]}), ARROW)
+    error = json.loads(raw)["error"]
+    assert status == 422 and error["record"] == 2 and error["field"] == "price", error
+    assert "expected a number, got 'cheap'" in error["message"]
+    status, raw = server.request("POST", "/predict", arrow_body({"pirce": [1.0]}), ARROW)
+    assert status == 422 and json.loads(raw)["error"]["field"] == "pirce"
+    status, raw = server.request("POST", "/predict", b"not arrow", ARROW)
+    assert status == 400 and json.loads(raw)["error"]["type"] == "invalid_arrow"
+
+
+def test_request_id_ready_and_metrics(server: Server, model_dir: Path) -> None:
+    model_id = Bundle.load(model_dir).model_id
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.request("POST", "/predict", json.dumps({"records": [OK]}), {"X-Request-ID": "req-42"})
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status == 200 and resp.getheader("X-Request-ID") == "req-42"
+        assert resp.getheader("X-Model-ID") == model_id
+        conn.request("GET", "/health")
+        resp = conn.getresponse()
+        resp.read()
+        generated = resp.getheader("X-Request-ID")
+        assert generated and generated != "req-42"
+    finally:
+        conn.close()
+    status, raw = server.request("GET", "/ready")
+    assert status == 200 and json.loads(raw) == {"status": "ready", "model": model_id}
+    status, raw = server.request("GET", "/metrics")
+    text = raw.decode()
+    assert status == 200
+    assert 'deepfm_requests_total{path="/predict",status="200"}' in text
+    assert 'deepfm_requests_total{path="/predict",status="422"}' in text  # the bad requests above
+    assert f'model="{model_id}"' in text and "deepfm_model_loaded_timestamp_seconds" in text
+    assert 'deepfm_records_total{format="records",status="200"}' in text
+    assert "deepfm_batch_rows_count" in text and 'deepfm_request_seconds_bucket{le="0.01",path="/predict"}' in text
+    status, raw = server.request("POST", "/admin/reload", b"")
+    assert status == 404  # no DEEPFM_ADMIN_TOKEN, no admin route
+
+
+def copy_with_new_id(model_dir: Path, out: Path) -> str:
+    """The same weights saved again with one more metrics key: another manifest, another id."""
+    bundle = Bundle.load(model_dir)
+    bundle.metrics["copied_for"] = "reload test"
+    bundle.save(out)
+    return Bundle.load(out).model_id
+
+
+def point(link: Path, target: Path) -> None:
+    """Swap a symlink atomically, as a daily job would."""
+    tmp = link.with_name(link.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target)
+    os.replace(tmp, link)
+
+
+def test_reload_under_load_fails_no_request(model_dir: Path, tmp_path: Path) -> None:
+    """POST /admin/reload swapping between two bundles while clients post: every answer is a
+    200 naming one of the two models, with the weights' probabilities; a broken bundle is
+    refused and the old model keeps serving."""
+    other_id = copy_with_new_id(model_dir, tmp_path / "other")
+    first_id = Bundle.load(model_dir).model_id
+    link = tmp_path / "current"
+    point(link, model_dir)
+    records = features(simple_records(40, seed=12))
+    expected = Bundle.load(model_dir).predict(records)
+    token = {"Authorization": "Bearer s3cret"}
+    for server in start(link, tmp_path / "reload.log", env={"DEEPFM_ADMIN_TOKEN": "s3cret"}):
+        assert server.request("POST", "/admin/reload", b"")[0] == 401
+        assert server.request("POST", "/admin/reload", b"", {"Authorization": "Bearer nope"})[0] == 401
+        stop = time.monotonic() + 6
+        swaps: list[Any] = []
+
+        def reloads(server: Server = server, stop: float = stop, swaps: list[Any] = swaps) -> None:
+            targets = [tmp_path / "other", model_dir]
+            while time.monotonic() < stop:
+                point(link, targets[len(swaps) % 2])
+                status, raw = server.request("POST", "/admin/reload", b"", token)
+                swaps.append((status, json.loads(raw)))
+                time.sleep(0.3)
+
+        def client(i: int, server: Server = server, stop: float = stop) -> list[tuple[int, Any]]:
+            out = []
+            while time.monotonic() < stop:
+                out.append(server.post({"records": records[i : i + 1 + i % 30]}))
+            return out
+
+        with ThreadPoolExecutor(max_workers=9) as pool:
+            reloader = pool.submit(reloads)
+            answers = [a for part in pool.map(client, range(8)) for a in part]
+            reloader.result()
+        assert len(swaps) >= 4 and all(s == 200 and a["swapped"] for s, a in swaps), swaps
+        assert len(answers) > 50 and all(status == 200 and a["probabilities"] for status, a in answers)
+        seen = {a["model"] for _, a in answers}
+        assert seen == {first_id, other_id}, seen
+        _, a = server.post({"records": records})
+        assert_scores_close(a["probabilities"], expected, "the same weights under either id")
+
+        (tmp_path / "broken").mkdir()
+        point(link, tmp_path / "broken")
+        before = json.loads(server.request("GET", "/health")[1])["model"]
+        status, raw = server.request("POST", "/admin/reload", b"", token)
+        error = json.loads(raw)["error"]
+        assert status == 422 and error["type"] == "reload_failed" and "not a complete model folder" in error["message"]
+        status, answer = server.post({"records": records[:3]})
+        assert status == 200 and answer["model"] == before
+        assert 'deepfm_reloads_total{result="failed"} 1.0' in server.request("GET", "/metrics")[1].decode()
+
+
+def test_watch_swaps_when_the_link_moves(model_dir: Path, tmp_path: Path) -> None:
+    other_id = copy_with_new_id(model_dir, tmp_path / "other")
+    link = tmp_path / "current"
+    point(link, model_dir)
+    for server in start(None, tmp_path / "watch.log", "--watch", str(link), "--watch-seconds", "0.2", "--access-log"):
+        first = json.loads(server.request("GET", "/health")[1])["model"]
+        status, _ = server.request("POST", "/predict", json.dumps({"records": [OK]}).encode(), {"X-Request-ID": "w-1"})
+        assert status == 200
+        (tmp_path / "broken").mkdir()
+        point(link, tmp_path / "broken")
+        deadline = time.monotonic() + 20
+        while 'deepfm_reloads_total{result="failed"}' not in server.request("GET", "/metrics")[1].decode():
+            assert time.monotonic() < deadline, "the broken bundle was never tried"
+            time.sleep(0.1)
+        assert server.post({"records": [OK]})[1]["model"] == first  # still the old model
+        point(link, tmp_path / "other")
+        while server.post({"records": [OK]})[1]["model"] != other_id:
+            assert time.monotonic() < deadline, "the new bundle was never served"
+            time.sleep(0.1)
+        log = server.log_path.read_text()
+        assert "reload of" in log and "not a complete model folder" in log  # the failure says why
+        assert re.search(rf"w-1 POST /predict 200 [0-9.]+ms model={first}", log), "the access log line"
+
+
+def test_sigterm_finishes_the_requests_in_flight(model_dir: Path, tmp_path: Path) -> None:
+    """A request whose body is still arriving when SIGTERM comes is read, scored and answered
+    before the server exits."""
+    body = json.dumps({"records": features(simple_records(30, seed=13))}).encode()
+    server = Server(model_dir, tmp_path / "term.log")
+    try:
+        server.wait_ready()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            head = f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            sock.sendall(head.encode() + body[:10])
+            deadline = time.monotonic() + 10
+            while "deepfm_requests_in_flight 2.0" not in server.request("GET", "/metrics")[1].decode():
+                assert time.monotonic() < deadline, "the request never reached the app"
+                time.sleep(0.05)
+            os.killpg(server.proc.pid, signal.SIGTERM)
+            time.sleep(0.5)
+            sock.sendall(body[10:])
+            answer = b""
+            while b"}" not in answer.rpartition(b"\r\n\r\n")[2] or not answer.endswith(b"}"):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        status_line, _, rest = answer.partition(b"\r\n")
+        assert status_line == b"HTTP/1.1 200 OK", answer
+        assert len(json.loads(rest.rpartition(b"\r\n\r\n")[2])["probabilities"]) == 30
+        # uvicorn raises the signal again once it has shut down: the status of a SIGTERM
+        assert server.proc.wait(timeout=30) in (0, -signal.SIGTERM)
+        assert "Application shutdown complete" in server.log_path.read_text()
+    finally:
+        server.stop()
+
+
+def test_loadtest_formats_reload_case_and_docs(model_dir: Path, tmp_path: Path) -> None:
+    """The load test's own server: every body format, the reload-under-load case, the tables
+    written between the page's markers."""
+    data = write_records_csv(tmp_path / "rows.csv", simple_records(300, seed=14))
+    page = tmp_path / "page.md"
+    page.write_text("intro\n<!-- loadtest:begin -->\nold figures\n<!-- loadtest:end -->\nafter\n")
+    out = tmp_path / "load.json"
+    command = [
+        sys.executable, str(REPO / "benchmarks" / "loadtest.py"), "--model", str(model_dir), "--data", str(data),
+        "--sizes", "1,8", "--clients", "3", "--formats", "records,columns,arrow", "--requests", "30",
+        "--large-requests", "20", "--warmup", "3", "--seconds", "20",
+        "--reload-every", "0.5", "--reload-seconds", "3", "--json", str(out), "--docs", str(page),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    model_id = Bundle.load(model_dir).model_id
+    cases = [(r["format"], r["size"], r["requests"], r["errors"], r["models"]) for r in report["results"]]
+    assert cases == [
+        ("records", 1, 30, 0, {model_id: 30}),
+        ("records", 8, 20, 0, {model_id: 20}),
+        ("columns", 8, 20, 0, {model_id: 20}),
+        ("arrow", 8, 20, 0, {model_id: 20}),
+    ]
+    reload = report["reload"]
+    assert reload["swaps"] >= 3 and reload["reload_failures"] == 0 and reload["load"]["errors"] == 0
+    assert len(reload["load"]["models"]) == 2 and model_id in reload["load"]["models"]
+    assert sum(reload["load"]["models"].values()) == reload["load"]["requests"]
+    text = page.read_text()
+    assert text.startswith("intro\n<!-- loadtest:begin -->\nMeasured ") and text.endswith(
+        "<!-- loadtest:end -->\nafter\n"
+    )
+    assert "old figures" not in text and "| arrow | 8 | 3 | 20 | 0 |" in text and "Reload under load:" in text
+
+
+def test_a_swapped_out_model_is_freed(model_dir: Path, tmp_path: Path) -> None:
+    """A reload does no full garbage collection (it stalled requests): the old model must go
+    by reference counting alone once nothing uses it."""
+    import asyncio
+    import weakref
+
+    import torch
+
+    from deepfm.inference.serve.metrics import Metrics
+    from deepfm.inference.serve.reload import Models
+    from deepfm.inference.serve.settings import ServeSettings, load_model
+
+    other_id = copy_with_new_id(model_dir, tmp_path / "other")
+    link = tmp_path / "current"
+    point(link, model_dir)
+    threads = torch.get_num_threads()  # load_model sets the process's torch threads
+    try:
+        settings = ServeSettings(model=str(link))
+        models = Models(settings, load_model(settings), Metrics())
+        old = weakref.ref(models.current.predictor)
+        point(link, tmp_path / "other")
+        answer = asyncio.run(models.reload())
+        assert answer["swapped"] and answer["model"] == other_id == models.current.model_id
+        assert old() is None, "the old model is still referenced"
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_column_paths_type_values_as_the_python_api_does() -> None:
+    """The service's two faster ways to a table (Arrow reading the dicts whole, or one Arrow
+    call per field) give the table of the Python API's value-by-value checks, and step aside
+    (None, or the per-value path) for anything but plain values."""
+    from deepfm.features.records import RecordChecker
+
+    checker = RecordChecker(simple_schema())
+    records = features(simple_records(100, seed=15))
+    expected = checker.records_table(records)
+    plain = checker.plain_records_table(records)
+    assert plain is not None and plain.equals(expected)
+    assert checker.columns_table(checker.record_columns(records), 100).equals(expected)
+    assert checker.plain_records_table([{"tags": ["red", "big"]}]) is None  # a list is joined in Python
+    assert checker.plain_records_table([{"price": "3.5"}]) is None  # text for a number is parsed
+    assert checker.plain_records_table([{"item": 7}]) is None  # a number for a category is written as text
+    odd = [{"item": 7.0, "price": "3.5", "tags": ["red", "big"], "user": 12}, {"price": 2**70}]
+    assert checker.columns_table(checker.record_columns(odd), 2).equals(checker.records_table(odd))

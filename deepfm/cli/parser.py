@@ -247,9 +247,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "serve",
-        help="HTTP prediction service: POST /predict, GET /health, /schema, /docs (pip install 'deepfm[serve]')",
+        help="HTTP prediction service: POST /predict, GET /health, /ready, /schema, /metrics, /docs "
+        "(pip install 'deepfm[serve]')",
     )
-    p.add_argument("model", type=_location)
+    p.add_argument("model", type=_location, nargs="?", help="model folder (or give --watch PATH)")
+    p.add_argument(
+        "--watch",
+        metavar="PATH",
+        help="serve PATH (a model folder, or a symlink to one) and reload it whenever it changes, with no failed "
+        "request; a bundle that fails to load or verify leaves the old model serving",
+    )
+    p.add_argument("--watch-seconds", type=float, default=2.0, help="how often --watch looks (default 2)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--workers", type=int, default=1, help="server processes, each with its own copy of the model")
@@ -257,7 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="model threads per worker (default 1: many small requests)")
     p.add_argument("--max-records", type=int, default=10_000, help="records per request (default 10000)")
     p.add_argument("--max-body-bytes", type=int, default=16 << 20, help="request body size (default 16 MiB)")
-    p.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
+    p.add_argument(
+        "--access-log", action="store_true", help="log every request: its id, status, time and model (costs throughput)"
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_serve)
     return parser

@@ -62,8 +62,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     require_extra("serve", "fastapi", "uvicorn")
     if args.engine == "onnx":
         require_extra("onnx", "onnxruntime")
+    if args.model is None and args.watch is None:
+        raise usage_error("deepfm serve needs a model folder, or --watch PATH")
+    if args.model is not None and args.watch is not None and str(args.model) != args.watch:
+        raise usage_error(f"give the model folder or --watch PATH, not both ({args.model}, {args.watch})")
     settings = ServeSettings(
-        model=str(args.model),
+        model=str(args.model if args.model is not None else args.watch),
+        watch=args.watch is not None,
+        watch_seconds=args.watch_seconds,
         engine=args.engine,
         onnx=str(args.onnx) if args.onnx else None,
         max_records=args.max_records,

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import difflib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from deepfm.data.columns import to_float
+from deepfm.data.columns import to_float, to_strings
 from deepfm.data.schema import FieldSpec, Schema
 from deepfm.data.source import Chunk
 from deepfm.data.tables import TableSource, as_table, record_value
@@ -124,6 +127,117 @@ class RecordChecker:
             arrays.append(pa.array(values, pa.float64() if spec.name in self.numeric else pa.string()))
         return pa.table(arrays, names=self.schema.names)
 
+    # ------------------------------------------------------------ by column (the HTTP service)
+    @property
+    def arrow_schema(self) -> pa.Schema:
+        """The types of :meth:`table`'s and :meth:`columns_table`'s columns."""
+        return pa.schema(
+            [(f.name, pa.float64() if f.name in self.numeric else pa.string()) for f in self.schema.fields]
+        )
+
+    def record_columns(self, records: Sequence[object]) -> dict[str, list[object]]:
+        """Records (a list of {field: value}) as lists by field, for :meth:`columns_table`.
+        Only the structure is checked here: every record an object, every key a field."""
+        keys = self.check_structure(records)
+        return {name: [r.get(name) for r in records] for name in self.schema.names if name in keys}  # type: ignore[attr-defined]
+
+    def check_structure(self, records: Sequence[object]) -> set[object]:
+        """The keys of records (a list of {field: value}), once every record is known to be an
+        object and every key a field (or a column to ignore); the values are not looked at."""
+        if not isinstance(records, (list, tuple)):
+            raise DataError(f"expected a list of records (objects of field -> value), got {json_type(records)}")
+        if not all(type(r) is dict for r in records):
+            i = next(i for i, r in enumerate(records) if type(r) is not dict)
+            raise DataError(f"expected an object of field -> value, got {json_type(records[i])}", line=f"record {i}")
+        keys: set[object] = set().union(*records) if records else set()
+        unknown = keys - self._specs.keys() - self._ignored
+        if unknown:
+            i, key = min((i, k) for i, r in enumerate(records) for k in r if k in unknown)
+            raise DataError(self._unknown_message(key), line=f"record {i}", field=str(key))
+        return keys
+
+    def plain_records_table(self, records: list[dict[str, object]]) -> pa.Table | None:
+        """Records whose structure passed :meth:`check_structure` as :meth:`table` types them,
+        in one Arrow call (C++ reads the dicts), or None when a value is not plain: numbers
+        in numeric fields, strings in the others, null anywhere. Arrow reads a boolean as a
+        number: only for records known to hold none (a JSON body without ``true``/``false``).
+        A multi-hot field's joined string is plain; its list is not (joined in Python)."""
+        try:
+            return pa.Table.from_struct_array(pa.array(records, type=pa.struct(list(self.arrow_schema))))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            return None
+
+    def columns_table(self, columns: dict[str, list[object]], rows: int) -> pa.Table:
+        """Columns of raw values (JSON's: numbers, text, lists, null) checked and typed as
+        :meth:`table` types them; the same values, the same errors naming record and field,
+        but a column of plain values goes to Arrow in one call instead of value by value."""
+        unknown = [k for k in columns if k not in self._specs and k not in self._ignored]
+        if unknown:
+            raise DataError(self._unknown_message(unknown[0]), field=str(unknown[0]))
+        arrays = []
+        for spec in self.schema.fields:
+            values = columns.get(spec.name)
+            if values is None:
+                arrays.append(pa.nulls(rows, pa.float64() if spec.name in self.numeric else pa.string()))
+                continue
+            if not isinstance(values, list) or len(values) != rows:
+                got = f"{len(values)} values" if isinstance(values, list) else json_type(values)
+                raise DataError(f"expected a list of {rows} values (one per record), got {got}", field=spec.name)
+            arrays.append(self._column_array(spec.name, values))
+        return pa.table(arrays, schema=self.arrow_schema)
+
+    def _column_array(self, name: str, values: list[object]) -> pa.Array:
+        """One field's values as an Arrow array. Plain columns (numbers, or text for the text
+        fields) go to Arrow whole; any other column takes the per-value rules of :meth:`check`,
+        which also say which record is wrong."""
+        types = set(map(type, values))
+        numeric = name in self.numeric
+        try:
+            if numeric and types <= _NUMBERS:
+                array = pa.array(values, pa.float64())
+                if float not in types or pc.all(pc.is_finite(array)).as_py() is not False:
+                    return array  # ints are finite; NaN and inf take the slow path below
+            elif not numeric and name not in self.multi_hot and types <= _TEXT:
+                return pa.array(values, pa.string())
+        except (pa.ArrowInvalid, OverflowError):  # an integer beyond int64: checked below
+            pass
+        part = self.check([{name: v} for v in values])
+        return self.table([part]).column(name).combine_chunks()
+
+    def arrow_table(self, table: pa.Table) -> pa.Table:
+        """An Arrow table (an Arrow IPC request body) as :meth:`table` types its columns, read as
+        a file would be: numbers from numeric or text columns, other fields as text. Errors
+        name the record (row) and the field."""
+        unknown = [k for k in table.column_names if k not in self._specs and k not in self._ignored]
+        if unknown:
+            raise DataError(self._unknown_message(unknown[0]), field=str(unknown[0]))
+        chunk = Chunk(table=table, row0=0, reader=TableSource(table))
+        arrays = [self._arrow_column(chunk, spec.name) for spec in self.schema.fields]
+        return pa.table(arrays, schema=self.arrow_schema)
+
+    def _arrow_column(self, chunk: Chunk, name: str) -> pa.ChunkedArray | pa.Array:
+        """One field of an Arrow table as :meth:`table` types it. A column already of that type
+        is kept as it is (after the check for infinite numbers): "" and NaN are missing values
+        to the pipeline, as they are in :meth:`table`'s columns."""
+        table = chunk.table
+        numeric = name in self.numeric
+        if name not in table.column_names:
+            return pa.nulls(table.num_rows, pa.float64() if numeric else pa.string())
+        col = table.column(name)
+        if numeric and pa.types.is_float64(col.type):
+            inf = np.isinf(col.to_numpy())
+            if inf.any():
+                i = int(np.flatnonzero(inf)[0])
+                raise chunk.error(i, f"expected a finite number, got {col[i].as_py()!r}", field=name)
+            return col
+        if numeric:
+            return pa.array(to_float(chunk, name), pa.float64(), from_pandas=True)
+        if name in self.multi_hot and pa.types.is_list(col.type):
+            return pc.binary_join(col, self.multi_hot[name])
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            return col.cast(pa.string())
+        return to_strings(chunk, name).cast(pa.string())
+
     def _unknown_message(self, key: object) -> str:
         names = self.schema.names
         close = difflib.get_close_matches(key, names, n=1) if isinstance(key, str) else []
@@ -131,6 +245,10 @@ class RecordChecker:
             return f"unknown field; did you mean {close[0]!r}?"
         shown = ", ".join(names[:12]) + (f", ... ({len(names)} fields)" if len(names) > 12 else "")
         return f"unknown field; the model's fields are {shown}"
+
+
+_NUMBERS = {int, float, type(None)}
+_TEXT = {str, type(None)}
 
 
 def json_type(value: object) -> str:
