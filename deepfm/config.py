@@ -155,6 +155,9 @@ EMBEDDING_LR_DENSE = 3e-3
 STEPS_PER_EPOCH = 256
 
 
+SHARD_TABLES = ("auto", "row", "table")  # train.shard_tables: how the per-field tables are placed
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Training settings. The defaults work untuned from ~10k to millions of rows."""
@@ -184,6 +187,11 @@ class TrainConfig:
     eval_batch_size: int = 16384
     progress: bool = True
     checkpoint_every: int = 2000  # steps between checkpoints (and one at each epoch's end); 0: epoch ends only
+    # None: every rank keeps the whole table (data-parallel). auto | row | table: the table is
+    # cut into one table per field, sharded over the ranks by torchrec (deepfm.training.sharded):
+    # row: each table split row-wise over every rank; table: each placed whole on one rank;
+    # auto: split only the tables larger than a rank's fair share (all rows / ranks).
+    shard_tables: str | None = None
 
     def __post_init__(self) -> None:
         coerce_numbers(
@@ -214,6 +222,10 @@ class TrainConfig:
             raise ConfigError(f"train.calibrate must be true or false, got {self.calibrate!r}")
         if not isinstance(self.patience, int) or self.patience < 1:
             raise ConfigError(f"train.patience must be an integer >= 1, got {self.patience!r}")
+        if self.shard_tables not in (None, *SHARD_TABLES):
+            raise ConfigError(
+                f"train.shard_tables must be one of {', '.join(SHARD_TABLES)} (or unset), got {self.shard_tables!r}"
+            )
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise ConfigError(f"train.device must be auto, cpu or cuda, got {self.device!r}")
 

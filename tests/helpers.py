@@ -293,3 +293,45 @@ def random_inputs(rng: np.random.Generator, b: int, n_rows: int, s: int, scaled:
         flat = rng.integers(0, n_rows, size=int(lens.sum())).astype(np.int64)
         bags.append((offsets, flat, lens))
     return ids, values, bags
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        out += kids
+        todo += kids
+    return out
+
+
+def kill_in_epoch(proc: Any, out: Path, epoch: int, inside: bool = False) -> None:
+    """SIGKILL a ``deepfm train`` process and everything below it (torchrun's ranks) once its
+    checkpoint in ``out`` has reached ``epoch`` (``inside``: a checkpoint taken inside that
+    epoch, not at its start); fails when the run ends first."""
+    import os
+    import signal
+    import time
+
+    from deepfm.training.checkpoint import CHECKPOINT, read_checkpoint_state
+
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / CHECKPOINT).exists():
+            progress = read_checkpoint_state(out / CHECKPOINT)["progress"]
+            if progress["epoch"] == epoch and (progress["batch"] > 0 or not inside):
+                break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before the kill: too short for this test"
+    # The launcher and both ranks (torchrun starts each rank in a session of its own).
+    for pid in [proc.pid, *descendants(proc.pid)]:
+        os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "manifest.json").exists()

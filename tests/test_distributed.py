@@ -25,7 +25,7 @@ from deepfm.data.encoded import EpochOrder
 from deepfm.training import train
 from deepfm.training.distributed import Context, global_batches, my_slice
 
-from helpers import REPO, simple_records, simple_schema, small_config, write_records_csv
+from helpers import REPO, kill_in_epoch, simple_records, simple_schema, small_config, write_records_csv
 
 yaml = pytest.importorskip("yaml")
 
@@ -200,10 +200,6 @@ def test_a_run_resumes_only_in_as_many_processes_as_it_started_in(
 def test_two_process_run_killed_then_resumed_gives_the_same_weights(tmp_path: Path) -> None:
     """SIGKILL the whole torchrun group inside an epoch, resume it with --nproc 2: the weights
     are those of the 2-process run never stopped (every rank restores rank 0's checkpoint)."""
-    import signal
-    import time
-
-    from deepfm.training.checkpoint import CHECKPOINT, read_checkpoint_state
 
     data = write_records_csv(tmp_path / "d.csv", simple_records(4000, seed=8))
     args = [
@@ -241,39 +237,12 @@ def test_two_process_run_killed_then_resumed_gives_the_same_weights(tmp_path: Pa
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and proc.poll() is None:
-        if (out / CHECKPOINT).exists() and read_checkpoint_state(out / CHECKPOINT)["progress"]["epoch"] == 2:
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run ended before the kill: too short for this test"
-    # The launcher and both ranks (torchrun starts each rank in a session of its own).
-    for pid in [proc.pid, *descendants(proc.pid)]:
-        os.kill(pid, signal.SIGKILL)
-    proc.wait()
-    assert not (out / "manifest.json").exists()
+    kill_in_epoch(proc, out, epoch=2)
     done = run([sys.executable, "-m", "deepfm", "train", "--resume", str(out), "--nproc", "2", "--quiet"])
     assert done.returncode == 0, done.stderr[-3000:]
     got, want = load_file(str(out / "model.safetensors")), load_file(str(tmp_path / "ref" / "model.safetensors"))
     # The resumed ranks repeat the reference's steps on the same batches with the same threads.
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid``, from /proc (Linux)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # ended meanwhile
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        kids = children.get(todo.pop(), [])
-        out += kids
-        todo += kids
-    return out
 
 
 def _rank_process(

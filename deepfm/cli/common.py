@@ -87,6 +87,7 @@ def run_config(args: argparse.Namespace) -> Any:
             "threads": args.threads,
             "progress": False if args.quiet else None,
             "checkpoint_every": args.checkpoint_every,
+            "shard_tables": getattr(args, "shard_tables", None),  # train only
         },
         data=read_overrides(args),
     )

@@ -94,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
         "torchrun --standalone --nproc-per-node N -m deepfm train ... (--batch-size is per process)",
     )
     p.add_argument(
+        "--shard-tables",
+        choices=("auto", "row", "table"),
+        help="with --nproc N: cut the embedding table into one table per field and shard them over the N "
+        "processes with torchrec (deepfm[shard]); row: every table split row-wise, table: each placed whole, "
+        "auto: split those larger than all rows / N. Tables train with row-wise Adagrad (needs --l2-embedding 0)",
+    )
+    p.add_argument(
         "--resume",
         type=Path,
         metavar="RUN",

@@ -50,16 +50,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _train_to_uri(args)
     if args.nproc is not None and args.nproc < 1:
         raise usage_error(f"--nproc must be at least 1, got {args.nproc}")
-    launch = args.nproc is not None and args.nproc > 1 and "WORLD_SIZE" not in os.environ
+    under_torchrun = "WORLD_SIZE" in os.environ
     # Everything below that can fail on the arguments runs before --nproc starts any process:
     # a bad config or flag is one line, not one per rank under torchrun's report of failed children.
     out = args.resume if args.resume is not None else args.out
     on_trained = _report_writer(out / "report.html") if args.report else None
     if args.resume is not None:
         overrides = _resume_overrides(args)
-        if launch:
-            check_resume(args.resume, overrides, world=args.nproc)
-            return _launch(args.argv, args.nproc)
+        if not under_torchrun:
+            config, _ = check_resume(args.resume, overrides, world=args.nproc or 1)
+            if _launches(args, config):
+                return _launch(args.argv, args.nproc)
         bundle = resume(args.resume, overrides, on_trained=on_trained, track=_tracker(args.track, args.register))
     else:
         if args.data is None:
@@ -70,7 +71,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise usage_error(f"--neg-sample-rate must be in (0, 1], got {rate}")
         check_out_outside_data(args.out, args.data, args.valid, args.test)
         inputs = run_inputs(args, neg_sample_rate=rate, warm_start=args.warm_start)
-        if launch:
+        if not under_torchrun and _launches(args, config):
             check_start(config, inputs, args.out, nproc=args.nproc)
             return _launch(args.argv, args.nproc)
         track = _tracker(config.track, args.register)
@@ -78,6 +79,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # rank 0 saved the model and prints its summary
     return _print_summary(getattr(args, "uri", None) or out, bundle)
+
+
+def _launches(args: argparse.Namespace, config: Any) -> bool:
+    """Whether this train command starts torchrun: --nproc N > 1, or sharded tables (which
+    need a process group, also of one). Sharded tables without --nproc are refused."""
+    sharded = config.train.shard_tables is not None
+    if sharded and args.nproc is None:
+        raise usage_error(
+            "--shard-tables (train.shard_tables) shards the tables over processes: give --nproc N "
+            "(N >= 1; or start deepfm train under torchrun)"
+        )
+    return args.nproc is not None and (args.nproc > 1 or sharded)
 
 
 def _train_to_uri(args: argparse.Namespace) -> int:

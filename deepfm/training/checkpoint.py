@@ -7,10 +7,10 @@ done, history, early stopping's score, learning rates). It is written to a tempo
 fsynced and renamed over the last one, so a kill at any moment leaves either the old
 checkpoint or the new one, whole. Nothing in it is pickled: loading it cannot run code.
 
-Tensors: ``model.*``, ``best.*``, ``adam.<i>.<name>``, ``rowadam.exp_avg``,
-``rowadam.exp_avg_sq``, ``rng.torch`` (world, S) and on CUDA ``rng.cuda``, ``epoch.labels``
+Tensors: ``model.*``, ``best.*``, ``adam.<i>.<name>``, ``rowadam.exp_avg`` and
+``rowadam.exp_avg_sq`` (sharded tables: ``adagrad.state``), ``rng.torch`` (world, S) and on CUDA ``rng.cuda``, ``epoch.labels``
 and ``epoch.logits``. Header (``state``): ``progress``, ``history``, ``adam_groups``,
-``rowadam``, ``world_size`` and ``epoch_order`` (CHANGELOG.md has the history of both).
+``rowadam`` (sharded tables: ``adagrad``), ``world_size`` and ``epoch_order`` (CHANGELOG.md has the history of both).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from torch import nn
 from torch.profiler import record_function
 
 from deepfm.errors import TrainingError
-from deepfm.model.optim import RowAdam
 from deepfm.training.distributed import Context
 from deepfm.training.progress import EpochProgress, History
 from deepfm.training.stopping import EarlyStopping
@@ -97,9 +96,9 @@ class TrainerState(Protocol):
     @property
     def dense_opt(self) -> torch.optim.Optimizer: ...
     @property
-    def row_opt(self) -> RowAdam: ...
-    @property
     def stopping(self) -> EarlyStopping: ...
+    def table_optimizer_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]: ...
+    def load_table_optimizer_state(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None: ...
 
     progress: EpochProgress  # restored in place
     history: History
@@ -109,6 +108,7 @@ def save_trainer(trainer: TrainerState, path: Path) -> None:
     """Write ``trainer``'s state to ``path``. Collective: every rank calls it at the same step
     (each rank's generator is gathered); rank 0 writes."""
     rng = _rng_states(trainer)
+    table_tensors, table_header = trainer.table_optimizer_state()  # collective when sharded
     if not trainer.ctx.main:
         return
     p, stopping = trainer.progress, trainer.stopping
@@ -118,7 +118,7 @@ def save_trainer(trainer: TrainerState, path: Path) -> None:
     adam = trainer.dense_opt.state_dict()
     for i, st in adam["state"].items():
         tensors.update({f"adam.{i}.{k}": v for k, v in st.items()})
-    tensors["rowadam.exp_avg"], tensors["rowadam.exp_avg_sq"] = trainer.row_opt.exp_avg, trainer.row_opt.exp_avg_sq
+    tensors.update(table_tensors)
     tensors.update(rng)
     # The epoch so far, batch by batch (the learning curve slices the last batches).
     tensors["epoch.labels"] = torch.from_numpy(p.labels[: p.filled].copy())
@@ -128,7 +128,7 @@ def save_trainer(trainer: TrainerState, path: Path) -> None:
         "progress": {**progress, "best_score": stopping.best_score, "bad": stopping.bad},
         "history": dataclasses.asdict(trainer.history),
         "adam_groups": adam["param_groups"],
-        "rowadam": {"steps": trainer.row_opt.steps, "lr": trainer.row_opt.lr},
+        **table_header,
         "world_size": trainer.ctx.world,
         "epoch_order": EPOCH_ORDER,
     }
@@ -179,10 +179,7 @@ def _restore_weights(trainer: TrainerState, tensors: dict[str, torch.Tensor], st
         i, name = k.split(".", 1)
         adam_state.setdefault(int(i), {})[name] = v
     trainer.dense_opt.load_state_dict({"state": adam_state, "param_groups": state["adam_groups"]})
-    row_opt = trainer.row_opt
-    row_opt.exp_avg.copy_(tensors["rowadam.exp_avg"])
-    row_opt.exp_avg_sq.copy_(tensors["rowadam.exp_avg_sq"])
-    row_opt.steps, row_opt.lr = state["rowadam"]["steps"], state["rowadam"]["lr"]
+    trainer.load_table_optimizer_state(tensors, state)
     _set_rng_states(trainer, tensors)
 
 

@@ -137,11 +137,12 @@ class Context:
         broadcast_buffers(module, self)
 
 
-def setup(device: torch.device) -> tuple[Context, torch.device]:
+def setup(device: torch.device, group: bool = False) -> tuple[Context, torch.device]:
     """Join the process group ``torchrun`` describes (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*):
-    gloo on CPU, NCCL on CUDA, each rank on its own GPU. A plain run gets a one-process context."""
+    gloo on CPU, NCCL on CUDA, each rank on its own GPU. A plain run gets a one-process
+    context; with ``group`` (sharded tables), a torchrun of one process joins its group too."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if world <= 1 and not (group and "MASTER_ADDR" in os.environ):
         return Context(), device
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":

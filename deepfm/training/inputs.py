@@ -25,6 +25,7 @@ from deepfm.data.storage import data_identity, is_dataset, list_files
 from deepfm.errors import ConfigError, DataError
 from deepfm.training.checkpoint import CHECKPOINT
 from deepfm.training.distributed import resolve_device
+from deepfm.training.sharded_trainer import check_sharded
 from deepfm.util.files import write_atomic
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 RUN = "run.json"  # how the run was started: what `deepfm train --resume` starts again
 DEFAULT_SPLIT = (0.9, 0.1, 0.0)  # without --valid or --split: the last 10% validate
 # Training settings a resumed run must keep: they shape the steps it has taken.
-FIXED_ON_RESUME = ("seed", "batch_size", "l2_embedding", "weight_decay", "lr_decay", "checkpoint_every")
+FIXED_ON_RESUME = ("seed", "batch_size", "l2_embedding", "weight_decay", "lr_decay", "checkpoint_every", "shard_tables")
 
 
 def parse_split(text: str | tuple[float, ...] | list[float] | None) -> tuple[float, float, float] | None:
@@ -144,6 +145,7 @@ def check_start(config: RunConfig, inputs: RunInputs, out: str | Path, nproc: in
             list_files(path)  # a folder without files, a glob matching none: said here
         elif isinstance(path, str) and not Path(path).exists():
             raise DataError(f"file not found (the {role} file)", path=str(path))
+    check_sharded(config.train)  # sharded tables: the settings they cannot train with, torchrec installed
     device = resolve_device(config.train.device)
     if device.type == "cuda" and nproc > 1 and torch.cuda.device_count() < nproc:
         raise ConfigError(

@@ -41,6 +41,8 @@ from deepfm.training.distributed import Context, resolve_device, setup
 from deepfm.training.inputs import RUN, RunInputs, check_resume, check_start, write_run
 from deepfm.training.parts import Parts, prepare
 from deepfm.training.progress import History
+from deepfm.training.sharded import field_tables
+from deepfm.training.sharded_trainer import ShardedTrainer
 from deepfm.training.trainer import Trainer
 from deepfm.training.warm import check_compatible, warm_model_config, warm_start_weights
 from deepfm.util.files import sha256_file
@@ -120,7 +122,8 @@ def run_training(
         return track_run(track, config, run, out, on_epoch=on_epoch, warm_start=inputs.warm_start)
     device, ctx = resolve_device(config.train.device), Context()
     try:
-        ctx, device = setup(device)
+        # Sharded tables need a process group, also in one process (torchrun sets one up).
+        ctx, device = setup(device, group=config.train.shard_tables is not None)
         return _Job(config, inputs, Path(out), device, ctx).run(on_epoch, on_trained, resume)
     finally:
         ctx.close()
@@ -175,7 +178,7 @@ class _Job:
         with tempfile.TemporaryDirectory(prefix=".encoded-", dir=self.out) as tmp:
             prepared = self.prepare(Path(tmp))
             model, warm = self.build_model(prepared.pipeline, len(prepared.parts.train))
-            trainer, history, fitted = self.fit(model, prepared.parts, on_epoch, resume)
+            trainer, history, fitted = self.fit(model, prepared, on_epoch, resume)
             metrics = self.metrics(prepared, trainer, history, warm, fitted)
             evaluated = self.evaluate(trainer, prepared.parts, metrics)
             bundle = self.save(prepared, trainer, metrics, evaluated, on_trained)
@@ -262,10 +265,10 @@ class _Job:
         return model, warm
 
     def fit(
-        self, model: DeepFM, parts: Parts, on_epoch: EpochHook | None, resume: bool
+        self, model: DeepFM, prepared: _Prepared, on_epoch: EpochHook | None, resume: bool
     ) -> tuple[Trainer, History, dict[str, Any] | None]:
         """Train ``model`` (from the checkpoint when resuming) and calibrate it on the valid part."""
-        cfg, ctx, checkpoint = self.config.train, self.ctx, self.out / CHECKPOINT
+        cfg, ctx, checkpoint, parts = self.config.train, self.ctx, self.out / CHECKPOINT, prepared.parts
         layout = model.layout
         batch_size = cfg.resolve_batch_size(len(parts.train))
         density = rows_per_table_row(len(parts.train), layout)
@@ -283,7 +286,11 @@ class _Job:
             self.device,
             f", rank {ctx.rank} of {ctx.world} (global batch {batch_size * ctx.world})" if ctx.active else "",
         )
-        trainer = Trainer(model, cfg, self.device, checkpoint=checkpoint, calibration=self.calibration, ctx=ctx)
+        trainer = (
+            ShardedTrainer(model, cfg, self.device, field_tables(prepared.pipeline), checkpoint, self.calibration, ctx)
+            if cfg.shard_tables is not None
+            else Trainer(model, cfg, self.device, checkpoint=checkpoint, calibration=self.calibration, ctx=ctx)
+        )
         state = None
         if resume and checkpoint.exists():
             state = load_checkpoint(checkpoint)
@@ -324,6 +331,12 @@ class _Job:
                 "rows_per_table_row": rows_per_table_row(len(parts.train), trainer.model.layout),
             },
             "valid_calibration": fitted,
+            # --shard-tables: where each field's table was placed ({field: [how, ranks]})
+            "shard_tables": (
+                {"mode": config.train.shard_tables, "placement": trainer.sharded.placement}
+                if isinstance(trainer, ShardedTrainer)
+                else None
+            ),
             "train_samples_per_s": history.train_samples / max(history.train_seconds, 1e-9),
             "train_seconds": history.train_seconds,
             "preprocess_seconds": prepared.seconds,

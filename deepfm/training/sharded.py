@@ -41,6 +41,7 @@ from deepfm.errors import ConfigError
 from deepfm.features.pipeline import FeaturePipeline
 from deepfm.model.deepfm import DeepFM, InputLayout
 from deepfm.model.layers import scale_numeric
+from deepfm.model.optim import dense_adam
 from deepfm.training.distributed import Context, global_batches
 
 if TYPE_CHECKING:  # the names require_torchrec puts into this module
@@ -196,6 +197,7 @@ class ShardedDeepFM:
         table_lr: float = 0.05,
         row_wise_min_rows: int = 1 << 20,
         device: torch.device | str = "cpu",
+        weight_decay: float = 0.0,
     ) -> None:
         require_torchrec()
         if not dist.is_initialized():
@@ -234,11 +236,15 @@ class ShardedDeepFM:
             model, device=self.device, plan=ShardingPlan({"embedding.ebc": module_plan})
         )
         self.dense = [p for _, p in in_backward_optimizer_filter(self.model.named_parameters())]
-        self.optimizer = torch.optim.Adam(self.dense, lr=lr)
+        self.optimizer = dense_adam(self.dense, lr=lr, weight_decay=weight_decay)
 
     def step(self, batch: Batch, global_rows: int) -> float:
         """One training step on this rank's part of a global batch of ``global_rows`` rows.
         Returns the part's summed log loss."""
+        return float(self.step_logits(batch, global_rows)[1])
+
+    def step_logits(self, batch: Batch, global_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`step`, returning (the part's logits (B,), its summed log loss ())."""
         assert batch.labels is not None
         self.model.train()
         logits = self.model(batch.to(self.device))
@@ -254,7 +260,7 @@ class ShardedDeepFM:
                 p.grad.mul_(self.world)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(loss_sum)
+        return logits.detach(), loss_sum.detach()
 
     @torch.no_grad()
     def logits(self, batch: Batch) -> torch.Tensor:
@@ -308,6 +314,46 @@ class ShardedDeepFM:
         dist.all_reduce(full)
         return full.cpu()
 
+    @property
+    def table_lr(self) -> float:
+        """Row-wise Adagrad's learning rate (every table has the same)."""
+        return float(self.model.fused_optimizer.param_groups[0]["lr"])
+
+    @table_lr.setter
+    def table_lr(self, lr: float) -> None:
+        for group in self.model.fused_optimizer.param_groups:
+            group["lr"] = lr
+        # The fused kernels read the rate from their own copy: step() sets it (nothing else).
+        self.model.fused_optimizer.step()
+
+    def adagrad_shards(self) -> Iterator[tuple[FieldTable, int, torch.Tensor]]:
+        """(table, its first row in the shard, row-wise Adagrad's state (rows,)) for every
+        shard this rank holds; writing the tensors sets the fused kernel's state."""
+        state = self.model.fused_optimizer.state_dict()["state"]
+        for t in self.tables:
+            # Only the tables this rank holds a shard of have optimizer state here.
+            key = next((k for k in state if k.endswith(f"embedding_bags.{t.name}.weight")), None)
+            if key is None:
+                continue
+            for shard in state[key][f"{t.name}.momentum1"].local_shards():
+                yield t, int(shard.metadata.shard_offsets[0]), shard.tensor
+
+    @torch.no_grad()
+    def gather_adagrad(self) -> torch.Tensor:
+        """Row-wise Adagrad's state of the whole table (num_embeddings,) on every rank
+        (collective, like :meth:`gather_table`): what a checkpoint holds."""
+        full = torch.zeros(self.layout.num_embeddings, device=self.device)
+        for t, r0, state in self.adagrad_shards():
+            full[t.offset + r0 : t.offset + r0 + state.shape[0]] = state.to(full.device)
+        dist.all_reduce(full)
+        return full.cpu()
+
+    @torch.no_grad()
+    def load_adagrad(self, full: torch.Tensor) -> None:
+        """Set row-wise Adagrad's state from :meth:`gather_adagrad`'s (num_embeddings,)."""
+        for t, r0, state in self.adagrad_shards():
+            state.copy_(full[t.offset + r0 : t.offset + r0 + state.shape[0]].to(state.device, state.dtype))
+
     def _dense_state(self) -> dict[str, torch.Tensor]:
         """Dense parameters and buffers (batch-norm statistics) by their DeepFM names; the
         state dict's other entries are the tables' ShardedTensors."""
@@ -317,12 +363,18 @@ class ShardedDeepFM:
         """A plain DeepFM with the trained weights (collective: every rank calls it), to score,
         save as a Bundle, export or serve like any other."""
         plain = DeepFM(self.layout, self.config)
+        self.copy_into(plain)
+        return plain.eval()
+
+    @torch.no_grad()
+    def copy_into(self, plain: DeepFM) -> None:
+        """Write the trained weights into ``plain``, a DeepFM of the same layout and config
+        (collective: every rank calls it). Draws no random numbers, unlike building a DeepFM."""
         table = self.gather_table()
         dense = {k: v.detach().cpu() for k, v in self._dense_state().items()}
         missing, unexpected = plain.load_state_dict({"embedding.weight": table, **dense}, strict=False)
         if missing or unexpected:
             raise RuntimeError(f"sharded model and DeepFM differ: missing {missing}, unexpected {unexpected}")
-        return plain.eval()
 
 
 def rank_batches(data: EncodedDataset, global_batch: int, seed: int) -> Iterator[Batch]:

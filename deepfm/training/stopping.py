@@ -19,13 +19,13 @@ import enum
 import logging
 import math
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from deepfm.config import TrainConfig
 from deepfm.errors import TrainingError
-from deepfm.model.optim import RowAdam
 from deepfm.training.progress import History
 from deepfm.util.metrics import auc, logloss
 
@@ -35,6 +35,12 @@ log = logging.getLogger(__name__)
 # clicks falls by 0.01-0.04), which calls for the best weights and smaller steps; closer to the
 # best it is a stall (dips of up to 0.0006 seen on plateaus), where training goes on as it was.
 OVERFIT_DROP = 1e-3
+
+
+class HasLr(Protocol):
+    """The table's optimizer as fall_back sees it: RowAdam, or the sharded tables' Adagrad."""
+
+    lr: float
 
 
 class Verdict(enum.Enum):
@@ -92,7 +98,7 @@ class EarlyStopping:
         return True
 
     def fall_back(
-        self, model: torch.nn.Module, dense_opt: torch.optim.Optimizer, row_opt: RowAdam, best_epoch: int
+        self, model: torch.nn.Module, dense_opt: torch.optim.Optimizer, row_opt: HasLr, best_epoch: int
     ) -> None:
         """After a fall: back to the best weights, both learning rates times lr_decay. CTR models
         overfit fast, and continuing from the best with a smaller step usually finds a little

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from deepfm.model.optim import RowAdam, dense_adam
 from deepfm.training.checkpoint import restore_trainer, save_trainer
 from deepfm.training.distributed import Context
 from deepfm.training.progress import CURVE_POINTS, EpochProgress, History, log_epoch, metric_stride
-from deepfm.training.stopping import EarlyStopping, Verdict, diverged, validation_scores
+from deepfm.training.stopping import EarlyStopping, HasLr, Verdict, diverged, validation_scores
 
 log = logging.getLogger(__name__)
 
@@ -51,18 +51,23 @@ class Trainer:
     ) -> None:
         self.model, self.config, self.device = model.to(device), config, device
         self.ctx = ctx or Context()
-        # Several ranks: everything after the embedding runs under DistributedDataParallel; the
-        # table's rows are synced by gathering them (deepfm.training.distributed explains why).
-        self.head = self.ctx.data_parallel(Head(self.model), self.model.dense_parameters())
         # predict() returns what users will get: corrected for negative downsampling.
         self.calibration = calibration or Calibration()
-        self.dense_opt = dense_adam(model.dense_parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        # embedding_lr "auto" is made a number by the job (TrainConfig.resolve_embedding_lr)
-        self.row_opt = RowAdam(model.embedding.weight.data, lr=float(config.embedding_lr), l2=config.l2_embedding)
         self.checkpoint = checkpoint
         self.stopping = EarlyStopping(config)
         self.history = History()
         self.progress = EpochProgress()
+        self._build_optimizers()
+
+    def _build_optimizers(self) -> None:
+        """The dense part under DDP (several ranks), Adam on it, RowAdam on the table."""
+        model, config = self.model, self.config
+        # Several ranks: everything after the embedding runs under DistributedDataParallel; the
+        # table's rows are synced by gathering them (deepfm.training.distributed explains why).
+        self.head = self.ctx.data_parallel(Head(model), model.dense_parameters())
+        self.dense_opt = dense_adam(model.dense_parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        # embedding_lr "auto" is made a number by the job (TrainConfig.resolve_embedding_lr)
+        self.row_opt = RowAdam(model.embedding.weight.data, lr=float(config.embedding_lr), l2=config.l2_embedding)
 
     # ------------------------------------------------------------ epochs
     def fit(
@@ -77,6 +82,7 @@ class Trainer:
         reports it and may raise to stop the run). ``resume``: a loaded checkpoint."""
         if resume is not None:
             restore_trainer(self, *resume)
+            self._weights_restored()
         while self.progress.epoch <= self.config.epochs:
             row = self.epoch(train, valid, batch_size)
             if on_epoch is not None:
@@ -84,7 +90,8 @@ class Trainer:
             log_epoch(row)
             verdict = self.stopping.after_epoch(row, self.history, self.model)
             if verdict is Verdict.FALL:
-                self.stopping.fall_back(self.model, self.dense_opt, self.row_opt, self.history.best_epoch)
+                self.stopping.fall_back(self.model, self.dense_opt, self.table_opt, self.history.best_epoch)
+                self._weights_restored()
             self.progress.next_epoch()
             self.save_checkpoint()
             if verdict is Verdict.STOP:
@@ -129,8 +136,7 @@ class Trainer:
         t0, seconds0 = time.perf_counter(), p.seconds
         # Each epoch has its own order, derived from the seed: runs are reproducible, and a
         # resumed epoch skips exactly the batches it had done.
-        batches = self.ctx.batches(data, batch_size, cfg.seed * 1000 + p.epoch, skip=p.batch, min_part=self._min_part)
-        for batch, global_rows in batches:
+        for batch, global_rows in self._batches(data, batch_size, cfg.seed * 1000 + p.epoch, skip=p.batch):
             p.batch += 1
             if len(batch) == 1 and self.model.config.batch_norm:
                 continue  # batch norm cannot normalize one row; it is one row of this epoch
@@ -146,9 +152,19 @@ class Trainer:
         if p.since:
             self.history.curve.append(p.curve_point(len(data), global_batch))
 
+    def _batches(self, data: EncodedDataset, batch_size: int, seed: int, skip: int) -> Iterator[tuple[Batch, int]]:
+        """(this rank's part, the global batch's rows) of an epoch's global batches from ``skip`` on."""
+        min_part = 2 if self.model.config.batch_norm else 1  # batch norm needs two rows per rank
+        return self.ctx.batches(data, batch_size, seed, skip=skip, min_part=min_part)
+
     @property
-    def _min_part(self) -> int:
-        return 2 if self.model.config.batch_norm else 1  # batch norm needs two rows per rank
+    def table_opt(self) -> HasLr:
+        """The table's optimizer, whose rate early stopping decays."""
+        return self.row_opt
+
+    def _weights_restored(self) -> None:
+        """Called after ``self.model`` was loaded from a checkpoint or the best epoch's weights
+        (the sharded trainer copies them into its shards); here the model is what trains."""
 
     def _train_batch(self, batch: Batch, global_rows: int, stride: int) -> None:
         """One step, checked for a finite loss, and its rows counted into the epoch."""
@@ -208,6 +224,18 @@ class Trainer:
         out = [torch.sigmoid(self.model(b.to(self.device))).double().cpu().numpy() for b in batches]
         scores = self.ctx.gather(np.concatenate(out) if out else np.zeros(0), self.device)
         return postprocess(scores, self.calibration) if len(scores) else np.zeros(0)
+
+    def table_optimizer_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """RowAdam's moments and its header entry, for the checkpoint (collective where the
+        state is sharded; here every rank has it all)."""
+        tensors = {"rowadam.exp_avg": self.row_opt.exp_avg, "rowadam.exp_avg_sq": self.row_opt.exp_avg_sq}
+        return tensors, {"rowadam": {"steps": self.row_opt.steps, "lr": self.row_opt.lr}}
+
+    def load_table_optimizer_state(self, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+        """RowAdam's state from a checkpoint's tensors and header."""
+        self.row_opt.exp_avg.copy_(tensors["rowadam.exp_avg"])
+        self.row_opt.exp_avg_sq.copy_(tensors["rowadam.exp_avg_sq"])
+        self.row_opt.steps, self.row_opt.lr = state["rowadam"]["steps"], state["rowadam"]["lr"]
 
     def save_checkpoint(self) -> None:
         """The trainer's whole state into its checkpoint file (collective; rank 0 writes)."""
