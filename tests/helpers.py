@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from deepfm.config import ModelConfig, RunConfig, TrainConfig
 from deepfm.data.schema import CRITEO_COLUMNS, FieldSpec, Schema
 from deepfm.data.source import ReadOptions
 from deepfm.data.tables import TableSource
+from deepfm.training.distributed import Context
 
 REPO = Path(__file__).resolve().parents[1]
 CRITEO_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "criteo" / "criteo_sampled_data_10k.csv"
@@ -335,3 +338,29 @@ def kill_in_epoch(proc: Any, out: Path, epoch: int, inside: bool = False) -> Non
         os.kill(pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "manifest.json").exists()
+
+
+def rank_process(
+    rank: int, world: int, store_file: str, out_file: str, body: Callable[[int, int], dict[str, Any]]
+) -> None:
+    """One spawned gloo rank: joins the group, runs ``body(rank, world)`` and rank 0 saves what
+    it returns to ``out_file``; leaves through Context.close, as training does (DDP gone first)."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world)
+    try:
+        result = body(rank, world)
+        if rank == 0:
+            torch.save(result, out_file)
+    finally:
+        Context(rank=rank, world=world, owns_group=True).close()
+
+
+def spawn_ranks(tmp_path: Path, body: Callable[[int, int], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``body`` on 2 spawned gloo ranks; rank 0's result."""
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "rank0.pt"
+    mp.spawn(rank_process, args=(2, str(tmp_path / "store"), str(out), body), nprocs=2, join=True)
+    return torch.load(out)

@@ -10,7 +10,6 @@ import math
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from deepfm.data.encoded import EpochOrder
 from deepfm.training import train
 from deepfm.training.distributed import Context, global_batches, my_slice
 
-from helpers import REPO, kill_in_epoch, simple_records, simple_schema, small_config, write_records_csv
+from helpers import REPO, kill_in_epoch, simple_records, simple_schema, small_config, spawn_ranks, write_records_csv
 
 yaml = pytest.importorskip("yaml")
 
@@ -245,32 +244,6 @@ def test_two_process_run_killed_then_resumed_gives_the_same_weights(tmp_path: Pa
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
 
 
-def _rank_process(
-    rank: int, world: int, store_file: str, out_file: str, body: Callable[[int, int], dict[str, Any]]
-) -> None:
-    """One spawned gloo rank: joins the group, runs ``body(rank, world)`` and rank 0 saves what
-    it returns to ``out_file``; leaves through Context.close, as training does (DDP gone first)."""
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world)
-    try:
-        result = body(rank, world)
-        if rank == 0:
-            torch.save(result, out_file)
-    finally:
-        Context(rank=rank, world=world, owns_group=True).close()
-
-
-def _spawn_ranks(tmp_path: Path, body: Callable[[int, int], dict[str, Any]]) -> dict[str, Any]:
-    """Run ``body`` on 2 spawned gloo ranks; rank 0's result."""
-    import torch.multiprocessing as mp
-
-    out = tmp_path / "rank0.pt"
-    mp.spawn(_rank_process, args=(2, str(tmp_path / "store"), str(out), body), nprocs=2, join=True)
-    return torch.load(out)
-
-
 def _ddp_steps(rank: int, world: int) -> dict[str, Any]:
     """Two steps of a global batch of 7 rows cut 4 / 3, through deepfm.distributed.data_parallel:
     the gradients of the dense part after each."""
@@ -309,7 +282,7 @@ def _ddp_data() -> tuple[torch.Tensor, torch.Tensor]:
 def test_data_parallel_sums_weighted_parts(tmp_path: Path) -> None:
     """Under data_parallel, 2 ranks with uneven parts (4 and 3 rows), each loss weighted by its
     share, get the gradient one process computes on all 7 rows; the ignored table is untouched."""
-    got = _spawn_ranks(tmp_path, _ddp_steps)["grads"]
+    got = spawn_ranks(tmp_path, _ddp_steps)["grads"]
     torch.manual_seed(0)
     module = _TwoPart()
     x, y = _ddp_data()
@@ -405,7 +378,7 @@ def test_trainer_steps_of_two_ranks_match_one_process_for_every_kind(tmp_path: P
     """The Trainer's own step under 2 gloo ranks (DDP on the dense part, gathered rows for
     RowAdam, uneven parts 7 + 6) ends where one process on the whole 13-row batches does,
     for every model kind: dense and table weights alike."""
-    got = _spawn_ranks(tmp_path, _trainer_rank)
+    got = spawn_ranks(tmp_path, _trainer_rank)
     for kind in KINDS:
         want = _trainer_steps(Context(), kind).model.state_dict()
         assert got["states"][kind].keys() == want.keys()
@@ -444,7 +417,7 @@ def test_nan_loss_on_one_rank_stops_every_rank_before_the_checkpoint(tmp_path: P
     from deepfm.training.checkpoint import CHECKPOINT, load_checkpoint
 
     data = write_records_csv(tmp_path / "d.csv", simple_records(2000, seed=4))
-    got = _spawn_ranks(tmp_path, functools.partial(_train_with_nan_on_rank_1, str(data), str(tmp_path / "run")))
+    got = spawn_ranks(tmp_path, functools.partial(_train_with_nan_on_rank_1, str(data), str(tmp_path / "run")))
     assert got["error"] is not None and "training loss became nan on another rank in epoch 1 (step 4)" in got["error"]
     tensors, state = load_checkpoint(tmp_path / "run" / CHECKPOINT)
     assert state["progress"]["steps"] == 3 and state["world_size"] == 2

@@ -7,6 +7,7 @@ each chunk's per-row indices so every row can be encoded after fitting without a
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.ipc
 
 from deepfm.features.state import MISSING
+
+# Several ranks fitting together: this rank's 1-D array -> every rank's, in rank order (a
+# collective: every rank calls it with arrays of the same dtype, in the same order).
+Gather = Callable[[np.ndarray], list[np.ndarray]]
 
 RESERVOIR = 200_000  # values kept per field to place quantile bin edges
 SPILL_MEMORY = 512 << 20  # bytes of the single-parse spill kept in memory; the rest goes to disk
@@ -88,6 +94,28 @@ class Dictionary:
             return pa.array([], pa.string()), np.zeros(0, dtype=np.int64)
         return self.values, self.counts
 
+    def merge(self, gather: Gather, rank: int) -> None:
+        """Merge every rank's values and counts into this counter (collective). The merged
+        order is rank 0's values, then rank 1's new ones, ...: with the ranks holding
+        consecutive files, the order one process reading them all would have seen, so the
+        vocabulary is the one process's. This rank's chunk maps follow its values."""
+        values, counts = self.finish()
+        arrays = [arrow_array(b) for b in gather(arrow_bytes(values))]
+        all_counts = gather(counts)
+        kind = next((a.type for a in arrays if len(a)), values.type)
+        as_dicts = [
+            pa.DictionaryArray.from_arrays(pa.array(np.arange(len(a), dtype=np.int32)), a.cast(kind)) for a in arrays
+        ]
+        unified = pa.chunked_array(as_dicts).unify_dictionaries()
+        merged = unified.chunk(0).dictionary
+        total = np.zeros(len(merged), dtype=np.int64)
+        positions = [unified.chunk(k).indices.to_numpy(zero_copy_only=False) for k in range(len(arrays))]
+        for pos, cnt in zip(positions, all_counts):
+            total[pos] += cnt  # distinct within a rank: its values are
+        mine = positions[rank].astype(np.int32)
+        self.maps = [mine[m] for m in self.maps]
+        self.values, self.counts = merged, total
+
     def table(self, i: int, remap: np.ndarray, offset: int) -> np.ndarray:
         """Chunk ``i``'s index -> id (offset + local id), with one extra entry at the end for
         index -1 (null): the MISSING row. Encoding is then one gather."""
@@ -140,6 +168,17 @@ class BinCounts:
 
     def finish(self) -> tuple[pa.Array, np.ndarray]:
         return pa.array(self.lo + np.arange(self.counts.size, dtype=np.int64)), self.counts
+
+    def merge(self, gather: Gather) -> None:
+        """Every rank's counts summed into this counter (collective). Spilled indices are the
+        keys themselves, so nothing else changes."""
+        ranges = gather(np.array([self.lo, self.counts.size], dtype=np.int64))
+        all_counts = gather(self.counts)
+        self.lo, self.counts = 0, np.zeros(0, dtype=np.int64)
+        for (lo, n), counts in zip(ranges, all_counts):
+            if n:
+                self._cover(int(lo), int(lo + n - 1))
+                self.counts[lo - self.lo : lo - self.lo + n] += counts
 
     def encode(self, i: int, idx: np.ndarray, remap: np.ndarray, offset: int, out: np.ndarray) -> None:
         table = (offset + np.append(remap, MISSING)).astype(out.dtype)
@@ -213,7 +252,32 @@ class Reservoir:
             keep = np.argpartition(self.keys, RESERVOIR)[:RESERVOIR]
             self.values, self.keys, self.rows = self.values[keep], self.keys[keep], self.rows[keep]
 
+    def merge(self, gather: Gather) -> None:
+        """The sample of every rank's rows (collective): the values with the smallest keys of
+        all, still uniform when each rank drew its keys from its own generator. Their rows
+        are no longer comparable (each rank counts its own), so :meth:`before` is done first."""
+        values, keys = np.concatenate(gather(self.values)), np.concatenate(gather(self.keys))
+        if values.size > RESERVOIR:
+            keep = np.argpartition(keys, RESERVOIR)[:RESERVOIR]
+            values, keys = values[keep], keys[keep]
+        self.values, self.keys, self.rows = values, keys, np.full(values.size, -1, dtype=np.int64)
+
     def before(self, n_rows: int) -> None:
         """Keep the values of rows < n_rows: still a uniform sample of those rows."""
         keep = self.rows < n_rows
         self.values, self.keys, self.rows = self.values[keep], self.keys[keep], self.rows[keep]
+
+
+def arrow_bytes(values: pa.Array) -> np.ndarray:
+    """An Arrow array as the bytes of an IPC stream (to send between ranks; no pickle). (n,) uint8"""
+    sink = pa.BufferOutputStream()
+    batch = pa.record_batch([values], names=["v"])
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    return np.frombuffer(sink.getvalue(), dtype=np.uint8)
+
+
+def arrow_array(data: np.ndarray) -> pa.Array:
+    """The array :func:`arrow_bytes` wrote."""
+    table = pa.ipc.open_stream(pa.py_buffer(np.ascontiguousarray(data, dtype=np.uint8).tobytes())).read_all()
+    return table.column("v").combine_chunks()

@@ -16,7 +16,7 @@ from deepfm.data.columns import to_label
 from deepfm.data.schema import Schema
 from deepfm.data.source import Chunk, Source
 from deepfm.errors import DataError
-from deepfm.features.counting import BinCounts, Dictionary, Spill
+from deepfm.features.counting import BinCounts, Dictionary, Gather, Spill
 from deepfm.features.encoders import FieldEncoder, Spilled
 
 
@@ -24,10 +24,14 @@ class Fitter:
     """Gathers what fitting needs in one pass (see the module docstring): a :class:`FieldFit`
     per field, filled by that field's encoder."""
 
-    def __init__(self, schema: Schema, encoders: dict[str, FieldEncoder], spill: Spill | None) -> None:
+    def __init__(self, schema: Schema, encoders: dict[str, FieldEncoder], spill: Spill | None, rank: int = 0) -> None:
         self.schema, self.encoders, self.spill = schema, encoders, spill
+        # Several ranks: each draws its own sample keys (Reservoir.merge needs them independent);
+        # rank 0 keeps the seeds of a one-process fit.
         self.fits = {
-            f.name: encoders[f.name].new_fit(np.random.default_rng([0, i]), keep_maps=spill is not None)
+            f.name: encoders[f.name].new_fit(
+                np.random.default_rng([0, i] if rank == 0 else [0, i, rank]), keep_maps=spill is not None
+            )
             for i, f in enumerate(schema.fields)
         }
         self.rows_counted = 0
@@ -78,6 +82,20 @@ class Fitter:
         for name, encoder in self.encoders.items():
             encoder.uncount(self.fits[name], self.spill, cut, n_fit)
         self.rows_counted = min(n_fit, self.rows_counted)
+
+    def merge(self, gather: Gather, rank: int) -> None:
+        """Merge what every rank counted on its rows (collective; after :meth:`limit` and the
+        counters' finish): vocabulary counts, bin counts, numeric moments and samples, and the
+        rows counted. Afterwards every rank fits the same state from the fits."""
+        for fit in self.fits.values():  # schema order: the same collectives on every rank
+            if isinstance(fit.counter, Dictionary):
+                fit.counter.merge(gather, rank)
+            elif isinstance(fit.counter, BinCounts):
+                fit.counter.merge(gather)
+            mine = np.sum(fit.moments, axis=0) if fit.moments else np.zeros(3)
+            fit.moments = [np.sum(gather(np.asarray(mine, dtype=np.float64)), axis=0)]
+            fit.sample.merge(gather)
+        self.rows_counted = int(np.sum(gather(np.array([self.rows_counted], dtype=np.int64))))
 
     def spilled(self, i: int) -> Spilled:
         """Spilled chunk ``i``, to encode."""

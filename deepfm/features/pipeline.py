@@ -29,7 +29,7 @@ from deepfm.data.encoded import EncodedChunk
 from deepfm.data.schema import FieldSpec, Schema
 from deepfm.data.source import Chunk
 from deepfm.errors import BundleError, DataError
-from deepfm.features.counting import SPILL_MEMORY, Spill
+from deepfm.features.counting import SPILL_MEMORY, Gather, Spill
 from deepfm.features.encoders import encoder_for
 from deepfm.features.fitter import Fitter
 from deepfm.features.state import FIRST_VALUE, MISSING, OOV, FieldState
@@ -93,6 +93,7 @@ class FeaturePipeline:
         n_fit: int | Callable[[int], int],
         spill_dir: Path,
         base: FeaturePipeline | None = None,
+        ranks: tuple[Gather, int] | None = None,
     ) -> Iterator[tuple[int, EncodedChunk]]:
         """Fit on the first ``n_fit`` rows and encode every row, parsing the input once.
 
@@ -103,6 +104,10 @@ class FeaturePipeline:
         gathers. Yields (first row, encoded chunk) in order. Same result as ``fit`` on those
         rows, then ``encode``.
 
+        ``ranks``: (gather, this rank) when several ranks fit on their own rows together: each
+        counts its ``chunks``, the counts are merged (:meth:`Fitter.merge`), and each encodes
+        its own rows with the same fitted state. ``n_fit`` is then this rank's rows to fit on.
+
         Threads: the reader parses in its own thread; here fields are counted on two threads
         (this one and a helper), and encoding runs one chunk ahead of the caller, which writes
         the previous one.
@@ -110,7 +115,7 @@ class FeaturePipeline:
         spill = Spill(spill_dir)
         try:
             with ThreadPoolExecutor(1, thread_name_prefix="deepfm-fit") as pool:
-                fitter = Fitter(self.schema, self.encoders, spill=spill)
+                fitter = Fitter(self.schema, self.encoders, spill=spill, rank=ranks[1] if ranks else 0)
                 for chunk in chunks:
                     fitter.add(chunk, pool)
                 spill.seal()
@@ -119,6 +124,8 @@ class FeaturePipeline:
                 [c.finish() for c in counters[0::2]]
                 other.result()
                 fitter.limit(n_fit(fitter.rows_counted) if callable(n_fit) else n_fit)
+                if ranks is not None:
+                    fitter.merge(*ranks)
                 remaps = self._finish_fit(fitter, base)
 
                 def encode(i: int) -> EncodedChunk:

@@ -20,6 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 import deepfm.data
 import deepfm.features
 from deepfm.config import RunConfig
@@ -28,7 +30,8 @@ from deepfm.data.encoded import EncodedDataset
 from deepfm.data.storage import DataSpec, data_identity
 from deepfm.errors import DataError
 from deepfm.features.pipeline import FeaturePipeline
-from deepfm.training.parts import Parts, prepare
+from deepfm.training.distributed import Context
+from deepfm.training.parts import Parts, prepare, prepare_ranked
 
 log = logging.getLogger(__name__)
 CACHE_FORMAT = 2  # bump when the encoded layout changes (CHANGELOG.md: cache formats)
@@ -50,11 +53,15 @@ def prepare_cached(
     base: FeaturePipeline | None = None,
     base_key: str | None = None,
     split_by: ColumnSplit | None = None,
+    ctx: Context | None = None,
 ) -> tuple[FeaturePipeline, Parts, bool]:
     """:func:`~deepfm.training.parts.prepare`, reusing the encoded data of an earlier run on
     the same files (path, size, modification time), schema, reading options, split and
     ``base`` (named by ``base_key``, a digest of the bundle it came from). Returns
-    (pipeline, parts, hit)."""
+    (pipeline, parts, hit).
+
+    ``ctx``: every rank of it calls this, and they prepare the data together
+    (:func:`~deepfm.training.parts.prepare_ranked`); ``cache_dir`` must be one they all see."""
     if base is not None and base_key is None:
         raise ValueError("prepare_cached with a base pipeline needs its base_key")
     files = [p for p in (data, valid, test) if p is not None]
@@ -73,8 +80,14 @@ def prepare_cached(
         "split_by": dataclasses.asdict(split_by) if split_by is not None else None,
         "base": base_key,
     }
+    if ctx is not None:  # quantile edges come from another sample: an entry of its own
+        identity["ranks"] = ctx.world
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
     folder = cache_dir / key
+    if ctx is not None:
+        return _prepare_together(
+            folder, identity, ctx, lambda tmp: prepare_ranked(config, data, tmp, ctx, valid, test, split)
+        )
     if (folder / "complete.json").is_file():
         try:
             return (*_load_prepared(folder), True)
@@ -103,6 +116,31 @@ def _fill(folder: Path, identity: dict[str, Any], encode: Any) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _prepare_together(
+    folder: Path, identity: dict[str, Any], ctx: Context, encode: Any
+) -> tuple[FeaturePipeline, Parts, bool]:
+    """The entry in ``folder``, found by rank 0 or filled by every rank together in a shared
+    temporary folder beside it, which rank 0 renames into place. -> (pipeline, parts, hit)"""
+    hit = (folder / "complete.json").is_file() if ctx.main else False
+    hit = bool(ctx.gather_arrays(np.array([hit]))[0][0])  # rank 0's word: every rank takes the same path
+    if not hit:
+        tmp = folder.parent / f".{folder.name}-ranks"
+        if ctx.main:
+            shutil.rmtree(tmp, ignore_errors=True)  # a run killed while filling it
+            tmp.mkdir(parents=True)
+        ctx.wait_for_main()
+        pipeline, parts = encode(tmp)
+        if ctx.main:
+            pipeline.save(tmp)
+            done = {"skipped_rows": parts.skipped_rows, "rows_read": parts.rows_read, "identity": identity}
+            (tmp / "complete.json").write_text(json.dumps(done))
+            del parts
+            os.replace(tmp, folder)
+            log.info("encoded data cached in %s (by %d ranks)", folder, ctx.world)
+        ctx.wait_for_main()
+    return (*_load_prepared(folder), hit)
 
 
 @functools.lru_cache(maxsize=1)

@@ -124,6 +124,12 @@ class Context:
         """Every rank's 1-D array concatenated in rank order (see :func:`gather_array`)."""
         return gather_array(x, self, device)
 
+    def gather_arrays(self, x: np.ndarray) -> list[np.ndarray]:
+        """Every rank's 1-D array ``x`` (any dtype, any length), in rank order: the exchanges of
+        preparing the data together. On the long-timeout group: a rank may get there hours
+        after another (each first parses its own files)."""
+        return gather_bytes(x, self) if self.active else [x]
+
     def sum(self, x: float, device: torch.device) -> float:
         """``x`` summed over the ranks."""
         return sum_scalar(x, self, device)
@@ -243,6 +249,20 @@ def gather_array(x: np.ndarray, ctx: Context, device: torch.device) -> np.ndarra
         return x
     t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64)).to(device)
     return all_gather_rows(t.reshape(-1, 1), ctx).reshape(-1).cpu().numpy().astype(x.dtype)
+
+
+def gather_bytes(x: np.ndarray, ctx: Context) -> list[np.ndarray]:
+    """Every rank's 1-D ``x`` as its bytes, padded to the longest, all-gathered on the CPU
+    (gloo) group ``ctx.wait_group``, and cut back into arrays of ``x``'s dtype."""
+    data = torch.from_numpy(np.frombuffer(np.ascontiguousarray(x).tobytes(), dtype=np.uint8).copy())
+    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(ctx.world)]
+    dist.all_gather(sizes, torch.tensor([data.numel()], dtype=torch.int64), group=ctx.wait_group)
+    most = max(1, max(int(k) for k in sizes))
+    padded = torch.zeros(most, dtype=torch.uint8)
+    padded[: data.numel()] = data
+    parts = [torch.empty_like(padded) for _ in range(ctx.world)]
+    dist.all_gather(parts, padded, group=ctx.wait_group)
+    return [np.frombuffer(part[: int(k)].numpy().tobytes(), dtype=x.dtype) for part, k in zip(parts, sizes)]
 
 
 def sum_scalar(x: float, ctx: Context, device: torch.device) -> float:

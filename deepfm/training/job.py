@@ -39,7 +39,7 @@ from deepfm.training.cache import default_cache_dir, prepare_cached
 from deepfm.training.checkpoint import CHECKPOINT, load_checkpoint
 from deepfm.training.distributed import Context, resolve_device, setup
 from deepfm.training.inputs import RUN, RunInputs, check_resume, check_start, write_run
-from deepfm.training.parts import Parts, prepare
+from deepfm.training.parts import Parts, can_prepare_on_ranks, prepare
 from deepfm.training.progress import History
 from deepfm.training.sharded import field_tables
 from deepfm.training.sharded_trainer import ShardedTrainer
@@ -189,7 +189,10 @@ class _Job:
         """The encoded parts (from the cache, filled by rank 0 first), their profile for drift
         checks, and the training part downsampled."""
         t0, inputs, ctx, base = time.perf_counter(), self.inputs, self.ctx, self.base
-        if inputs.cache and not ctx.main:
+        # A dataset of at least a file per rank: every rank parses its own files, the counts
+        # are merged, each rank encodes its rows (into the cache, which they must all see).
+        together = inputs.cache and can_prepare_on_ranks(inputs.data, ctx.world, inputs.split_by, base is not None)
+        if inputs.cache and not ctx.main and not together:
             ctx.wait_for_main()  # rank 0 fills the cache first; the others then read it
         if inputs.cache:
             where = Path(inputs.cache_dir) if inputs.cache_dir is not None else default_cache_dir()
@@ -204,6 +207,7 @@ class _Job:
                 base=base.pipeline if base else None,
                 split_by=inputs.split_by,
                 base_key=base_key,
+                ctx=ctx if together else None,
             )
             if hit:
                 log.info("reusing encoded data from %s", parts.train.folder.parent)
@@ -219,7 +223,7 @@ class _Job:
                 split_by=inputs.split_by,
             )
             hit = False
-        if inputs.cache and ctx.main:
+        if inputs.cache and ctx.main and not together:
             ctx.wait_for_main()
         rows_before = len(parts.train)
         # What `deepfm drift` compares new data with: the held-out valid part when there is one

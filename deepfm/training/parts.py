@@ -9,6 +9,7 @@ parts between runs.
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 from collections.abc import Iterator
@@ -19,12 +20,16 @@ import numpy as np
 
 from deepfm.config import RunConfig
 from deepfm.data.column_split import ColumnSplit
+from deepfm.data.dataset import DatasetReader
 from deepfm.data.encoded import DatasetWriter, EncodedDataset
 from deepfm.data.readers import open_reader
 from deepfm.data.source import Chunk, Reader
-from deepfm.data.storage import DataSpec
+from deepfm.data.storage import DataSpec, is_dataset, list_files
 from deepfm.errors import ConfigError, DataError
+from deepfm.features.counting import Gather
 from deepfm.features.pipeline import FeaturePipeline
+from deepfm.training.distributed import Context
+from deepfm.training.ranks import join_shares
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +74,75 @@ class _Split:
             n - n_train - n_valid,
         )
         return n_train
+
+
+class _RankSplit:
+    """A :class:`_Split` of all ranks' rows, seen from one rank: this rank's rows are rows
+    [row0, row0 + n) of the whole (the ranks hold consecutive files, in rank order)."""
+
+    def __init__(self, split: _Split, gather: Gather, rank: int) -> None:
+        self.split, self.gather, self.rank = split, gather, rank
+        self.bounds: dict[str, tuple[int, int]] = {}  # in this rank's rows
+        self.parts: list[str] = []  # the parts that hold rows (on any rank)
+
+    def __call__(self, n: int) -> int:
+        """This rank's rows to fit on, of its ``n`` (collective: the ranks' counts are exchanged)."""
+        counts = [int(k[0]) for k in self.gather(np.array([n], dtype=np.int64))]
+        row0, n_fit = sum(counts[: self.rank]), self.split(sum(counts))
+        self.parts = [name for name, (lo, hi) in self.split.bounds.items() if hi > lo]
+        self.bounds = {
+            k: (min(max(lo - row0, 0), n), min(max(hi - row0, 0), n)) for k, (lo, hi) in self.split.bounds.items()
+        }
+        return min(max(n_fit - row0, 0), n)
+
+
+def can_prepare_on_ranks(data: DataSpec, world: int, split_by: ColumnSplit | None, base: bool) -> bool:
+    """Whether ``world`` ranks can prepare ``data`` together (:func:`prepare_ranked`): a
+    dataset of at least one file per rank, split by row order or not at all, no warm start."""
+    return world > 1 and split_by is None and not base and is_dataset(data) and len(list_files(data)) >= world
+
+
+def prepare_ranked(
+    config: RunConfig,
+    data: DataSpec,
+    workdir: Path,
+    ctx: Context,
+    valid: DataSpec | None = None,
+    test: DataSpec | None = None,
+    split: tuple[float, float, float] | None = None,
+) -> tuple[FeaturePipeline, Parts]:
+    """:func:`prepare` by every rank of ``ctx`` at once (collective), into the shared ``workdir``.
+    Each rank parses its own consecutive share of the dataset's files and counts their
+    training rows; the counts are merged (vocabularies, bins, numeric moments and samples);
+    each rank encodes its rows and writes them into the parts at their place. The parts and
+    vocabularies are those of :func:`prepare` (quantile bin edges: from another uniform
+    sample of the same rows). Separate valid and test files are each encoded by one rank."""
+    schema, columns = config.schema, [config.schema.label, *config.schema.names]
+    _check_split(split, None, valid, test)
+    files = list_files(data)
+    opener = functools.partial(open_reader, options=config.data, column_names=schema.columns)
+    reader = DatasetReader(files[ctx.share(len(files))], opener, f"{data} (rank {ctx.rank} of {ctx.world})")
+    reader.check_columns(columns)
+    pipeline = FeaturePipeline(schema)
+    rank_split = _RankSplit(_Split(split, data), ctx.gather_arrays, ctx.rank)
+    local = workdir / f"rank-{ctx.rank}"
+    shares = _fit_encode(pipeline, reader, columns, rank_split, local, None, ranks=(ctx.gather_arrays, ctx.rank))
+    parts: dict[str, EncodedDataset | None] = {"train": None, "valid": None, "test": None}
+    for name in rank_split.parts:
+        if shares[name] is None:  # no rows of this part here: an empty share keeps the exchanges in step
+            _writer(pipeline, local / name).close()
+        parts[name] = join_shares(local / name, workdir / name, ctx)
+    skipped = reader.skipped
+    for k, (name, path) in enumerate((n, p) for n, p in (("valid", valid), ("test", test)) if p is not None):
+        if k % ctx.world == ctx.rank:
+            skipped += _encode_file(pipeline, config, path, columns, workdir / name)[1]
+        ctx.wait_for_main()
+        parts[name] = EncodedDataset(workdir / name)
+    skipped = int(np.sum(ctx.gather_arrays(np.array([skipped], dtype=np.int64))))
+    train_part = parts["train"]
+    assert train_part is not None
+    rows_read = sum(len(p) for p in parts.values() if p is not None) + skipped
+    return pipeline, Parts(train_part, parts["valid"], parts["test"], skipped, rows_read)
 
 
 def prepare(
@@ -136,14 +210,16 @@ def _fit_encode(
     pipeline: FeaturePipeline,
     reader: Reader,
     columns: list[str],
-    split: _Split,
+    split: _Split | _RankSplit,
     workdir: Path,
     base: FeaturePipeline | None,
+    ranks: tuple[Gather, int] | None = None,
 ) -> dict[str, EncodedDataset | None]:
-    """One parse of the file: fit on the training rows, encode every row into its part."""
+    """One parse of the file: fit on the training rows, encode every row into its part.
+    ``ranks``: fit together with the other ranks (see :func:`prepare_ranked`)."""
     writers: dict[str, DatasetWriter] = {}
     chunks = reader.chunks(columns, pipeline.schema.numeric_columns)
-    for row0, enc in pipeline.fit_encode(chunks, split, workdir / "spill", base=base):
+    for row0, enc in pipeline.fit_encode(chunks, split, workdir / "spill", base=base, ranks=ranks):
         if not writers:  # the pipeline is fitted: its size is known
             writers = {k: _writer(pipeline, workdir / k) for k, (lo, hi) in split.bounds.items() if hi > lo}
         for name, (lo, hi) in split.bounds.items():

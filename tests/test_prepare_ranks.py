@@ -1,0 +1,110 @@
+"""Preparing the data on every rank at once (deepfm.training.parts.prepare_ranked): 2 gloo
+ranks, each parsing its own files of a dataset, merging their counts and writing its rows
+into the parts, give the vocabularies and encoded parts of one process preparing them all."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from deepfm.config import RunConfig
+from deepfm.data.schema import FieldSpec, Schema
+from deepfm.training.distributed import Context
+from deepfm.training.parts import can_prepare_on_ranks, prepare, prepare_ranked
+
+from helpers import simple_records, simple_schema, spawn_ranks, write_records_csv
+
+# Fields of every kind the merge handles: a vocabulary whose min_count 2 keeps values seen once
+# on each rank (only the merged counts reach 2), a hashed field, a multi-hot vocabulary, and
+# the price as scaled (moments), log bins (bin counts) or quantile bins (samples).
+PRICES = {
+    "scaled": FieldSpec(name="price", kind="numeric", mode="scaled", transform="log1p_standardize"),
+    "log": FieldSpec(name="price", kind="numeric", mode="bucketized", binning="log"),
+    "quantile": FieldSpec(name="price", kind="numeric", mode="bucketized", bins=8),
+}
+
+
+def _schema(price: str) -> Schema:
+    fields = {f.name: f for f in simple_schema(min_count=2).fields}
+    fields["item"] = replace(fields["item"], hash_buckets=16)
+    fields["price"] = PRICES[price]
+    return replace(simple_schema(), fields=tuple(fields.values()))
+
+
+def _arrays(parts: Any) -> dict[str, list[torch.Tensor]]:
+    """Every part's arrays, as tensors (what spawn_ranks hands back)."""
+    out: dict[str, list[torch.Tensor]] = {}
+    for name in ("train", "valid", "test"):
+        part = getattr(parts, name)
+        b = part.batch(slice(0, len(part)))
+        out[name] = [b.ids, b.values, b.labels, *[t for bag in b.multi_hot for t in bag]]
+    return out
+
+
+def _states(pipeline: Any) -> dict[str, Any]:
+    return {
+        name: (
+            int(st.offset),
+            int(st.size),
+            None if st.vocab is None else st.vocab.to_pylist(),
+            None if st.counts is None else [int(c) for c in st.counts],
+            None if st.edges is None else [float(e) for e in st.edges],
+        )
+        for name, st in pipeline.states.items()
+    }
+
+
+def _prepare_both(files: list[str], tmp: str, rank: int, world: int) -> dict[str, Any]:
+    """prepare_ranked on both ranks, then prepare in one process (rank 0) on every schema."""
+    out: dict[str, Any] = {}
+    for price in PRICES:
+        config = RunConfig(schema=_schema(price))
+        pipeline, parts = prepare_ranked(
+            config, files, Path(tmp) / price / "ranks", Context(rank, world), split=(0.7, 0.15, 0.15)
+        )
+        if rank == 0:
+            one_pipeline, one_parts = prepare(config, files, Path(tmp) / price / "one", split=(0.7, 0.15, 0.15))
+            out[price] = {
+                "ranks": (_states(pipeline), _arrays(parts), int(parts.rows_read)),
+                "one": (_states(one_pipeline), _arrays(one_parts), int(one_parts.rows_read)),
+            }
+    return out
+
+
+def test_two_ranks_prepare_what_one_process_prepares(tmp_path: Path) -> None:
+    # 3 files of unequal length: rank 0 takes 2 of them, rank 1 one; the split's valid part
+    # starts inside rank 0's second file and the test part lies wholly on rank 1.
+    files = [
+        str(write_records_csv(tmp_path / f"d{i}.csv", simple_records(n, seed=i))) for i, n in enumerate((700, 500, 800))
+    ]
+    got = spawn_ranks(tmp_path, functools.partial(_prepare_both, files, str(tmp_path)))
+    for price, runs in got.items():
+        (states, arrays, rows), (one_states, one_arrays, one_rows) = runs["ranks"], runs["one"]
+        assert rows == one_rows == 2000
+        # The merged counts make the vocabularies, bins and offsets of one process. (Quantile
+        # edges too: under RESERVOIR rows, both samples hold every training value.)
+        assert states.keys() == one_states.keys()
+        for name in states:
+            if price == "scaled" and name == "price":
+                continue  # mean and std: the ranks' sums add in another order
+            assert states[name] == one_states[name], (price, name)
+        for part, (a, b) in ((k, (arrays[k], one_arrays[k])) for k in arrays):
+            assert len(a) == len(b) and a[0].shape[0] > 0, (price, part)
+            for x, y in zip(a, b):
+                if x.is_floating_point() and price == "scaled":  # standardized by those sums
+                    assert torch.allclose(x, y, rtol=1e-6, atol=1e-6), (price, part)
+                else:
+                    assert torch.equal(x, y), (price, part)
+
+
+def test_which_data_the_ranks_can_prepare_together(tmp_path: Path) -> None:
+    files = [str(write_records_csv(tmp_path / f"d{i}.csv", simple_records(20, seed=i))) for i in range(2)]
+    assert can_prepare_on_ranks(files, 2, None, base=False)
+    assert not can_prepare_on_ranks(files, 3, None, base=False)  # a rank without a file
+    assert not can_prepare_on_ranks(files[0], 2, None, base=False)  # one file: read by one rank
+    assert not can_prepare_on_ranks(files, 2, None, base=True)  # a warm start grows its base
+    assert not can_prepare_on_ranks(files, 1, None, base=False)
