@@ -108,3 +108,41 @@ def test_which_data_the_ranks_can_prepare_together(tmp_path: Path) -> None:
     assert not can_prepare_on_ranks(files[0], 2, None, base=False)  # one file: read by one rank
     assert not can_prepare_on_ranks(files, 2, None, base=True)  # a warm start grows its base
     assert not can_prepare_on_ranks(files, 1, None, base=False)
+
+
+def test_train_nproc_2_prepares_a_dataset_on_both_ranks(tmp_path: Path) -> None:
+    """deepfm train --nproc 2 on a folder of 2 files: the ranks fill one cache entry together,
+    and the bundle's fitted pipeline is that of a 1-process run on the same files."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from deepfm.bundle import Bundle
+    from deepfm.training import train
+
+    from helpers import REPO, small_config
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for i, n in enumerate((900, 700)):
+        write_records_csv(folder / f"d{i}.csv", simple_records(n, seed=10 + i))
+    config = small_config(_schema("quantile"), epochs=1)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(config.to_dict()))
+    command = [sys.executable, "-m", "deepfm", "train", "--config", str(cfg), "--data", str(folder)]
+    command += ["--split", "0.8,0.2", "--out", str(tmp_path / "two"), "--cache-dir", str(tmp_path / "cache")]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([*command, "--nproc", "2", "--quiet"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    entries = [json.loads(p.read_text()) for p in (tmp_path / "cache").glob("*/complete.json")]
+    # an entry of 2 ranks preparing together (rank 0 alone would have made the 1-process key)
+    assert len(entries) == 1 and entries[0]["identity"]["ranks"] == 2 and entries[0]["rows_read"] == 1600
+    assert not list((tmp_path / "cache").glob(".*"))  # no shared temporary folder left behind
+    metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert metrics["preprocess_cache"] == "miss" and metrics["train_rows"] == 1280
+    one = train(config, str(folder), tmp_path / "one", split="0.8,0.2", cache=False)
+    two = Bundle.load(tmp_path / "two")
+    assert _states(two.pipeline) == _states(one.pipeline)
