@@ -13,6 +13,7 @@ import torch
 
 from deepfm.config import RunConfig
 from deepfm.data.schema import FieldSpec, Schema
+from deepfm.training.cache import prepare_cached
 from deepfm.training.distributed import Context
 from deepfm.training.parts import can_prepare_on_ranks, prepare, prepare_ranked
 
@@ -72,6 +73,11 @@ def _prepare_both(files: list[str], tmp: str, rank: int, world: int) -> dict[str
                 "ranks": (_states(pipeline), _arrays(parts), int(parts.rows_read)),
                 "one": (_states(one_pipeline), _arrays(one_parts), int(one_parts.rows_read)),
             }
+    # Through the cache: a miss fills one entry together; the next call finds it on every rank.
+    config = RunConfig(schema=_schema("log"))
+    ctx, cache = Context(rank, world), Path(tmp) / "cache"
+    hits = [prepare_cached(config, files, cache, split=(0.7, 0.15, 0.15), ctx=ctx)[2] for _ in range(2)]
+    out["cached"] = hits + [len(list(cache.iterdir()))]
     return out
 
 
@@ -82,6 +88,7 @@ def test_two_ranks_prepare_what_one_process_prepares(tmp_path: Path) -> None:
         str(write_records_csv(tmp_path / f"d{i}.csv", simple_records(n, seed=i))) for i, n in enumerate((700, 500, 800))
     ]
     got = spawn_ranks(tmp_path, functools.partial(_prepare_both, files, str(tmp_path)))
+    assert got.pop("cached") == [False, True, 1]  # one entry, no temporary folder left
     for price, runs in got.items():
         (states, arrays, rows), (one_states, one_arrays, one_rows) = runs["ranks"], runs["one"]
         assert rows == one_rows == 2000

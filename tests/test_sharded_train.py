@@ -6,6 +6,7 @@ The runs need torchrec and fbgemm-gpu-cpu (the [shard] extra, torchrec --no-deps
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -20,7 +21,7 @@ from safetensors.torch import load_file
 from deepfm.training.sharded import FieldTable
 from deepfm.training.sharded_trainer import row_wise_min_rows
 
-from helpers import REPO, kill_in_epoch, simple_records, simple_schema, small_config, write_records_csv
+from helpers import REPO, kill_in_epoch, simple_records, simple_schema, small_config, spawn_ranks, write_records_csv
 
 yaml = pytest.importorskip("yaml")
 
@@ -139,3 +140,53 @@ def test_sharded_run_killed_then_resumed_gives_the_same_weights(two_ranks: dict[
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
     history = json.loads((out / "metrics.json").read_text())["history"]
     assert [row["epoch"] for row in history] == [1, 2, 3]
+
+
+def _fall_back_on_ranks(data: str, tmp: str, rank: int, world: int) -> dict[str, Any]:
+    """A ShardedTrainer of 2 epochs whose second epoch is judged a fall: what the shards and
+    the learning rates are after fit."""
+    from deepfm.model.deepfm import DeepFM, InputLayout
+    from deepfm.training import prepare
+    from deepfm.training.distributed import Context
+    from deepfm.training.sharded import field_tables
+    from deepfm.training.sharded_trainer import ShardedTrainer
+    from deepfm.training.stopping import EarlyStopping, Verdict
+
+    model = {"embedding_dim": 4, "hidden": (16,), "dropout": 0.0, "batch_norm": False}
+    config = small_config(simple_schema(), model, epochs=2, l2_embedding=0.0, embedding_lr=0.05, shard_tables="row")
+    pipeline, parts = prepare(config, data, Path(tmp) / f"encoded-{rank}", split=(0.8, 0.2, 0.0))
+    torch.manual_seed(7)
+    trainer = ShardedTrainer(
+        DeepFM(InputLayout.of(pipeline), config.model),
+        config.train,
+        torch.device("cpu"),
+        field_tables(pipeline),
+        ctx=Context(rank=rank, world=world),
+    )
+    judge = EarlyStopping.judge
+
+    def first_best_then_fall(self: EarlyStopping, score: float, model: torch.nn.Module) -> Verdict:
+        return judge(self, score, model) if self.best_state is None else Verdict.FALL
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(EarlyStopping, "judge", first_best_then_fall)
+        trainer.fit(parts.train, parts.valid, 64)
+    best = trainer.stopping.best_state
+    assert best is not None
+    return {
+        "shards": trainer.sharded.gather_table(),
+        "best": best["embedding.weight"].clone(),
+        "table_lr": trainer.sharded.table_lr,
+        "dense_lr": trainer.dense_opt.param_groups[0]["lr"],
+    }
+
+
+def test_a_fall_puts_the_best_weights_back_into_the_shards(tmp_path: Path) -> None:
+    """After a fall the sharded trainer goes back to the best epoch in its shards too (not
+    only in the plain model beside them), with both learning rates decayed."""
+    _needs_torchrec()
+    data = write_records_csv(tmp_path / "d.csv", simple_records(1500, seed=5))
+    got = spawn_ranks(tmp_path, functools.partial(_fall_back_on_ranks, str(data), str(tmp_path)))
+    assert torch.equal(got["shards"], got["best"])  # epoch 2's steps undone in the shards
+    decay = small_config(simple_schema()).train.lr_decay
+    assert got["table_lr"] == pytest.approx(0.05 * decay) and got["dense_lr"] == pytest.approx(0.01 * decay)
