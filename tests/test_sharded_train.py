@@ -56,6 +56,13 @@ def test_shard_tables_refuses_what_it_cannot_run(
     bad.write_text("train:\n  shard_tables: rows\n")
     assert main(["train", "--data", str(data), "--config", str(bad), "--nproc", "2"]) == 2
     assert "train.shard_tables must be one of auto, row, table (or unset), got 'rows'" in capsys.readouterr().err
+    # The library outside torchrun: refused before the data is read.
+    from deepfm.errors import ConfigError
+    from deepfm.training import train
+
+    config = small_config(simple_schema(), shard_tables="row", l2_embedding=0.0)
+    with pytest.raises(ConfigError, match="--shard-tables trains in a process group"):
+        train(config, tmp_path / "no-such-file.csv", tmp_path / "lib")
 
 
 def _needs_torchrec() -> None:

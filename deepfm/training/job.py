@@ -42,7 +42,7 @@ from deepfm.training.inputs import RUN, RunInputs, check_resume, check_start, wr
 from deepfm.training.parts import Parts, can_prepare_on_ranks, prepare
 from deepfm.training.progress import History
 from deepfm.training.sharded import field_tables
-from deepfm.training.sharded_trainer import ShardedTrainer
+from deepfm.training.sharded_trainer import ShardedTrainer, require_process_group
 from deepfm.training.trainer import Trainer
 from deepfm.training.warm import check_compatible, warm_model_config, warm_start_weights
 from deepfm.util.files import sha256_file
@@ -163,6 +163,8 @@ class _Job:
             check_compatible(self.base, config.schema, config.model)
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
+        if config.train.shard_tables is not None:
+            require_process_group()  # before the data is read, not after
         self.inputs = inputs.with_default_split()
 
     def run(self, on_epoch: EpochHook | None, on_trained: TrainedHook | None, resume: bool) -> Bundle:

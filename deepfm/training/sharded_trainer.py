@@ -20,7 +20,7 @@ the whole table once. Checkpoints written shard by shard are work still to do.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from deepfm.errors import ConfigError
 from deepfm.model.calibration import Calibration
 from deepfm.model.deepfm import DeepFM
 from deepfm.training.distributed import Context, global_batches
+from deepfm.training.progress import History
 from deepfm.training.sharded import FieldTable, ShardedDeepFM, require_torchrec
 from deepfm.training.stopping import HasLr
 from deepfm.training.trainer import Trainer
@@ -50,6 +51,14 @@ def check_sharded(config: TrainConfig) -> None:
             f"a batch uses: give --l2-embedding 0 (l2_embedding: 0), got {config.l2_embedding:g}"
         )
     require_torchrec()
+
+
+def require_process_group() -> None:
+    """Sharded tables train in a process group, of one process too: a ConfigError otherwise."""
+    if not dist.is_initialized():
+        raise ConfigError(
+            "--shard-tables trains in a process group: run it with deepfm train --nproc N (or under torchrun), N >= 1"
+        )
 
 
 def row_wise_min_rows(mode: str, tables: list[FieldTable], world: int) -> int:
@@ -96,11 +105,7 @@ class ShardedTrainer(Trainer):
         check_sharded(config)
         if config.shard_tables is None:
             raise ConfigError("ShardedTrainer needs train.shard_tables (auto, row or table)")
-        if not dist.is_initialized():
-            raise ConfigError(
-                "--shard-tables trains in a process group: run it with deepfm train --nproc N "
-                "(or under torchrun), N >= 1"
-            )
+        require_process_group()
         self.tables = tables
         super().__init__(model, config, device, checkpoint=checkpoint, calibration=calibration, ctx=ctx)
 
@@ -139,6 +144,20 @@ class ShardedTrainer(Trainer):
         logits, loss_sum = self.sharded.step_logits(batch, global_rows)
         self._current = False
         return logits, loss_sum / len(batch)
+
+    def fit(
+        self,
+        train: EncodedDataset,
+        valid: EncodedDataset | None,
+        batch_size: int,
+        on_epoch: Callable[[dict[str, float]], None] | None = None,
+        resume: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None,
+    ) -> History:
+        """Trainer.fit; afterwards the plain model holds the result (the best epoch's weights,
+        or without validation rows the last)."""
+        history = super().fit(train, valid, batch_size, on_epoch=on_epoch, resume=resume)
+        self._pull()  # a no-op when the best weights were just loaded into it
+        return history
 
     # ------------------------------------------------------------ the plain model beside
     def _pull(self) -> None:
