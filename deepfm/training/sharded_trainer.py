@@ -20,7 +20,7 @@ the whole table once. Checkpoints written shard by shard are work still to do.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,6 @@ from deepfm.errors import ConfigError
 from deepfm.model.calibration import Calibration
 from deepfm.model.deepfm import DeepFM
 from deepfm.training.distributed import Context, global_batches
-from deepfm.training.progress import History
 from deepfm.training.sharded import FieldTable, ShardedDeepFM, require_torchrec
 from deepfm.training.stopping import HasLr
 from deepfm.training.trainer import Trainer
@@ -145,19 +144,11 @@ class ShardedTrainer(Trainer):
         self._current = False
         return logits, loss_sum / len(batch)
 
-    def fit(
-        self,
-        train: EncodedDataset,
-        valid: EncodedDataset | None,
-        batch_size: int,
-        on_epoch: Callable[[dict[str, float]], None] | None = None,
-        resume: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None,
-    ) -> History:
-        """Trainer.fit; afterwards the plain model holds the result (the best epoch's weights,
-        or without validation rows the last)."""
-        history = super().fit(train, valid, batch_size, on_epoch=on_epoch, resume=resume)
-        self._pull()  # a no-op when the best weights were just loaded into it
-        return history
+    def _restore_best(self) -> None:
+        # The plain model gets the last weights, then the best epoch's where there is one: what
+        # fit ends with, also without validation rows.
+        self._pull()
+        super()._restore_best()
 
     # ------------------------------------------------------------ the plain model beside
     def _pull(self) -> None:

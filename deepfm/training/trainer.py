@@ -96,11 +96,15 @@ class Trainer:
             self.save_checkpoint()
             if verdict is Verdict.STOP:
                 break
+        self._restore_best()
+        return self.history
+
+    def _restore_best(self) -> None:
+        """At the end of fit: the best epoch's weights into the model (if there was one)."""
         if self.stopping.restore_best(self.model):
             log.info(
                 "restored the weights of epoch %d (valid AUC %.4f)", self.history.best_epoch, self.stopping.best_score
             )
-        return self.history
 
     def epoch(self, train: EncodedDataset, valid: EncodedDataset | None, batch_size: int) -> dict[str, float]:
         """The rest of the epoch in progress, then its row of metrics (also in the history)."""
