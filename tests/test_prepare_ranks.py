@@ -59,6 +59,19 @@ def _states(pipeline: Any) -> dict[str, Any]:
     }
 
 
+def _as_parquet(files: list[str], path: Path) -> str:
+    """The CSV files' rows as one Parquet file of row groups of 300 rows (written by rank 0)."""
+    import pyarrow as pa
+    import pyarrow.csv as pv
+    import pyarrow.parquet as pq
+    import torch.distributed as dist
+
+    if dist.get_rank() == 0:
+        pq.write_table(pa.concat_tables([pv.read_csv(f) for f in files]), path, row_group_size=300)
+    dist.barrier()
+    return str(path)
+
+
 def _prepare_both(files: list[str], tmp: str, rank: int, world: int) -> dict[str, Any]:
     """prepare_ranked on both ranks, then prepare in one process (rank 0) on every schema."""
     out: dict[str, Any] = {}
@@ -73,6 +86,17 @@ def _prepare_both(files: list[str], tmp: str, rank: int, world: int) -> dict[str
                 "ranks": (_states(pipeline), _arrays(parts), int(parts.rows_read)),
                 "one": (_states(one_pipeline), _arrays(one_parts), int(one_parts.rows_read)),
             }
+    # One Parquet file of 7 row groups: rank 0 reads groups 0-2, rank 1 groups 3-6.
+    config, parquet = RunConfig(schema=_schema("quantile")), _as_parquet(files, Path(tmp) / "d.parquet")
+    pipeline, parts = prepare_ranked(
+        config, parquet, Path(tmp) / "parquet" / "ranks", Context(rank, world), split=(0.7, 0.15, 0.15)
+    )
+    if rank == 0:
+        one_pipeline, one_parts = prepare(config, parquet, Path(tmp) / "parquet" / "one", split=(0.7, 0.15, 0.15))
+        out["parquet"] = {
+            "ranks": (_states(pipeline), _arrays(parts), int(parts.rows_read)),
+            "one": (_states(one_pipeline), _arrays(one_parts), int(one_parts.rows_read)),
+        }
     # Through the cache: a miss fills one entry together; the next call finds it on every rank.
     config = RunConfig(schema=_schema("log"))
     ctx, cache = Context(rank, world), Path(tmp) / "cache"
@@ -96,7 +120,7 @@ def test_two_ranks_prepare_what_one_process_prepares(tmp_path: Path) -> None:
         # edges too: under RESERVOIR rows, both samples hold every training value.)
         assert states.keys() == one_states.keys()
         for name in states:
-            if price == "scaled" and name == "price":
+            if price == "scaled" and name == "price":  # (price: "parquet" is the quantile schema)
                 continue  # mean and std: the ranks' sums add in another order
             assert states[name] == one_states[name], (price, name)
         for part, (a, b) in ((k, (arrays[k], one_arrays[k])) for k in arrays):
@@ -109,7 +133,13 @@ def test_two_ranks_prepare_what_one_process_prepares(tmp_path: Path) -> None:
 
 
 def test_which_data_the_ranks_can_prepare_together(tmp_path: Path) -> None:
+    import pyarrow.csv as pv
+    import pyarrow.parquet as pq
+
     files = [str(write_records_csv(tmp_path / f"d{i}.csv", simple_records(20, seed=i))) for i in range(2)]
+    pq.write_table(pv.read_csv(files[0]), tmp_path / "d.parquet", row_group_size=5)  # 4 row groups
+    assert can_prepare_on_ranks(str(tmp_path / "d.parquet"), 4, None, base=False)
+    assert not can_prepare_on_ranks(str(tmp_path / "d.parquet"), 5, None, base=False)
     assert can_prepare_on_ranks(files, 2, None, base=False)
     assert not can_prepare_on_ranks(files, 3, None, base=False)  # a rank without a file
     assert not can_prepare_on_ranks(files[0], 2, None, base=False)  # one file: read by one rank

@@ -191,9 +191,12 @@ class _Job:
         """The encoded parts (from the cache, filled by rank 0 first), their profile for drift
         checks, and the training part downsampled."""
         t0, inputs, ctx, base = time.perf_counter(), self.inputs, self.ctx, self.base
-        # A dataset of at least a file per rank: every rank parses its own files, the counts
+        # A dataset of at least a file per rank (or a Parquet file of a row group per rank):
+        # every rank parses its own files, the counts
         # are merged, each rank encodes its rows (into the cache, which they must all see).
-        together = inputs.cache and can_prepare_on_ranks(inputs.data, ctx.world, inputs.split_by, base is not None)
+        together = inputs.cache and can_prepare_on_ranks(
+            inputs.data, ctx.world, inputs.split_by, base is not None, self.config.data
+        )
         if inputs.cache and not ctx.main and not together:
             ctx.wait_for_main()  # rank 0 fills the cache first; the others then read it
         if inputs.cache:

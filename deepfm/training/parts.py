@@ -22,9 +22,10 @@ from deepfm.config import RunConfig
 from deepfm.data.column_split import ColumnSplit
 from deepfm.data.dataset import DatasetReader
 from deepfm.data.encoded import DatasetWriter, EncodedDataset
-from deepfm.data.readers import open_reader
-from deepfm.data.source import Chunk, Reader
-from deepfm.data.storage import DataSpec, is_dataset, list_files
+from deepfm.data.parquet import ParquetReader
+from deepfm.data.readers import guess_format, open_reader
+from deepfm.data.source import Chunk, Reader, ReadOptions
+from deepfm.data.storage import DataSpec, FileRef, is_dataset, list_files
 from deepfm.errors import ConfigError, DataError
 from deepfm.features.counting import Gather
 from deepfm.features.pipeline import FeaturePipeline
@@ -96,10 +97,40 @@ class _RankSplit:
         return min(max(n_fit - row0, 0), n)
 
 
-def can_prepare_on_ranks(data: DataSpec, world: int, split_by: ColumnSplit | None, base: bool) -> bool:
+def can_prepare_on_ranks(
+    data: DataSpec, world: int, split_by: ColumnSplit | None, base: bool, options: ReadOptions = ReadOptions()
+) -> bool:
     """Whether ``world`` ranks can prepare ``data`` together (:func:`prepare_ranked`): a
-    dataset of at least one file per rank, split by row order or not at all, no warm start."""
-    return world > 1 and split_by is None and not base and is_dataset(data) and len(list_files(data)) >= world
+    dataset of at least one file per rank, or a Parquet file of at least one row group per
+    rank; split by row order or not at all; no warm start."""
+    if world <= 1 or split_by is not None or base:
+        return False
+    if is_dataset(data):
+        return len(list_files(data)) >= world
+    reader = _parquet(data, options)
+    return reader is not None and reader.num_row_groups >= world
+
+
+def _parquet(data: DataSpec, options: ReadOptions) -> ParquetReader | None:
+    """``data``'s reader when it is one Parquet file (told by the format or its first bytes)."""
+    ref = FileRef(str(data), str(data))
+    if options.format not in ("auto", "parquet") or (options.format == "auto" and guess_format(ref) != "parquet"):
+        return None
+    reader = open_reader(ref, options)
+    return reader if isinstance(reader, ParquetReader) else None
+
+
+def _rank_reader(config: RunConfig, data: DataSpec, ctx: Context) -> Reader:
+    """What this rank reads of ``data``: its consecutive share of the files, or of the row
+    groups of one Parquet file."""
+    if not is_dataset(data):
+        reader = open_reader(data, config.data, column_names=config.schema.columns)
+        if not isinstance(reader, ParquetReader):
+            raise DataError("ranks prepare together a dataset of files, or a Parquet file", path=str(data))
+        return reader.share_of_row_groups(ctx.rank, ctx.world)
+    files = list_files(data)
+    opener = functools.partial(open_reader, options=config.data, column_names=config.schema.columns)
+    return DatasetReader(files[ctx.share(len(files))], opener, f"{data} (rank {ctx.rank} of {ctx.world})")
 
 
 def prepare_ranked(
@@ -112,16 +143,15 @@ def prepare_ranked(
     split: tuple[float, float, float] | None = None,
 ) -> tuple[FeaturePipeline, Parts]:
     """:func:`prepare` by every rank of ``ctx`` at once (collective), into the shared ``workdir``.
-    Each rank parses its own consecutive share of the dataset's files and counts their
+    Each rank parses its own consecutive share of the dataset's files (or of the row groups
+    of one Parquet file) and counts their
     training rows; the counts are merged (vocabularies, bins, numeric moments and samples);
     each rank encodes its rows and writes them into the parts at their place. The parts and
     vocabularies are those of :func:`prepare` (quantile bin edges: from another uniform
     sample of the same rows). Separate valid and test files are each encoded by one rank."""
     schema, columns = config.schema, [config.schema.label, *config.schema.names]
     _check_split(split, None, valid, test)
-    files = list_files(data)
-    opener = functools.partial(open_reader, options=config.data, column_names=schema.columns)
-    reader = DatasetReader(files[ctx.share(len(files))], opener, f"{data} (rank {ctx.rank} of {ctx.world})")
+    reader = _rank_reader(config, data, ctx)
     reader.check_columns(columns)
     pipeline = FeaturePipeline(schema)
     rank_split = _RankSplit(_Split(split, data), ctx.gather_arrays, ctx.rank)
