@@ -176,8 +176,9 @@ def test_predictions_match_the_python_api(server: Server, model_dir: Path) -> No
     expected = Bundle.load(model_dir).predict(records)
     assert answer["model"] == Bundle.load(model_dir).model_id
     assert_scores_close(answer["probabilities"], expected, "the server's batches against Bundle.predict's")
-    status, answer = server.post({"records": []})
-    assert status == 200 and answer["probabilities"] == []
+    for empty in ({"records": []}, {"columns": {}}, {"columns": {"user": []}}):
+        status, answer = server.post(empty)
+        assert status == 200 and answer["probabilities"] == [], (empty, answer)
 
 
 def test_missing_field_is_a_missing_value(server: Server) -> None:

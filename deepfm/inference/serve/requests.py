@@ -143,8 +143,7 @@ def json_body(payload: Any, max_records: int) -> tuple[str, Any, int]:
         raise RequestError(
             422, "invalid_body", f'"columns" must be an object of field -> list, got {json_type(columns)}'
         )
-    lengths = {len(v) if isinstance(v, list) else -1 for v in columns.values()}
-    rows = max(0, *lengths)
+    rows = max((len(v) for v in columns.values() if isinstance(v, list)), default=0)
     return "columns", columns, _check_rows(rows, max_records)
 
 
