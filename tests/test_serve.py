@@ -22,6 +22,7 @@ import pytest
 
 from deepfm.bundle import Bundle
 from deepfm.cli import main
+from deepfm.errors import DataError
 from deepfm.training import train
 
 from helpers import (
@@ -688,3 +689,13 @@ def test_column_paths_type_values_as_the_python_api_does() -> None:
     assert checker.plain_records_table([{"item": 7}]) is None  # a number for a category is written as text
     odd = [{"item": 7.0, "price": "3.5", "tags": ["red", "big"], "user": 12}, {"price": 2**70}]
     assert checker.columns_table(checker.record_columns(odd), 2).equals(checker.records_table(odd))
+
+    import pyarrow as pa
+
+    # An Arrow body's list column of numbers, or of large strings, is joined as a JSON list is.
+    for tags in (pa.array([[1, 2], []]), pa.array([["red", "big"], []], pa.large_list(pa.large_string()))):
+        want = checker.records_table([{"tags": tags[0].as_py()}, {"tags": []}])
+        assert checker.arrow_table(pa.table({"tags": tags})).equals(want), tags.type
+    with pytest.raises(DataError, match="more than once") as twice:
+        checker.arrow_table(pa.Table.from_arrays([pa.array([1.0]), pa.array([2.0])], names=["price", "price"]))
+    assert twice.value.field == "price"
