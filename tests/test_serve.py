@@ -699,3 +699,30 @@ def test_column_paths_type_values_as_the_python_api_does() -> None:
     with pytest.raises(DataError, match="more than once") as twice:
         checker.arrow_table(pa.Table.from_arrays([pa.array([1.0]), pa.array([2.0])], names=["price", "price"]))
     assert twice.value.field == "price"
+
+
+def test_batcher_stop_answers_the_pass_in_flight() -> None:
+    """stop() while a pass is being scored (the queue already empty) waits for its answers:
+    cancelling the batcher then would leave those requests waiting forever."""
+    import asyncio
+    import threading
+
+    from deepfm.inference.serve.batcher import Batcher
+
+    started = threading.Event()
+
+    def score(model: str, parts: list[int]) -> list[np.ndarray]:
+        started.set()
+        time.sleep(0.3)
+        return [np.full(rows, 0.5) for rows in parts]
+
+    async def stop_during_a_pass() -> np.ndarray:
+        batcher: Batcher[int, str] = Batcher(score, max_rows=100)
+        batcher.start()
+        request = asyncio.ensure_future(batcher.submit(3, 3, "model"))
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        await batcher.stop()
+        return await asyncio.wait_for(request, 10)
+
+    assert asyncio.run(stop_during_a_pass()).tolist() == [0.5] * 3
