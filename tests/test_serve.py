@@ -732,3 +732,28 @@ def test_batcher_stop_answers_the_pass_in_flight() -> None:
         return await asyncio.wait_for(request, 10)
 
     assert asyncio.run(stop_during_a_pass()).tolist() == [0.5] * 3
+
+
+def test_batcher_a_failing_request_fails_alone() -> None:
+    """A part that makes the model's pass raise fails its own request only: the requests
+    batched with it are scored again without it."""
+    import asyncio
+
+    from deepfm.inference.serve.batcher import Batcher
+
+    def score(model: str, parts: list[int]) -> list[np.ndarray]:
+        if -1 in parts:
+            raise ValueError("a value the checks let through")
+        return [np.full(rows, 0.5) for rows in parts]
+
+    async def three_requests() -> list[Any]:
+        batcher: Batcher[int, str] = Batcher(score, max_rows=100)
+        batcher.start()
+        # queued together before the batcher runs: one pass for all three
+        requests = [batcher.submit(rows, 1, "model") for rows in (2, -1, 3)]
+        answers = await asyncio.gather(*requests, return_exceptions=True)
+        await batcher.stop()
+        return answers
+
+    good, bad, other = asyncio.run(three_requests())
+    assert isinstance(bad, ValueError) and good.tolist() == [0.5] * 2 and other.tolist() == [0.5] * 3

@@ -102,19 +102,25 @@ class Batcher(Generic[P, M]):
         """Score the queue, pass after pass, until it is empty."""
         while self.queue:
             batch = self._next_pass()
-            if not batch:
-                continue
-            parts = [q[0] for q in batch]
-            try:
-                probs = await loop.run_in_executor(self.executor, self.score, batch[0][2], parts)
-            except Exception as exc:  # a bug, not a bad request: those were refused before
-                log.exception("scoring a batch of %d requests failed", len(batch))
-                for *_, f in batch:
-                    if not f.done():
-                        f.set_exception(exc)
-                continue
-            if self.on_pass is not None:
-                self.on_pass(sum(q[1] for q in batch), len(batch))
-            for (*_, f), p in zip(batch, probs):
-                if not f.done():
-                    f.set_result(p)
+            if batch:
+                await self._score(loop, batch)
+
+    async def _score(self, loop: asyncio.AbstractEventLoop, batch: list[Queued[P, M]]) -> None:
+        """One pass over ``batch``; when it fails, each request is scored alone, so a request
+        that breaks the model's pass fails itself, not the requests batched with it."""
+        try:
+            probs = await loop.run_in_executor(self.executor, self.score, batch[0][2], [q[0] for q in batch])
+        except Exception as exc:  # a bug, not a bad request: those were refused before
+            if len(batch) > 1:
+                for q in batch:
+                    await self._score(loop, [q])
+                return
+            log.exception("scoring a request of %d rows failed", batch[0][1])
+            if not batch[0][3].done():
+                batch[0][3].set_exception(exc)
+            return
+        if self.on_pass is not None:
+            self.on_pass(sum(q[1] for q in batch), len(batch))
+        for (*_, f), p in zip(batch, probs):
+            if not f.done():
+                f.set_result(p)
