@@ -255,6 +255,7 @@ BAD_REQUESTS = [
     ("extra key", {"records": [], "limit": 3}, 422, ["unknown key(s) ['limit']"], None, None),
     ("body not an object", [OK], 422, ['expected a JSON object {"records"'], None, None),
     ("not JSON", b'{"records": [', 400, ["not valid JSON"], None, None),
+    ("lone surrogate", b'{"records": [{"user": "\\ud800"}]}', 400, ["not valid JSON", "surrogate"], None, None),
     ("NaN", b'{"records": [{"price": NaN}]}', 400, ["NaN is not a JSON number"], None, None),
     ("not UTF-8", b'{"records": [{"user": "\xff"}]}', 400, ["not valid JSON"], None, None),
     (
