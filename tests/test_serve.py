@@ -472,11 +472,12 @@ def test_request_id_ready_and_metrics(server: Server, model_dir: Path) -> None:
         conn.close()
     status, raw = server.request("GET", "/ready")
     assert status == 200 and json.loads(raw) == {"status": "ready", "model": model_id}
+    assert server.post({"records": [{"price": "cheap"}]})[0] == 422  # this test's own, not the ones above
     status, raw = server.request("GET", "/metrics")
     text = raw.decode()
     assert status == 200
     assert 'deepfm_requests_total{path="/predict",status="200"}' in text
-    assert 'deepfm_requests_total{path="/predict",status="422"}' in text  # the bad requests above
+    assert 'deepfm_requests_total{path="/predict",status="422"}' in text
     assert f'model="{model_id}"' in text and "deepfm_model_loaded_timestamp_seconds" in text
     assert 'deepfm_records_total{format="records",status="200"}' in text
     assert "deepfm_batch_rows_count" in text and 'deepfm_request_seconds_bucket{le="0.01",path="/predict"}' in text
