@@ -31,6 +31,7 @@ from deepfm.inference.serve.requests import (
 )
 from deepfm.inference.serve.settings import LoadedModel, ServeSettings
 
+log = logging.getLogger("deepfm.serve")
 OFFLOAD_RECORDS = 256  # larger requests are checked in a thread, so the event loop keeps serving
 # Up to this many records, a request's values are checked one by one in Python (microseconds)
 # and become Arrow arrays in the scoring pass, together with the other small requests': per
@@ -188,7 +189,7 @@ async def serve_predict(state: State, scope: MutableMapping[str, Any], receive: 
     except RequestError as exc:
         answer, status, extra = exc.body(), exc.status, []
     except Exception:
-        logging.getLogger("deepfm.serve").exception("POST /predict failed")
+        log.exception("POST /predict failed")
         answer, status, extra = INTERNAL_ERROR.body(), 500, []
     head = [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode()), *extra]
     await send({"type": "http.response.start", "status": status, "headers": head})
@@ -243,13 +244,9 @@ def add_admin_route(app: Any, state: State, token: str) -> None:
 def add_error_handlers(app: Any) -> None:
     """Every error answers as JSON (RequestError's body): request errors with their status,
     routing errors with theirs, and anything else as a 500 that is logged here."""
-    import logging
-
     from fastapi import Request
     from fastapi.responses import Response
     from starlette.exceptions import HTTPException
-
-    log = logging.getLogger("deepfm.serve")
 
     @app.exception_handler(RequestError)
     async def request_error(_: Request, exc: RequestError) -> Response:
