@@ -485,6 +485,18 @@ def test_request_id_ready_and_metrics(server: Server, model_dir: Path) -> None:
     assert status == 404  # no DEEPFM_ADMIN_TOKEN, no admin route
 
 
+def test_a_client_gone_before_its_body_is_not_a_server_error(server: Server) -> None:
+    """A client that leaves mid-body gets no answer; the metrics count a 499, not a 500."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+        sock.sendall(head + b'{"records": [')
+    deadline = time.monotonic() + 20
+    while 'deepfm_requests_total{path="/predict",status="499"}' not in server.request("GET", "/metrics")[1].decode():
+        assert time.monotonic() < deadline, "the request that lost its client was never counted"
+        time.sleep(0.1)
+    assert 'path="/predict",status="500"' not in server.request("GET", "/metrics")[1].decode()
+
+
 def copy_with_new_id(model_dir: Path, out: Path) -> str:
     """The same weights saved again with one more metrics key: another manifest, another id."""
     bundle = Bundle.load(model_dir)

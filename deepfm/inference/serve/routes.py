@@ -170,10 +170,11 @@ async def answer_predict(state: State, body: bytes, content_type: str) -> tuple[
     return orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY), model.model_id
 
 
-async def serve_predict(state: State, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+async def serve_predict(state: State, scope: MutableMapping[str, Any], receive: Any, send: Any) -> bool:
     """POST /predict straight on ASGI: FastAPI's routing, Request and Response objects were
     about a third of a 1-record request's server CPU. The FastAPI route below answers the same
-    (it describes /predict in /docs, and serves it when this path is not taken)."""
+    (it describes /predict in /docs, and serves it when this path is not taken). False when
+    the client left before its body arrived, and nothing was answered."""
     headers = dict(scope["headers"])
     declared = headers.get(b"content-length")
     try:
@@ -183,7 +184,7 @@ async def serve_predict(state: State, scope: MutableMapping[str, Any], receive: 
                 declared.decode("latin-1") if declared else None, chunks, state.settings.max_body_bytes
             )
         except ClientGone:  # gone before its body arrived: nobody to answer
-            return
+            return False
         answer, model_id = await answer_predict(state, body, headers.get(b"content-type", b"").decode("latin-1"))
         status, extra = 200, [(b"x-model-id", model_id.encode())]
     except RequestError as exc:
@@ -194,6 +195,7 @@ async def serve_predict(state: State, scope: MutableMapping[str, Any], receive: 
     head = [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode()), *extra]
     await send({"type": "http.response.start", "status": status, "headers": head})
     await send({"type": "http.response.body", "body": answer})
+    return True
 
 
 def add_predict_route(app: Any, state: State) -> None:
