@@ -211,8 +211,17 @@ class RecordChecker:
         unknown = [k for k in table.column_names if k not in self._specs and k not in self._ignored]
         if unknown:
             raise DataError(self._unknown_message(unknown[0]), field=str(unknown[0]))
+        twice = next((k for k in table.column_names if table.column_names.count(k) > 1), None)
+        if twice is not None:
+            raise DataError("the Arrow body has this column more than once", field=twice)
         chunk = Chunk(table=table, row0=0, reader=TableSource(table))
-        arrays = [self._arrow_column(chunk, spec.name) for spec in self.schema.fields]
+        arrays = []
+        for spec in self.schema.fields:
+            try:
+                arrays.append(self._arrow_column(chunk, spec.name))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+                # Arrow's own message names neither the column nor the field: say which it is.
+                raise DataError(f"this Arrow column cannot be read: {exc}", field=spec.name) from None
         return pa.table(arrays, schema=self.arrow_schema)
 
     def _arrow_column(self, chunk: Chunk, name: str) -> pa.ChunkedArray | pa.Array:
@@ -232,8 +241,9 @@ class RecordChecker:
             return col
         if numeric:
             return pa.array(to_float(chunk, name), pa.float64(), from_pandas=True)
-        if name in self.multi_hot and pa.types.is_list(col.type):
-            return pc.binary_join(col, self.multi_hot[name])
+        if name in self.multi_hot and (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)):
+            # binary_join takes only list<string>: lists of numbers or large strings are cast first
+            return pc.binary_join(col.cast(pa.list_(pa.string())), self.multi_hot[name])
         if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
             return col.cast(pa.string())
         return to_strings(chunk, name).cast(pa.string())

@@ -38,6 +38,9 @@ access = logging.getLogger("deepfm.access")
 
 ROUTES = {"/predict", "/health", "/ready", "/schema", "/metrics", "/admin/reload", "/docs", "/openapi.json"}
 
+# The status counted and logged for a request whose client left before its body arrived
+# (nothing is answered; nginx's "client closed request"), not a server error.
+CLIENT_GONE = 499
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 
@@ -131,7 +134,8 @@ class RequestIdMiddleware:
         self.metrics.in_flight.inc()
         try:
             if scope["path"] == "/predict" and scope["method"] == "POST":
-                await serve_predict(self.state, scope, receive, send_with_id)
+                if not await serve_predict(self.state, scope, receive, send_with_id):
+                    answer["status"] = CLIENT_GONE
             else:
                 await self.app(scope, receive, send_with_id)
         finally:

@@ -46,6 +46,7 @@ class Batcher(Generic[P, M]):
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="deepfm-score")
         self.wake: asyncio.Event | None = None
         self.task: asyncio.Task[None] | None = None
+        self.scoring = False  # a pass is taken from the queue and not yet answered
 
     def start(self) -> None:
         self.wake = asyncio.Event()
@@ -57,7 +58,7 @@ class Batcher(Generic[P, M]):
 
     async def stop(self) -> None:
         """Score what is queued, then stop (a graceful shutdown answers every request)."""
-        while self.queue and self.running:
+        while (self.queue or self.scoring) and self.running:  # the pass in flight is answered too
             await asyncio.sleep(0.01)
         if self.task is not None:
             self.task.cancel()
@@ -91,21 +92,35 @@ class Batcher(Generic[P, M]):
         while True:
             await self.wake.wait()
             self.wake.clear()
-            while self.queue:
-                batch = self._next_pass()
-                if not batch:
-                    continue
-                parts = [q[0] for q in batch]
-                try:
-                    probs = await loop.run_in_executor(self.executor, self.score, batch[0][2], parts)
-                except Exception as exc:  # a bug, not a bad request: those were refused before
-                    log.exception("scoring a batch of %d requests failed", len(batch))
-                    for *_, f in batch:
-                        if not f.done():
-                            f.set_exception(exc)
-                    continue
-                if self.on_pass is not None:
-                    self.on_pass(sum(q[1] for q in batch), len(batch))
-                for (*_, f), p in zip(batch, probs):
-                    if not f.done():
-                        f.set_result(p)
+            self.scoring = True
+            try:
+                await self._drain(loop)
+            finally:
+                self.scoring = False
+
+    async def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Score the queue, pass after pass, until it is empty."""
+        while self.queue:
+            batch = self._next_pass()
+            if batch:
+                await self._score(loop, batch)
+
+    async def _score(self, loop: asyncio.AbstractEventLoop, batch: list[Queued[P, M]]) -> None:
+        """One pass over ``batch``; when it fails, each request is scored alone, so a request
+        that breaks the model's pass fails itself, not the requests batched with it."""
+        try:
+            probs = await loop.run_in_executor(self.executor, self.score, batch[0][2], [q[0] for q in batch])
+        except Exception as exc:  # a bug, not a bad request: those were refused before
+            if len(batch) > 1:
+                for q in batch:
+                    await self._score(loop, [q])
+                return
+            log.exception("scoring a request of %d rows failed", batch[0][1])
+            if not batch[0][3].done():
+                batch[0][3].set_exception(exc)
+            return
+        if self.on_pass is not None:
+            self.on_pass(sum(q[1] for q in batch), len(batch))
+        for (*_, f), p in zip(batch, probs):
+            if not f.done():
+                f.set_result(p)

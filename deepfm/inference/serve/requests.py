@@ -116,9 +116,16 @@ def load_json_plain(body: bytes) -> tuple[Any, bool]:
     except orjson.JSONDecodeError:
         pass
     try:
-        return json.loads(body, parse_constant=_no_constant), False
+        payload = json.loads(body, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise RequestError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+    try:  # a lone surrogate ("\ud800"): the standard library reads it, but no UTF-8 text (so no
+        # Arrow string) can hold it; refused here, not in the scoring pass
+        json.dumps(payload, ensure_ascii=False).encode()
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start : exc.end].encode("unicode_escape").decode()
+        raise RequestError(400, "invalid_json", f"the body is not valid JSON: a lone surrogate {bad}") from None
+    return payload, False
 
 
 def json_body(payload: Any, max_records: int) -> tuple[str, Any, int]:
@@ -143,8 +150,7 @@ def json_body(payload: Any, max_records: int) -> tuple[str, Any, int]:
         raise RequestError(
             422, "invalid_body", f'"columns" must be an object of field -> list, got {json_type(columns)}'
         )
-    lengths = {len(v) if isinstance(v, list) else -1 for v in columns.values()}
-    rows = max(0, *lengths)
+    rows = max((len(v) for v in columns.values() if isinstance(v, list)), default=0)
     return "columns", columns, _check_rows(rows, max_records)
 
 

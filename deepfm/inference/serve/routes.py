@@ -31,6 +31,7 @@ from deepfm.inference.serve.requests import (
 )
 from deepfm.inference.serve.settings import LoadedModel, ServeSettings
 
+log = logging.getLogger("deepfm.serve")
 OFFLOAD_RECORDS = 256  # larger requests are checked in a thread, so the event loop keeps serving
 # Up to this many records, a request's values are checked one by one in Python (microseconds)
 # and become Arrow arrays in the scoring pass, together with the other small requests': per
@@ -169,10 +170,11 @@ async def answer_predict(state: State, body: bytes, content_type: str) -> tuple[
     return orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY), model.model_id
 
 
-async def serve_predict(state: State, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+async def serve_predict(state: State, scope: MutableMapping[str, Any], receive: Any, send: Any) -> bool:
     """POST /predict straight on ASGI: FastAPI's routing, Request and Response objects were
     about a third of a 1-record request's server CPU. The FastAPI route below answers the same
-    (it describes /predict in /docs, and serves it when this path is not taken)."""
+    (it describes /predict in /docs, and serves it when this path is not taken). False when
+    the client left before its body arrived, and nothing was answered."""
     headers = dict(scope["headers"])
     declared = headers.get(b"content-length")
     try:
@@ -182,17 +184,18 @@ async def serve_predict(state: State, scope: MutableMapping[str, Any], receive: 
                 declared.decode("latin-1") if declared else None, chunks, state.settings.max_body_bytes
             )
         except ClientGone:  # gone before its body arrived: nobody to answer
-            return
+            return False
         answer, model_id = await answer_predict(state, body, headers.get(b"content-type", b"").decode("latin-1"))
         status, extra = 200, [(b"x-model-id", model_id.encode())]
     except RequestError as exc:
         answer, status, extra = exc.body(), exc.status, []
     except Exception:
-        logging.getLogger("deepfm.serve").exception("POST /predict failed")
+        log.exception("POST /predict failed")
         answer, status, extra = INTERNAL_ERROR.body(), 500, []
     head = [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode()), *extra]
     await send({"type": "http.response.start", "status": status, "headers": head})
     await send({"type": "http.response.body", "body": answer})
+    return True
 
 
 def add_predict_route(app: Any, state: State) -> None:
@@ -243,13 +246,9 @@ def add_admin_route(app: Any, state: State, token: str) -> None:
 def add_error_handlers(app: Any) -> None:
     """Every error answers as JSON (RequestError's body): request errors with their status,
     routing errors with theirs, and anything else as a 500 that is logged here."""
-    import logging
-
     from fastapi import Request
     from fastapi.responses import Response
     from starlette.exceptions import HTTPException
-
-    log = logging.getLogger("deepfm.serve")
 
     @app.exception_handler(RequestError)
     async def request_error(_: Request, exc: RequestError) -> Response:
