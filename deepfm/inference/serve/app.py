@@ -15,6 +15,7 @@ import asyncio
 import itertools
 import logging
 import os
+import re
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, MutableMapping
@@ -103,6 +104,10 @@ def _mark_draining_on_sigterm(state: State) -> None:
             return
 
 
+# A client's request id is kept only when it cannot forge access-log lines or break a header.
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
+
+
 class RequestIdMiddleware:
     """Plain ASGI (cheaper than Starlette's BaseHTTPMiddleware): takes the client's
     X-Request-ID or makes one, echoes it in the answer's headers, counts the answer in the
@@ -117,8 +122,8 @@ class RequestIdMiddleware:
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        request_id = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")[:128]
-        if not request_id or not request_id.isascii():
+        request_id = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
+        if not _REQUEST_ID.fullmatch(request_id):
             request_id = b"%s%x" % (self.prefix, next(self.counter))
         t0 = time.perf_counter()
         answer: dict[str, Any] = {"status": 500, "model": b"-"}
