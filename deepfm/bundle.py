@@ -14,6 +14,7 @@ Loading never unpickles anything: JSON, Arrow and safetensors only.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 from pathlib import Path
@@ -65,6 +66,7 @@ class Bundle:
         # The deepfm version that wrote the folder: None before save, and for folders written
         # before versions were recorded. Reading does not depend on it (format_version does).
         self.written_by: str | None = None
+        self._loaded_id: str | None = None  # the id of the manifest load() checked
 
     @property
     def device(self) -> torch.device:
@@ -102,8 +104,10 @@ class Bundle:
             "deepfm_version": __version__,
             "sha256": {f: sha256_file(folder / f) for f in sorted(files)},
         }
-        write_atomic(folder / "manifest.json", json.dumps(manifest, indent=1).encode())
+        manifest_bytes = json.dumps(manifest, indent=1).encode()
+        write_atomic(folder / "manifest.json", manifest_bytes)
         self.path, self.extra, self.written_by = folder, extra, __version__
+        self._loaded_id = hashlib.sha256(manifest_bytes).hexdigest()[:16]
         return folder
 
     @classmethod
@@ -122,7 +126,8 @@ class Bundle:
         missing = [f for f in REQUIRED if not (folder / f).is_file()]
         if missing:
             raise BundleError(f"{folder}: not a complete model folder; missing {missing} (expected {list(REQUIRED)})")
-        manifest = _read_json(folder / "manifest.json")
+        manifest_bytes = (folder / "manifest.json").read_bytes()  # read once: checked and named alike
+        manifest = _parse_json(manifest_bytes, folder / "manifest.json")
         digests = manifest.get("sha256")
         if not isinstance(digests, dict):
             raise BundleError(f"{folder}/manifest.json: no sha256 table")
@@ -165,12 +170,17 @@ class Bundle:
         bundle = cls(config, pipeline, model, metrics, folder, calibration, extra)
         written_by = manifest.get("deepfm_version")
         bundle.written_by = written_by if isinstance(written_by, str) else None
+        bundle._loaded_id = hashlib.sha256(manifest_bytes).hexdigest()[:16]
         return bundle
 
     @property
     def model_id(self) -> str:
         """Names this exact model: the start of the sha256 of its manifest (every file's
-        digest), so two folders with the same id hold the same model. "unsaved" before save."""
+        digest), so two folders with the same id hold the same model. "unsaved" before save. A
+        loaded bundle keeps the id of the manifest its load checked, whatever the folder holds
+        since (a daily job may replace it while a server runs)."""
+        if self._loaded_id is not None:
+            return self._loaded_id
         if self.path is None or not (self.path / "manifest.json").is_file():
             return "unsaved"
         return sha256_file(self.path / "manifest.json")[:16]
@@ -196,8 +206,12 @@ class Bundle:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    return _parse_json(path.read_bytes(), path)
+
+
+def _parse_json(raw: bytes, path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):

@@ -3,6 +3,7 @@ refuse incomplete or tampered folders; never pickle."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -261,6 +262,22 @@ def test_manifest_records_the_deepfm_version_and_older_folders_still_load(traine
     np.testing.assert_array_equal(
         old.predict(score_rows(trained[1][:50])), trained[2].predict(score_rows(trained[1][:50]))
     )
+
+
+def test_model_id_is_the_manifest_the_load_checked(trained, tmp_path: Path) -> None:
+    """A server names the model that scored a request: a folder replaced after the load (a
+    daily job's new model) must not rename the model already loaded."""
+    folder = _copy(trained, tmp_path)
+    loaded = Bundle.load(folder)
+    assert (
+        loaded.model_id
+        == trained[2].model_id
+        == hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest()[:16]
+    )
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps(manifest | {"deepfm_version": "9.9"}))
+    again = Bundle.load(folder)
+    assert again.model_id != loaded.model_id == trained[2].model_id
 
 
 def test_load_refuses_a_truncated_file(trained, tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from deepfm.errors import ConfigError
 from deepfm.inference.predictor import Predictor
-from deepfm.util.files import sha256_file
 
 SETTINGS_ENV = "DEEPFM_SERVE_SETTINGS"  # how uvicorn's worker processes get their settings
 ADMIN_TOKEN_ENV = "DEEPFM_ADMIN_TOKEN"  # POST /admin/reload exists only when this is set
@@ -74,7 +73,7 @@ def load_model(settings: ServeSettings) -> LoadedModel:
     if settings.engine == "onnx" and onnx is None:
         onnx = str(folder / "model.onnx")  # the new folder's graph, not the old one's
     predictor = Predictor.load(folder, settings.engine, onnx, threads=settings.threads)
-    model_id = sha256_file(folder / "manifest.json")[:16] if (folder / "manifest.json").is_file() else "unsaved"
+    model_id = predictor.bundle.model_id  # the manifest the load checked, not the folder's now
     predictor.warm_up()
     return LoadedModel(predictor, model_id, str(folder), time.time(), time.perf_counter() - t0)
 
