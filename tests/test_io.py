@@ -107,6 +107,15 @@ def test_parquet(tmp_path: Path) -> None:
     assert np.asarray(parts.train.ids[:, 0]).tolist() == [c.offset + 2, c.offset + 3, c.offset + 1, c.offset + 2]
 
 
+def test_float_categorical_column(tmp_path: Path) -> None:
+    """A categorical field stored as floats (as pandas writes integer codes with gaps): 5.0 is
+    the category "5", NaN and null are missing, values past int64 keep their float text."""
+    path = tmp_path / "f.parquet"
+    pq.write_table(pa.table({"c": pa.array([5.0, float("nan"), None, 2.5, 1e30, -3.0], pa.float64())}), path)
+    chunk = next(open_reader(path).chunks(["c"]))
+    assert to_strings(chunk, "c").to_pylist() == ["5", None, None, "2.5", "1e+30", "-3"]
+
+
 @pytest.mark.parametrize("neg", ["-1", "0"])
 @pytest.mark.parametrize("eol", ["\n", "\r\n"])
 def test_libfm(tmp_path: Path, neg: str, eol: str) -> None:

@@ -49,9 +49,13 @@ def to_strings(chunk: Chunk, name: str) -> pa.ChunkedArray:
         # An empty string is a missing value, as an empty field in a text file is.
         return pc.if_else(pc.equal(col, ""), pa.scalar(None, pa.string()), col)
     if pa.types.is_floating(col.type):
-        # 5.0 and 5 are the same category: write integral floats without ".0".
+        # NaN is a missing value, as in a numeric column (pandas writes missing values as NaN).
+        col = pc.cast(col, pa.float64())
+        col = pc.if_else(pc.is_nan(col), pa.scalar(None, pa.float64()), col)
+        # 5.0 and 5 are the same category: write integral floats without ".0"; values past
+        # int64 (or float64's exact integers) keep their float text.
         as_int = pc.cast(col, pa.int64(), safe=False)
-        integral = pc.equal(pc.cast(as_int, pa.float64()), col)
+        integral = pc.equal(pc.cast(as_int, pa.float64(), safe=False), col)
         return pc.if_else(integral, pc.cast(as_int, pa.string()), pc.cast(col, pa.string()))
     try:
         return pc.cast(col, pa.string())
