@@ -34,7 +34,6 @@ import asyncio
 import json
 import math
 import os
-import platform
 import random
 import re
 import signal
@@ -48,6 +47,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+from loadtest_report import docs_section, machine, markdown, offline_rate, reload_summary, write_docs
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 MODEL_ID = re.compile(rb'"model":\s*"([^"]*)"')
@@ -225,83 +226,6 @@ def wait_healthy(
     raise SystemExit(f"{base}/health did not answer within {timeout} s")
 
 
-def machine(load_before: tuple[float, float, float]) -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = {}
-    for name in ("torch", "onnxruntime", "fastapi", "uvicorn", "aiohttp"):
-        try:
-            versions[name] = __import__(name).__version__
-        except ImportError:
-            pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "versions": versions,
-        "load_average_before": list(load_before),
-    }
-
-
-def markdown(results: list[dict[str, Any]]) -> str:
-    lines = [
-        "| body | records/request | clients | requests | errors | requests/s | records/s | p50 ms | p99 ms | max ms | client CPU s | server CPU s | other CPU s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in results:
-        lines.append(
-            f"| {r.get('format', 'records')} | {r['size']} | {r['clients']} | {r['requests']} | {r['errors']} | "
-            f"{r['requests_per_s']:.0f} | {r['requests_per_s'] * r['size']:.0f} | {r['p50_ms']:.1f} | "
-            f"{r['p99_ms']:.1f} | {r['max_ms']:.1f} | {r['client_cpu_s']:.1f} | "
-            f"{r.get('server_cpu_s', float('nan')):.1f} | {r.get('other_cpu_s', float('nan')):.1f} |"
-        )
-    return "\n".join(lines)
-
-
-def reload_summary(reload: dict[str, Any]) -> str:
-    """The reload-under-load case in one paragraph."""
-    r = reload["load"]
-    return (
-        f"Reload under load: {r['requests']} requests of {reload['size']} record(s) from {reload['clients']} clients "
-        f"over {r['seconds']} s while the model was swapped every {reload['every_s']} s: {reload['swaps']} swaps "
-        f"({reload['reload_failures']} failed reload calls), {r['errors']} failed requests {r['error_kinds'] or ''}, "
-        f"answers by model id {r['models']}; p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, max {r['max_ms']:.1f} ms."
-    )
-
-
-def docs_section(report: dict[str, Any]) -> str:
-    m = report["machine"]
-    versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
-    text = [
-        f"Measured {report['date']} by `{report['command']}`: {m['cores']} cores ({m['cpu']}), Python {m['python']}, "
-        f"{versions}; {report['workers']} server worker(s), {report['engine']} engine, model `{report['model']}`; "
-        f"load average {m['load_average_before']} before, {m['load_average_after']} after. "
-        f"Offline, `deepfm train` scored this model's encoded test rows at {report['offline_rows_per_s']} rows/s "
-        "(metrics.json's test_predict_samples_per_s, with the training run's threads).",
-        "",
-        markdown(report["results"]),
-    ]
-    if report.get("reload"):
-        text += ["", reload_summary(report["reload"])]
-    return "\n".join(text)
-
-
-def write_docs(path: Path, section: str) -> None:
-    """Replace what is between the markers of ``path`` with ``section``."""
-    begin, end = "<!-- loadtest:begin -->", "<!-- loadtest:end -->"
-    page = path.read_text()
-    if begin not in page or end not in page:
-        raise SystemExit(f"{path}: no {begin} ... {end} lines to write the figures between")
-    head, rest = page.split(begin, 1)
-    path.write_text(f"{head}{begin}\n{section}\n{end}{rest.split(end, 1)[1]}")
-
-
 def copy_with_new_id(model: Path, out: Path) -> str:
     """The same weights saved again with one more metrics key: another manifest, so another
     model id, and the same probabilities."""
@@ -432,6 +356,7 @@ def main() -> None:
     load_before = os.getloadavg()
     records = load_records(args.model, args.data, max(int(s) for s in args.sizes.split(",")) * 8)
     numeric = {f.name for f in _schema(args.model).fields if f.kind == "numeric"}
+    offline = offline_rate(args.model, args.data, args.threads, args.engine, args.onnx)
     log = tempfile.NamedTemporaryFile(prefix="deepfm-serve-", suffix=".log", delete=False)
     work = tempfile.TemporaryDirectory(prefix="deepfm-loadtest-")
     proc, reload, token = None, None, uuid.uuid4().hex
@@ -475,10 +400,11 @@ def main() -> None:
         "model": health.get("model"),
         "engine": health.get("engine"),
         "workers": args.workers,
+        "threads": args.threads,
         "machine": {**machine(load_before), "load_average_after": list(os.getloadavg())},
         "results": results,
         "reload": reload,
-        "offline_rows_per_s": offline_rate(args.model),
+        "offline_rows_per_s": offline,
     }
     print(markdown(results))
     if reload:
@@ -488,15 +414,6 @@ def main() -> None:
         args.json.write_text(json.dumps(report, indent=1))
     if args.docs:
         write_docs(args.docs, docs_section(report))
-
-
-def offline_rate(model: Path) -> int | None:
-    """How fast ``deepfm train`` scored the model's encoded test rows: the bound to compare with."""
-    try:
-        rate = json.loads((model / "metrics.json").read_text()).get("test_predict_samples_per_s")
-    except (OSError, ValueError):
-        return None
-    return round(rate) if isinstance(rate, (int, float)) else None
 
 
 def _schema(model: Path) -> Any:
