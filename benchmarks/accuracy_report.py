@@ -343,9 +343,9 @@ def _machine(report: dict) -> str:
 
 
 def defaults_section(study: Any, runs: list[dict] | None = None) -> str:
-    """What each default is and why, with the study's table (mean ± sd over its seeds). A data
-    set the study ran no "defaults" row for takes it from this benchmark's deepfm defaults
-    runs (the same command on the same files)."""
+    """What each default is and why, with the study's table (mean ± sd over its seeds). The
+    "defaults" rows are this benchmark's deepfm defaults runs (the same command on the same
+    files) wherever it ran the data set."""
     import json
     from pathlib import Path
 
@@ -354,9 +354,12 @@ def defaults_section(study: Any, runs: list[dict] | None = None) -> str:
     if study is None or not Path(study).exists():
         return DEFAULTS_TEXT + "\n(No defaults-study results file: run benchmarks/defaults_study.py.)\n"
     rows = [json.loads(line) for line in Path(study).read_text().splitlines() if line.strip()]
-    have = {r["dataset"] for r in rows if r["variant"] == "defaults"}
-    rows += [r for r in runs or [] if r["library"] == "deepfm" and r["variant"] == "defaults"
-             and r["dataset"] in {r["dataset"] for r in rows} - have]  # fmt: skip
+    # This benchmark's defaults runs are the defaults of today's code: they replace the study's
+    # own "defaults" rows of the same data sets, which may have run under an earlier rule.
+    current = [r for r in runs or [] if r["library"] == "deepfm" and r["variant"] == "defaults"
+               and r["dataset"] in {r["dataset"] for r in rows}]  # fmt: skip
+    replaced = {r["dataset"] for r in current}
+    rows = [r for r in rows if not (r["variant"] == "defaults" and r["dataset"] in replaced)] + current
     head = (
         f"Each setting forced to a fixed value beside the defaults, by `benchmarks/defaults_study.py` "
         f'(runs in `benchmarks/results/{Path(study).name}`; "rows per table row": the training rows x fields '
