@@ -101,7 +101,7 @@ def docs_section(report: dict[str, Any]) -> str:
     text = [
         f"Measured {report['date']} by `{report['command']}`: {m['cores']} cores ({m['cpu']}), Python {m['python']}, "
         f"{versions}; {report['workers']} server worker(s), {report['engine']} engine, model `{report['model']}`; "
-        f"load average {m['load_average_before']} before, {m['load_average_after']} after. "
+        f"load average {_loads(m['load_average_before'])} before, {_loads(m['load_average_after'])} after. "
         f"Offline, in the same run before the server started, the same model and engine on the server's "
         f"{report['threads']} thread(s) scored {report['offline_rows_per_s']['encoded']:,} encoded rows/s and "
         f"{report['offline_rows_per_s']['from_rows']:,} rows/s from the rows (encoding included), a reader's chunk at a time.",
@@ -121,3 +121,7 @@ def write_docs(path: Path, section: str) -> None:
         raise SystemExit(f"{path}: no {begin} ... {end} lines to write the figures between")
     head, rest = page.split(begin, 1)
     path.write_text(f"{head}{begin}\n{section}\n{end}{rest.split(end, 1)[1]}")
+
+
+def _loads(loads: list[float]) -> str:
+    return "/".join(f"{x:.2f}" for x in loads)
