@@ -105,7 +105,7 @@ def test_frappe_libfm_to_csv(tmp_path: Path) -> None:
 def test_defaults_study_table_compares_each_variant_with_the_defaults() -> None:
     from defaults_study import summary_table
 
-    def row(variant: str, seed: int, auc: float) -> dict:
+    def row(variant: str, seed: int, auc: float, batch: int = 256) -> dict:
         return {
             "dataset": "d",
             "variant": variant,
@@ -114,6 +114,7 @@ def test_defaults_study_table_compares_each_variant_with_the_defaults() -> None:
             "test_auc": auc,
             "test_logloss": 0.5,
             "epochs": 4,
+            "batch_size": batch,
             "resolved": {"rows_per_table_row": 52.4},
         }
 
@@ -122,8 +123,13 @@ def test_defaults_study_table_compares_each_variant_with_the_defaults() -> None:
         row("defaults", 2, 0.72),
         row("batch_norm on", 1, 0.68),
         row("batch_norm on", 2, 0.68),
+        # run while the defaults resolved another batch: set against that batch's own row
+        row("batch_size 2048", 1, 0.66, 2048),
+        row("dropout 0", 1, 0.67, 2048),
     ]
     rows.append(row("batch_norm on", 3, 0.99) | {"ok": False})  # a failed run is left out
     lines = summary_table(rows).splitlines()
-    assert lines[2].startswith("| d | 52 | defaults | 2 | 0.7100 ± 0.0141 |")
-    assert lines[3].startswith("| d | 52 | batch_norm on | 2 | 0.6800 ± 0.0000 | -0.0300 |")
+    assert lines[2].startswith("| d | 52 | defaults | 256 | 2 | 0.7100 ± 0.0141 |  |")
+    assert lines[3].startswith("| d | 52 | batch_norm on | 256 | 2 | 0.6800 ± 0.0000 | -0.0300 |")
+    assert lines[4].startswith("| d | 52 | batch_size 2048 | 2048 | 1 | 0.6600 ± 0.0000 | -0.0500 |")
+    assert lines[5].startswith("| d | 52 | dropout 0 | 2048 | 1 | 0.6700 ± 0.0000 | +0.0100 |")
