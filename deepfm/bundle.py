@@ -123,26 +123,7 @@ class Bundle:
         folder = Path(folder)
         if not folder.is_dir():
             raise BundleError(f"{folder}: not a model folder (it does not exist or is not a directory)")
-        missing = [f for f in REQUIRED if not (folder / f).is_file()]
-        if missing:
-            raise BundleError(f"{folder}: not a complete model folder; missing {missing} (expected {list(REQUIRED)})")
-        manifest_bytes = (folder / "manifest.json").read_bytes()  # read once: checked and named alike
-        manifest = _parse_json(manifest_bytes, folder / "manifest.json")
-        digests = manifest.get("sha256")
-        if not isinstance(digests, dict):
-            raise BundleError(f"{folder}/manifest.json: no sha256 table")
-        unsigned = [f for f in (*SIGNED, *OPTIONAL) if (folder / f).is_file() and f not in digests]
-        if unsigned:
-            raise BundleError(
-                f"{folder}: manifest.json holds no sha256 for {unsigned}; the folder was changed after it was saved"
-            )
-        for name, digest in digests.items():
-            if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith("."):
-                raise BundleError(f"{folder}/manifest.json: {name!r} is not a file name of this folder")
-            if not (folder / name).is_file():
-                raise BundleError(f"{folder}: {name} is listed in manifest.json but missing")
-            if sha256_file(folder / name) != digest:
-                raise BundleError(f"{folder}: {name} does not match its sha256 in manifest.json (changed or truncated)")
+        manifest, manifest_bytes = _checked_manifest(folder)
         raw = _read_json(folder / "config.json")
         if raw.get("format_version") != FORMAT_VERSION or "layout" not in raw:
             raise BundleError(
@@ -166,7 +147,7 @@ class Bundle:
         cal_path = folder / CALIBRATION_FILE
         calibration = Calibration.from_json(cal_path.read_bytes(), where=str(cal_path)) if cal_path.is_file() else None
         own = {*REQUIRED, *OPTIONAL}
-        extra = {name: (folder / name).read_bytes() for name in digests if name not in own}
+        extra = {name: (folder / name).read_bytes() for name in manifest["sha256"] if name not in own}
         bundle = cls(config, pipeline, model, metrics, folder, calibration, extra)
         written_by = manifest.get("deepfm_version")
         bundle.written_by = written_by if isinstance(written_by, str) else None
@@ -203,6 +184,32 @@ class Bundle:
         """Probabilities for an EncodedChunk, through :func:`deepfm.model.calibration.postprocess`
         (``calibrated=False``: the model's own, uncorrected). -> (N,) float64"""
         return self.predictor().predict_encoded(chunk, calibrated=calibrated)
+
+
+def _checked_manifest(folder: Path) -> tuple[dict[str, Any], bytes]:
+    """The folder's manifest (parsed, and its bytes, read once) after checking that every file
+    it lists is there with its sha256 and every file deepfm reads is listed."""
+    missing = [f for f in REQUIRED if not (folder / f).is_file()]
+    if missing:
+        raise BundleError(f"{folder}: not a complete model folder; missing {missing} (expected {list(REQUIRED)})")
+    manifest_bytes = (folder / "manifest.json").read_bytes()  # read once: checked and named alike
+    manifest = _parse_json(manifest_bytes, folder / "manifest.json")
+    digests = manifest.get("sha256")
+    if not isinstance(digests, dict):
+        raise BundleError(f"{folder}/manifest.json: no sha256 table")
+    unsigned = [f for f in (*SIGNED, *OPTIONAL) if (folder / f).is_file() and f not in digests]
+    if unsigned:
+        raise BundleError(
+            f"{folder}: manifest.json holds no sha256 for {unsigned}; the folder was changed after it was saved"
+        )
+    for name, digest in digests.items():
+        if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith("."):
+            raise BundleError(f"{folder}/manifest.json: {name!r} is not a file name of this folder")
+        if not (folder / name).is_file():
+            raise BundleError(f"{folder}: {name} is listed in manifest.json but missing")
+        if sha256_file(folder / name) != digest:
+            raise BundleError(f"{folder}: {name} does not match its sha256 in manifest.json (changed or truncated)")
+    return manifest, manifest_bytes
 
 
 def _read_json(path: Path) -> dict[str, Any]:
