@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/accuracy.py --quick --workdir /tmp/acc-quick   # smoke run, minutes
     .venv/bin/python benchmarks/accuracy.py --libs deepfm --reuse benchmarks/results/accuracy-DATE.json
     .venv/bin/python benchmarks/accuracy.py --render benchmarks/results/accuracy-DATE.json   # the page only
+    .venv/bin/python benchmarks/accuracy.py --render A.json B.json   # one page from runs of other data sets
 
 Run it with the interpreter that has deepfm installed (the project's .venv). For every data
 set -- the Criteo 10k sample, Frappe, and `deepfm synth` at 100k, 300k and 1M rows under four
@@ -76,8 +77,8 @@ LIBRARIES = ["deepfm", *PEERS]
 
 def main() -> int:
     args = parse_args()
-    if args.render:  # the page again from a finished results file, nothing trained
-        report = add_checks(json.loads(args.render.read_text()))
+    if args.render:  # the page again from finished results files, nothing trained
+        report = add_checks(merge_results([json.loads(path.read_text()) for path in args.render]))
         (args.docs or ROOT / "docs" / "accuracy.md").write_text(
             render(report, args.render, latest_study(args.results_dir))
         )
@@ -154,7 +155,13 @@ def parse_args() -> argparse.Namespace:
         default=Path(tempfile.gettempdir()) / "deepfm-accuracy",
         help="data, encoded arrays and scratch, outside the repository (default $TMPDIR/deepfm-accuracy)",
     )
-    p.add_argument("--render", type=Path, metavar="RESULTS.json", help="write the page from this results file and stop")
+    p.add_argument(
+        "--render",
+        type=Path,
+        nargs="+",
+        metavar="RESULTS.json",
+        help="write the page from these results files and stop (a data set in several: the last file's runs)",
+    )
     p.add_argument(
         "--reuse", type=Path, metavar="RESULTS.json", help="take matching peer runs from this earlier results file"
     )
@@ -381,6 +388,28 @@ def add_checks(report: dict) -> dict:
     }
     report["checks"] = checks(report["datasets"], report["summary"])
     return report
+
+
+def merge_results(reports: list[dict]) -> dict:
+    """One report from the results of separate runs (data sets run at other times): the data
+    sets and runs of all, a data set in several taken whole from the last; the commands and
+    the deepfm commits of each kept, so the page says what made which rows."""
+    out = dict(reports[0])
+    out["datasets"], out["runs"] = list(out["datasets"]), list(out["runs"])
+    commits = {d["name"]: out["environment"].get("deepfm_commit") for d in out["datasets"]}
+    for other in reports[1:]:
+        names = {d["name"] for d in other["datasets"]}
+        out["datasets"] = [d for d in out["datasets"] if d["name"] not in names] + other["datasets"]
+        out["runs"] = [r for r in out["runs"] if r["dataset"] not in names] + other["runs"]
+        commits |= {name: other["environment"].get("deepfm_commit") for name in names}
+        out["command"] = f"{out['command']}\n{other['command']}"
+        out["date"] = max(out["date"], other["date"])
+        out["complete"] = out["complete"] and other["complete"]
+    if len(reports) > 1:
+        out["environment"] = dict(out["environment"]) | {
+            "deepfm_commit": ", ".join(f"{c} ({name})" for name, c in commits.items())
+        }
+    return out
 
 
 def finish(report: dict, results: Path, args: argparse.Namespace) -> None:

@@ -219,9 +219,12 @@ def render(report: dict, results: Any, study: Any = None) -> str:
 
     from benchlib import ROOT
 
-    path = Path(results).resolve()
-    rel = path.relative_to(ROOT) if path.is_relative_to(ROOT) else None
-    raw = f"[`{rel}`](../{rel})" if rel else f"`{path.name}` (outside the repository)"
+    def link(results: Any) -> str:
+        path = Path(results).resolve()
+        rel = path.relative_to(ROOT) if path.is_relative_to(ROOT) else None
+        return f"[`{rel}`](../{rel})" if rel else f"`{path.name}` (outside the repository)"
+
+    raw = ", ".join(link(r) for r in (results if isinstance(results, list) else [results]))
     marks = [c["result"] for c in report["checks"]]
     seeds = ", ".join(str(s) for s in report["seeds"])
     peer_runs = [r for r in report["runs"] if r["library"] in PEER_ROWS]

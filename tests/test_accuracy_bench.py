@@ -133,3 +133,31 @@ def test_defaults_study_table_compares_each_variant_with_the_defaults() -> None:
     assert lines[3].startswith("| d | 52 | batch_norm on | 256 | 2 | 0.6800 ± 0.0000 | -0.0300 |")
     assert lines[4].startswith("| d | 52 | batch_size 2048 | 2048 | 1 | 0.6600 ± 0.0000 | -0.0500 |")
     assert lines[5].startswith("| d | 52 | dropout 0 | 2048 | 1 | 0.6700 ± 0.0000 | +0.0100 |")
+
+
+def test_results_of_separate_runs_merge_into_one_page() -> None:
+    """--render A.json B.json: the data sets of both, one in both taken whole from B, and the
+    commands and commits of each kept."""
+    from accuracy import merge_results
+
+    def report(commit: str, command: str, datasets: dict[str, float]) -> dict:
+        return {
+            "date": "2026-12-0" + commit[-1],
+            "command": command,
+            "complete": True,
+            "environment": {"deepfm_commit": commit},
+            "datasets": [{"name": n} for n in datasets],
+            "runs": [{"dataset": n, "test_auc": auc} for n, auc in datasets.items()],
+        }
+
+    a = report("aaa1", "python benchmarks/accuracy.py --datasets x,y", {"x": 0.7, "y": 0.6})
+    b = report("bbb2", "python benchmarks/accuracy.py --datasets y,z", {"y": 0.65, "z": 0.8})
+    merged = merge_results([a, b])
+    assert [d["name"] for d in merged["datasets"]] == ["x", "y", "z"]
+    assert sorted((r["dataset"], r["test_auc"]) for r in merged["runs"]) == [("x", 0.7), ("y", 0.65), ("z", 0.8)]
+    assert merged["command"].splitlines() == [a["command"], b["command"]] and merged["date"] == "2026-12-02"
+    assert merged["environment"]["deepfm_commit"] == "aaa1 (x), bbb2 (y), bbb2 (z)"
+    assert merge_results([a]) == a and a["runs"] == [
+        {"dataset": "x", "test_auc": 0.7},
+        {"dataset": "y", "test_auc": 0.6},
+    ]
