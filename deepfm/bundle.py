@@ -66,7 +66,7 @@ class Bundle:
         # The deepfm version that wrote the folder: None before save, and for folders written
         # before versions were recorded. Reading does not depend on it (format_version does).
         self.written_by: str | None = None
-        self._loaded_id: str | None = None  # the id of the manifest load() checked
+        self._id: str | None = None  # model_id: of the manifest this bundle last wrote or checked
 
     @property
     def device(self) -> torch.device:
@@ -107,7 +107,7 @@ class Bundle:
         manifest_bytes = json.dumps(manifest, indent=1).encode()
         write_atomic(folder / "manifest.json", manifest_bytes)
         self.path, self.extra, self.written_by = folder, extra, __version__
-        self._loaded_id = hashlib.sha256(manifest_bytes).hexdigest()[:16]
+        self._id = _manifest_id(manifest_bytes)
         return folder
 
     @classmethod
@@ -151,20 +151,16 @@ class Bundle:
         bundle = cls(config, pipeline, model, metrics, folder, calibration, extra)
         written_by = manifest.get("deepfm_version")
         bundle.written_by = written_by if isinstance(written_by, str) else None
-        bundle._loaded_id = hashlib.sha256(manifest_bytes).hexdigest()[:16]
+        bundle._id = _manifest_id(manifest_bytes)
         return bundle
 
     @property
     def model_id(self) -> str:
         """Names this exact model: the start of the sha256 of its manifest (every file's
-        digest), so two folders with the same id hold the same model. "unsaved" before save. A
-        loaded bundle keeps the id of the manifest its load checked, whatever the folder holds
-        since (a daily job may replace it while a server runs)."""
-        if self._loaded_id is not None:
-            return self._loaded_id
-        if self.path is None or not (self.path / "manifest.json").is_file():
-            return "unsaved"
-        return sha256_file(self.path / "manifest.json")[:16]
+        digest), so two folders with the same id hold the same model. "unsaved" before save. It
+        is the manifest this bundle wrote or its load checked, whatever the folder holds since
+        (a daily job may replace it while a server runs)."""
+        return self._id or "unsaved"
 
     # ------------------------------------------------------------ predict
     def predictor(self) -> Scorer:
@@ -210,6 +206,10 @@ def _checked_manifest(folder: Path) -> tuple[dict[str, Any], bytes]:
         if sha256_file(folder / name) != digest:
             raise BundleError(f"{folder}: {name} does not match its sha256 in manifest.json (changed or truncated)")
     return manifest, manifest_bytes
+
+
+def _manifest_id(manifest: bytes) -> str:
+    return hashlib.sha256(manifest).hexdigest()[:16]
 
 
 def _read_json(path: Path) -> dict[str, Any]:
