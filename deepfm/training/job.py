@@ -192,8 +192,8 @@ class _Job:
         checks, and the training part downsampled."""
         t0, inputs, ctx, base = time.perf_counter(), self.inputs, self.ctx, self.base
         # A dataset of at least a file per rank (or a Parquet file of a row group per rank):
-        # every rank parses its own files, the counts
-        # are merged, each rank encodes its rows (into the cache, which they must all see).
+        # every rank parses its own files, the counts are merged, each rank encodes its rows
+        # (into the cache, which they must all see).
         together = inputs.cache and can_prepare_on_ranks(
             inputs.data, ctx.world, inputs.split_by, base is not None, self.config.data
         )

@@ -144,8 +144,7 @@ def prepare_ranked(
 ) -> tuple[FeaturePipeline, Parts]:
     """:func:`prepare` by every rank of ``ctx`` at once (collective), into the shared ``workdir``.
     Each rank parses its own consecutive share of the dataset's files (or of the row groups
-    of one Parquet file) and counts their
-    training rows; the counts are merged (vocabularies, bins, numeric moments and samples);
+    of one Parquet file) and counts their training rows; the counts are merged (vocabularies, bins, numeric moments and samples);
     each rank encodes its rows and writes them into the parts at their place. The parts and
     vocabularies are those of :func:`prepare` (quantile bin edges: from another uniform
     sample of the same rows). Separate valid and test files are each encoded by one rank."""

@@ -34,7 +34,7 @@ def join_shares(share: Path, dest: Path, ctx: Context) -> EncodedDataset:
         if name.endswith(".offsets.bin"):
             _copy_offsets(share / name, dest / name, sizes, ctx)
         else:
-            _copy(share / name, dest / name, 0, sum(sizes[: ctx.rank]), size)
+            _copy(share / name, dest / name, sum(sizes[: ctx.rank]), size)
     meta = json.loads((share / "meta.json").read_text())
     rows = sum(int(k[0]) for k in ctx.gather_arrays(np.array([meta["rows"]], dtype=np.int64)))
     ctx.wait_for_main()  # every share written
@@ -45,13 +45,12 @@ def join_shares(share: Path, dest: Path, ctx: Context) -> EncodedDataset:
     return EncodedDataset(dest)
 
 
-def _copy(src: Path, dest: Path, start: int, at: int, size: int) -> None:
-    """Bytes [start, size) of ``src`` into ``dest`` from byte ``at`` on (other ranks write the
+def _copy(src: Path, dest: Path, at: int, size: int) -> None:
+    """The ``size`` bytes of ``src`` into ``dest`` from byte ``at`` on (other ranks write the
     rest of ``dest`` meanwhile: no truncation)."""
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT, 0o644)
     try:
         with open(src, "rb") as f:
-            f.seek(start)
             while block := f.read(min(COPY_BYTES, max(size - f.tell(), 0))):
                 os.pwrite(fd, block, at)
                 at += len(block)
