@@ -47,6 +47,11 @@ class RecordChecker:
         # The label and the file's other declared columns may ride along in a record; they are
         # dropped. Anything else is a mistake worth reporting (a typo would be a missing value).
         self._ignored = {schema.label, *(schema.columns or ())} - set(self._specs)
+        # The types of table()'s and columns_table()'s columns: every large or Arrow request
+        # reads them, so they are built here, once per model, not once per request.
+        self.arrow_schema = pa.schema(
+            [(f.name, pa.float64() if f.name in self.numeric else pa.string()) for f in schema.fields]
+        )
 
     def to_table(self, data: object) -> pa.Table:
         """Records (a list of dicts, or one dict) checked strictly (see :meth:`check`); a
@@ -128,13 +133,6 @@ class RecordChecker:
         return pa.table(arrays, names=self.schema.names)
 
     # ------------------------------------------------------------ by column (the HTTP service)
-    @property
-    def arrow_schema(self) -> pa.Schema:
-        """The types of :meth:`table`'s and :meth:`columns_table`'s columns."""
-        return pa.schema(
-            [(f.name, pa.float64() if f.name in self.numeric else pa.string()) for f in self.schema.fields]
-        )
-
     def record_columns(self, records: Sequence[object]) -> dict[str, list[object]]:
         """Records (a list of {field: value}) as lists by field, for :meth:`columns_table`.
         Only the structure is checked here: every record an object, every key a field."""
