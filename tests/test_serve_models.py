@@ -3,7 +3,21 @@ reload changes (the OpenAPI description, the garbage collector's frozen objects)
 
 from __future__ import annotations
 
-from helpers import simple_schema
+import asyncio
+import gc
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_serve import point
+
+from deepfm.data.schema import Schema
+from deepfm.training import train
+
+from helpers import simple_records, simple_schema, small_config, write_records_csv
+
+pytest.importorskip("fastapi")
 
 
 def test_the_arrow_schema_is_built_once_per_model() -> None:
@@ -14,3 +28,63 @@ def test_the_arrow_schema_is_built_once_per_model() -> None:
     checker = RecordChecker(simple_schema())
     assert checker.arrow_schema is checker.arrow_schema
     assert checker.arrow_schema.names == list(simple_schema().names)
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A model of the four simple fields, and one without 'tags' (another schema)."""
+    tmp = tmp_path_factory.mktemp("serve-models")
+    data = write_records_csv(tmp / "train.csv", simple_records(1000, seed=21))
+    train(small_config(simple_schema()), data, tmp / "four", split="0.8,0.1,0.1")
+    three = Schema(label="label", fields=tuple(f for f in simple_schema().fields if f.name != "tags"))
+    train(small_config(three), data, tmp / "three", split="0.8,0.1,0.1")
+    return tmp / "four", tmp / "three"
+
+
+@pytest.fixture
+def settled() -> Iterator[None]:
+    """Undo what loading and reloading a model do to this test process: torch's thread count
+    (load_model sets it) and the garbage collector's frozen objects (a reload freezes)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()
+        torch.set_num_threads(threads)
+
+
+def test_a_reload_collects_before_it_freezes(
+    two_models: tuple[Path, Path], tmp_path: Path, settled: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cyclic garbage present when a reload freezes the new model's objects is collected
+    first: frozen, it would never be freed."""
+    from deepfm.inference.serve import reload
+    from deepfm.inference.serve.metrics import Metrics
+    from deepfm.inference.serve.settings import LoadedModel, ServeSettings, load_model
+
+    class Cycle:
+        me: object = None
+
+    garbage: list[weakref.ref[Cycle]] = []
+
+    def load_leaving_a_cycle(settings: ServeSettings) -> LoadedModel:
+        loaded = load_model(settings)
+        cycle = Cycle()
+        cycle.me = cycle  # unreachable once this returns, freed by a collection only
+        garbage.append(weakref.ref(cycle))
+        return loaded
+
+    four, three = two_models
+    link = tmp_path / "current"
+    point(link, four)
+    settings = ServeSettings(model=str(link))
+    models = reload.Models(settings, load_model(settings), Metrics())
+    monkeypatch.setattr(reload, "load_model", load_leaving_a_cycle)
+    point(link, three)
+    gc.disable()  # no automatic collection between the load and the freeze: only the reload's
+    assert asyncio.run(models.reload())["swapped"]
+    gc.collect()  # frozen objects are beyond any collection, this one's too
+    assert garbage and garbage[0]() is None, "the reload froze cyclic garbage"

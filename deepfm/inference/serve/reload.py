@@ -59,9 +59,12 @@ class Models:
             self.metrics.reloads.labels("swapped").inc()
             self.metrics.served(new.model_id, new.folder, new.predictor.engine.name, new.loaded_at, new.load_seconds)
             log.info("now serving %s from %s (was %s)", new.model_id, new.folder, old.model_id)
-            # The new model's objects join the frozen ones (see settle_gc). No collection: the old
-            # model holds no reference cycles, so reference counting frees it once its last
-            # queued request is answered, and a full collection would stall requests ~100 ms.
+            # The new model's objects join the frozen ones (see settle_gc). Collected first: cyclic
+            # garbage left by the load would otherwise be frozen, never to be freed. This
+            # collection walks only what is not frozen yet (the new model, requests' objects),
+            # not the old model's or the libraries'; the old model holds no reference cycles,
+            # so reference counting frees it once its last queued request is answered.
+            gc.collect()
             gc.freeze()
             return {**answer, "swapped": True}
 
