@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 from test_serve import point
 
+from deepfm.bundle import Bundle
 from deepfm.data.schema import Schema
 from deepfm.training import train
 
-from helpers import simple_records, simple_schema, small_config, write_records_csv
+from helpers import SIMPLE_FIELDS, simple_records, simple_schema, small_config, write_records_csv
 
 pytest.importorskip("fastapi")
 
@@ -54,6 +55,35 @@ def settled() -> Iterator[None]:
         gc.enable()
         gc.unfreeze()
         torch.set_num_threads(threads)
+
+
+def test_openapi_follows_the_model_a_reload_serves(
+    two_models: tuple[Path, Path], tmp_path: Path, settled: None
+) -> None:
+    """/openapi.json (and /docs) describe the fields of the model serving now, not those of
+    the model loaded at start."""
+    from deepfm.inference.serve.app import create_app
+    from deepfm.inference.serve.settings import ServeSettings, load_model
+
+    four, three = two_models
+    link = tmp_path / "current"
+    point(link, four)
+    settings = ServeSettings(model=str(link))
+    served = create_app(load_model(settings), settings)
+    app, state = served.app, served.state
+
+    def described(model: Path) -> tuple[set[str], set[str], bool]:
+        spec = app.openapi()
+        body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
+        fields = set(body["schema"]["properties"]["records"]["items"]["properties"])
+        names_it = f"`{Bundle.load(model).model_id}`" in spec["info"]["description"]
+        return fields, set(body["example"]["records"][0]), names_it
+
+    assert described(four) == (set(SIMPLE_FIELDS), set(SIMPLE_FIELDS), True)
+    point(link, three)
+    assert asyncio.run(state.models.reload())["swapped"]
+    assert described(three) == ({"user", "item", "price"}, {"user", "item", "price"}, True)
+    assert app.openapi() is app.openapi()  # built once per model, not per request
 
 
 def test_a_reload_collects_before_it_freezes(

@@ -24,6 +24,7 @@ from typing import Any
 
 from deepfm.errors import require_extra
 from deepfm.inference.serve.metrics import route_label
+from deepfm.inference.serve.openapi import describe_app, follow_current_model
 from deepfm.inference.serve.routes import (
     State,
     add_admin_route,
@@ -57,7 +58,7 @@ def create_app(first: LoadedModel, settings: ServeSettings, access_log: bool = F
     app = FastAPI(
         title="deepfm",
         version=__version__,
-        description=f"Click probabilities from DeepFM model `{first.model_id}` ({settings.model}).",
+        description=describe_app(first.model_id, settings),
         lifespan=_lifespan(state),
     )
     add_error_handlers(app)
@@ -65,6 +66,7 @@ def create_app(first: LoadedModel, settings: ServeSettings, access_log: bool = F
     add_predict_route(app, state)
     if os.environ.get(ADMIN_TOKEN_ENV):  # no token, no route: 404, not an open door
         add_admin_route(app, state, os.environ[ADMIN_TOKEN_ENV])
+    follow_current_model(app, lambda: state.models.current, settings)
     return RequestIdMiddleware(app, state, access_log)
 
 

@@ -1,12 +1,15 @@
-"""The OpenAPI description of ``POST /predict`` (``/docs``), built from the model's fields."""
+"""The OpenAPI description of ``POST /predict`` (``/docs``), built from the fields of the
+model serving now: a reload may bring a model with other fields."""
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from typing import Any
 
 from deepfm.inference.predictor import Predictor
 from deepfm.inference.serve.requests import ARROW_STREAM
-from deepfm.inference.serve.settings import ServeSettings
+from deepfm.inference.serve.settings import LoadedModel, ServeSettings
 
 # The answers' bodies, for /docs.
 ERROR = {
@@ -77,3 +80,31 @@ def predict_openapi(predictor: Predictor, settings: ServeSettings) -> dict[str, 
             "422": as_json(ERROR, "a record is wrong: the error names its index and the field"),
         },
     }
+
+
+def describe_app(model_id: str, settings: ServeSettings) -> str:
+    """The app's description in /docs: which model answers."""
+    return f"Click probabilities from DeepFM model `{model_id}` ({settings.model})."
+
+
+def follow_current_model(app: Any, current: Callable[[], LoadedModel], settings: ServeSettings) -> None:
+    """Make ``app.openapi()`` (/openapi.json, /docs) describe the model ``current()`` returns.
+    FastAPI builds the description once, from the route's ``openapi_extra`` of the model
+    loaded at start; here its model-dependent parts (the request body's fields and example,
+    the app's description) are redone when the model id changes. One description is kept,
+    the current model's: a swapped-out model is not asked about again until it is back."""
+    built = app.openapi  # FastAPI's own: the routes, built once and cached by FastAPI
+    cached: dict[str, dict[str, Any]] = {}
+
+    def openapi() -> dict[str, Any]:
+        model = current()
+        if model.model_id not in cached:
+            schema = copy.deepcopy(built())
+            schema["info"]["description"] = describe_app(model.model_id, settings)
+            operation = schema["paths"]["/predict"]["post"]
+            operation["requestBody"] = predict_openapi(model.predictor, settings)["requestBody"]
+            cached.clear()
+            cached[model.model_id] = schema
+        return cached[model.model_id]
+
+    app.openapi = openapi
