@@ -454,6 +454,24 @@ def test_arrow_body_errors_name_record_and_field(server: Server) -> None:
     assert status == 400 and json.loads(raw)["error"]["type"] == "invalid_arrow"
 
 
+def test_an_arrow_body_past_max_records_is_not_read_to_its_end(server: Server) -> None:
+    """Records are counted batch by batch: the batch past --max-records ends the reading with
+    the 413 a JSON body gets, and what follows it (here not Arrow at all) is never decoded."""
+    import pyarrow as pa
+
+    batch = pa.table({"price": [1.0] * 101})  # three: 303 records, past MAX_RECORDS
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        for _ in range(3):
+            writer.write_table(batch)
+    body = bytes(sink.getvalue().to_pybytes())[:-8] + b"\xff" * 64  # garbage for the end-of-stream mark
+    status, raw = server.request("POST", "/predict", body, ARROW)
+    error = json.loads(raw)["error"]
+    assert status == 413 and error["type"] == "too_many_records", error
+    assert f"at most {MAX_RECORDS}" in error["message"] and "--max-records" in error["message"]
+    assert server.post({"records": [OK] * (MAX_RECORDS + 1)})[1]["error"]["type"] == "too_many_records"
+
+
 def test_request_id_ready_and_metrics(server: Server, model_dir: Path) -> None:
     model_id = Bundle.load(model_dir).model_id
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)

@@ -156,12 +156,16 @@ def json_body(payload: Any, max_records: int) -> tuple[str, Any, int]:
 
 def _check_rows(rows: int, max_records: int) -> int:
     if rows > max_records:
-        raise RequestError(
-            413,
-            "too_many_records",
-            f"{rows} records; this server takes at most {max_records} per request (deepfm serve --max-records)",
-        )
+        raise too_many_records(f"{rows} records", max_records)
     return rows
+
+
+def too_many_records(what: str, max_records: int) -> RequestError:
+    return RequestError(
+        413,
+        "too_many_records",
+        f"{what}; this server takes at most {max_records} per request (deepfm serve --max-records)",
+    )
 
 
 def parse_records(body: bytes, max_records: int) -> list[Any]:
@@ -189,14 +193,20 @@ def json_table(checker: RecordChecker, kind: str, data: Any, rows: int, plain: b
 
 
 def read_arrow(body: bytes, max_records: int) -> pa.Table:
-    """An Arrow IPC stream body as a table, after the checks that concern the whole body."""
+    """An Arrow IPC stream body as a table, after the checks that concern the whole body. The
+    records are counted batch by batch: reading stops at the first batch past ``max_records``
+    (413, as for a JSON body), so a body of too many records is never decoded whole."""
+    batches, rows = [], 0
     try:
         with pyarrow.ipc.open_stream(pa.py_buffer(body)) as reader:
-            table = reader.read_all()
+            for batch in reader:
+                rows += batch.num_rows
+                if rows > max_records:
+                    raise too_many_records(f"over {max_records} records", max_records)
+                batches.append(batch)
+            return pa.Table.from_batches(batches, reader.schema)
     except (pa.ArrowInvalid, OSError) as exc:
         raise RequestError(400, "invalid_arrow", f"the body is not an Arrow IPC stream: {exc}") from None
-    _check_rows(table.num_rows, max_records)
-    return table
 
 
 def arrow_table(checker: RecordChecker, table: pa.Table) -> pa.Table:
