@@ -472,6 +472,21 @@ def test_an_arrow_body_past_max_records_is_not_read_to_its_end(server: Server) -
     assert server.post({"records": [OK] * (MAX_RECORDS + 1)})[1]["error"]["type"] == "too_many_records"
 
 
+def test_a_boolean_arrow_column_is_refused_as_a_json_boolean(server: Server) -> None:
+    """Arrow would read true as 1.0 (a numeric field) or "true" (a text field): refused with
+    the JSON body's error, naming the record and the field."""
+    import pyarrow as pa
+
+    cases = {"price": [None, True], "user": [None, False], "tags": pa.array([None, [True]], pa.list_(pa.bool_()))}
+    for field, values in cases.items():
+        status, raw = server.request("POST", "/predict", arrow_body({field: values}), ARROW)
+        error = json.loads(raw)["error"]
+        json_status, json_answer = server.post({"records": [{}, {field: pa.array(values)[1].as_py()}]})
+        assert status == json_status == 422 and error == json_answer["error"], (field, error, json_answer)
+        assert error["record"] == 1 and error["field"] == field
+    assert server.request("POST", "/predict", arrow_body({"price": pa.nulls(2, pa.bool_())}), ARROW)[0] == 200
+
+
 def test_request_id_ready_and_metrics(server: Server, model_dir: Path) -> None:
     model_id = Bundle.load(model_dir).model_id
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)

@@ -231,6 +231,7 @@ class RecordChecker:
         if name not in table.column_names:
             return pa.nulls(table.num_rows, pa.float64() if numeric else pa.string())
         col = table.column(name)
+        _refuse_booleans(chunk, name, numeric)
         if numeric and pa.types.is_float64(col.type):
             inf = np.isinf(col.to_numpy())
             if inf.any():
@@ -253,6 +254,25 @@ class RecordChecker:
             return f"unknown field; did you mean {close[0]!r}?"
         shown = ", ".join(names[:12]) + (f", ... ({len(names)} fields)" if len(names) > 12 else "")
         return f"unknown field; the model's fields are {shown}"
+
+
+def _refuse_booleans(chunk: Chunk, name: str, numeric: bool) -> None:
+    """A boolean Arrow column (or a list column of booleans) is refused as a JSON boolean is
+    (:func:`deepfm.data.tables.record_value`): Arrow would read true as 1 or "true", a value
+    the other body formats refuse. The error names the first record holding one."""
+    col = chunk.table.column(name)
+    is_list = pa.types.is_list(col.type) or pa.types.is_large_list(col.type)
+    if is_list and pa.types.is_boolean(col.type.value_type):
+        held = pc.greater(pc.fill_null(pc.list_value_length(col), 0), 0)
+        message = "expected a list of strings or numbers"
+    elif pa.types.is_boolean(col.type):
+        held = col.is_valid()
+        message = f"expected {'a number' if numeric else 'a string or number'}, got bool"
+    else:
+        return
+    if pc.any(held).as_py():
+        i = int(np.flatnonzero(held.to_numpy(zero_copy_only=False))[0])
+        raise chunk.error(i, message if is_list else f"{message} {col[i].as_py()!r}", field=name)
 
 
 _NUMBERS = {int, float, type(None)}
