@@ -487,6 +487,26 @@ def test_a_boolean_arrow_column_is_refused_as_a_json_boolean(server: Server) -> 
     assert server.request("POST", "/predict", arrow_body({"price": pa.nulls(2, pa.bool_())}), ARROW)[0] == 200
 
 
+def test_a_list_of_floats_scores_alike_in_every_body_format(server: Server) -> None:
+    """A multi-hot list of numbers: 1.0 is the token "1" in a JSON body (records or columns)
+    as in an Arrow body's list<double> column and a joined string."""
+    import pyarrow as pa
+
+    rows = [{**OK, "tags": [1.0, 2.5, 3]}] * 2
+    joined = server.post({"records": [{**OK, "tags": "1|2.5|3"}] * 2})
+    columns = {k: [r[k] for r in rows] for k in rows[0]}
+    arrow = {**columns, "tags": pa.array([[1.0, 2.5, 3.0]] * 2, pa.list_(pa.float64()))}
+    status, raw = server.request("POST", "/predict", arrow_body(arrow), ARROW)
+    answers = {
+        "records": server.post({"records": rows}),
+        "columns": server.post({"columns": columns}),
+        "arrow": (status, json.loads(raw)),
+    }
+    for name, (status, answer) in answers.items():
+        assert status == 200, (name, answer)
+        assert answer["probabilities"] == joined[1]["probabilities"], name
+
+
 def test_request_id_ready_and_metrics(server: Server, model_dir: Path) -> None:
     model_id = Bundle.load(model_dir).model_id
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)

@@ -31,6 +31,26 @@ def test_the_arrow_schema_is_built_once_per_model() -> None:
     assert checker.arrow_schema.names == list(simple_schema().names)
 
 
+def test_a_list_of_numbers_is_joined_alike_from_json_arrow_and_a_dataframe() -> None:
+    """A multi-hot list [1.0, 2.5, 3] holds the tokens "1", "2.5", "3" whether it comes as
+    JSON records or columns, an Arrow list column, or a DataFrame's list column (the
+    estimator's join_lists): integral numbers read as a categorical's do ("1", not "1.0")."""
+    import pyarrow as pa
+
+    from deepfm.estimator.tables import join_lists
+    from deepfm.features.records import RecordChecker
+
+    checker = RecordChecker(simple_schema())
+    tags = [1.0, 2.5, 3]
+    records = checker.records_table([{"tags": tags}])
+    assert records.column("tags").to_pylist() == ["1|2.5|3"]
+    assert checker.columns_table({"tags": [tags]}, 1).equals(records)
+    assert checker.table([checker.check([{"tags": tags}])]).equals(records)
+    as_arrow = pa.table({"tags": pa.array([[1.0, 2.5, 3.0]], pa.list_(pa.float64()))})
+    assert checker.arrow_table(as_arrow).equals(records)
+    assert join_lists(as_arrow, simple_schema()).column("tags").to_pylist() == ["1|2.5|3"]
+
+
 @pytest.fixture(scope="module")
 def two_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A model of the four simple fields, and one without 'tags' (another schema)."""

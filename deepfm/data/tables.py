@@ -97,7 +97,7 @@ def record_value(v: object, numeric: bool, separator: str | None = None) -> obje
     if separator is not None and isinstance(v, (list, tuple)):
         if any(isinstance(x, (list, dict, tuple, bool)) or x is None for x in v):
             raise ValueError("expected a list of strings or numbers")
-        return separator.join(str(x) for x in v)
+        return separator.join(map(_text, v))  # each value as a categorical's: [1.0] is "1"
     if isinstance(v, bool) or isinstance(v, (list, dict, tuple)):
         kind = "a number" if numeric else "a string or number"
         raise ValueError(f"expected {kind}, got {type(v).__name__} {v!r}")
@@ -109,6 +109,12 @@ def record_value(v: object, numeric: bool, separator: str | None = None) -> obje
         if isinstance(v, str):
             return v  # parsed (and checked) with the file path's rules
         raise ValueError(f"expected a number, got {type(v).__name__}")
+    return _text(v)
+
+
+def _text(v: object) -> str:
+    """A value as category text: 5.0 and 5 are the same category (as in an Arrow body's list
+    of numbers, and a DataFrame's, deepfm.estimator.tables.join_lists)."""
     if isinstance(v, (float, np.floating)) and float(v).is_integer():
-        return str(int(v))  # 5.0 and 5 are the same category
+        return str(int(v))
     return str(v)
