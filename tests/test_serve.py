@@ -507,6 +507,19 @@ def test_a_list_of_floats_scores_alike_in_every_body_format(server: Server) -> N
         assert answer["probabilities"] == joined[1]["probabilities"], name
 
 
+def test_refused_bodies_are_counted_in_the_records_metric(server: Server) -> None:
+    """deepfm_records_total counts the requests refused whole too, under their status (0
+    records: none were read as records)."""
+    server.request("POST", "/predict", b'{"records": [')  # not JSON
+    server.post({"records": [OK] * (MAX_RECORDS + 1)})  # too many records
+    server.request("POST", "/predict", b"not arrow", ARROW)
+    server.request("POST", "/predict", arrow_body({"price": ["cheap"]}), ARROW)  # a record refused
+    text = server.request("GET", "/metrics")[1].decode()
+    for labels in ('format="json",status="400"', 'format="json",status="413"', 'format="arrow",status="400"'):
+        assert f"deepfm_records_total{{{labels}}} 0.0" in text, labels
+    assert re.search(r'deepfm_records_total\{format="arrow",status="422"\} [1-9]', text)
+
+
 def test_request_id_ready_and_metrics(server: Server, model_dir: Path) -> None:
     model_id = Bundle.load(model_dir).model_id
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)

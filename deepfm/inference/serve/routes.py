@@ -4,7 +4,7 @@
 # annotations (``request: Request``) at runtime.
 import hmac
 import logging
-from collections.abc import MutableMapping
+from collections.abc import AsyncIterator, MutableMapping
 from typing import Any, TypeAlias
 
 import numpy as np
@@ -135,35 +135,48 @@ def add_status_routes(app: Any, state: State) -> None:
         return Response(body, media_type=content_type)
 
 
-async def answer_predict(state: State, body: bytes, content_type: str) -> tuple[bytes, str]:
-    """POST /predict's answer to a body: (the JSON, the id of the model that scored it). The
-    body is checked into a part (on a worker thread when large), then scored in the batcher's
-    next pass with other requests' rows. Raises RequestError for a request to refuse."""
+async def answer_predict(
+    state: State, declared: str | None, chunks: AsyncIterator[bytes], content_type: str
+) -> tuple[bytes, str]:
+    """POST /predict's answer to a body (``declared``: its Content-Length): (the JSON, the id
+    of the model that scored it). The body is read, checked into a part (on a worker thread
+    when large), then scored in the batcher's next pass with other requests' rows. Raises
+    RequestError for a request to refuse, counted in deepfm_records_total first."""
     import orjson
     from starlette.concurrency import run_in_threadpool
 
     settings = state.settings
     model = state.models.current  # the model that checks this request also scores it
     part: Part
-    if content_type.startswith(ARROW_STREAM):
-        body_format = "arrow"
-        table = read_arrow(body, settings.max_records)
-        if table.num_rows > OFFLOAD_RECORDS:
-            part = await run_in_threadpool(arrow_table, model.predictor.records, table)
+    arrow = content_type.startswith(ARROW_STREAM)
+    # A refused request counts its records only once they were read as records (a check of
+    # their values refused them); a body refused whole (too large, not JSON or Arrow, too many
+    # records) counts 0: its records were never read, and an Arrow body past --max-records is
+    # not even read to its end. inc(0) still makes the {status, format} series appear, so a
+    # refusal shows beside deepfm_requests_total. "json": a JSON body refused before its
+    # form (records or columns) was known.
+    body_format, rows = ("arrow" if arrow else "json"), 0
+    try:
+        body = await read_body(declared, chunks, settings.max_body_bytes)
+        if arrow:
+            # Decoded here, as JSON is parsed here: an IPC stream in memory is read without a
+            # copy; checking its values is the heavy part, done on a thread when large.
+            table = read_arrow(body, settings.max_records)
+            rows = table.num_rows
+            if rows > OFFLOAD_RECORDS:
+                part = await run_in_threadpool(arrow_table, model.predictor.records, table)
+            else:
+                part = arrow_table(model.predictor.records, table)
         else:
-            part = arrow_table(model.predictor.records, table)
-        rows = table.num_rows
-    else:
-        payload, plain = load_json_plain(body)
-        body_format, data, rows = json_body(payload, settings.max_records)
-        try:
+            payload, plain = load_json_plain(body)
+            body_format, data, rows = json_body(payload, settings.max_records)
             if rows > OFFLOAD_RECORDS:
                 part = await run_in_threadpool(check_json, model, body_format, data, rows, plain)
             else:
                 part = check_json(model, body_format, data, rows, plain)
-        except RequestError:
-            state.metrics.counted(422, body_format, rows)
-            raise
+    except RequestError as exc:
+        state.metrics.counted(exc.status, body_format, rows)
+        raise
     probs = await state.batcher.submit(part, rows, model) if rows else np.zeros(0)
     state.metrics.counted(200, body_format, rows)
     answer = {"probabilities": probs, "model": model.model_id}
@@ -179,13 +192,14 @@ async def serve_predict(state: State, scope: MutableMapping[str, Any], receive: 
     declared = headers.get(b"content-length")
     try:
         try:
-            chunks = asgi_chunks(receive)
-            body = await read_body(
-                declared.decode("latin-1") if declared else None, chunks, state.settings.max_body_bytes
+            answer, model_id = await answer_predict(
+                state,
+                declared.decode("latin-1") if declared else None,
+                asgi_chunks(receive),
+                headers.get(b"content-type", b"").decode("latin-1"),
             )
         except ClientGone:  # gone before its body arrived: nobody to answer
             return False
-        answer, model_id = await answer_predict(state, body, headers.get(b"content-type", b"").decode("latin-1"))
         status, extra = 200, [(b"x-model-id", model_id.encode())]
     except RequestError as exc:
         answer, status, extra = exc.body(), exc.status, []
@@ -214,10 +228,11 @@ def add_predict_route(app: Any, state: State) -> None:
     )
     async def predict(request: Request) -> Response:
         try:
-            body = await read_body(request.headers.get("content-length"), request.stream(), settings.max_body_bytes)
+            answer, model_id = await answer_predict(
+                state, request.headers.get("content-length"), request.stream(), request.headers.get("content-type", "")
+            )
         except ClientDisconnect:  # gone before its body arrived: nobody to answer
             return Response(status_code=400)
-        answer, model_id = await answer_predict(state, body, request.headers.get("content-type", ""))
         return Response(answer, media_type="application/json", headers={"X-Model-ID": model_id})
 
 
