@@ -183,3 +183,24 @@ def test_train_nproc_2_prepares_a_dataset_on_both_ranks(tmp_path: Path) -> None:
     one = train(config, str(folder), tmp_path / "one", split="0.8,0.2", cache=False)
     two = Bundle.load(tmp_path / "two")
     assert _states(two.pipeline) == _states(one.pipeline)
+
+
+def test_the_ranks_share_out_the_files_listed_once(tmp_path: Path, monkeypatch: Any) -> None:
+    """The dataset's files counted to decide whether the ranks prepare together are the ones
+    shared out among them: listed once, not again by each step."""
+    from deepfm.data.storage import list_files
+    from deepfm.training import parts
+
+    from helpers import small_config
+
+    data = [str(write_records_csv(tmp_path / f"d{i}.csv", simple_records(10, seed=i))) for i in range(3)]
+    listed = list_files(data)
+
+    def listed_again(spec: Any) -> Any:
+        raise AssertionError(f"the files of {spec} were listed again")
+
+    monkeypatch.setattr(parts, "list_files", listed_again)
+    assert parts.can_prepare_on_ranks(data, 2, None, base=False, files=listed)
+    assert not parts.can_prepare_on_ranks(data, 4, None, base=False, files=listed)
+    shares = [parts._rank_reader(small_config(simple_schema()), data, Context(rank, 2), listed) for rank in (0, 1)]
+    assert [r.name for s in shares for r in s.readers] == [f.name for f in listed]

@@ -27,7 +27,7 @@ import deepfm.features
 from deepfm.config import RunConfig
 from deepfm.data.column_split import ColumnSplit
 from deepfm.data.encoded import EncodedDataset
-from deepfm.data.storage import DataSpec, data_identity
+from deepfm.data.storage import DataSpec, FileRef, data_identity
 from deepfm.errors import DataError
 from deepfm.features.pipeline import FeaturePipeline
 from deepfm.training.distributed import Context
@@ -54,6 +54,7 @@ def prepare_cached(
     base_key: str | None = None,
     split_by: ColumnSplit | None = None,
     ctx: Context | None = None,
+    data_files: list[FileRef] | None = None,
 ) -> tuple[FeaturePipeline, Parts, bool]:
     """:func:`~deepfm.training.parts.prepare`, reusing the encoded data of an earlier run on
     the same files (path, size, modification time), schema, reading options, split and
@@ -61,7 +62,8 @@ def prepare_cached(
     (pipeline, parts, hit).
 
     ``ctx``: every rank of it calls this, and they prepare the data together
-    (:func:`~deepfm.training.parts.prepare_ranked`); ``cache_dir`` must be one they all see."""
+    (:func:`~deepfm.training.parts.prepare_ranked`); ``cache_dir`` must be one they all see.
+    ``data_files``: ``data``'s files when listed already, for prepare_ranked to share out."""
     if base is not None and base_key is None:
         raise ValueError("prepare_cached with a base pipeline needs its base_key")
     files = [p for p in (data, valid, test) if p is not None]
@@ -86,7 +88,7 @@ def prepare_cached(
     folder = cache_dir / key
     if ctx is not None:
         return _prepare_together(
-            folder, identity, ctx, lambda tmp: prepare_ranked(config, data, tmp, ctx, valid, test, split)
+            folder, identity, ctx, lambda tmp: prepare_ranked(config, data, tmp, ctx, valid, test, split, data_files)
         )
     if (folder / "complete.json").is_file():
         try:

@@ -29,7 +29,7 @@ from deepfm.config import RunConfig, rows_per_table_row
 from deepfm.data.column_split import ColumnSplit
 from deepfm.data.encoded import EncodedDataset
 from deepfm.data.sampling import downsample
-from deepfm.data.storage import DataSpec
+from deepfm.data.storage import DataSpec, is_dataset, list_files
 from deepfm.features.pipeline import FeaturePipeline
 from deepfm.features.profile import PROFILE_FILE, profile
 from deepfm.model.calibration import Calibration
@@ -193,9 +193,10 @@ class _Job:
         t0, inputs, ctx, base = time.perf_counter(), self.inputs, self.ctx, self.base
         # A dataset of at least a file per rank (or a Parquet file of a row group per rank):
         # every rank parses its own files, the counts are merged, each rank encodes its rows
-        # (into the cache, which they must all see).
+        # (into the cache, which they must all see). Files listed once: those counted are shared out.
+        files = list_files(inputs.data) if inputs.cache and ctx.active and is_dataset(inputs.data) else None
         together = inputs.cache and can_prepare_on_ranks(
-            inputs.data, ctx.world, inputs.split_by, base is not None, self.config.data
+            inputs.data, ctx.world, inputs.split_by, base is not None, self.config.data, files
         )
         if inputs.cache and not ctx.main and not together:
             ctx.wait_for_main()  # rank 0 fills the cache first; the others then read it
@@ -213,6 +214,7 @@ class _Job:
                 split_by=inputs.split_by,
                 base_key=base_key,
                 ctx=ctx if together else None,
+                data_files=files if together else None,
             )
             if hit:
                 log.info("reusing encoded data from %s", parts.train.folder.parent)

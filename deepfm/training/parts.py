@@ -98,15 +98,21 @@ class _RankSplit:
 
 
 def can_prepare_on_ranks(
-    data: DataSpec, world: int, split_by: ColumnSplit | None, base: bool, options: ReadOptions = ReadOptions()
+    data: DataSpec,
+    world: int,
+    split_by: ColumnSplit | None,
+    base: bool,
+    options: ReadOptions = ReadOptions(),
+    files: list[FileRef] | None = None,
 ) -> bool:
     """Whether ``world`` ranks can prepare ``data`` together (:func:`prepare_ranked`): a
     dataset of at least one file per rank, or a Parquet file of at least one row group per
-    rank; split by row order or not at all; no warm start."""
+    rank; split by row order or not at all; no warm start. ``files``: the dataset's files,
+    when the caller listed them (see :func:`prepare_ranked`)."""
     if world <= 1 or split_by is not None or base:
         return False
     if is_dataset(data):
-        return len(list_files(data)) >= world
+        return len(list_files(data) if files is None else files) >= world
     reader = _parquet(data, options)
     return reader is not None and reader.num_row_groups >= world
 
@@ -120,15 +126,15 @@ def _parquet(data: DataSpec, options: ReadOptions) -> ParquetReader | None:
     return reader if isinstance(reader, ParquetReader) else None
 
 
-def _rank_reader(config: RunConfig, data: DataSpec, ctx: Context) -> Reader:
-    """What this rank reads of ``data``: its consecutive share of the files, or of the row
-    groups of one Parquet file."""
+def _rank_reader(config: RunConfig, data: DataSpec, ctx: Context, files: list[FileRef] | None = None) -> Reader:
+    """What this rank reads of ``data``: its consecutive share of the files (``files``, when
+    listed already), or of the row groups of one Parquet file."""
     if not is_dataset(data):
         reader = open_reader(data, config.data, column_names=config.schema.columns)
         if not isinstance(reader, ParquetReader):
             raise DataError("ranks prepare together a dataset of files, or a Parquet file", path=str(data))
         return reader.share_of_row_groups(ctx.rank, ctx.world)
-    files = list_files(data)
+    files = list_files(data) if files is None else files
     opener = functools.partial(open_reader, options=config.data, column_names=config.schema.columns)
     return DatasetReader(files[ctx.share(len(files))], opener, f"{data} (rank {ctx.rank} of {ctx.world})")
 
@@ -141,16 +147,19 @@ def prepare_ranked(
     valid: DataSpec | None = None,
     test: DataSpec | None = None,
     split: tuple[float, float, float] | None = None,
+    files: list[FileRef] | None = None,
 ) -> tuple[FeaturePipeline, Parts]:
     """:func:`prepare` by every rank of ``ctx`` at once (collective), into the shared ``workdir``.
     Each rank parses its own consecutive share of the dataset's files (or of the row groups
     of one Parquet file) and counts their training rows; the counts are merged (vocabularies, bins, numeric moments and samples);
     each rank encodes its rows and writes them into the parts at their place. The parts and
     vocabularies are those of :func:`prepare` (quantile bin edges: from another uniform
-    sample of the same rows). Separate valid and test files are each encoded by one rank."""
+    sample of the same rows). Separate valid and test files are each encoded by one rank.
+    ``files``: the dataset's files as :func:`can_prepare_on_ranks` counted them, so the shares
+    are of that list (a listing again could differ, and costs a walk of a bucket)."""
     schema, columns = config.schema, [config.schema.label, *config.schema.names]
     _check_split(split, None, valid, test)
-    reader = _rank_reader(config, data, ctx)
+    reader = _rank_reader(config, data, ctx, files)
     reader.check_columns(columns)
     pipeline = FeaturePipeline(schema)
     rank_split = _RankSplit(_Split(split, data), ctx.gather_arrays, ctx.rank)
