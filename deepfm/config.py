@@ -36,12 +36,15 @@ ACTIVATIONS = ("gelu", "relu", "sigmoid", "silu", "tanh")  # deepfm.model.layers
 
 
 MODEL_KINDS = ("deepfm", "fm", "lr", "dnn", "wide_deep", "dcn")
-# init_std "auto": the spread, in logit units, of the pairwise FM term at initialization.
-# Vectors drawn too small leave the pairs unlearned for many epochs (Frappe's valid AUC sits at
-# 0.926 for ten epochs at std 0.01 and climbs to 0.94 from 0.05 up); too large, and the noise
-# of rarely seen values' random vectors swamps small data (the Criteo sample loses 0.05 AUC at
-# 0.1). The number of pairs sets how much noise a given std makes: see auto_init_std.
-INIT_PAIRWISE_STD = 0.1
+# init_std "auto": the spread, in logit units, of the pairwise FM term at initialization, by
+# how often the training rows see each table row (DENSE_ROWS_PER_TABLE_ROW). Sparse data wants
+# the pairs to start near zero: most rows are seen a few times, and their random vectors stay
+# noise in the pairwise term at test time (0.001 gained +0.002 to +0.007 test AUC on the sparse
+# 100k sets with batches of 256, -0.0035 within the spread on the Criteo sample). Dense data
+# wants a larger start: every row is learned, and interaction-heavy data lost 0.004 at 0.001.
+# The number of pairs sets how much spread a given std makes: see auto_init_std.
+INIT_PAIRWISE_STD = 0.1  # dense data
+INIT_PAIRWISE_STD_SPARSE = 0.001
 # Data is "dense" for the auto settings when the training part sees each table row at least
 # this many times on average (rows_per_table_row). Batch norm (model.batch_norm "auto") lets
 # the MLP fit fast: it gains where every value is seen often (+0.004 to +0.036 test AUC from 62
@@ -70,8 +73,8 @@ class ModelConfig:
     # batch norm in the MLP; "auto": from the training data (DENSE_ROWS_PER_TABLE_ROW, see resolved)
     batch_norm: bool | str = "auto"
     cross_layers: int = 3  # dcn only
-    # std of the vectors' normal initialization; "auto": from the number of fields and the
-    # embedding size (auto_init_std), resolved when the data is known (see ``resolved``)
+    # std of the vectors' normal initialization; "auto": from the number of fields, the
+    # embedding size and the data's density (auto_init_std), resolved with the data (``resolved``)
     init_std: float | str = "auto"
 
     def __post_init__(self) -> None:
@@ -96,14 +99,14 @@ class ModelConfig:
 
     def resolved(self, layout: TableShape, train_rows: int | None = None) -> ModelConfig:
         """This config with its "auto" settings made concrete for ``layout`` and ``train_rows``
-        training rows. Without the rows (a model built with no data at hand), batch_norm
-        "auto" is off."""
+        training rows. Without the rows (a model built with no data at hand), the data counts
+        as sparse: batch_norm "auto" is off and init_std "auto" small."""
         out = self
+        dense = (rows_per_table_row(train_rows, layout) if train_rows else 0.0) >= DENSE_ROWS_PER_TABLE_ROW
         if out.init_std == "auto":
-            out = replace(out, init_std=auto_init_std(layout.n_fields, out.embedding_dim))
+            out = replace(out, init_std=auto_init_std(layout.n_fields, out.embedding_dim, dense))
         if out.batch_norm == "auto":
-            density = rows_per_table_row(train_rows, layout) if train_rows else 0.0
-            out = replace(out, batch_norm=bool(density >= DENSE_ROWS_PER_TABLE_ROW))
+            out = replace(out, batch_norm=dense)
         return out
 
     @property
@@ -135,13 +138,15 @@ def rows_per_table_row(train_rows: int, layout: TableShape) -> float:
     return train_rows * layout.n_fields / max(layout.num_embeddings, 1)
 
 
-def auto_init_std(n_fields: int, dim: int) -> float:
+def auto_init_std(n_fields: int, dim: int, dense: bool) -> float:
     """The vectors' initial std sigma that gives the pairwise term sum_{i<j} <v_i, v_j> the
-    spread INIT_PAIRWISE_STD: with P = F(F-1)/2 pairs of D products of N(0, sigma^2) draws its
-    std is sigma^2 sqrt(P D). 10 fields of 16 (Frappe): 0.061; Criteo's 39: 0.030. Kept in
-    [0.01, 0.1], the range measured to work (docs/accuracy.md)."""
+    spread INIT_PAIRWISE_STD (``dense`` data) or INIT_PAIRWISE_STD_SPARSE: with P = F(F-1)/2
+    pairs of D products of N(0, sigma^2) draws its std is sigma^2 sqrt(P D). Dense, 10 fields
+    of 16 (Frappe): 0.061, Criteo's 39: 0.0303; sparse: 0.0061 and 0.003. Kept in [0.001, 0.1],
+    the range measured to work (docs/accuracy.md)."""
     pairs = max(n_fields * (n_fields - 1) // 2, 1)
-    return round(min(0.1, max(0.01, math.sqrt(INIT_PAIRWISE_STD / math.sqrt(pairs * dim)))), 4)
+    spread = INIT_PAIRWISE_STD if dense else INIT_PAIRWISE_STD_SPARSE
+    return round(min(0.1, max(0.001, math.sqrt(spread / math.sqrt(pairs * dim)))), 4)
 
 
 # embedding_lr "auto" (TrainConfig.resolve_embedding_lr): below DENSE_ROWS_PER_TABLE_ROW, 1e-3

@@ -182,20 +182,34 @@ def test_training_metrics_on_every_kth_row_of_a_large_epoch(tmp_path: Path, monk
 
 def test_auto_init_gives_the_pairwise_term_its_set_spread(tmp_path: Path) -> None:
     """init_std "auto" draws the vectors so that the FM pairwise term starts with std
-    INIT_PAIRWISE_STD whatever the number of fields; the run saves the std it resolved to,
-    with the batch size, in the bundle's config and metrics.json."""
-    from deepfm.config import INIT_PAIRWISE_STD, ModelConfig, auto_init_std
+    INIT_PAIRWISE_STD on dense data and INIT_PAIRWISE_STD_SPARSE on sparse data (or with no
+    data at hand), whatever the number of fields; the run saves the std it resolved to, with
+    the batch size, in the bundle's config and metrics.json."""
+    from deepfm.config import (
+        DENSE_ROWS_PER_TABLE_ROW,
+        INIT_PAIRWISE_STD,
+        INIT_PAIRWISE_STD_SPARSE,
+        ModelConfig,
+        auto_init_std,
+    )
     from deepfm.model.deepfm import DeepFM, InputLayout
     from deepfm.model.layers import fm_pairwise
 
-    assert (auto_init_std(10, 16), auto_init_std(39, 16)) == (0.061, 0.0303)  # Frappe's and Criteo's fields
+    # Frappe's and Criteo's fields
+    assert (auto_init_std(10, 16, True), auto_init_std(39, 16, True)) == (0.061, 0.0303)
+    assert (auto_init_std(10, 16, False), auto_init_std(39, 16, False)) == (0.0061, 0.003)
     for fields in (6, 20, 39):
-        torch.manual_seed(0)
-        model = DeepFM(InputLayout(num_embeddings=200_000, n_single=fields), ModelConfig(embedding_dim=16))
-        assert model.config.init_std == auto_init_std(fields, 16)
-        rows = torch.randint(0, 200_000, (20_000, fields))
-        pairs = fm_pairwise(model.embedding.weight.detach()[rows][..., :16])
-        assert float(pairs.std()) == pytest.approx(INIT_PAIRWISE_STD, rel=0.05)
+        layout = InputLayout(num_embeddings=200_000, n_single=fields)
+        assert DeepFM(layout, ModelConfig(embedding_dim=16)).config.init_std == auto_init_std(fields, 16, False)
+        dense_rows = int(DENSE_ROWS_PER_TABLE_ROW * 200_000 / fields) + 1
+        for rows, spread in ((dense_rows, INIT_PAIRWISE_STD), (dense_rows - 2, INIT_PAIRWISE_STD_SPARSE)):
+            torch.manual_seed(0)
+            model = DeepFM(layout, ModelConfig(embedding_dim=16).resolved(layout, rows))
+            assert model.config.init_std == auto_init_std(fields, 16, spread == INIT_PAIRWISE_STD)
+            ids = torch.randint(0, 200_000, (20_000, fields))
+            pairs = fm_pairwise(model.embedding.weight.detach()[ids][..., :16])
+            # the std is rounded to 4 digits: at 0.003, 2% of it; the spread goes as its square
+            assert float(pairs.std()) == pytest.approx(spread, rel=0.08)
     data = write_records_csv(tmp_path / "d.csv", simple_records(1500, seed=2))
     bundle = train(
         small_config(simple_schema(), model={"init_std": "auto"}, batch_size="auto"),
@@ -204,7 +218,8 @@ def test_auto_init_gives_the_pairwise_term_its_set_spread(tmp_path: Path) -> Non
         split="0.8,0.2",
     )
     saved = json.loads((tmp_path / "m" / "config.json").read_text())
-    assert saved["model"]["init_std"] == bundle.metrics["resolved"]["init_std"] == auto_init_std(4, 4)
+    dense = bundle.metrics["resolved"]["rows_per_table_row"] >= DENSE_ROWS_PER_TABLE_ROW
+    assert saved["model"]["init_std"] == bundle.metrics["resolved"]["init_std"] == auto_init_std(4, 4, dense)
     assert saved["train"]["batch_size"] == bundle.metrics["resolved"]["batch_size"] == bundle.metrics["batch_size"]
 
 
