@@ -160,7 +160,8 @@ def parse_args() -> argparse.Namespace:
         type=Path,
         nargs="+",
         metavar="RESULTS.json",
-        help="write the page from these results files and stop (a data set in several: the last file's runs)",
+        help="write the page from these results files and stop (a data set in several: each library's runs "
+        "from the last file that ran it)",
     )
     p.add_argument(
         "--reuse", type=Path, metavar="RESULTS.json", help="take matching peer runs from this earlier results file"
@@ -392,16 +393,23 @@ def add_checks(report: dict) -> dict:
 
 def merge_results(reports: list[dict]) -> dict:
     """One report from the results of separate runs (data sets run at other times): the data
-    sets and runs of all, a data set in several taken whole from the last; the commands and
-    the deepfm commits of each kept, so the page says what made which rows."""
+    sets and runs of all. A data set in several takes the last file's runs of each library it
+    ran, and the earlier files' runs of the libraries it did not (deepfm and the peers run
+    apart, side by side), as long as the data's fingerprint is the same. The commands and the
+    deepfm commits of each are kept, so the page says what made which rows."""
     out = dict(reports[0])
     out["datasets"], out["runs"] = list(out["datasets"]), list(out["runs"])
     commits = {d["name"]: out["environment"].get("deepfm_commit") for d in out["datasets"]}
     for other in reports[1:]:
+        earlier = {d["name"]: d for d in out["datasets"]}
+        for d in other["datasets"]:
+            if d["name"] in earlier and earlier[d["name"]]["fingerprint"] != d["fingerprint"]:
+                raise SystemExit(f"--render: {d['name']} has other data in {other['command']!r}; run it again")
+        ran = {(r["dataset"], r["library"]) for r in other["runs"]}
         names = {d["name"] for d in other["datasets"]}
         out["datasets"] = [d for d in out["datasets"] if d["name"] not in names] + other["datasets"]
-        out["runs"] = [r for r in out["runs"] if r["dataset"] not in names] + other["runs"]
-        commits |= {name: other["environment"].get("deepfm_commit") for name in names}
+        out["runs"] = [r for r in out["runs"] if (r["dataset"], r["library"]) not in ran] + other["runs"]
+        commits |= {name: other["environment"].get("deepfm_commit") for name, lib in ran if lib == "deepfm"}
         out["command"] = f"{out['command']}\n{other['command']}"
         out["date"] = max(out["date"], other["date"])
         out["complete"] = out["complete"] and other["complete"]

@@ -136,28 +136,38 @@ def test_defaults_study_table_compares_each_variant_with_the_defaults() -> None:
 
 
 def test_results_of_separate_runs_merge_into_one_page() -> None:
-    """--render A.json B.json: the data sets of both, one in both taken whole from B, and the
-    commands and commits of each kept."""
+    """--render A.json B.json C.json: the data sets of all; one in several takes each library's
+    runs from the last file that ran it (deepfm and the peers run apart); the commands and the
+    deepfm commits kept; data with another fingerprint refused."""
     from accuracy import merge_results
 
-    def report(commit: str, command: str, datasets: dict[str, float]) -> dict:
+    def report(commit: str, command: str, runs: dict[tuple[str, str], float]) -> dict:
         return {
             "date": "2026-12-0" + commit[-1],
             "command": command,
             "complete": True,
             "environment": {"deepfm_commit": commit},
-            "datasets": [{"name": n} for n in datasets],
-            "runs": [{"dataset": n, "test_auc": auc} for n, auc in datasets.items()],
+            "datasets": [{"name": n, "fingerprint": "f" + n} for n in dict.fromkeys(n for n, _ in runs)],
+            "runs": [{"dataset": n, "library": lib, "test_auc": auc} for (n, lib), auc in runs.items()],
         }
 
-    a = report("aaa1", "python benchmarks/accuracy.py --datasets x,y", {"x": 0.7, "y": 0.6})
-    b = report("bbb2", "python benchmarks/accuracy.py --datasets y,z", {"y": 0.65, "z": 0.8})
-    merged = merge_results([a, b])
+    a = report("aaa1", "accuracy.py --datasets x,y", {("x", "deepfm"): 0.7, ("y", "deepfm"): 0.6, ("y", "p"): 0.5})
+    b = report("bbb2", "accuracy.py --datasets y,z", {("y", "deepfm"): 0.65, ("z", "deepfm"): 0.8})
+    c = report("ccc3", "accuracy.py --libs p --datasets z", {("z", "p"): 0.75})
+    merged = merge_results([a, b, c])
     assert [d["name"] for d in merged["datasets"]] == ["x", "y", "z"]
-    assert sorted((r["dataset"], r["test_auc"]) for r in merged["runs"]) == [("x", 0.7), ("y", 0.65), ("z", 0.8)]
-    assert merged["command"].splitlines() == [a["command"], b["command"]] and merged["date"] == "2026-12-02"
-    assert merged["environment"]["deepfm_commit"] == "aaa1 (x), bbb2 (y), bbb2 (z)"
-    assert merge_results([a]) == a and a["runs"] == [
-        {"dataset": "x", "test_auc": 0.7},
-        {"dataset": "y", "test_auc": 0.6},
+    assert sorted((r["dataset"], r["library"], r["test_auc"]) for r in merged["runs"]) == [
+        ("x", "deepfm", 0.7),
+        ("y", "deepfm", 0.65),  # B ran deepfm on y again: A's run gives way
+        ("y", "p", 0.5),  # B did not run the peer: A's run stays
+        ("z", "deepfm", 0.8),
+        ("z", "p", 0.75),
     ]
+    assert merged["command"].splitlines() == [a["command"], b["command"], c["command"]]
+    assert merged["date"] == "2026-12-03"
+    assert merged["environment"]["deepfm_commit"] == "aaa1 (x), bbb2 (y), bbb2 (z)"  # C ran no deepfm
+    assert merge_results([a]) == a and len(a["runs"]) == 3
+    other_data = report("ddd4", "accuracy.py --datasets y", {("y", "deepfm"): 0.9})
+    other_data["datasets"][0]["fingerprint"] = "another"
+    with pytest.raises(SystemExit, match="y has other data"):
+        merge_results([a, other_data])
