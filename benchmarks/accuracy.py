@@ -413,6 +413,8 @@ def merge_results(reports: list[dict]) -> dict:
         out["command"] = f"{out['command']}\n{other['command']}"
         out["date"] = max(out["date"], other["date"])
         out["complete"] = out["complete"] and other["complete"]
+    order = {d.name: i for i, d in enumerate(data.catalogue())}  # the page in the catalogue's order
+    out["datasets"].sort(key=lambda d: order.get(d["name"], len(order)))
     if len(reports) > 1:
         out["environment"] = dict(out["environment"]) | {
             "deepfm_commit": ", ".join(f"{c} ({name})" for name, c in commits.items())

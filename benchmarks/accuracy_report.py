@@ -224,7 +224,13 @@ def render(report: dict, results: Any, study: Any = None) -> str:
         rel = path.relative_to(ROOT) if path.is_relative_to(ROOT) else None
         return f"[`{rel}`](../{rel})" if rel else f"`{path.name}` (outside the repository)"
 
+    from accuracy_data import catalogue
+
     raw = ", ".join(link(r) for r in (results if isinstance(results, list) else [results]))
+    ran = {d["name"] for d in report["datasets"]}
+    missing = [d.name for d in catalogue() if d.name not in ran]
+    # The checks only cover the data sets that ran: say which of the catalogue did not.
+    unchecked = f" Not run for these results, so not checked: {', '.join(missing)}." if missing else ""
     marks = [c["result"] for c in report["checks"]]
     seeds = ", ".join(str(s) for s in report["seeds"])
     peer_runs = [r for r in report["runs"] if r["library"] in PEER_ROWS]
@@ -240,7 +246,7 @@ def render(report: dict, results: Any, study: Any = None) -> str:
         f"```bash\n{report['command']}    # with the project's .venv active\n```\n",
         f"{marks.count('PASS')} of {len(marks)} checks pass ({marks.count('FAIL')} fail, {marks.count('n/a')} n/a). "
         f"Seeds {seeds}: every figure is the mean ± sample sd over them. {reused} of {len(peer_runs)} peer runs "
-        f"were taken from an earlier results file (`--reuse`). Raw runs, summaries and versions: {raw}.\n",
+        f"were taken from an earlier results file (`--reuse`).{unchecked} Raw runs, summaries and versions: {raw}.\n",
         "## Checks\n",
         "\n".join(f"- **{c['result']}** {c['line']}" for c in report["checks"]) + "\n",
         f'"Beyond the seed spread": the difference of the means is larger than {SPREAD:g} × the larger of the two '
