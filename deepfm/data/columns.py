@@ -51,16 +51,22 @@ def to_strings(chunk: Chunk, name: str) -> pa.ChunkedArray:
     if pa.types.is_floating(col.type):
         # NaN is a missing value, as in a numeric column (pandas writes missing values as NaN).
         col = pc.cast(col, pa.float64())
-        col = pc.if_else(pc.is_nan(col), pa.scalar(None, pa.float64()), col)
-        # 5.0 and 5 are the same category: write integral floats without ".0"; values past
-        # int64 (or float64's exact integers) keep their float text.
-        as_int = pc.cast(col, pa.int64(), safe=False)
-        integral = pc.equal(pc.cast(as_int, pa.float64(), safe=False), col)
-        return pc.if_else(integral, pc.cast(as_int, pa.string()), pc.cast(col, pa.string()))
+        return float_text(pc.if_else(pc.is_nan(col), pa.scalar(None, pa.float64()), col))
     try:
         return pc.cast(col, pa.string())
     except pa.ArrowNotImplementedError as exc:
         raise chunk.error(0, f"cannot use an Arrow column of type {col.type} as categorical", field=name) from exc
+
+
+def float_text(col: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Numbers as category text (nulls kept): 5.0 and 5 are the same category, so integral
+    floats are written without ".0"; values past int64 keep their float text ("1e+20").
+    :func:`deepfm.data.tables.record_value` writes a Python number the same way."""
+    wide = pc.cast(col, pa.float64())
+    as_int = pc.cast(wide, pa.int64(), safe=False)
+    integral = pc.equal(pc.cast(as_int, pa.float64(), safe=False), wide)
+    # the other values in their own type's text: a float32 0.1 is "0.1", not float64's digits
+    return pc.if_else(integral, pc.cast(as_int, pa.string()), pc.cast(col, pa.string()))
 
 
 def to_label(chunk: Chunk, name: str, libfm: bool | None = None) -> np.ndarray:

@@ -113,8 +113,8 @@ def record_value(v: object, numeric: bool, separator: str | None = None) -> obje
 
 
 def _text(v: object) -> str:
-    """A value as category text: 5.0 and 5 are the same category (as in an Arrow body's list
-    of numbers, and a DataFrame's, deepfm.estimator.tables.join_lists)."""
-    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+    """A value as category text, as :func:`deepfm.data.columns.float_text` writes a column's:
+    5.0 and 5 are the same category; an integral float past int64 keeps its float text."""
+    if isinstance(v, (float, np.floating)) and float(v).is_integer() and abs(float(v)) < 2.0**63:
         return str(int(v))
     return str(v)

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from deepfm.data.columns import to_float, to_strings
+from deepfm.data.columns import float_text, to_float, to_strings
 from deepfm.data.schema import FieldSpec, Schema
 from deepfm.data.source import Chunk
 from deepfm.data.tables import TableSource, as_table, record_value
@@ -242,7 +242,7 @@ class RecordChecker:
             return pa.array(to_float(chunk, name), pa.float64(), from_pandas=True)
         if name in self.multi_hot and (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)):
             # binary_join takes only list<string>: lists of numbers or large strings are cast first
-            return pc.binary_join(col.cast(pa.list_(pa.string())), self.multi_hot[name])
+            return pc.binary_join(_list_of_strings(col), self.multi_hot[name])
         if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
             return col.cast(pa.string())
         return to_strings(chunk, name).cast(pa.string())
@@ -254,6 +254,22 @@ class RecordChecker:
             return f"unknown field; did you mean {close[0]!r}?"
         shown = ", ".join(names[:12]) + (f", ... ({len(names)} fields)" if len(names) > 12 else "")
         return f"unknown field; the model's fields are {shown}"
+
+
+def _list_of_strings(col: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A list column as list<string>; numbers written as a JSON body's are (float_text: [1.0]
+    is "1", 12345678901.0 is "12345678901"), where a plain cast writes "1.2345678901e+10"."""
+    if not pa.types.is_floating(col.type.value_type):
+        return col.cast(pa.list_(pa.string()))
+    chunks = []
+    for arr in col.chunks:
+        # Rebuilt from the lists' lengths, not arr.offsets: a sliced chunk's offsets point
+        # into values it does not hold, and Arrow takes no null mask with them.
+        lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False)
+        offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]), pa.int32())
+        values = float_text(pc.list_flatten(arr))  # NaN stays "nan", as str(nan) does
+        chunks.append(pa.ListArray.from_arrays(offsets, values, mask=arr.is_null()))
+    return pa.chunked_array(chunks, pa.list_(pa.string()))
 
 
 def _refuse_booleans(chunk: Chunk, name: str, numeric: bool) -> None:
