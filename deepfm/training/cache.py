@@ -67,7 +67,10 @@ def prepare_cached(
     if base is not None and base_key is None:
         raise ValueError("prepare_cached with a base pipeline needs its base_key")
     files = [p for p in (data, valid, test) if p is not None]
-    identities = [data_identity(p) for p in files]  # a dataset: every one of its files
+    # A dataset: every one of its files; those listed already are the ones the key names (a
+    # second listing could differ from the files shared out, and costs a walk of a bucket).
+    first = data_identity(data) if data_files is None else [ref.identity() for ref in data_files]
+    identities = [first, *(data_identity(p) for p in files[1:])]
     for p, found in zip(files, identities):
         if found is None:
             raise DataError("file not found", path=str(p))

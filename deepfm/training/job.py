@@ -191,10 +191,10 @@ class _Job:
         """The encoded parts (from the cache, filled by rank 0 first), their profile for drift
         checks, and the training part downsampled."""
         t0, inputs, ctx, base = time.perf_counter(), self.inputs, self.ctx, self.base
-        # A dataset of at least a file per rank (or a Parquet file of a row group per rank):
-        # every rank parses its own files, the counts are merged, each rank encodes its rows
-        # (into the cache, which they must all see). Files listed once: those counted are shared out.
-        files = list_files(inputs.data) if inputs.cache and ctx.active and is_dataset(inputs.data) else None
+        # A dataset of a file per rank or more (a Parquet file: a row group): each rank parses its
+        # share of the files listed once here, and encodes its rows into the cache they all see.
+        may_share = inputs.cache and ctx.active and inputs.split_by is None and base is None
+        files = list_files(inputs.data) if may_share and is_dataset(inputs.data) else None
         together = inputs.cache and can_prepare_on_ranks(
             inputs.data, ctx.world, inputs.split_by, base is not None, self.config.data, files
         )
