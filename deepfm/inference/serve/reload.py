@@ -61,9 +61,11 @@ class Models:
             log.info("now serving %s from %s (was %s)", new.model_id, new.folder, old.model_id)
             # The new model's objects join the frozen ones (see settle_gc). Collected first: cyclic
             # garbage left by the load would otherwise be frozen, never to be freed. This
-            # collection walks only what is not frozen yet (the new model, requests' objects),
-            # not the old model's or the libraries'; the old model holds no reference cycles,
-            # so reference counting frees it once its last queued request is answered.
+            # collection walks only what is not frozen yet, the new model and requests' objects,
+            # not the old model or the libraries; the new model's vocabularies are many objects,
+            # so requests in flight may stall once per swap, up to the ~100 ms a walk of a whole
+            # model took (see settle_gc). The old model holds no reference cycles: reference
+            # counting frees it once its last queued request is answered.
             gc.collect()
             gc.freeze()
             return {**answer, "swapped": True}
