@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import weakref
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -49,6 +49,24 @@ def test_a_list_of_numbers_is_joined_alike_from_json_arrow_and_a_dataframe() -> 
     as_arrow = pa.table({"tags": pa.array([[1.0, 2.5, 3.0]], pa.list_(pa.float64()))})
     assert checker.arrow_table(as_arrow).equals(records)
     assert join_lists(as_arrow, simple_schema()).column("tags").to_pylist() == ["1|2.5|3"]
+
+
+def test_large_and_signed_numbers_in_a_list_are_the_same_tokens_from_json_and_arrow() -> None:
+    """Past float text's exponent, and at -0.0: a JSON list and an Arrow list<double> give the
+    same tokens (a plain Arrow cast writes 12345678901.0 as "1.2345678901e+10"); past int64 a
+    number keeps its float text in both, as a file's numeric categorical does."""
+    import pyarrow as pa
+
+    from deepfm.features.records import RecordChecker
+
+    checker = RecordChecker(simple_schema())
+    tags = [12345678901.0, -0.0, 2.5, 1e20]
+    records = checker.records_table([{"tags": tags}, {"tags": [float(2**53)]}])
+    assert records.column("tags").to_pylist() == ["12345678901|0|2.5|1e+20", "9007199254740992"]
+    as_arrow = pa.table({"tags": pa.array([tags, [float(2**53)]], pa.list_(pa.float64()))})
+    assert checker.arrow_table(as_arrow).equals(records)
+    chunked = pa.Table.from_batches(as_arrow.slice(0, 1).to_batches() + as_arrow.slice(1).to_batches())
+    assert checker.arrow_table(chunked).column("tags").to_pylist() == records.column("tags").to_pylist()
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +156,38 @@ def test_a_reload_collects_before_it_freezes(
     assert asyncio.run(models.reload())["swapped"]
     gc.collect()  # frozen objects are beyond any collection, this one's too
     assert garbage and garbage[0]() is None, "the reload froze cyclic garbage"
+
+
+def test_a_body_still_arriving_at_a_swap_is_scored_by_the_new_model(
+    two_models: tuple[Path, Path], tmp_path: Path, settled: None
+) -> None:
+    """The model that checks and scores a request is the one serving once its body is in: a
+    reload while the body arrives answers it with the new model (and does not hold the old)."""
+    import orjson
+
+    from deepfm.inference.serve.app import create_app
+    from deepfm.inference.serve.routes import answer_predict
+    from deepfm.inference.serve.settings import ServeSettings, load_model
+
+    four, three = two_models
+    link = tmp_path / "current"
+    point(link, four)
+    settings = ServeSettings(model=str(link))
+    state = create_app(load_model(settings), settings).state
+    body = orjson.dumps({"records": [{"user": "u1", "item": "item1", "price": 3.5}]})
+
+    async def arriving() -> AsyncIterator[bytes]:
+        yield body[:10]
+        point(link, three)
+        assert (await state.models.reload())["swapped"]  # the swap, mid-body
+        yield body[10:]
+
+    async def run() -> tuple[bytes, str]:
+        state.batcher.start()
+        try:
+            return await answer_predict(state, None, arriving(), "application/json")
+        finally:
+            await state.batcher.stop()
+
+    answer, model_id = asyncio.run(run())
+    assert model_id == Bundle.load(three).model_id == orjson.loads(answer)["model"]

@@ -146,7 +146,6 @@ async def answer_predict(
     from starlette.concurrency import run_in_threadpool
 
     settings = state.settings
-    model = state.models.current  # the model that checks this request also scores it
     part: Part
     arrow = content_type.startswith(ARROW_STREAM)
     # A refused request counts its records only once they were read as records (a check of
@@ -154,10 +153,13 @@ async def answer_predict(
     # records) counts 0: its records were never read, and an Arrow body past --max-records is
     # not even read to its end. inc(0) still makes the {status, format} series appear, so a
     # refusal shows beside deepfm_requests_total. "json": a JSON body refused before its
-    # form (records or columns) was known.
+    # records were checked (not JSON, too large, too many records), whatever its form.
     body_format, rows = ("arrow" if arrow else "json"), 0
     try:
         body = await read_body(declared, chunks, settings.max_body_bytes)
+        # The model serving once the body is in checks it and scores it: a swap while a slow
+        # body arrives answers it with the new model, and the old one is not held for it.
+        model = state.models.current
         if arrow:
             # Decoded here, as JSON is parsed here: an IPC stream in memory is read without a
             # copy; checking its values is the heavy part, done on a thread when large.
