@@ -53,10 +53,12 @@ def test_a_list_of_numbers_is_joined_alike_from_json_arrow_and_a_dataframe() -> 
 
 def test_large_and_signed_numbers_in_a_list_are_the_same_tokens_from_json_and_arrow() -> None:
     """Past float text's exponent, and at -0.0: a JSON list and an Arrow list<double> give the
-    same tokens (a plain Arrow cast writes 12345678901.0 as "1.2345678901e+10"); past int64 a
-    number keeps its float text in both, as a file's numeric categorical does."""
+    same tokens (a plain Arrow cast writes 12345678901.0 as "1.2345678901e+10"), and so does
+    the estimator's join_lists; past int64 a number keeps its float text in all of them, as a
+    file's numeric categorical does."""
     import pyarrow as pa
 
+    from deepfm.estimator.tables import join_lists
     from deepfm.features.records import RecordChecker
 
     checker = RecordChecker(simple_schema())
@@ -67,6 +69,7 @@ def test_large_and_signed_numbers_in_a_list_are_the_same_tokens_from_json_and_ar
     assert checker.arrow_table(as_arrow).equals(records)
     chunked = pa.Table.from_batches(as_arrow.slice(0, 1).to_batches() + as_arrow.slice(1).to_batches())
     assert checker.arrow_table(chunked).column("tags").to_pylist() == records.column("tags").to_pylist()
+    assert join_lists(as_arrow, simple_schema()).column("tags").to_pylist() == records.column("tags").to_pylist()
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from deepfm.bundle import Bundle
+from deepfm.data.columns import float_text
 from deepfm.data.schema import Schema
 from deepfm.data.tables import as_table
 from deepfm.errors import ConfigError, DataError
@@ -219,14 +220,12 @@ def list_separator(name: str, columns: list[pa.ChunkedArray], given: str | None)
 
 def _list_values(chunk: pa.Array) -> pa.Array:
     """The elements of a list array chunk as strings, row after row (null lists hold none;
-    null elements kept). Integral floats read like integers, so 3.0 and 3 are one value."""
+    null elements kept). Numbers are written as every other input path writes them
+    (:func:`deepfm.data.columns.float_text`), so 3.0 and 3 are one value."""
     values = pc.list_flatten(chunk)  # flatten first: casting a list view makes a broken array
     if not pa.types.is_floating(values.type):
         return values.cast(pa.string())
-    values = values.cast(pa.float64())
-    as_int = pc.cast(values, pa.int64(), safe=False)
-    integral = pc.equal(pc.cast(as_int, pa.float64()), values)
-    return pc.if_else(integral, pc.cast(as_int, pa.string()), pc.cast(values, pa.string()))
+    return float_text(values)
 
 
 def join_lists(table: pa.Table, schema: Schema, bundle: Bundle | None = None) -> pa.Table:
