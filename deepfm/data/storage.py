@@ -113,14 +113,18 @@ def is_dataset(spec: DataSpec) -> bool:
     return is_uri(text) or any(c in text for c in GLOB_CHARS) or Path(text).is_dir()
 
 
-def data_identity(spec: DataSpec | None) -> list[str | int] | list[list[str | int]] | None:
+def data_identity(
+    spec: DataSpec | None, files: list[FileRef] | None = None
+) -> list[str | int] | list[list[str | int]] | None:
     """What identifies a data argument's content: a plain file's identity as before
-    (:func:`~deepfm.util.files.file_identity`), or the identity of every file of a dataset."""
+    (:func:`~deepfm.util.files.file_identity`), or the identity of every file of a dataset
+    (``files``: the dataset's files when they are already listed, so the identity names
+    exactly the files that will be read)."""
     if spec is None:
         return None
     if not is_dataset(spec):
         return file_identity(str(spec))
-    return [ref.identity() for ref in list_files(spec)]
+    return [ref.identity() for ref in (list_files(spec) if files is None else files)]
 
 
 def list_files(spec: DataSpec) -> list[FileRef]:

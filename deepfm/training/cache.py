@@ -69,7 +69,7 @@ def prepare_cached(
     files = [p for p in (data, valid, test) if p is not None]
     # A dataset: every one of its files; those listed already are the ones the key names (a
     # second listing could differ from the files shared out, and costs a walk of a bucket).
-    first = data_identity(data) if data_files is None else [ref.identity() for ref in data_files]
+    first = data_identity(data, data_files)
     identities = [first, *(data_identity(p) for p in files[1:])]
     for p, found in zip(files, identities):
         if found is None:
