@@ -323,6 +323,17 @@ def test_bool_labels_eval_set_and_validation_fraction(data) -> None:
     assert every_row["train_rows"] == len(X) and "valid_auc" not in every_row and every_row["epochs"] == SMALL["epochs"]
 
 
+def test_init_std_is_auto_by_default_and_can_be_set(data, fitted) -> None:
+    """init_std "auto" is resolved from the data and kept in the bundle; a number is used as given."""
+    X, y = data
+    auto = fitted.bundle_.metrics["resolved"]["init_std"]
+    assert isinstance(auto, float) and 0.001 <= auto <= 0.1
+    given = DeepFMClassifier(**SMALL, init_std=0.05).fit(X, y)
+    assert given.get_params()["init_std"] == 0.05 and given.bundle_.config.model.init_std == 0.05
+    with pytest.raises(ConfigError, match="model.init_std must be > 0 or 'auto'"):
+        DeepFMClassifier(**SMALL, init_std=-1.0).fit(X, y)
+
+
 def test_bad_input_gets_clear_errors(data, fitted) -> None:
     X, y = data
     with pytest.raises(DataError, match=r"missing \['genres'\], not seen in fit \['genre'\]"):

@@ -65,7 +65,7 @@ class DeepFMClassifier(ClassifierMixin, BaseEstimator):
     positive class. Missing values in X (NaN, None, null) are learned as missing.
 
     Parameters mirror :class:`~deepfm.ModelConfig` (kind, embedding_dim, hidden, activation,
-    dropout, batch_norm, cross_layers) and :class:`~deepfm.TrainConfig` (epochs, batch_size,
+    dropout, batch_norm, init_std, cross_layers) and :class:`~deepfm.TrainConfig` (epochs, batch_size,
     lr, embedding_lr, l2_embedding, weight_decay, patience, lr_decay, seed, device, threads),
     plus:
 
@@ -101,6 +101,7 @@ class DeepFMClassifier(ClassifierMixin, BaseEstimator):
         activation: str = _MODEL.activation,
         dropout: float = _MODEL.dropout,
         batch_norm: bool | str = _MODEL.batch_norm,
+        init_std: float | str = _MODEL.init_std,
         cross_layers: int = _MODEL.cross_layers,
         epochs: int = _TRAIN.epochs,
         batch_size: int | str = _TRAIN.batch_size,
@@ -126,6 +127,7 @@ class DeepFMClassifier(ClassifierMixin, BaseEstimator):
         self.activation = activation
         self.dropout = dropout
         self.batch_norm = batch_norm
+        self.init_std = init_std
         self.cross_layers = cross_layers
         self.epochs = epochs
         self.batch_size = batch_size
@@ -193,6 +195,7 @@ class DeepFMClassifier(ClassifierMixin, BaseEstimator):
             activation=self.activation,
             dropout=self.dropout,
             batch_norm=self.batch_norm,
+            init_std=self.init_std,
             cross_layers=self.cross_layers,
         )
 
