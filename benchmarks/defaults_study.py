@@ -37,6 +37,7 @@ VARIANTS: dict[str, dict] = {
     "batch_norm on": {"model": {"batch_norm": True}},
     "batch_norm off": {"model": {"batch_norm": False}},
     "embedding_lr 1e-3": {"train": {"embedding_lr": 1e-3}},
+    "embedding_lr 2e-3": {"train": {"embedding_lr": 2e-3}},
     "embedding_lr 3e-3": {"train": {"embedding_lr": 3e-3}},
     "init_std 0.01": {"model": {"init_std": 0.01}},
     "init_std 0.1": {"model": {"init_std": 0.1}},
