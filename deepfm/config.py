@@ -151,9 +151,14 @@ def auto_init_std(n_fields: int, dim: int, dense: bool) -> float:
 
 
 # embedding_lr "auto" (TrainConfig.resolve_embedding_lr): below DENSE_ROWS_PER_TABLE_ROW, 1e-3
-# gained +0.0005 to +0.009 test AUC (Criteo sample, 100k-row synthetic sets) where 3e-3 gained
-# up to +0.025 above it.
+# at batches of 256 (the Criteo sample, 100k-row synthetic sets), where 3e-3 gained up to
+# +0.025 above it. Row-wise Adam moves a row about one step a batch that holds it, and a value
+# seen in most batches gets one update a batch however many of its rows the batch holds: a
+# larger batch gives it fewer, so the sparse step grows with the square root of the batch
+# (Adam's scaling rule), up to the dense step: 3e-3 at 4096 gained +0.0105 test AUC on the
+# 1M-row tail setting, whose best epoch is its first (docs/accuracy.md).
 EMBEDDING_LR_SPARSE = 1e-3
+EMBEDDING_LR_SPARSE_BATCH = 256  # the batch EMBEDDING_LR_SPARSE was measured at
 EMBEDDING_LR_DENSE = 3e-3
 # batch_size "auto" aims at this many steps an epoch (TrainConfig.resolve_batch_size): at 80k
 # training rows, batches of 256 gained +0.003 to +0.016 test AUC over 2048 on four generator
@@ -235,14 +240,19 @@ class TrainConfig:
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise ConfigError(f"train.device must be auto, cpu or cuda, got {self.device!r}")
 
-    def resolve_embedding_lr(self, rows_per_table_row: float) -> float:
+    def resolve_embedding_lr(self, rows_per_table_row: float, batch_size: int) -> float:
         """'auto': the row-wise step for a table whose rows the training part sees
-        ``rows_per_table_row`` times each on average (rows x fields / table rows). Where most
-        values are rare, a smaller step keeps their vectors from memorizing the few clicks
-        they saw; where every value is seen often, the larger step learns faster."""
+        ``rows_per_table_row`` times each on average (rows x fields / table rows), in batches
+        of ``batch_size``. Where most values are rare, a smaller step keeps their vectors from
+        memorizing the few clicks they saw; it grows with sqrt(batch / 256), since a larger
+        batch gives the values seen in most batches fewer updates, up to the dense step.
+        Where every value is seen often, the larger step learns faster."""
         if self.embedding_lr != "auto":
             return float(self.embedding_lr)
-        return EMBEDDING_LR_SPARSE if rows_per_table_row < DENSE_ROWS_PER_TABLE_ROW else EMBEDDING_LR_DENSE
+        if rows_per_table_row >= DENSE_ROWS_PER_TABLE_ROW:
+            return EMBEDDING_LR_DENSE
+        scaled = EMBEDDING_LR_SPARSE * math.sqrt(max(batch_size, 1) / EMBEDDING_LR_SPARSE_BATCH)
+        return float(f"{min(EMBEDDING_LR_DENSE, max(EMBEDDING_LR_SPARSE, scaled)):.3g}")
 
     def resolve_batch_size(self, n_train: int) -> int:
         """'auto': the power of two nearest n_train / 256 (about 256 steps an epoch), kept in
