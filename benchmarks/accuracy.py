@@ -80,7 +80,7 @@ def main() -> int:
     if args.render:  # the page again from finished results files, nothing trained
         report = add_checks(merge_results([json.loads(path.read_text()) for path in args.render]))
         (args.docs or ROOT / "docs" / "accuracy.md").write_text(
-            render(report, args.render, latest_study(args.results_dir))
+            render(report, args.render, study_files(args.results_dir))
         )
         return 0
     datasets = data.select(args.datasets)
@@ -376,10 +376,10 @@ def write_results(report: dict, path: Path) -> None:
     tmp.replace(path)
 
 
-def latest_study(folder: Path) -> Path | None:
-    """The newest defaults-study-*.jsonl in folder (names sort by date), if any."""
-    found = sorted(folder.glob("defaults-study-*.jsonl"))
-    return found[-1] if found else None
+def study_files(folder: Path) -> list[Path]:
+    """Every defaults-study-*.jsonl in folder, oldest first (names sort by date): the study
+    grows over days, each day's runs in their own file."""
+    return sorted(folder.glob("defaults-study-*.jsonl"))
 
 
 def add_checks(report: dict) -> dict:
@@ -430,7 +430,7 @@ def finish(report: dict, results: Path, args: argparse.Namespace) -> None:
         print(f"{c['result']:>4}  {c['line']}")
     if args.docs:
         args.docs.parent.mkdir(parents=True, exist_ok=True)
-        args.docs.write_text(render(report, results, latest_study(args.results_dir)))
+        args.docs.write_text(render(report, results, study_files(args.results_dir)))
         log(f"wrote {args.docs.relative_to(ROOT) if args.docs.is_relative_to(ROOT) else args.docs}")
 
 

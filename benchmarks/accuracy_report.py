@@ -212,9 +212,9 @@ def batch_notes(rows: dict[str, dict]) -> str:
     return ("Batch chosen by mean validation AUC: " + "; ".join(notes) + ".") if notes else ""
 
 
-def render(report: dict, results: Any, study: Any = None) -> str:
-    """docs/accuracy.md from a finished results file, and the defaults study's runs (a
-    defaults-study-*.jsonl of benchmarks/defaults_study.py) when there is one."""
+def render(report: dict, results: Any, study: list[Any] | None = None) -> str:
+    """docs/accuracy.md from a finished results file, and the defaults study's runs (the
+    defaults-study-*.jsonl files of benchmarks/defaults_study.py) when there are some."""
     from pathlib import Path
 
     from benchlib import ROOT
@@ -262,7 +262,7 @@ def render(report: dict, results: Any, study: Any = None) -> str:
         notes = batch_notes(rows)
         if notes:
             parts.append(notes + "\n")
-    parts.append(defaults_section(study, report["runs"]))
+    parts.append(defaults_section([Path(p) for p in study or []], report["runs"]))
     settings = report["peer_settings"]
     parts.append(
         PROTOCOL_TEXT.format(**settings | {"small_batches": " and ".join(str(b) for b in settings["small_batches"])})
@@ -351,27 +351,27 @@ def _machine(report: dict) -> str:
 """
 
 
-def defaults_section(study: Any, runs: list[dict] | None = None) -> str:
-    """What each default is and why, with the study's table (mean ± sd over its seeds). The
-    "defaults" rows are this benchmark's deepfm defaults runs (the same command on the same
-    files) wherever it ran the data set."""
+def defaults_section(study: list[Any], runs: list[dict] | None = None) -> str:
+    """What each default is and why, with the study's table (mean ± sd over its seeds) from
+    the ``study`` files' runs. The "defaults" rows are this benchmark's deepfm defaults runs
+    (the same command on the same files) wherever it ran the data set."""
     import json
-    from pathlib import Path
 
     from defaults_study import summary_table
 
-    if study is None or not Path(study).exists():
+    if not study:
         return DEFAULTS_TEXT + "\n(No defaults-study results file: run benchmarks/defaults_study.py.)\n"
-    rows = [json.loads(line) for line in Path(study).read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for path in study for line in path.read_text().splitlines() if line.strip()]
     # This benchmark's defaults runs are the defaults of today's code: they replace the study's
     # own "defaults" rows of the same data sets, which may have run under an earlier rule.
     current = [r for r in runs or [] if r["library"] == "deepfm" and r["variant"] == "defaults"
                and r["dataset"] in {r["dataset"] for r in rows}]  # fmt: skip
     replaced = {r["dataset"] for r in current}
     rows = [r for r in rows if not (r["variant"] == "defaults" and r["dataset"] in replaced)] + current
+    names = ", ".join(f"`benchmarks/results/{path.name}`" for path in study)
     head = (
         f"Each setting forced to a fixed value beside the defaults, by `benchmarks/defaults_study.py` "
-        f'(runs in `benchmarks/results/{Path(study).name}`; "rows per table row": the training rows x fields '
+        f'(runs in {names}; "rows per table row": the training rows x fields '
         f"over the embedding table's rows, which the auto settings read):\n"
     )
     return DEFAULTS_TEXT + "\n" + head + "\n" + summary_table(rows) + "\n"
