@@ -138,7 +138,7 @@ def summary_table(rows: list[dict]) -> str:
         density = runs[0].get("resolved", {}).get("rows_per_table_row")
         lines.append(
             f"| {name} | {'' if density is None else f'{density:.0f}'} | {variant} | {batch or ''} | {len(runs)} | "
-            f"{auc.mean():.4f} ± {_sd(auc):.4f} | {delta} | {ll.mean():.4f} ± {_sd(ll):.4f} | "
+            f"{_mean_sd(auc)} | {delta} | {_mean_sd(ll)} | "
             f"{np.mean([r['epochs'] for r in runs]):.1f} |"
         )
     return "\n".join(lines)
@@ -155,8 +155,9 @@ def _baseline(groups: dict[tuple[str, str], list[dict]], name: str, variant: str
     return groups.get((name, f"batch_size {batch}"), [])
 
 
-def _sd(values: np.ndarray) -> float:
-    return float(values.std(ddof=1)) if len(values) > 1 else 0.0
+def _mean_sd(values: np.ndarray) -> str:
+    """ "mean ± sample sd"; one run has no spread to show."""
+    return f"{values.mean():.4f} ± {values.std(ddof=1):.4f}" if len(values) > 1 else f"{values.mean():.4f}"
 
 
 def parse_args() -> argparse.Namespace:
