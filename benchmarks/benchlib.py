@@ -25,8 +25,20 @@ ROOT = BENCH.parent
 CONSTRAINTS = ROOT / "constraints.txt"
 
 PEERS = ["deepctr", "fuxictr", "torchfm"]
-DISPLAY = {"deepfm": "deepfm", "deepctr": "DeepCTR-Torch", "fuxictr": "FuxiCTR", "torchfm": "pytorch-fm"}
-DISTRIBUTION = {"deepfm": "deepfm", "deepctr": "deepctr-torch", "fuxictr": "fuxictr", "torchfm": "torchfm"}
+DISPLAY = {
+    "deepfm": "deepfm",
+    "deepfm-defaults": "deepfm, its defaults",
+    "deepctr": "DeepCTR-Torch",
+    "fuxictr": "FuxiCTR",
+    "torchfm": "pytorch-fm",
+}
+DISTRIBUTION = {
+    "deepfm": "deepfm",
+    "deepfm-defaults": "deepfm",
+    "deepctr": "deepctr-torch",
+    "fuxictr": "fuxictr",
+    "torchfm": "torchfm",
+}
 
 # The peers' environment. torch comes from constraints.txt (the project's CPU build).
 # fuxictr declares no torch, so it comes with its own dependencies (polars, pyarrow, ray:

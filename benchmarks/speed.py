@@ -45,6 +45,7 @@ from benchlib import (
     read_json_line,
     run_measured,
 )
+from speed_report import render_docs
 
 # One set of hyperparameters for every library (the issue's "same model").
 HYPERPARAMETERS = {
@@ -60,7 +61,8 @@ HYPERPARAMETERS = {
 # deepfm scores in batches of 16384 (TrainConfig.eval_batch_size); the peers get the same.
 PREDICT_BATCH = 16384
 
-LIBRARIES = ["deepfm", "deepctr", "fuxictr", "torchfm"]
+# deepfm-defaults: `deepfm train` with no model or training flags, the speed a user gets
+LIBRARIES = ["deepfm", "deepfm-defaults", "deepctr", "fuxictr", "torchfm"]
 
 # What each run reports, how the table shows it, and whether more is better.
 METRICS = [
@@ -80,7 +82,7 @@ QUALITY = {"test_auc", "test_logloss"}
 def main() -> int:
     args = parse_args()
     libs = args.libs
-    peers = [lib for lib in libs if lib != "deepfm"]
+    peers = [lib for lib in libs if not lib.startswith("deepfm")]
     workdir = args.workdir / f"rows-{args.rows}"
     workdir.mkdir(parents=True, exist_ok=True)
 
@@ -107,7 +109,7 @@ def main() -> int:
                 log(f"  FAILED: {run['error']}")
 
     medians = summarize(runs, libs)
-    ratios = compare(medians, peers) if "deepfm" in libs and peers else {}
+    ratios = {mine: compare(medians, peers, mine) for mine in ("deepfm", "deepfm-defaults") if mine in libs and peers}
     table = markdown_table(medians, ratios, libs, peers)
     print(table)
 
@@ -123,8 +125,9 @@ def main() -> int:
         "libraries": libs,
         "environment": environment,
         "medians": medians,
-        "deepfm_vs_best_peer": ratios.get("best", {}),
-        "deepfm_vs_each_peer": ratios.get("each", {}),
+        "deepfm_vs_best_peer": ratios.get("deepfm", {}).get("best", {}),
+        "deepfm_vs_each_peer": ratios.get("deepfm", {}).get("each", {}),
+        "deepfm_defaults_vs_best_peer": ratios.get("deepfm-defaults", {}).get("best", {}),
         "runs": runs,
     }
     results = args.results_dir / f"speed-{today}.json"
@@ -183,7 +186,32 @@ def run_library(lib: str, data: Path, workdir: Path, peer_python: Path | None, a
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     hp = HYPERPARAMETERS
-    if lib == "deepfm":
+    if lib == "deepfm-defaults":
+        out = scratch / "model"
+        cmd = [
+            sys.executable,
+            "-m",
+            "deepfm",
+            "train",
+            "--data",
+            str(data),
+            "--preset",
+            "criteo",
+            "--split",
+            hp["split"],
+        ]
+        cmd += [
+            "--epochs",
+            str(args.epochs),
+            "--seed",
+            str(hp["seed"]),
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--no-cache",
+        ]
+    elif lib == "deepfm":
         out = scratch / "model"
         cmd = [
             sys.executable,
@@ -258,7 +286,7 @@ def run_library(lib: str, data: Path, workdir: Path, peer_python: Path | None, a
         tail = stderr.strip().splitlines()[-3:]
         return run | {"error": f"exit status {status}: " + " | ".join(tail)}
     try:
-        measured = read_deepfm_metrics(out / "metrics.json") if lib == "deepfm" else read_json_line(stdout)
+        measured = read_deepfm_metrics(out / "metrics.json") if lib.startswith("deepfm") else read_json_line(stdout)
     except (OSError, ValueError, KeyError) as exc:
         return run | {"error": f"no measurements: {exc}"}
     shutil.rmtree(scratch / "model", ignore_errors=True)  # the saved bundle is not needed any more
@@ -288,7 +316,11 @@ def read_deepfm_metrics(path: Path) -> dict:
     missing = [k for k in keys if k not in m]
     if missing:
         raise KeyError(f"metrics.json lacks {', '.join(missing)}")
-    extra = {k: m[k] for k in ("train_seconds", "train_rows", "test_rows", "valid_auc", "preprocess_cache") if k in m}
+    extra = {
+        k: m[k]
+        for k in ("train_seconds", "train_rows", "test_rows", "valid_auc", "preprocess_cache", "resolved")
+        if k in m
+    }
     return {k: m[k] for k in keys} | extra
 
 
@@ -306,14 +338,15 @@ def summarize(runs: list[dict], libs: list[str]) -> dict[str, dict]:
     return medians
 
 
-def compare(medians: dict[str, dict], peers: list[str]) -> dict:
-    """deepfm against the best peer on each metric, and against every peer.
+def compare(medians: dict[str, dict], peers: list[str], mine_lib: str = "deepfm") -> dict:
+    """deepfm (``mine_lib``: its fixed-settings row or its defaults' row) against the best peer
+    on each metric, and against every peer.
 
     Speed: how many times as fast deepfm is (> 1: deepfm faster); for end-to-end seconds
     that is peer seconds / deepfm seconds. Memory: deepfm's peak RSS / the peer's (< 1:
     deepfm smaller). Quality: deepfm minus the peer (AUC: > 0 better; logloss: < 0 better).
     """
-    mine = medians["deepfm"]
+    mine = medians[mine_lib]
 
     def ratio(key: str, peer_value: float) -> float | None:
         value = mine[key]
@@ -343,128 +376,26 @@ def markdown_table(medians: dict, ratios: dict, libs: list[str], peers: list[str
         cells = [fmt.format(row[key]) if row[key] is not None else "failed" for key, _, fmt, _ in METRICS]
         name = DISPLAY[lib] + (f" ({row['failed']} failed)" if row["failed"] and row["runs"] else "")
         lines.append("| " + " | ".join([name, *cells]) + " |")
-    best = ratios.get("best")
-    if best:
-        cells = []
-        for key, *_ in METRICS:
-            value = best.get(key)
-            if value is None:
-                cells.append("")
-            elif key in QUALITY:
-                cells.append(f"{value:+.4f}")
-            else:
-                cells.append(f"{value:.2f}×")
-        lines.append("| " + " | ".join(["**deepfm vs best peer**", *cells]) + " |")
+    for mine, title in (("deepfm", "deepfm vs best peer"), ("deepfm-defaults", "deepfm defaults vs best peer")):
+        best = ratios.get(mine, {}).get("best")
+        if best:
+            lines.append("| " + " | ".join([f"**{title}**", *_ratio_cells(best)]) + " |")
     return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- report
-def render_docs(report: dict, table: str, results: Path) -> str:
-    env = report["environment"]
-    mine, theirs = env.get("deepfm_env", {}), env.get("peers_env", {})
-    versions = mine.get("versions", {})
-    peer_versions = theirs.get("versions", {})
-    lib_versions = ", ".join(
-        f"{DISPLAY[lib]} {versions.get('deepfm') if lib == 'deepfm' else peer_versions.get(DISTRIBUTION[lib], '?')}"
-        for lib in report["libraries"]
-    )
-    threads = sorted({e.get("torch_threads") for e in (mine, theirs) if e.get("torch_threads")})
-    hp = report["hyperparameters"]
-    commit = env.get("deepfm_commit") or "unknown"
-    if env.get("deepfm_tree_dirty"):
-        commit += " with uncommitted changes in deepfm/"
-    rel = results.relative_to(ROOT) if results.is_relative_to(ROOT) else results
-    peer_stack = ", ".join(
-        f"{k} {v}" for k, v in peer_versions.items() if k not in ("deepctr-torch", "fuxictr", "torchfm")
-    )
-    nice_note = (
-        "\n(`nice`: other jobs shared the machine; the raised priority, which every library's run inherits"
-        " alike, keeps them off its cores.)"
-        if report["command"].startswith("nice ")
-        else ""
-    )
-    return f"""# Speed: deepfm beside DeepCTR-Torch, FuxiCTR and pytorch-fm
-
-Generated by `benchmarks/speed.py` on {report["date"]}; do not edit by hand, rerun it.
-
-```bash
-{report["command"]}    # with the project's .venv active
-```
-
-{report["rows"]:,} rows of `deepfm synth` data, {report["epochs"]} epoch(s), medians of {report["repeats"]} run(s)
-per library, the libraries alternated and their order rotated every repeat.{nice_note}
-
-{table}
-
-The last row compares deepfm with the best peer on each column: for speed, how many times as fast
-deepfm is (above 1× deepfm is faster); for memory, deepfm's peak RSS over the smallest peer's (below
-1× deepfm is smaller); for AUC and logloss, deepfm minus the best peer. Raw runs, per-peer ratios and
-versions: [`{rel}`](../{rel}).
-
-## What is measured
-
-- **train samples/s**: training rows × epochs / seconds of the training loop only. Validation at the
-  end of each epoch (and FuxiCTR's checkpoint save and reload) is timed apart and left out.
-- **predict samples/s**: scoring the already preprocessed test part ({PREDICT_BATCH:,} rows a batch
-  everywhere, deepfm's own scoring batch).
-- **preprocess rows/s**: all rows / seconds from the raw TSV to encoded train, validation and test
-  parts (reading, bucketizing, fitting vocabularies on the training part, encoding), each library's
-  usual way: deepfm's FeaturePipeline (streamed Arrow chunks into memory-mapped arrays); DeepCTR-Torch
-  and pytorch-fm: pandas `read_csv` + one scikit-learn `LabelEncoder` per field, as DeepCTR-Torch
-  documents; FuxiCTR: its `FeatureProcessor` (polars) into its `NpzDataLoader`.
-- **end-to-end s**: from the raw file to test metrics inside the process (preprocessing, model
-  construction, training with per-epoch validation, test scoring); interpreter start-up and imports
-  are left out for every library.
-- **test AUC / logloss**: on the test part (scikit-learn's metrics for the peers, deepfm's own).
-- **peak RSS**: the largest resident set of the run's process tree (`ru_maxrss` from `os.wait4` on
-  the run's own process, which also covers the DataLoader workers it waited for).
-
-## Same model, same data
-
-- Data: `deepfm synth --rows {report["rows"]}`, Criteo layout (label, I1..I13 counts, C1..C26 hashed
-  categoricals, tab-separated), split by row order {hp["split"]} (train, validation, test).
-- Fields: all 39 categorical. I1..I13 bucketized with the Criteo log trick (v > 2: floor(log(v)²),
-  kept apart from the small values; else v itself); a missing value is a value of its own;
-  vocabularies fitted on the training part; values seen fewer than {hp["min_count"]} times there, and unseen
-  values, share one OOV index per field.
-- Model: DeepFM, one embedding of size {hp["embedding_dim"]} per field shared by the FM and the MLP, a
-  first-order term, MLP {hp["hidden"].replace(",", "-")} ReLU, dropout 0, no batch norm, sigmoid output.
-- Training: Adam, lr {hp["lr"]:g}, batch {hp["batch_size"]}, {hp["epochs"]} epoch(s), L2 {hp["l2"]:g}, seed {hp["seed"]}, CPU, torch's
-  default thread count in every process ({", ".join(str(t) for t in threads) or "?"} here).
-
-Per library:
-
-- **deepfm**: `deepfm train --preset criteo --split {hp["split"]} --embedding-dim {hp["embedding_dim"]} --hidden {hp["hidden"]}
-  --dropout 0 --batch-size {hp["batch_size"]} --epochs {hp["epochs"]} --lr {hp["lr"]:g} --embedding-lr {hp["lr"]:g} --min-count {hp["min_count"]}
-  --device cpu --no-cache`; numbers from its `metrics.json`. `--no-cache` turns off its cache of encoded
-  data, so every run preprocesses the raw file like the peers.
-- **DeepCTR-Torch**: `deepctr_torch.models.DeepFM` over 39 `SparseFeat`s (L2 terms set to 0),
-  `compile('adam', 'binary_crossentropy')`, `fit(..., validation_data=...)`, `predict`. Its loss is
-  summed over the batch rather than averaged (Adam is nearly blind to the scale), and it feeds ids
-  to the model as float32 before casting them back.
-- **FuxiCTR**: the pip package has no model zoo, so `benchmarks/peers/fuxictr_run.py` builds the
-  zoo's DeepFM from the package's `FeatureEmbedding`, `FactorizationMachine` and `MLP_Block` on its
-  `BaseModel` (`fit` clips gradients at norm 10, its default). FuxiCTR 2.3 normally runs
-  `FeatureProcessor.transform` through Ray and reads Parquet back through Ray; on a small machine that
-  mostly measures Ray starting, so the runner calls the same `transform` in-process and uses
-  FuxiCTR's `NpzDataLoader` (one worker process, its default).
-- **pytorch-fm**: `torchfm.model.dfm.DeepFactorizationMachineModel` with the plain loop of its
-  examples (`DataLoader` over tensors, `BCELoss`, Adam). Its MLP always inserts `BatchNorm1d`; those
-  layers are replaced by identities to match the model above. Its first-order weights start at
-  N(0, 1) (`nn.Embedding`'s default), which one epoch does not undo: expect a poor logloss.
-
-## Machine and versions
-
-- CPU: {env.get("cpu")}, {env.get("cores")} cores, {env.get("ram_gib")} GiB RAM; {env.get("os")}
-- Python {mine.get("python", "?")}; torch {versions.get("torch", "?")} (deepfm's venv) and {peer_versions.get("torch", "?")} (peers' venv)
-- Libraries: {lib_versions}
-- Peers' stack: {peer_stack or "-"}
-- deepfm commit: {commit}
-
-The peers live in their own virtual environment, `benchmarks/.venv-peers`, created by the script;
-they are never dependencies of deepfm. The machine may have been shared with other work while this
-ran: compare the columns within one table rather than across pages.
-"""
+def _ratio_cells(best: dict) -> list[str]:
+    """A comparison row's cells: speed and memory as ×, quality as a difference."""
+    cells = []
+    for key, *_ in METRICS:
+        value = best.get(key)
+        if value is None:
+            cells.append("")
+        elif key in QUALITY:
+            cells.append(f"{value:+.4f}")
+        else:
+            cells.append(f"{value:.2f}×")
+    return cells
 
 
 if __name__ == "__main__":
