@@ -31,6 +31,7 @@ def render_docs(report: dict, table: str, results: Path) -> str:
     lib_versions = ", ".join(
         f"{DISPLAY[lib]} {versions.get('deepfm') if lib.startswith('deepfm') else peer_versions.get(DISTRIBUTION[lib], '?')}"
         for lib in report["libraries"]
+        if lib != "deepfm-defaults"  # the same deepfm
     )
     threads = sorted({e.get("torch_threads") for e in (mine, theirs) if e.get("torch_threads")})
     hp = report["hyperparameters"]
