@@ -154,9 +154,10 @@ def auto_init_std(n_fields: int, dim: int, dense: bool) -> float:
 # at batches of 256 (the Criteo sample, 100k-row synthetic sets), where 3e-3 gained up to
 # +0.025 above it. Row-wise Adam moves a row about one step a batch that holds it, and a value
 # seen in most batches gets one update a batch however many of its rows the batch holds: a
-# larger batch gives it fewer, so the sparse step grows with the square root of the batch
-# (Adam's scaling rule), up to the dense step: 3e-3 at 4096 gained +0.0105 test AUC on the
-# 1M-row tail setting, whose best epoch is its first (docs/accuracy.md).
+# larger batch gives it fewer, so for models with an MLP the sparse step grows with the square
+# root of the batch (Adam's scaling rule), up to the dense step: 3e-3 at 4096 gained +0.0105
+# test AUC on the 1M-row tail setting, whose best epoch is its first. FM alone lost with it
+# (about -0.004 at 300k and 1M rows) and LR did not move: they keep 1e-3 (docs/accuracy.md).
 EMBEDDING_LR_SPARSE = 1e-3
 EMBEDDING_LR_SPARSE_BATCH = 256  # the batch EMBEDDING_LR_SPARSE was measured at
 EMBEDDING_LR_DENSE = 3e-3
@@ -240,17 +241,21 @@ class TrainConfig:
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise ConfigError(f"train.device must be auto, cpu or cuda, got {self.device!r}")
 
-    def resolve_embedding_lr(self, rows_per_table_row: float, batch_size: int) -> float:
+    def resolve_embedding_lr(self, rows_per_table_row: float, batch_size: int, deep: bool = True) -> float:
         """'auto': the row-wise step for a table whose rows the training part sees
         ``rows_per_table_row`` times each on average (rows x fields / table rows), in batches
         of ``batch_size``. Where most values are rare, a smaller step keeps their vectors from
-        memorizing the few clicks they saw; it grows with sqrt(batch / 256), since a larger
-        batch gives the values seen in most batches fewer updates, up to the dense step.
-        Where every value is seen often, the larger step learns faster."""
+        memorizing the few clicks they saw; for a model with a ``deep`` part it grows with
+        sqrt(batch / 256), since a larger batch gives the values seen in most batches fewer
+        updates, up to the dense step (the MLP and its dropout use what the vectors learn;
+        FM alone memorizes with the larger step). Where every value is seen often, the larger
+        step learns faster."""
         if self.embedding_lr != "auto":
             return float(self.embedding_lr)
         if rows_per_table_row >= DENSE_ROWS_PER_TABLE_ROW:
             return EMBEDDING_LR_DENSE
+        if not deep:
+            return EMBEDDING_LR_SPARSE
         scaled = EMBEDDING_LR_SPARSE * math.sqrt(max(batch_size, 1) / EMBEDDING_LR_SPARSE_BATCH)
         return float(f"{min(EMBEDDING_LR_DENSE, max(EMBEDDING_LR_SPARSE, scaled)):.3g}")
 

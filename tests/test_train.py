@@ -225,8 +225,9 @@ def test_auto_init_gives_the_pairwise_term_its_set_spread(tmp_path: Path) -> Non
 
 def test_auto_embedding_lr_grows_with_the_batch_on_sparse_data_only(tmp_path: Path) -> None:
     """embedding_lr "auto": the dense step where every value is seen often; on sparse data the
-    sparse step at batches of 256 or less, times sqrt(batch / 256) above, never past the dense
-    step. A number is kept as given. The run saves the step it resolved to."""
+    sparse step at batches of 256 or less, times sqrt(batch / 256) above for models with an
+    MLP, never past the dense step; lr and fm keep the sparse step. A number is kept as given.
+    The run saves the step it resolved to, for the model it trains."""
     from deepfm.config import DENSE_ROWS_PER_TABLE_ROW, EMBEDDING_LR_DENSE, EMBEDDING_LR_SPARSE, TrainConfig
 
     auto, sparse, dense = TrainConfig(), DENSE_ROWS_PER_TABLE_ROW - 1, DENSE_ROWS_PER_TABLE_ROW
@@ -239,12 +240,17 @@ def test_auto_embedding_lr_grows_with_the_batch_on_sparse_data_only(tmp_path: Pa
         EMBEDDING_LR_DENSE,
     ]
     assert {auto.resolve_embedding_lr(dense, b) for b in (64, 256, 4096)} == {EMBEDDING_LR_DENSE}
+    assert auto.resolve_embedding_lr(sparse, 4096, deep=False) == EMBEDDING_LR_SPARSE  # lr, fm
+    assert auto.resolve_embedding_lr(dense, 4096, deep=False) == EMBEDDING_LR_DENSE
     assert TrainConfig(embedding_lr=0.02).resolve_embedding_lr(sparse, 4096) == 0.02
-    data = write_records_csv(tmp_path / "d.csv", simple_records(1500, seed=2))
-    bundle = train(small_config(simple_schema(), embedding_lr="auto", batch_size=1024), data, tmp_path / "m")
-    resolved = bundle.metrics["resolved"]
-    saved = json.loads((tmp_path / "m" / "config.json").read_text())["train"]["embedding_lr"]
-    assert saved == resolved["embedding_lr"] == auto.resolve_embedding_lr(resolved["rows_per_table_row"], 1024)
+    records = [r | {"user": f"u{i}"} for i, r in enumerate(simple_records(1500, seed=2))]  # sparse: a user a row
+    data = write_records_csv(tmp_path / "d.csv", records)
+    for kind in ("deepfm", "fm"):
+        config = small_config(simple_schema(), model={"kind": kind}, embedding_lr="auto", batch_size=1024)
+        resolved = train(config, data, tmp_path / kind).metrics["resolved"]
+        saved = json.loads((tmp_path / kind / "config.json").read_text())["train"]["embedding_lr"]
+        assert resolved["rows_per_table_row"] < DENSE_ROWS_PER_TABLE_ROW
+        assert saved == resolved["embedding_lr"] == (2e-3 if kind == "deepfm" else EMBEDDING_LR_SPARSE)
 
 
 def test_training_calibrates_on_the_validation_rows(tmp_path: Path) -> None:

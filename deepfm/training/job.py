@@ -284,7 +284,9 @@ class _Job:
         batch_size = cfg.resolve_batch_size(len(parts.train))
         density = rows_per_table_row(len(parts.train), layout)
         cfg = dataclasses.replace(
-            cfg, batch_size=batch_size, embedding_lr=cfg.resolve_embedding_lr(density, batch_size)
+            cfg,
+            batch_size=batch_size,
+            embedding_lr=cfg.resolve_embedding_lr(density, batch_size, model.config.uses_dnn),
         )
         # The run's "auto" settings made concrete, in the config saved with the model: it
         # trains the same model again.
