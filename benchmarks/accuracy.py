@@ -71,6 +71,7 @@ SMALL_TRAIN_ROWS = 100_000  # below: batches SMALL_BATCHES, keeping the better; 
 SMALL_BATCHES = (256, 2048)
 LARGE_BATCH = 4096
 DEEPFM_VARIANTS = {"defaults": [], "lr": ["--model", "lr"], "fm": ["--model", "fm"]}
+ALL_VARIANTS = [*DEEPFM_VARIANTS, "inferred"]  # inferred: the same file, only --label
 QUICK_EPOCHS = 2
 LIBRARIES = ["deepfm", *PEERS]
 
@@ -122,7 +123,7 @@ def main() -> int:
         report["datasets"].append(describe(ds, prepared))
         for seed in args.seeds:
             if "deepfm" in args.libs:
-                for variant in [*DEEPFM_VARIANTS, *(["inferred"] if prepared.inferred_args else [])]:
+                for variant in [v for v in args.variants if v != "inferred" or prepared.inferred_args]:
                     report["runs"].append(run_deepfm(ds, prepared, variant, seed, args))
             for peer in PEERS:  # reused runs count for every peer; --libs says which may run
                 for batch in batch_sizes(prepared.meta["rows"]["train"]):
@@ -144,6 +145,12 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--seeds", default="3", help="how many seeds (1..N), or a list like 1,2,3 (default 3)")
     p.add_argument("--libs", default=",".join(LIBRARIES), help=f"comma-separated subset of {','.join(LIBRARIES)}")
+    p.add_argument(
+        "--variants",
+        default=",".join(ALL_VARIANTS),
+        help=f"deepfm's runs: comma-separated subset of {','.join(ALL_VARIANTS)} (inferred: where the data has a "
+        "header)",
+    )
     p.add_argument(
         "--quick",
         action="store_true",
@@ -182,6 +189,9 @@ def parse_args() -> argparse.Namespace:
     )
     args = p.parse_args()
     args.libs = [s.strip() for s in args.libs.split(",") if s.strip()]
+    args.variants = [s.strip() for s in args.variants.split(",") if s.strip()]
+    if not args.variants or any(v not in ALL_VARIANTS for v in args.variants):
+        p.error(f"--variants takes names from {','.join(ALL_VARIANTS)}, got {','.join(args.variants) or 'nothing'}")
     if not args.libs or any(lib not in LIBRARIES for lib in args.libs) or len(set(args.libs)) != len(args.libs):
         p.error(f"--libs takes distinct names from {','.join(LIBRARIES)}, got {','.join(args.libs) or 'nothing'}")
     try:
@@ -393,9 +403,10 @@ def add_checks(report: dict) -> dict:
 
 def merge_results(reports: list[dict]) -> dict:
     """One report from the results of separate runs (data sets run at other times): the data
-    sets and runs of all. A data set in several takes the last file's runs of each library it
-    ran, and the earlier files' runs of the libraries it did not (deepfm and the peers run
-    apart, side by side), as long as the data's fingerprint is the same. The commands and the
+    sets and runs of all. A data set in several takes the last file's runs of each library and
+    deepfm variant it ran, and the earlier files' runs of those it did not (deepfm and the
+    peers run apart, side by side; `--variants fm` runs one of deepfm's again), as long as the
+    data's fingerprint is the same. The commands and the
     deepfm commits of each are kept, so the page says what made which rows."""
     out = dict(reports[0])
     out["datasets"], out["runs"] = list(out["datasets"]), list(out["runs"])
@@ -405,11 +416,13 @@ def merge_results(reports: list[dict]) -> dict:
         for d in other["datasets"]:
             if d["name"] in earlier and earlier[d["name"]]["fingerprint"] != d["fingerprint"]:
                 raise SystemExit(f"--render: {d['name']} has other data in {other['command']!r}; run it again")
-        ran = {(r["dataset"], r["library"]) for r in other["runs"]}
+        ran = {(r["dataset"], r["library"], r.get("variant")) for r in other["runs"]}
         names = {d["name"] for d in other["datasets"]}
         out["datasets"] = [d for d in out["datasets"] if d["name"] not in names] + other["datasets"]
-        out["runs"] = [r for r in out["runs"] if (r["dataset"], r["library"]) not in ran] + other["runs"]
-        commits |= {name: other["environment"].get("deepfm_commit") for name, lib in ran if lib == "deepfm"}
+        out["runs"] = [r for r in out["runs"] if (r["dataset"], r["library"], r.get("variant")) not in ran] + other[
+            "runs"
+        ]
+        commits |= _deepfm_commits(commits, other, ran, out["runs"])
         out["command"] = f"{out['command']}\n{other['command']}"
         out["date"] = max(out["date"], other["date"])
         out["complete"] = out["complete"] and other["complete"]
@@ -419,6 +432,17 @@ def merge_results(reports: list[dict]) -> dict:
         out["environment"] = dict(out["environment"]) | {
             "deepfm_commit": ", ".join(f"{c} ({name})" for name, c in commits.items())
         }
+    return out
+
+
+def _deepfm_commits(commits: dict, other: dict, ran: set, merged: list[dict]) -> dict:
+    """The deepfm commit of each data set ``other`` ran deepfm on: "A, B" where the ``merged``
+    runs keep some of an earlier file's deepfm variants beside it."""
+    mine, new = other["environment"].get("deepfm_commit"), {id(r) for r in other["runs"]}
+    out = {}
+    for name in sorted({name for name, lib, _ in ran if lib == "deepfm"}):
+        kept = any(r["dataset"] == name and r["library"] == "deepfm" and id(r) not in new for r in merged)
+        out[name] = f"{commits[name]}, {mine}" if kept and commits.get(name) not in (None, mine) else mine
     return out
 
 

@@ -137,8 +137,8 @@ def test_defaults_study_table_compares_each_variant_with_the_defaults() -> None:
 
 def test_results_of_separate_runs_merge_into_one_page() -> None:
     """--render A.json B.json C.json: the data sets of all; one in several takes each library's
-    runs from the last file that ran it (deepfm and the peers run apart); the commands and the
-    deepfm commits kept; data with another fingerprint refused."""
+    (and deepfm variant's) runs from the last file that ran it (deepfm and the peers run apart);
+    the commands and the deepfm commits kept; data with another fingerprint refused."""
     from accuracy import merge_results
 
     def report(commit: str, command: str, runs: dict[tuple[str, str], float]) -> dict:
@@ -167,6 +167,16 @@ def test_results_of_separate_runs_merge_into_one_page() -> None:
     assert merged["date"] == "2026-12-03"
     assert merged["environment"]["deepfm_commit"] == "aaa1 (x), bbb2 (y), bbb2 (z)"  # C ran no deepfm
     assert merge_results([a]) == a and len(a["runs"]) == 3
+    # --variants fm: one of deepfm's variants run again replaces that variant's runs only
+    variants = report("eee5", "accuracy.py --datasets x", {("x", "deepfm"): 0.7})
+    variants["runs"] = [
+        {"dataset": "x", "library": "deepfm", "variant": v, "test_auc": 0.7} for v in ("defaults", "fm")
+    ]
+    again = report("fff6", "accuracy.py --datasets x --variants fm", {("x", "deepfm"): 0.72})
+    again["runs"][0]["variant"] = "fm"
+    both = merge_results([variants, again])
+    assert sorted((r["variant"], r["test_auc"]) for r in both["runs"]) == [("defaults", 0.7), ("fm", 0.72)]
+    assert both["environment"]["deepfm_commit"] == "eee5, fff6 (x)"
     other_data = report("ddd4", "accuracy.py --datasets y", {("y", "deepfm"): 0.9})
     other_data["datasets"][0]["fingerprint"] = "another"
     with pytest.raises(SystemExit, match="y has other data"):
