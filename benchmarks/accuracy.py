@@ -81,7 +81,7 @@ def main() -> int:
     if args.render:  # the page again from finished results files, nothing trained
         report = add_checks(merge_results([json.loads(path.read_text()) for path in args.render]))
         (args.docs or ROOT / "docs" / "accuracy.md").write_text(
-            render(report, args.render, study_files(args.results_dir))
+            render(report, args.render, study_files(args.results_dir), defaults_speed(args.results_dir))
         )
         return 0
     datasets = data.select(args.datasets)
@@ -386,6 +386,15 @@ def write_results(report: dict, path: Path) -> None:
     tmp.replace(path)
 
 
+def defaults_speed(folder: Path) -> Path | None:
+    """The newest speed-*.json in folder that timed deepfm's defaults (speed.py's
+    deepfm-defaults), if any."""
+    for path in sorted(folder.glob("speed-*.json"), reverse=True):
+        if "deepfm-defaults" in json.loads(path.read_text()).get("libraries", []):
+            return path
+    return None
+
+
 def study_files(folder: Path) -> list[Path]:
     """Every defaults-study-*.jsonl in folder, oldest first (names sort by date): the study
     grows over days, each day's runs in their own file."""
@@ -454,7 +463,7 @@ def finish(report: dict, results: Path, args: argparse.Namespace) -> None:
         print(f"{c['result']:>4}  {c['line']}")
     if args.docs:
         args.docs.parent.mkdir(parents=True, exist_ok=True)
-        args.docs.write_text(render(report, results, study_files(args.results_dir)))
+        args.docs.write_text(render(report, results, study_files(args.results_dir), defaults_speed(args.results_dir)))
         log(f"wrote {args.docs.relative_to(ROOT) if args.docs.is_relative_to(ROOT) else args.docs}")
 
 

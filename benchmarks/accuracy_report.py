@@ -212,7 +212,7 @@ def batch_notes(rows: dict[str, dict]) -> str:
     return ("Batch chosen by mean validation AUC: " + "; ".join(notes) + ".") if notes else ""
 
 
-def render(report: dict, results: Any, study: list[Any] | None = None) -> str:
+def render(report: dict, results: Any, study: list[Any] | None = None, speed: Any = None) -> str:
     """docs/accuracy.md from a finished results file, and the defaults study's runs (the
     defaults-study-*.jsonl files of benchmarks/defaults_study.py) when there are some."""
     from pathlib import Path
@@ -263,6 +263,7 @@ def render(report: dict, results: Any, study: list[Any] | None = None) -> str:
         if notes:
             parts.append(notes + "\n")
     parts.append(defaults_section([Path(p) for p in study or []], report["runs"]))
+    parts.append(speed_section(speed))
     settings = report["peer_settings"]
     parts.append(
         PROTOCOL_TEXT.format(**settings | {"small_batches": " and ".join(str(b) for b in settings["small_batches"])})
@@ -375,6 +376,41 @@ def defaults_section(study: list[Any], runs: list[dict] | None = None) -> str:
         f"over the embedding table's rows, which the auto settings read):\n"
     )
     return DEFAULTS_TEXT + "\n" + head + "\n" + summary_table(rows) + "\n"
+
+
+SPEED_FLOOR = 34_000  # samples/s of the defaults at 1M rows on 2 cores before the accuracy work
+
+
+def speed_section(path: Any) -> str:
+    """The defaults' training speed, from a speed.py run that timed them beside the peers on
+    one machine (the accuracy runs above share the machine and are not speed figures)."""
+    import json
+    from pathlib import Path
+
+    if path is None:
+        return "## Training speed of the defaults\n\n(No speed.py run with deepfm-defaults: run it.)\n"
+    report = json.loads(Path(path).read_text())
+    medians, env = report["medians"], report["environment"]
+    mine = medians["deepfm-defaults"]
+    peers = [lib for lib in report["libraries"] if not lib.startswith("deepfm") and medians[lib]["runs"]]
+    best = max(peers, key=lambda p: medians[p]["train_samples_per_s"], default=None)
+    versus = (
+        f", {mine['train_samples_per_s'] / medians[best]['train_samples_per_s']:.2f}× the fastest peer run beside "
+        f"it ({DISPLAY[best]}, {medians[best]['train_samples_per_s']:,.0f} samples/s at the speed page's fixed settings)"
+        if best
+        else ""
+    )
+    resolved = next(
+        (r["resolved"] for r in report["runs"] if r["library"] == "deepfm-defaults" and r.get("resolved")), {}
+    )
+    return (
+        "## Training speed of the defaults\n\n"
+        f"`deepfm train` with its defaults trains {mine['train_samples_per_s']:,.0f} samples/s (median of "
+        f"{mine['runs']} runs, {report['rows']:,} rows, {report['epochs']} epoch, batch {resolved.get('batch_size', '?')}, "
+        f"batch norm {resolved.get('batch_norm', '?')}) on {env.get('cpu')}, {env.get('cores')} cores{versus}; "
+        f"from `{report['command']}` on {report['date']} (`benchmarks/results/{Path(path).name}`, docs/benchmarks.md "
+        f"describes the runs). The floor held to: {SPEED_FLOOR:,} samples/s at 1M rows on 2 cores.\n"
+    )
 
 
 DEFAULTS_TEXT = """## The defaults and the evidence

@@ -181,3 +181,28 @@ def test_results_of_separate_runs_merge_into_one_page() -> None:
     other_data["datasets"][0]["fingerprint"] = "another"
     with pytest.raises(SystemExit, match="y has other data"):
         merge_results([a, other_data])
+
+
+def test_the_page_reports_the_defaults_speed_from_the_newest_speed_run_that_timed_them(tmp_path: Path) -> None:
+    import json
+
+    from accuracy import defaults_speed
+    from accuracy_report import speed_section
+
+    def speed(name: str, libs: list[str], mine: float) -> None:
+        medians = {
+            lib: {"runs": 3, "train_samples_per_s": mine if lib.startswith("deepfm") else 20_000.0} for lib in libs
+        }
+        runs = [{"library": "deepfm-defaults", "resolved": {"batch_size": 4096, "batch_norm": True}}]
+        report = {"libraries": libs, "medians": medians, "runs": runs, "rows": 1_000_000, "epochs": 1}
+        report |= {"environment": {"cpu": "a CPU", "cores": 2}, "command": "python benchmarks/speed.py", "date": "d"}
+        (tmp_path / name).write_text(json.dumps(report))
+
+    assert defaults_speed(tmp_path) is None
+    speed("speed-2026-12-01.json", ["deepfm", "deepfm-defaults", "torchfm", "deepctr"], 40_000.0)
+    speed("speed-2026-12-05.json", ["deepfm", "torchfm"], 50_000.0)  # newer, but no defaults row
+    assert defaults_speed(tmp_path) == tmp_path / "speed-2026-12-01.json"
+    text = speed_section(defaults_speed(tmp_path))
+    assert "trains 40,000 samples/s (median of 3 runs, 1,000,000 rows" in text
+    assert "2.00× the fastest peer run beside it (pytorch-fm, 20,000 samples/s" in text
+    assert "No speed.py run" in speed_section(None)
