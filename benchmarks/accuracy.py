@@ -388,9 +388,10 @@ def write_results(report: dict, path: Path) -> None:
 
 def defaults_speed(folder: Path) -> Path | None:
     """The newest speed-*.json in folder that timed deepfm's defaults (speed.py's
-    deepfm-defaults), if any."""
+    deepfm-defaults) in at least one run that did not fail, if any."""
     for path in sorted(folder.glob("speed-*.json"), reverse=True):
-        if "deepfm-defaults" in json.loads(path.read_text()).get("libraries", []):
+        report = json.loads(path.read_text())
+        if report.get("medians", {}).get("deepfm-defaults", {}).get("runs"):  # a run that did not fail
             return path
     return None
 
@@ -451,7 +452,12 @@ def _deepfm_commits(commits: dict, other: dict, ran: set, merged: list[dict]) ->
     out = {}
     for name in sorted({name for name, lib, _ in ran if lib == "deepfm"}):
         kept = any(r["dataset"] == name and r["library"] == "deepfm" and id(r) not in new for r in merged)
-        out[name] = f"{commits[name]}, {mine}" if kept and commits.get(name) not in (None, mine) else mine
+        before = commits.get(name)
+        out[name] = (
+            f"{before}, {mine}"
+            if kept and before and mine not in before.split(", ")
+            else (before if kept and before else mine)
+        )
     return out
 
 

@@ -168,7 +168,7 @@ def describe_environment(peer_python: Path | None, libs: list[str]) -> dict:
     env["deepfm_env"] = _probe(sys.executable, probe % mine)
     if peer_python is not None:
         theirs = ["torch", "numpy", "pandas", "scikit-learn", "polars", "pyarrow"]
-        theirs += [DISTRIBUTION[lib] for lib in libs if lib != "deepfm"]
+        theirs += [DISTRIBUTION[lib] for lib in libs if not lib.startswith("deepfm")]
         env["peers_env"] = _probe(str(peer_python), probe % theirs)
     env["deepfm_commit"] = git("rev-parse", "--short", "HEAD")
     env["deepfm_tree_dirty"] = bool(git("status", "--porcelain", "--", "deepfm"))

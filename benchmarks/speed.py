@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from benchlib import (
     BENCH,
@@ -48,7 +49,7 @@ from benchlib import (
 from speed_report import render_docs
 
 # One set of hyperparameters for every library (the issue's "same model").
-HYPERPARAMETERS = {
+HYPERPARAMETERS: dict[str, Any] = {
     "split": "0.8,0.1,0.1",  # by row order: train, validation, test
     "embedding_dim": 10,
     "hidden": "400,400,400",  # ReLU, dropout 0, no batch norm
@@ -180,106 +181,103 @@ def ensure_data(path: Path, rows: int) -> Path:
 
 
 # ---------------------------------------------------------------- one run
+def _command(lib: str, data: Path, scratch: Path, peer_python: Path | None, args: argparse.Namespace) -> list[str]:
+    """The command line of one library's run (deepfm writes its model to scratch/model)."""
+    if lib == "deepfm-defaults":  # no model or training flags: the defaults as a user gets them
+        return [sys.executable, "-m", "deepfm", "train", "--data", str(data), "--preset", "criteo"] + [
+            "--split", HYPERPARAMETERS["split"], "--epochs", str(args.epochs), "--seed", str(HYPERPARAMETERS["seed"]),
+            "--device", "cpu", "--out", str(scratch / "model"), "--no-cache",
+        ]  # fmt: skip
+    if lib == "deepfm":
+        return _deepfm_command(data, scratch / "model", args)
+    return _peer_command(lib, data, scratch, peer_python, args)
+
+
+def _deepfm_command(data: Path, out: Path, args: argparse.Namespace) -> list[str]:
+    """deepfm train at the fixed settings every peer runs."""
+    hp = HYPERPARAMETERS
+    cmd = [
+        sys.executable,
+        "-m",
+        "deepfm",
+        "train",
+        "--data",
+        str(data),
+        "--preset",
+        "criteo",
+        "--split",
+        hp["split"],
+        "--embedding-dim",
+        str(hp["embedding_dim"]),
+        "--hidden",
+        hp["hidden"],
+        "--dropout",
+        "0",
+        "--batch-size",
+        str(hp["batch_size"]),
+        "--epochs",
+        str(args.epochs),
+        "--lr",
+        str(hp["lr"]),
+        "--embedding-lr",
+        str(hp["lr"]),
+        "--l2-embedding",
+        str(hp["l2"]),
+        "--min-count",
+        str(hp["min_count"]),
+        "--seed",
+        str(hp["seed"]),
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
+    # deepfm can keep encoded data between runs on the same file; a hit would skip the
+    # preprocessing this benchmark measures, so every run starts from the raw file.
+    if deepfm_has_flag("--no-cache"):
+        cmd.append("--no-cache")
+    return cmd
+
+
+def _peer_command(lib: str, data: Path, scratch: Path, peer_python: Path | None, args: argparse.Namespace) -> list[str]:
+    """A peer's runner script (benchmarks/peers/) in the peers' venv."""
+    hp = HYPERPARAMETERS
+    cmd = [
+        str(peer_python),
+        str(BENCH / "peers" / f"{lib}_run.py"),
+        "--data",
+        str(data),
+        "--workdir",
+        str(scratch),
+        "--split",
+        hp["split"],
+        "--embedding-dim",
+        str(hp["embedding_dim"]),
+        "--hidden",
+        hp["hidden"],
+        "--batch-size",
+        str(hp["batch_size"]),
+        "--predict-batch",
+        str(PREDICT_BATCH),
+        "--epochs",
+        str(args.epochs),
+        "--lr",
+        str(hp["lr"]),
+        "--min-count",
+        str(hp["min_count"]),
+        "--seed",
+        str(hp["seed"]),
+    ]
+    return cmd
+
+
 def run_library(lib: str, data: Path, workdir: Path, peer_python: Path | None, args: argparse.Namespace) -> dict:
     """One library, one fresh process. Returns its measurements (or the error)."""
     scratch = workdir / "runs" / lib
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
-    hp = HYPERPARAMETERS
-    if lib == "deepfm-defaults":
-        out = scratch / "model"
-        cmd = [
-            sys.executable,
-            "-m",
-            "deepfm",
-            "train",
-            "--data",
-            str(data),
-            "--preset",
-            "criteo",
-            "--split",
-            hp["split"],
-        ]
-        cmd += [
-            "--epochs",
-            str(args.epochs),
-            "--seed",
-            str(hp["seed"]),
-            "--device",
-            "cpu",
-            "--out",
-            str(out),
-            "--no-cache",
-        ]
-    elif lib == "deepfm":
-        out = scratch / "model"
-        cmd = [
-            sys.executable,
-            "-m",
-            "deepfm",
-            "train",
-            "--data",
-            str(data),
-            "--preset",
-            "criteo",
-            "--split",
-            hp["split"],
-            "--embedding-dim",
-            str(hp["embedding_dim"]),
-            "--hidden",
-            hp["hidden"],
-            "--dropout",
-            "0",
-            "--batch-size",
-            str(hp["batch_size"]),
-            "--epochs",
-            str(args.epochs),
-            "--lr",
-            str(hp["lr"]),
-            "--embedding-lr",
-            str(hp["lr"]),
-            "--l2-embedding",
-            str(hp["l2"]),
-            "--min-count",
-            str(hp["min_count"]),
-            "--seed",
-            str(hp["seed"]),
-            "--device",
-            "cpu",
-            "--out",
-            str(out),
-        ]
-        # deepfm can keep encoded data between runs on the same file; a hit would skip the
-        # preprocessing this benchmark measures, so every run starts from the raw file.
-        if deepfm_has_flag("--no-cache"):
-            cmd.append("--no-cache")
-    else:
-        cmd = [
-            str(peer_python),
-            str(BENCH / "peers" / f"{lib}_run.py"),
-            "--data",
-            str(data),
-            "--workdir",
-            str(scratch),
-            "--split",
-            hp["split"],
-            "--embedding-dim",
-            str(hp["embedding_dim"]),
-            "--hidden",
-            hp["hidden"],
-            "--batch-size",
-            str(hp["batch_size"]),
-            "--predict-batch",
-            str(PREDICT_BATCH),
-            "--epochs",
-            str(args.epochs),
-            "--lr",
-            str(hp["lr"]),
-            "--min-count",
-            str(hp["min_count"]),
-            "--seed",
-            str(hp["seed"]),
-        ]
+    out = scratch / "model"
+    cmd = _command(lib, data, scratch, peer_python, args)
     status, seconds, peak_rss_mib, stdout, stderr = run_measured(cmd, scratch, args.timeout)
     run: dict = {"library": lib, "ok": False, "process_seconds": seconds, "peak_rss_mib": peak_rss_mib}
     if status != 0:

@@ -180,7 +180,7 @@ class TrainConfig:
     epochs: int = 50
     lr: float = 1e-3  # Adam, dense parameters
     # row-wise Adam on the embedding table; "auto": from how often the training rows see each
-    # table row (see resolve_embedding_lr)
+    # table row, the global batch and whether the model has an MLP (see resolve_embedding_lr)
     embedding_lr: float | str = "auto"
     l2_embedding: float = 1e-5  # on the table rows each batch uses
     weight_decay: float = 0.0  # dense parameters
@@ -243,13 +243,15 @@ class TrainConfig:
 
     def resolve_embedding_lr(self, rows_per_table_row: float, batch_size: int, deep: bool = True) -> float:
         """'auto': the row-wise step for a table whose rows the training part sees
-        ``rows_per_table_row`` times each on average (rows x fields / table rows), in batches
-        of ``batch_size``. Where most values are rare, a smaller step keeps their vectors from
-        memorizing the few clicks they saw; for a model with a ``deep`` part it grows with
-        sqrt(batch / 256), since a larger batch gives the values seen in most batches fewer
-        updates, up to the dense step (the MLP and its dropout use what the vectors learn;
+        ``rows_per_table_row`` times each on average (rows x fields / table rows), in global
+        batches of ``batch_size`` (all processes' rows of one step). Where most values are
+        rare, a smaller step keeps their vectors from memorizing the few clicks they saw; for
+        a model with a ``deep`` part it grows with sqrt(batch / 256) above batches of 256 (never
+        below the sparse step), since a larger batch gives the values seen in most batches
+        fewer updates, up to the dense step (the MLP and its dropout use what the vectors learn;
         FM alone memorizes with the larger step). Where every value is seen often, the larger
-        step learns faster."""
+        step learns faster. Measured with row-wise Adam; the sharded trainer's row-wise
+        Adagrad takes the same value."""
         if self.embedding_lr != "auto":
             return float(self.embedding_lr)
         if rows_per_table_row >= DENSE_ROWS_PER_TABLE_ROW:

@@ -201,6 +201,10 @@ def test_the_page_reports_the_defaults_speed_from_the_newest_speed_run_that_time
     assert defaults_speed(tmp_path) is None
     speed("speed-2026-12-01.json", ["deepfm", "deepfm-defaults", "torchfm", "deepctr"], 40_000.0)
     speed("speed-2026-12-05.json", ["deepfm", "torchfm"], 50_000.0)  # newer, but no defaults row
+    speed("speed-2026-12-06.json", ["deepfm-defaults", "torchfm"], 50_000.0)
+    failed = json.loads((tmp_path / "speed-2026-12-06.json").read_text())
+    failed["medians"]["deepfm-defaults"] = {"runs": 0, "train_samples_per_s": None}  # every defaults run failed
+    (tmp_path / "speed-2026-12-06.json").write_text(json.dumps(failed))
     assert defaults_speed(tmp_path) == tmp_path / "speed-2026-12-01.json"
     text = speed_section(defaults_speed(tmp_path))
     assert "trains 40,000 samples/s (median of 3 runs, 1,000,000 rows" in text

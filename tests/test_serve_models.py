@@ -49,6 +49,9 @@ def test_a_list_of_numbers_is_joined_alike_from_json_arrow_and_a_dataframe() -> 
     as_arrow = pa.table({"tags": pa.array([[1.0, 2.5, 3.0]], pa.list_(pa.float64()))})
     assert checker.arrow_table(as_arrow).equals(records)
     assert join_lists(as_arrow, simple_schema()).column("tags").to_pylist() == ["1|2.5|3"]
+    float32 = pa.table({"tags": pa.array([[0.1, 2.0]], pa.list_(pa.float32()))})  # float32's own text, as Arrow bodies
+    assert join_lists(float32, simple_schema()).column("tags").to_pylist() == ["0.1|2"]
+    assert checker.arrow_table(float32).column("tags").to_pylist() == ["0.1|2"]
 
 
 def test_large_and_signed_numbers_in_a_list_are_the_same_tokens_from_json_and_arrow() -> None:

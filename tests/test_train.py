@@ -228,7 +228,13 @@ def test_auto_embedding_lr_grows_with_the_batch_on_sparse_data_only(tmp_path: Pa
     sparse step at batches of 256 or less, times sqrt(batch / 256) above for models with an
     MLP, never past the dense step; lr and fm keep the sparse step. A number is kept as given.
     The run saves the step it resolved to, for the model it trains."""
-    from deepfm.config import DENSE_ROWS_PER_TABLE_ROW, EMBEDDING_LR_DENSE, EMBEDDING_LR_SPARSE, TrainConfig
+    from deepfm.config import (
+        DENSE_ROWS_PER_TABLE_ROW,
+        EMBEDDING_LR_DENSE,
+        EMBEDDING_LR_SPARSE,
+        TrainConfig,
+        rows_per_table_row,
+    )
 
     auto, sparse, dense = TrainConfig(), DENSE_ROWS_PER_TABLE_ROW - 1, DENSE_ROWS_PER_TABLE_ROW
     assert [auto.resolve_embedding_lr(sparse, b) for b in (64, 256, 1024, 2048, 4096, 16384)] == [
@@ -243,6 +249,15 @@ def test_auto_embedding_lr_grows_with_the_batch_on_sparse_data_only(tmp_path: Pa
     assert auto.resolve_embedding_lr(sparse, 4096, deep=False) == EMBEDDING_LR_SPARSE  # lr, fm
     assert auto.resolve_embedding_lr(dense, 4096, deep=False) == EMBEDDING_LR_DENSE
     assert TrainConfig(embedding_lr=0.02).resolve_embedding_lr(sparse, 4096) == 0.02
+    # the step follows the global batch: 2 processes at 2048 step as 1 process at 4096
+    from deepfm.model.deepfm import InputLayout
+    from deepfm.training.job import resolve_train
+
+    layout = InputLayout(num_embeddings=400_000, n_single=39)  # 500k rows: 49 lookups a table row
+    one = resolve_train(TrainConfig(), 500_000, layout, deep=True, world=1)
+    two = resolve_train(TrainConfig(batch_size=one.batch_size // 2), 500_000, layout, deep=True, world=2)
+    assert rows_per_table_row(500_000, layout) < DENSE_ROWS_PER_TABLE_ROW and one.batch_size == 2048
+    assert one.embedding_lr == two.embedding_lr == pytest.approx(2.83e-3)
     records = [r | {"user": f"u{i}"} for i, r in enumerate(simple_records(1500, seed=2))]  # sparse: a user a row
     data = write_records_csv(tmp_path / "d.csv", records)
     for kind in ("deepfm", "fm"):

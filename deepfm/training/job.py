@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from deepfm.bundle import Bundle
-from deepfm.config import RunConfig, rows_per_table_row
+from deepfm.config import RunConfig, TrainConfig, rows_per_table_row
 from deepfm.data.column_split import ColumnSplit
 from deepfm.data.encoded import EncodedDataset
 from deepfm.data.sampling import downsample
@@ -281,13 +281,8 @@ class _Job:
         """Train ``model`` (from the checkpoint when resuming) and calibrate it on the valid part."""
         cfg, ctx, checkpoint, parts = self.config.train, self.ctx, self.out / CHECKPOINT, prepared.parts
         layout = model.layout
-        batch_size = cfg.resolve_batch_size(len(parts.train))
-        density = rows_per_table_row(len(parts.train), layout)
-        cfg = dataclasses.replace(
-            cfg,
-            batch_size=batch_size,
-            embedding_lr=cfg.resolve_embedding_lr(density, batch_size, model.config.uses_dnn),
-        )
+        cfg = resolve_train(cfg, len(parts.train), layout, model.config.uses_dnn, ctx.world)
+        batch_size = int(cfg.batch_size)
         # The run's "auto" settings made concrete, in the config saved with the model: it
         # trains the same model again.
         self.config = dataclasses.replace(self.config, model=model.config, train=cfg)
@@ -403,6 +398,17 @@ class _Job:
             if on_trained is not None:
                 on_trained(bundle, evaluated)
         return bundle
+
+
+def resolve_train(cfg: TrainConfig, n_train: int, layout: InputLayout, deep: bool, world: int = 1) -> TrainConfig:
+    """``cfg`` with its "auto" batch size and embedding step made concrete for ``n_train``
+    training rows of ``layout``. The batch is per process; the embedding step follows the
+    global batch (``world`` processes' batches make one update of the table), so N processes
+    at batch B/N take the step one process takes at B."""
+    batch_size = cfg.resolve_batch_size(n_train)
+    density = rows_per_table_row(n_train, layout)
+    embedding_lr = cfg.resolve_embedding_lr(density, batch_size * world, deep)
+    return dataclasses.replace(cfg, batch_size=batch_size, embedding_lr=embedding_lr)
 
 
 def calibrate_on_valid(trainer: Trainer, valid: EncodedDataset) -> dict[str, Any] | None:
