@@ -69,6 +69,16 @@ def float_text(col: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
     return pc.if_else(integral, pc.cast(as_int, pa.string()), pc.cast(col, pa.string()))
 
 
+def with_values(lists: pa.Array, values: pa.Array) -> pa.LargeListArray:
+    """A list array of ``lists``' layout (each list's length, null lists kept null) holding
+    ``values``, one per element of ``lists`` flattened. Rebuilt from the lengths, not
+    ``lists.offsets``: a sliced array's offsets point into values it does not hold, and Arrow
+    takes no null mask with them."""
+    lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]), pa.int64())
+    return pa.LargeListArray.from_arrays(offsets, values, mask=lists.is_null())
+
+
 def to_label(chunk: Chunk, name: str, libfm: bool | None = None) -> np.ndarray:
     """Labels as float32 0/1. Text and Parquet accept 0/1; libFM accepts 1 and 0 or -1
     (``libfm``: whether to, by default as the chunk's source says)."""

@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from deepfm.bundle import Bundle
-from deepfm.data.columns import float_text
+from deepfm.data.columns import float_text, with_values
 from deepfm.data.schema import Schema
 from deepfm.data.tables import as_table
 from deepfm.errors import ConfigError, DataError
@@ -245,11 +245,7 @@ def join_lists(table: pa.Table, schema: Schema, bundle: Bundle | None = None) ->
                 if bundle is None:
                     raise DataError(f"a list value holds the separator {spec.separator!r}", field=name)
                 values = pc.if_else(holds, _unseen_token(bundle.pipeline.states[name].vocab, spec.separator), values)
-            # Offsets from the lengths (a null list has none): right for every list layout.
-            lengths = pc.fill_null(pc.list_value_length(chunk), 0).to_numpy(zero_copy_only=False)
-            offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]), pa.int64())
-            lists = pa.LargeListArray.from_arrays(offsets, values, mask=chunk.is_null())
-            joined.append(pc.binary_join(lists, spec.separator))
+            joined.append(pc.binary_join(with_values(chunk, values), spec.separator))
         table = table.set_column(i, name, pa.chunked_array(joined, pa.string()))
     return table
 

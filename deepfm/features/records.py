@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from deepfm.data.columns import float_text, to_float, to_strings
+from deepfm.data.columns import float_text, to_float, to_strings, with_values
 from deepfm.data.schema import FieldSpec, Schema
 from deepfm.data.source import Chunk
 from deepfm.data.tables import TableSource, as_table, record_value
@@ -257,19 +257,13 @@ class RecordChecker:
 
 
 def _list_of_strings(col: pa.ChunkedArray) -> pa.ChunkedArray:
-    """A list column as list<string>; numbers written as a JSON body's are (float_text: [1.0]
+    """A list column as a list of strings; numbers written as a JSON body's are (float_text: [1.0]
     is "1", 12345678901.0 is "12345678901"), where a plain cast writes "1.2345678901e+10"."""
     if not pa.types.is_floating(col.type.value_type):
         return col.cast(pa.list_(pa.string()))
-    chunks = []
-    for arr in col.chunks:
-        # Rebuilt from the lists' lengths, not arr.offsets: a sliced chunk's offsets point
-        # into values it does not hold, and Arrow takes no null mask with them.
-        lengths = pc.fill_null(pc.list_value_length(arr), 0).to_numpy(zero_copy_only=False)
-        offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]), pa.int32())
-        values = float_text(pc.list_flatten(arr))  # NaN stays "nan", as str(nan) does
-        chunks.append(pa.ListArray.from_arrays(offsets, values, mask=arr.is_null()))
-    return pa.chunked_array(chunks, pa.list_(pa.string()))
+    # NaN stays "nan", as str(nan) does
+    chunks = [with_values(arr, float_text(pc.list_flatten(arr))) for arr in col.chunks]
+    return pa.chunked_array(chunks, pa.large_list(pa.string()))
 
 
 def _refuse_booleans(chunk: Chunk, name: str, numeric: bool) -> None:
