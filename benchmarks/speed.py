@@ -183,92 +183,44 @@ def ensure_data(path: Path, rows: int) -> Path:
 # ---------------------------------------------------------------- one run
 def _command(lib: str, data: Path, scratch: Path, peer_python: Path | None, args: argparse.Namespace) -> list[str]:
     """The command line of one library's run (deepfm writes its model to scratch/model)."""
-    if lib == "deepfm-defaults":  # no model or training flags: the defaults as a user gets them
-        return [sys.executable, "-m", "deepfm", "train", "--data", str(data), "--preset", "criteo"] + [
-            "--split", HYPERPARAMETERS["split"], "--epochs", str(args.epochs), "--seed", str(HYPERPARAMETERS["seed"]),
-            "--device", "cpu", "--out", str(scratch / "model"), "--no-cache",
-        ]  # fmt: skip
-    if lib == "deepfm":
-        return _deepfm_command(data, scratch / "model", args)
-    return _peer_command(lib, data, scratch, peer_python, args)
+    if lib.startswith("deepfm"):
+        cmd = [sys.executable, "-m", "deepfm", "train", "--data", str(data), "--preset", "criteo"]
+        cmd += ["--device", "cpu", "--out", str(scratch / "model")]
+        if lib == "deepfm-defaults":  # no model or training flags: the defaults as a user gets them
+            cmd += [
+                "--split",
+                HYPERPARAMETERS["split"],
+                "--epochs",
+                str(args.epochs),
+                "--seed",
+                str(HYPERPARAMETERS["seed"]),
+            ]
+        else:
+            hp = HYPERPARAMETERS
+            cmd += _fixed_settings(args) + [
+                "--dropout",
+                "0",
+                "--embedding-lr",
+                str(hp["lr"]),
+                "--l2-embedding",
+                str(hp["l2"]),
+            ]
+        # deepfm can keep encoded data between runs on the same file; a hit would skip the
+        # preprocessing this benchmark measures, so every run starts from the raw file.
+        return cmd + (["--no-cache"] if deepfm_has_flag("--no-cache") else [])
+    runner = [str(peer_python), str(BENCH / "peers" / f"{lib}_run.py"), "--data", str(data), "--workdir", str(scratch)]
+    return runner + _fixed_settings(args) + ["--predict-batch", str(PREDICT_BATCH)]
 
 
-def _deepfm_command(data: Path, out: Path, args: argparse.Namespace) -> list[str]:
-    """deepfm train at the fixed settings every peer runs."""
+def _fixed_settings(args: argparse.Namespace) -> list[str]:
+    """The flags every library's run at the fixed settings takes alike (deepfm's runner and
+    the peers' name them the same)."""
     hp = HYPERPARAMETERS
-    cmd = [
-        sys.executable,
-        "-m",
-        "deepfm",
-        "train",
-        "--data",
-        str(data),
-        "--preset",
-        "criteo",
-        "--split",
-        hp["split"],
-        "--embedding-dim",
-        str(hp["embedding_dim"]),
-        "--hidden",
-        hp["hidden"],
-        "--dropout",
-        "0",
-        "--batch-size",
-        str(hp["batch_size"]),
-        "--epochs",
-        str(args.epochs),
-        "--lr",
-        str(hp["lr"]),
-        "--embedding-lr",
-        str(hp["lr"]),
-        "--l2-embedding",
-        str(hp["l2"]),
-        "--min-count",
-        str(hp["min_count"]),
-        "--seed",
-        str(hp["seed"]),
-        "--device",
-        "cpu",
-        "--out",
-        str(out),
-    ]
-    # deepfm can keep encoded data between runs on the same file; a hit would skip the
-    # preprocessing this benchmark measures, so every run starts from the raw file.
-    if deepfm_has_flag("--no-cache"):
-        cmd.append("--no-cache")
-    return cmd
-
-
-def _peer_command(lib: str, data: Path, scratch: Path, peer_python: Path | None, args: argparse.Namespace) -> list[str]:
-    """A peer's runner script (benchmarks/peers/) in the peers' venv."""
-    hp = HYPERPARAMETERS
-    cmd = [
-        str(peer_python),
-        str(BENCH / "peers" / f"{lib}_run.py"),
-        "--data",
-        str(data),
-        "--workdir",
-        str(scratch),
-        "--split",
-        hp["split"],
-        "--embedding-dim",
-        str(hp["embedding_dim"]),
-        "--hidden",
-        hp["hidden"],
-        "--batch-size",
-        str(hp["batch_size"]),
-        "--predict-batch",
-        str(PREDICT_BATCH),
-        "--epochs",
-        str(args.epochs),
-        "--lr",
-        str(hp["lr"]),
-        "--min-count",
-        str(hp["min_count"]),
-        "--seed",
-        str(hp["seed"]),
-    ]
-    return cmd
+    return [
+        "--split", hp["split"], "--embedding-dim", str(hp["embedding_dim"]), "--hidden", hp["hidden"],
+        "--batch-size", str(hp["batch_size"]), "--epochs", str(args.epochs), "--lr", str(hp["lr"]),
+        "--min-count", str(hp["min_count"]), "--seed", str(hp["seed"]),
+    ]  # fmt: skip
 
 
 def run_library(lib: str, data: Path, workdir: Path, peer_python: Path | None, args: argparse.Namespace) -> dict:
@@ -287,7 +239,7 @@ def run_library(lib: str, data: Path, workdir: Path, peer_python: Path | None, a
         measured = read_deepfm_metrics(out / "metrics.json") if lib.startswith("deepfm") else read_json_line(stdout)
     except (OSError, ValueError, KeyError) as exc:
         return run | {"error": f"no measurements: {exc}"}
-    shutil.rmtree(scratch / "model", ignore_errors=True)  # the saved bundle is not needed any more
+    shutil.rmtree(out, ignore_errors=True)  # the saved bundle is not needed any more
     measured["distribution"] = measured.pop("library", DISTRIBUTION[lib])
     return run | measured | {"ok": True}
 
