@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from deepfm._version import __version__
 from deepfm.cli.analyze import cmd_drift, cmd_explain, cmd_report
@@ -28,6 +28,9 @@ class _OneOrMany(argparse.Action):
 # --data, --valid, --test: a file, a folder, a glob (quoted), a URI (s3://, gs://, hdfs://, file://) or several
 DATA: dict[str, Any] = {"nargs": "+", "action": _OneOrMany, "metavar": "PATH"}
 
+# what add_subparsers returns: each _add_<command> below adds its subcommand to it
+_Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
 
 def _location(text: str) -> str | Path:
     """A model folder: a URI stays text (a Path would fold s3:// into s3:/)."""
@@ -35,10 +38,32 @@ def _location(text: str) -> str | Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``deepfm`` parser: one subcommand per job, each with its flags and its ``func``."""
     parser = argparse.ArgumentParser(prog="deepfm", description="DeepFM click-through-rate models.")
     parser.add_argument("--version", action="version", version=f"deepfm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (
+        _add_demo,
+        _add_synth,
+        _add_train,
+        _add_schema,
+        _add_compare,
+        _add_tune,
+        _add_evaluate,
+        _add_calibrate,
+        _add_drift,
+        _add_predict,
+        _add_explain,
+        _add_report,
+        _add_export,
+        _add_serve,
+    ):
+        add(sub)
+    return parser
 
+
+def _add_demo(sub: _Subcommands) -> None:
+    """The ``deepfm demo`` subcommand and its flags."""
     p = sub.add_parser("demo", help="generate data, train, and compare with the Bayes-optimal model")
     p.add_argument("--rows", type=int, default=300_000, help="rows to generate (default 300000)")
     p.add_argument("--out", type=Path, default=None, help="keep the generated data and model here")
@@ -46,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 
+
+def _add_synth(sub: _Subcommands) -> None:
+    """The ``deepfm synth`` subcommand and its flags."""
     p = sub.add_parser("synth", help="write Criteo-layout data with known click probabilities")
     p.add_argument("--rows", type=int, required=True)
     p.add_argument("--out", type=Path, required=True, help="TSV to write; true probabilities go to <stem>.truth.csv")
@@ -79,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_synth)
 
+
+def _add_train(sub: _Subcommands) -> None:
+    """The ``deepfm train`` subcommand and its flags."""
     p = sub.add_parser("train", help="train a model and save it to a folder")
     _add_run_args(p, data_required=False)
     p.add_argument(
@@ -131,12 +162,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_train)
 
+
+def _add_schema(sub: _Subcommands) -> None:
+    """The ``deepfm schema`` subcommand and its flags."""
     p = sub.add_parser("schema", help="print the schema inferred for a file, as a YAML config to edit")
     p.add_argument("--data", **DATA, required=True)
     p.add_argument("--label", default="label", help="the label column (default: label)")
     _add_read_options(p)
     p.set_defaults(func=cmd_schema)
 
+
+def _add_compare(sub: _Subcommands) -> None:
+    """The ``deepfm compare`` subcommand and its flags."""
     p = sub.add_parser("compare", help="train several model kinds with several seeds on the same split")
     _add_run_args(p)
     p.add_argument("--models", default="lr,fm,dnn,wide_deep,dcn,deepfm", help="model kinds, comma-separated")
@@ -144,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/compare"), help="compare.md, compare.json and the runs")
     p.set_defaults(func=cmd_compare)
 
+
+def _add_tune(sub: _Subcommands) -> None:
+    """The ``deepfm tune`` subcommand and its flags."""
     p = sub.add_parser("tune", help="hyperparameter search with Optuna; writes best.yaml")
     _add_run_args(p)
     p.add_argument("--trials", type=int, default=50, help="the most trials (default 50)")
@@ -158,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/tune"), help="best.yaml, trials.md, trials.json")
     p.set_defaults(func=cmd_tune)
 
+
+def _add_evaluate(sub: _Subcommands) -> None:
+    """The ``deepfm evaluate`` subcommand and its flags."""
     p = sub.add_parser("evaluate", help="AUC and logloss of a saved model on a labelled file (JSON)")
     p.add_argument("model", type=_location)
     p.add_argument("--data", **DATA, required=True)
@@ -166,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
+
+def _add_calibrate(sub: _Subcommands) -> None:
+    """The ``deepfm calibrate`` subcommand and its flags."""
     p = sub.add_parser(
         "calibrate", help="fit isotonic or Platt calibration on held-out labelled rows and store it in the model"
     )
@@ -181,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_calibrate)
 
+
+def _add_drift(sub: _Subcommands) -> None:
+    """The ``deepfm drift`` subcommand and its flags."""
     p = sub.add_parser(
         "drift",
         help="compare new rows with the training data: OOV and missing rates, PSI per field, "
@@ -203,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_drift)
 
+
+def _add_predict(sub: _Subcommands) -> None:
+    """The ``deepfm predict`` subcommand and its flags."""
     p = sub.add_parser("predict", help="write click probabilities for a file")
     p.add_argument("model", type=_location)
     p.add_argument("--data", **DATA, required=True)
@@ -213,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_predict)
 
+
+def _add_explain(sub: _Subcommands) -> None:
+    """The ``deepfm explain`` subcommand and its flags."""
     p = sub.add_parser(
         "explain", help="field-pair interactions and the logit's parts over some rows: PNG heatmaps + explain.json"
     )
@@ -227,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_explain)
 
+
+def _add_report(sub: _Subcommands) -> None:
+    """The ``deepfm report`` subcommand and its flags."""
     p = sub.add_parser("report", help="one self-contained HTML: learning curves, calibration, ROC, explanation")
     p.add_argument("model", type=_location)
     p.add_argument(
@@ -241,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_report)
 
+
+def _add_export(sub: _Subcommands) -> None:
+    """The ``deepfm export`` subcommand and its flags."""
     p = sub.add_parser(
         "export", help="write the model as an ONNX graph over encoded inputs (pip install 'deepfm[onnx]')"
     )
@@ -252,6 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_export)
 
+
+def _add_serve(sub: _Subcommands) -> None:
+    """The ``deepfm serve`` subcommand and its flags."""
     p = sub.add_parser(
         "serve",
         help="HTTP prediction service: POST /predict, GET /health, /ready, /schema, /metrics, /docs "
@@ -277,7 +341,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_serve)
-    return parser
 
 
 def _add_synth_setting_args(p: argparse.ArgumentParser) -> None:
