@@ -9,7 +9,15 @@ from typing import Any
 
 import pytest
 
-from helpers import planted_schema, small_config, write_criteo_tsv, write_planted
+from helpers import (
+    planted_schema,
+    simple_records,
+    simple_schema,
+    small_config,
+    write_criteo_tsv,
+    write_planted,
+    write_records_csv,
+)
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +50,15 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         os.environ.pop("DEEPFM_CACHE_DIR", None)
     else:
         os.environ["DEEPFM_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small DeepFM over helpers.simple_schema (user, item, price, tags), trained on 3000
+    rows: the model the service tests serve, trained once per test module."""
+    from deepfm.training import train
+
+    tmp = tmp_path_factory.mktemp("serve")
+    data = write_records_csv(tmp / "train.csv", simple_records(3000, seed=4))
+    train(small_config(simple_schema()), data, tmp / "model", split="0.8,0.1,0.1")
+    return tmp / "model"

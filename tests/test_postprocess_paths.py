@@ -21,7 +21,7 @@ from helpers import SIMPLE_FIELDS, simple_records, simple_schema, small_config, 
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("fastapi")
-from test_serve import start  # noqa: E402
+from serving import start  # noqa: E402
 
 
 def test_every_path_returns_the_corrected_probability(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,5 +1,6 @@
 """The HTTP service for real: `deepfm serve` in a subprocess on a free loopback port, good and
-bad requests over HTTP, then the server is stopped whatever happened."""
+bad requests over HTTP, then the server is stopped whatever happened. Reloading, watching and
+stopping a server are in test_serve_lifecycle.py."""
 
 from __future__ import annotations
 
@@ -7,11 +8,9 @@ import http.client
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,125 +19,18 @@ from typing import Any
 
 import numpy as np
 import pytest
+from serving import MAX_BODY, MAX_RECORDS, OK, Server, features, free_port, start
 
 from deepfm.bundle import Bundle
 from deepfm.cli import main
-from deepfm.errors import DataError
-from deepfm.training import train
 
-from helpers import (
-    REPO,
-    SIMPLE_FIELDS,
-    assert_scores_close,
-    assert_scores_differ,
-    simple_records,
-    simple_schema,
-    small_config,
-    write_records_csv,
-)
-
-MAX_RECORDS = 300  # above routes.SMALL_RECORDS: large requests take the column-by-column path
-MAX_BODY = 60_000
-
-
-# ---------------------------------------------------------------- a real server
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """`deepfm serve` in its own process group, with its output in a file."""
-
-    def __init__(self, model: Path | None, log: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.log_path = log
-        self.log = open(log, "wb")
-        env = {
-            **{k: v for k, v in os.environ.items() if k != "DEEPFM_ADMIN_TOKEN"},
-            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-            **(env or {}),
-        }
-        command = [
-            sys.executable,
-            "-m",
-            "deepfm",
-            "serve",
-            *([str(model)] if model is not None else []),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            *args,
-        ]
-        self.proc = subprocess.Popen(
-            command, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-
-    def wait_ready(self, timeout: float = 90) -> None:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
-            try:
-                if self.request("GET", "/health")[0] == 200:
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError(f"server not ready after {timeout} s:\n{self.log_path.read_text()}")
-
-    def request(
-        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
-    ) -> tuple[int, bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            conn.request(method, path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
-            resp = conn.getresponse()
-            return resp.status, resp.read()
-        finally:
-            conn.close()
-
-    def post(self, payload: Any) -> tuple[int, Any]:
-        status, raw = self.request("POST", "/predict", json.dumps(payload).encode())
-        return status, json.loads(raw)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.log.close()
-
-
-def start(model: Path | None, log: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Server]:
-    server = Server(model, log, *args, env=env)
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("serve")
-    data = write_records_csv(tmp / "train.csv", simple_records(3000, seed=4))
-    train(small_config(simple_schema()), data, tmp / "model", split="0.8,0.1,0.1")
-    return tmp / "model"
+from helpers import REPO, SIMPLE_FIELDS, assert_scores_close, assert_scores_differ, simple_records, write_records_csv
 
 
 @pytest.fixture(scope="module")
 def server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     log = tmp_path_factory.mktemp("serve-log") / "server.log"
     yield from start(model_dir, log, "--max-records", str(MAX_RECORDS), "--max-body-bytes", str(MAX_BODY))
-
-
-def features(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: r[k] for k in SIMPLE_FIELDS} for r in records]
 
 
 # ---------------------------------------------------------------- good requests
@@ -219,7 +111,6 @@ def test_concurrent_requests_get_their_own_probabilities(server: Server, model_d
 
 
 # ---------------------------------------------------------------- bad requests
-OK = {"user": "u1", "item": "item1", "price": 3.5, "tags": ["red"]}
 BAD_REQUESTS = [
     # name, body, status, words in the message, record, field
     ("unknown field", {"records": [OK, {"itme": "item1"}]}, 422, ["unknown field", "did you mean 'item'"], 1, "itme"),
@@ -567,280 +458,3 @@ def test_a_client_gone_before_its_body_is_not_a_server_error(server: Server) -> 
         assert time.monotonic() < deadline, "the request that lost its client was never counted"
         time.sleep(0.1)
     assert 'path="/predict",status="500"' not in server.request("GET", "/metrics")[1].decode()
-
-
-def copy_with_new_id(model_dir: Path, out: Path) -> str:
-    """The same weights saved again with one more metrics key: another manifest, another id."""
-    bundle = Bundle.load(model_dir)
-    bundle.metrics["copied_for"] = "reload test"
-    bundle.save(out)
-    return Bundle.load(out).model_id
-
-
-def point(link: Path, target: Path) -> None:
-    """Swap a symlink atomically, as a daily job would."""
-    tmp = link.with_name(link.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(target)
-    os.replace(tmp, link)
-
-
-def test_reload_under_load_fails_no_request(model_dir: Path, tmp_path: Path) -> None:
-    """POST /admin/reload swapping between two bundles while clients post: every answer is a
-    200 naming one of the two models, with the weights' probabilities; a broken bundle is
-    refused and the old model keeps serving."""
-    other_id = copy_with_new_id(model_dir, tmp_path / "other")
-    first_id = Bundle.load(model_dir).model_id
-    link = tmp_path / "current"
-    point(link, model_dir)
-    records = features(simple_records(40, seed=12))
-    expected = Bundle.load(model_dir).predict(records)
-    token = {"Authorization": "Bearer s3cret"}
-    for server in start(link, tmp_path / "reload.log", env={"DEEPFM_ADMIN_TOKEN": "s3cret"}):
-        assert server.request("POST", "/admin/reload", b"")[0] == 401
-        assert server.request("POST", "/admin/reload", b"", {"Authorization": "Bearer nope"})[0] == 401
-        # A count of swaps, not a time: on a slow machine a reload under load may take seconds.
-        swaps: list[Any] = []
-        done = threading.Event()
-
-        def reloads(server: Server = server, swaps: list[Any] = swaps, done: threading.Event = done) -> None:
-            targets = [tmp_path / "other", model_dir]
-            try:
-                time.sleep(0.3)  # the clients first
-                while len(swaps) < 4:
-                    point(link, targets[len(swaps) % 2])
-                    status, raw = server.request("POST", "/admin/reload", b"", token)
-                    swaps.append((status, json.loads(raw)))
-                    time.sleep(0.3)
-            finally:
-                done.set()
-
-        def client(i: int, server: Server = server, done: threading.Event = done) -> list[tuple[int, Any]]:
-            out = []
-            while not done.is_set():
-                out.append(server.post({"records": records[i : i + 1 + i % 30]}))
-            return out
-
-        with ThreadPoolExecutor(max_workers=9) as pool:
-            reloader = pool.submit(reloads)
-            answers = [a for part in pool.map(client, range(8)) for a in part]
-            reloader.result()
-        assert len(swaps) == 4 and all(s == 200 and a["swapped"] for s, a in swaps), swaps
-        assert len(answers) > 8 and all(status == 200 and a["probabilities"] for status, a in answers)
-        seen = {a["model"] for _, a in answers}
-        assert seen == {first_id, other_id}, seen
-        _, a = server.post({"records": records})
-        assert_scores_close(a["probabilities"], expected, "the same weights under either id")
-
-        (tmp_path / "broken").mkdir()
-        point(link, tmp_path / "broken")
-        before = json.loads(server.request("GET", "/health")[1])["model"]
-        status, raw = server.request("POST", "/admin/reload", b"", token)
-        error = json.loads(raw)["error"]
-        assert status == 422 and error["type"] == "reload_failed" and "not a complete model folder" in error["message"]
-        status, answer = server.post({"records": records[:3]})
-        assert status == 200 and answer["model"] == before
-        assert 'deepfm_reloads_total{result="failed"} 1.0' in server.request("GET", "/metrics")[1].decode()
-
-
-def test_watch_swaps_when_the_link_moves(model_dir: Path, tmp_path: Path) -> None:
-    other_id = copy_with_new_id(model_dir, tmp_path / "other")
-    link = tmp_path / "current"
-    point(link, model_dir)
-    for server in start(None, tmp_path / "watch.log", "--watch", str(link), "--watch-seconds", "0.2", "--access-log"):
-        first = json.loads(server.request("GET", "/health")[1])["model"]
-        status, _ = server.request("POST", "/predict", json.dumps({"records": [OK]}).encode(), {"X-Request-ID": "w-1"})
-        assert status == 200
-        (tmp_path / "broken").mkdir()
-        point(link, tmp_path / "broken")
-        deadline = time.monotonic() + 20
-        while 'deepfm_reloads_total{result="failed"}' not in server.request("GET", "/metrics")[1].decode():
-            assert time.monotonic() < deadline, "the broken bundle was never tried"
-            time.sleep(0.1)
-        assert server.post({"records": [OK]})[1]["model"] == first  # still the old model
-        point(link, tmp_path / "other")
-        while server.post({"records": [OK]})[1]["model"] != other_id:
-            assert time.monotonic() < deadline, "the new bundle was never served"
-            time.sleep(0.1)
-        log = server.log_path.read_text()
-        assert "reload of" in log and "not a complete model folder" in log  # the failure says why
-        assert re.search(rf"w-1 POST /predict 200 [0-9.]+ms model={first}", log), "the access log line"
-
-
-def test_sigterm_finishes_the_requests_in_flight(model_dir: Path, tmp_path: Path) -> None:
-    """A request whose body is still arriving when SIGTERM comes is read, scored and answered
-    before the server exits."""
-    body = json.dumps({"records": features(simple_records(30, seed=13))}).encode()
-    server = Server(model_dir, tmp_path / "term.log")
-    try:
-        server.wait_ready()
-        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
-            head = f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-            sock.sendall(head.encode() + body[:10])
-            deadline = time.monotonic() + 10
-            while "deepfm_requests_in_flight 2.0" not in server.request("GET", "/metrics")[1].decode():
-                assert time.monotonic() < deadline, "the request never reached the app"
-                time.sleep(0.05)
-            os.killpg(server.proc.pid, signal.SIGTERM)
-            time.sleep(0.5)
-            sock.sendall(body[10:])
-            answer = b""
-            while b"}" not in answer.rpartition(b"\r\n\r\n")[2] or not answer.endswith(b"}"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                answer += chunk
-        status_line, _, rest = answer.partition(b"\r\n")
-        assert status_line == b"HTTP/1.1 200 OK", answer
-        assert len(json.loads(rest.rpartition(b"\r\n\r\n")[2])["probabilities"]) == 30
-        # uvicorn raises the signal again once it has shut down: the status of a SIGTERM
-        assert server.proc.wait(timeout=30) in (0, -signal.SIGTERM)
-        assert "Application shutdown complete" in server.log_path.read_text()
-    finally:
-        server.stop()
-
-
-def test_loadtest_formats_reload_case_and_docs(model_dir: Path, tmp_path: Path) -> None:
-    """The load test's own server: every body format, the reload-under-load case, the tables
-    written between the page's markers."""
-    data = write_records_csv(tmp_path / "rows.csv", simple_records(300, seed=14))
-    page = tmp_path / "page.md"
-    page.write_text("intro\n<!-- loadtest:begin -->\nold figures\n<!-- loadtest:end -->\nafter\n")
-    out = tmp_path / "load.json"
-    command = [
-        sys.executable, str(REPO / "benchmarks" / "loadtest.py"), "--model", str(model_dir), "--data", str(data),
-        "--sizes", "1,8", "--clients", "3", "--formats", "records,columns,arrow", "--requests", "30",
-        "--large-requests", "20", "--warmup", "3", "--seconds", "20",
-        "--reload-every", "0.5", "--reload-seconds", "6", "--json", str(out), "--docs", str(page),
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
-    assert done.returncode == 0, done.stderr
-    report = json.loads(out.read_text())
-    model_id = Bundle.load(model_dir).model_id
-    cases = [(r["format"], r["size"], r["requests"], r["errors"], r["models"]) for r in report["results"]]
-    assert cases == [
-        ("records", 1, 30, 0, {model_id: 30}),
-        ("records", 8, 20, 0, {model_id: 20}),
-        ("columns", 8, 20, 0, {model_id: 20}),
-        ("arrow", 8, 20, 0, {model_id: 20}),
-    ]
-    reload = report["reload"]
-    # 6 s of load with a swap asked for every 0.5 s: a slow machine may take over a second a swap
-    assert reload["swaps"] >= 2 and reload["reload_failures"] == 0 and reload["load"]["errors"] == 0
-    assert len(reload["load"]["models"]) == 2 and model_id in reload["load"]["models"]
-    assert sum(reload["load"]["models"].values()) == reload["load"]["requests"]
-    text = page.read_text()
-    assert text.startswith("intro\n<!-- loadtest:begin -->\nMeasured ") and text.endswith(
-        "<!-- loadtest:end -->\nafter\n"
-    )
-    assert "old figures" not in text and "| arrow | 8 | 3 | 20 | 0 |" in text and "Reload under load:" in text
-
-
-def test_a_swapped_out_model_is_freed(model_dir: Path, tmp_path: Path) -> None:
-    """A reload does no full garbage collection (it stalled requests): the old model must go
-    by reference counting alone once nothing uses it."""
-    import asyncio
-    import weakref
-
-    import torch
-
-    from deepfm.inference.serve.metrics import Metrics
-    from deepfm.inference.serve.reload import Models
-    from deepfm.inference.serve.settings import ServeSettings, load_model
-
-    other_id = copy_with_new_id(model_dir, tmp_path / "other")
-    link = tmp_path / "current"
-    point(link, model_dir)
-    threads = torch.get_num_threads()  # load_model sets the process's torch threads
-    try:
-        settings = ServeSettings(model=str(link))
-        models = Models(settings, load_model(settings), Metrics())
-        old = weakref.ref(models.current.predictor)
-        point(link, tmp_path / "other")
-        answer = asyncio.run(models.reload())
-        assert answer["swapped"] and answer["model"] == other_id == models.current.model_id
-        assert old() is None, "the old model is still referenced"
-    finally:
-        torch.set_num_threads(threads)
-
-
-def test_column_paths_type_values_as_the_python_api_does() -> None:
-    """The service's two faster ways to a table (Arrow reading the dicts whole, or one Arrow
-    call per field) give the table of the Python API's value-by-value checks, and step aside
-    (None, or the per-value path) for anything but plain values."""
-    from deepfm.features.records import RecordChecker
-
-    checker = RecordChecker(simple_schema())
-    records = features(simple_records(100, seed=15))
-    expected = checker.records_table(records)
-    plain = checker.plain_records_table(records)
-    assert plain is not None and plain.equals(expected)
-    assert checker.columns_table(checker.record_columns(records), 100).equals(expected)
-    assert checker.plain_records_table([{"tags": ["red", "big"]}]) is None  # a list is joined in Python
-    assert checker.plain_records_table([{"price": "3.5"}]) is None  # text for a number is parsed
-    assert checker.plain_records_table([{"item": 7}]) is None  # a number for a category is written as text
-    odd = [{"item": 7.0, "price": "3.5", "tags": ["red", "big"], "user": 12}, {"price": 2**70}]
-    assert checker.columns_table(checker.record_columns(odd), 2).equals(checker.records_table(odd))
-
-    import pyarrow as pa
-
-    # An Arrow body's list column of numbers, or of large strings, is joined as a JSON list is.
-    for tags in (pa.array([[1, 2], []]), pa.array([["red", "big"], []], pa.large_list(pa.large_string()))):
-        want = checker.records_table([{"tags": tags[0].as_py()}, {"tags": []}])
-        assert checker.arrow_table(pa.table({"tags": tags})).equals(want), tags.type
-    with pytest.raises(DataError, match="more than once") as twice:
-        checker.arrow_table(pa.Table.from_arrays([pa.array([1.0]), pa.array([2.0])], names=["price", "price"]))
-    assert twice.value.field == "price"
-
-
-def test_batcher_stop_answers_the_pass_in_flight() -> None:
-    """stop() while a pass is being scored (the queue already empty) waits for its answers:
-    cancelling the batcher then would leave those requests waiting forever."""
-    import asyncio
-    import threading
-
-    from deepfm.inference.serve.batcher import Batcher
-
-    started = threading.Event()
-
-    def score(model: str, parts: list[int]) -> list[np.ndarray]:
-        started.set()
-        time.sleep(0.3)
-        return [np.full(rows, 0.5) for rows in parts]
-
-    async def stop_during_a_pass() -> np.ndarray:
-        batcher: Batcher[int, str] = Batcher(score, max_rows=100)
-        batcher.start()
-        request = asyncio.ensure_future(batcher.submit(3, 3, "model"))
-        while not started.is_set():
-            await asyncio.sleep(0.01)
-        await batcher.stop()
-        return await asyncio.wait_for(request, 10)
-
-    assert asyncio.run(stop_during_a_pass()).tolist() == [0.5] * 3
-
-
-def test_batcher_a_failing_request_fails_alone() -> None:
-    """A part that makes the model's pass raise fails its own request only: the requests
-    batched with it are scored again without it."""
-    import asyncio
-
-    from deepfm.inference.serve.batcher import Batcher
-
-    def score(model: str, parts: list[int]) -> list[np.ndarray]:
-        if -1 in parts:
-            raise ValueError("a value the checks let through")
-        return [np.full(rows, 0.5) for rows in parts]
-
-    async def three_requests() -> list[Any]:
-        batcher: Batcher[int, str] = Batcher(score, max_rows=100)
-        batcher.start()
-        # queued together before the batcher runs: one pass for all three
-        requests = [batcher.submit(rows, 1, "model") for rows in (2, -1, 3)]
-        answers = await asyncio.gather(*requests, return_exceptions=True)
-        await batcher.stop()
-        return answers
-
-    good, bad, other = asyncio.run(three_requests())
-    assert isinstance(bad, ValueError) and good.tolist() == [0.5] * 2 and other.tolist() == [0.5] * 3

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
+from serving import MAX_BODY, MAX_RECORDS, Server, start  # noqa: E402
 from test_fuzz import FUZZ, TEXT, outcome  # noqa: E402
-from test_serve import MAX_BODY, MAX_RECORDS, Server, model_dir, start  # noqa: E402, F401
 
 TARGET = "HTTP bodies -> POST /predict"
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from test_serve import point
+from serving import point
 
 from deepfm.bundle import Bundle
 from deepfm.data.schema import Schema
