@@ -81,7 +81,7 @@ def test_metrics(folder: Path) -> dict[str, Any]:
     return {k.removeprefix("test_"): m[k] for k in keys}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=200_000, help="training rows per day (default 200000)")
     ap.add_argument("--valid-rows", type=int, default=20_000)
@@ -95,138 +95,90 @@ def main() -> None:
     ap.add_argument("--warm-epochs", type=int, default=1)
     ap.add_argument("--neg-sample-rate", type=float, default=0.25)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "retrain-loop")
-    args = ap.parse_args()
+    return ap.parse_args()
 
-    out = args.out
-    shutil.rmtree(out, ignore_errors=True)
-    (out / "data").mkdir(parents=True)
-    log: list[dict[str, Any]] = []
-    common = ["--threads", str(args.threads), "--no-cache", "--quiet"]
-    sizes = {"train": args.rows, "valid": args.valid_rows, "test": args.test_rows}
-    days: list[dict[str, Any]] = []
-    for d in range(1, args.days + 1):
-        raw = out / "data" / f"day{d}.tsv"
+
+class Loop:
+    """One run of the loop: its settings, output folder and command log."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.out: Path = args.out
+        self.log: list[dict[str, Any]] = []
+        self.common = ["--threads", str(args.threads), "--no-cache", "--quiet"]
+        self.sizes = {"train": args.rows, "valid": args.valid_rows, "test": args.test_rows}
+
+    def write_day(self, d: int) -> dict[str, Path]:
+        """Generate day d and cut it into its train / valid / test files."""
+        raw = self.out / "data" / f"day{d}.tsv"
+        rows = str(sum(self.sizes.values()))
         run(
-            [
-                "synth",
-                "--day",
-                str(d),
-                "--rows",
-                str(sum(sizes.values())),
-                "--seed",
-                str(args.seed),
-                "--out",
-                str(raw),
-                "--quiet",
-            ],
-            log,
+            ["synth", "--day", str(d), "--rows", rows, "--seed", str(self.args.seed), "--out", str(raw), "--quiet"],
+            self.log,
         )
         raw.with_suffix(".truth.csv").unlink()
-        files = split_day(raw, out / "data", d, sizes)
-        parts = ["--data", str(files["train"]), "--valid", str(files["valid"]), "--test", str(files["test"])]
-        row: dict[str, Any] = {"day": d}
+        return split_day(raw, self.out / "data", d, self.sizes)
 
-        secs, _ = run(
-            [
-                "train",
-                "--preset",
-                "criteo",
-                *parts,
-                "--epochs",
-                str(args.scratch_epochs),
-                "--out",
-                str(out / f"scratch/day{d}"),
-                *common,
-            ],
-            log,
-        )
-        row["scratch"] = {**test_metrics(out / f"scratch/day{d}"), "seconds": secs}
+    def train(
+        self, arm: str, d: int, files: dict[str, Path], start: list[str], epochs: int, ds: bool
+    ) -> dict[str, Any]:
+        """One ``deepfm train`` into <out>/<arm>/day<d>: its test metrics and wall seconds."""
+        folder = self.out / arm / f"day{d}"
+        parts = ["--data", str(files["train"]), "--valid", str(files["valid"]), "--test", str(files["test"])]
+        sampling = ["--neg-sample-rate", str(self.args.neg_sample_rate)] if ds else []
+        cmd = ["train", *start, *parts, "--epochs", str(epochs), *sampling, "--out", str(folder), *self.common]
+        secs, _ = run(cmd, self.log)
+        return {**test_metrics(folder), "seconds": secs}
+
+    def day(self, d: int) -> dict[str, Any]:
+        """Every arm of day d, scored on its test rows (and the drift from yesterday's model)."""
+        files = self.write_day(d)
+        args, out = self.args, self.out
+        row: dict[str, Any] = {
+            "day": d,
+            "scratch": self.train("scratch", d, files, ["--preset", "criteo"], args.scratch_epochs, False),
+        }
         if d == 1:
             shutil.copytree(out / "scratch/day1", out / "warm/day1")
             row["warm"] = dict(row["scratch"])
-            secs, _ = run(
-                [
-                    "train",
-                    "--preset",
-                    "criteo",
-                    *parts,
-                    "--epochs",
-                    str(args.scratch_epochs),
-                    "--neg-sample-rate",
-                    str(args.neg_sample_rate),
-                    "--out",
-                    str(out / "warm-ds/day1"),
-                    *common,
-                ],
-                log,
-            )
-            row["warm_ds"] = {**test_metrics(out / "warm-ds/day1"), "seconds": secs}
+            row["warm_ds"] = self.train("warm-ds", d, files, ["--preset", "criteo"], args.scratch_epochs, True)
             row["never"] = dict(row["scratch"])
-        else:
-            secs, _ = run(
-                [
-                    "train",
-                    "--warm-start",
-                    str(out / f"warm/day{d - 1}"),
-                    *parts,
-                    "--epochs",
-                    str(args.warm_epochs),
-                    "--out",
-                    str(out / f"warm/day{d}"),
-                    *common,
-                ],
-                log,
-            )
-            row["warm"] = {**test_metrics(out / f"warm/day{d}"), "seconds": secs}
-            m = json.loads((out / f"warm/day{d}/metrics.json").read_text())
-            row["warm"]["vocabulary"] = m["warm_start"]
-            secs, _ = run(
-                [
-                    "train",
-                    "--warm-start",
-                    str(out / f"warm-ds/day{d - 1}"),
-                    *parts,
-                    "--epochs",
-                    str(args.warm_epochs),
-                    "--neg-sample-rate",
-                    str(args.neg_sample_rate),
-                    "--out",
-                    str(out / f"warm-ds/day{d}"),
-                    *common,
-                ],
-                log,
-            )
-            row["warm_ds"] = {**test_metrics(out / f"warm-ds/day{d}"), "seconds": secs}
-            _, text = run(["evaluate", str(out / "scratch/day1"), "--data", str(files["test"]), "--quiet"], log)
-            ev = json.loads(text)
-            row["never"] = {k: ev[k] for k in ("auc", "logloss", "ece", "mean_prediction", "ctr")}
-            _, text = run(
-                [
-                    "drift",
-                    str(out / f"warm/day{d - 1}"),
-                    "--data",
-                    str(files["test"]),
-                    "--out",
-                    str(out / f"drift-day{d}.json"),
-                    "--fail-on",
-                    "psi>0.25",
-                    "--quiet",
-                ],
-                log,
-            )
-            drift = json.loads(text)
-            row["drift"] = {
-                "max_psi": drift["max_psi"],
-                "worst": drift["worst"],
-                "fields_over_0.25": sum(
-                    1
-                    for f in json.loads((out / f"drift-day{d}.json").read_text())["fields"].values()
-                    if f["psi"] > 0.25
-                ),
-                "ctr_gap": (drift.get("labels") or {}).get("ctr_gap"),
-            }
-        days.append(row)
-        print(json.dumps(row), flush=True)
+            return row
+        for arm, key, ds in (("warm", "warm", False), ("warm-ds", "warm_ds", True)):
+            start = ["--warm-start", str(out / f"{arm}/day{d - 1}")]
+            row[key] = self.train(arm, d, files, start, args.warm_epochs, ds)
+        m = json.loads((out / f"warm/day{d}/metrics.json").read_text())
+        row["warm"]["vocabulary"] = m["warm_start"]
+        _, text = run(["evaluate", str(out / "scratch/day1"), "--data", str(files["test"]), "--quiet"], self.log)
+        ev = json.loads(text)
+        row["never"] = {k: ev[k] for k in ("auc", "logloss", "ece", "mean_prediction", "ctr")}
+        row["drift"] = self.drift(d, files["test"])
+        return row
+
+    def drift(self, d: int, test: Path) -> dict[str, Any]:
+        """``deepfm drift`` of yesterday's warm model on today's test rows."""
+        path = self.out / f"drift-day{d}.json"
+        cmd = ["drift", str(self.out / f"warm/day{d - 1}"), "--data", str(test), "--out", str(path)]
+        _, text = run([*cmd, "--fail-on", "psi>0.25", "--quiet"], self.log)
+        drift = json.loads(text)
+        fields = json.loads(path.read_text())["fields"].values()
+        return {
+            "max_psi": drift["max_psi"],
+            "worst": drift["worst"],
+            "fields_over_0.25": sum(1 for f in fields if f["psi"] > 0.25),
+            "ctr_gap": (drift.get("labels") or {}).get("ctr_gap"),
+        }
+
+
+def main() -> None:
+    args = parse_args()
+    shutil.rmtree(args.out, ignore_errors=True)
+    (args.out / "data").mkdir(parents=True)
+    loop = Loop(args)
+    days: list[dict[str, Any]] = []
+    for d in range(1, args.days + 1):
+        days.append(loop.day(d))
+        print(json.dumps(days[-1]), flush=True)
 
     result = {
         "date": dt.date.today().isoformat(),
@@ -234,7 +186,7 @@ def main() -> None:
         "python": platform.python_version(),
         "args": {k: str(v) for k, v in vars(args).items()},
         "days": days,
-        "commands": log,
+        "commands": loop.log,
     }
     (BENCH / "results").mkdir(exist_ok=True)
     path = BENCH / "results" / f"retrain-loop-{result['date']}.json"
