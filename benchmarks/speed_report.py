@@ -24,24 +24,13 @@ def _resolved_text(report: dict) -> str:
 
 
 def render_docs(report: dict, table: str, results: Path) -> str:
-    env = report["environment"]
-    mine, theirs = env.get("deepfm_env", {}), env.get("peers_env", {})
-    versions = mine.get("versions", {})
-    peer_versions = theirs.get("versions", {})
-    lib_versions = ", ".join(
-        f"{DISPLAY[lib]} {versions.get('deepfm') if lib.startswith('deepfm') else peer_versions.get(DISTRIBUTION[lib], '?')}"
-        for lib in report["libraries"]
-        if lib != "deepfm-defaults"  # the same deepfm
-    )
-    threads = sorted({e.get("torch_threads") for e in (mine, theirs) if e.get("torch_threads")})
+    """docs/benchmarks.md: the table, then what is measured, how every library ran, and where."""
     hp = report["hyperparameters"]
-    commit = env.get("deepfm_commit") or "unknown"
-    if env.get("deepfm_tree_dirty"):
-        commit += " with uncommitted changes in deepfm/"
+    return "".join([_intro(report, table, results), _measured(hp), _same_model(report, hp), _machine(report)])
+
+
+def _intro(report: dict, table: str, results: Path) -> str:
     rel = results.relative_to(ROOT) if results.is_relative_to(ROOT) else results
-    peer_stack = ", ".join(
-        f"{k} {v}" for k, v in peer_versions.items() if k not in ("deepctr-torch", "fuxictr", "torchfm")
-    )
     nice_note = (
         "\n(`nice`: other jobs shared the machine; the raised priority, which every library's run inherits"
         " alike, keeps them off its cores.)"
@@ -69,7 +58,11 @@ settings below, as every peer does; "deepfm, its defaults" is `deepfm train` wit
 training flags ({defaults}), the speed a user gets. Raw runs, per-peer ratios and
 versions: [`{rel}`](../{rel}).
 
-## What is measured
+"""
+
+
+def _measured(hp: dict) -> str:
+    return f"""## What is measured
 
 - **train samples/s**: training rows × epochs / seconds of the training loop only. Validation at the
   end of each epoch (and FuxiCTR's checkpoint save and reload) is timed apart and left out.
@@ -87,7 +80,14 @@ versions: [`{rel}`](../{rel}).
 - **peak RSS**: the largest resident set of the run's process tree (`ru_maxrss` from `os.wait4` on
   the run's own process, which also covers the DataLoader workers it waited for).
 
-## Same model, same data
+"""
+
+
+def _same_model(report: dict, hp: dict) -> str:
+    env = report["environment"]
+    envs = (env.get("deepfm_env", {}), env.get("peers_env", {}))
+    threads = sorted({e.get("torch_threads") for e in envs if e.get("torch_threads")})
+    return f"""## Same model, same data
 
 - Data: `deepfm synth --rows {report["rows"]}`, Criteo layout (label, I1..I13 counts, C1..C26 hashed
   categoricals, tab-separated), split by row order {hp["split"]} (train, validation, test).
@@ -124,7 +124,26 @@ Per library:
   layers are replaced by identities to match the model above. Its first-order weights start at
   N(0, 1) (`nn.Embedding`'s default), which one epoch does not undo: expect a poor logloss.
 
-## Machine and versions
+"""
+
+
+def _machine(report: dict) -> str:
+    env = report["environment"]
+    mine, theirs = env.get("deepfm_env", {}), env.get("peers_env", {})
+    versions = mine.get("versions", {})
+    peer_versions = theirs.get("versions", {})
+    lib_versions = ", ".join(
+        f"{DISPLAY[lib]} {versions.get('deepfm') if lib.startswith('deepfm') else peer_versions.get(DISTRIBUTION[lib], '?')}"
+        for lib in report["libraries"]
+        if lib != "deepfm-defaults"  # the same deepfm
+    )
+    commit = env.get("deepfm_commit") or "unknown"
+    if env.get("deepfm_tree_dirty"):
+        commit += " with uncommitted changes in deepfm/"
+    peer_stack = ", ".join(
+        f"{k} {v}" for k, v in peer_versions.items() if k not in ("deepctr-torch", "fuxictr", "torchfm")
+    )
+    return f"""## Machine and versions
 
 - CPU: {env.get("cpu")}, {env.get("cores")} cores, {env.get("ram_gib")} GiB RAM; {env.get("os")}
 - Python {mine.get("python", "?")}; torch {versions.get("torch", "?")} (deepfm's venv) and {peer_versions.get("torch", "?")} (peers' venv)
