@@ -138,7 +138,7 @@ def main() -> int:
     return 0 if all(r["ok"] for r in report["runs"]) else 1
 
 
-def parse_args() -> argparse.Namespace:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--datasets", help="comma-separated names or patterns (default: all), e.g. criteo-10k,frappe,synth-*-100k"
@@ -187,6 +187,12 @@ def parse_args() -> argparse.Namespace:
         "OMP_NUM_THREADS; default: PyTorch's, one per core). 1 on a machine shared with other jobs: a "
         "thread that waits for a busy core stalls every parallel op of its run",
     )
+    return p
+
+
+def parse_args() -> argparse.Namespace:
+    """The command line, checked: lists split, seeds expanded, the page and workdir placed."""
+    p = _parser()
     args = p.parse_args()
     args.libs = [s.strip() for s in args.libs.split(",") if s.strip()]
     args.variants = [s.strip() for s in args.variants.split(",") if s.strip()]

@@ -6,9 +6,13 @@ Everything here is computed from the runs in the results JSON; no number is writ
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from typing import Any
 
 from benchlib import DISPLAY
+
+# how a check records its outcome: add(check, dataset, PASS/FAIL/None for n/a, line)
+_Add = Callable[[str, str, "bool | None", str], None]
 
 # The rows of a data set's table, in order: deepfm's runs, then the peers.
 DEEPFM_ROWS = {
@@ -113,32 +117,7 @@ def checks(datasets: list[dict], summaries: dict[str, dict]) -> list[dict]:
 
     for ds in datasets:
         name, rows = ds["name"], summaries.get(ds["name"], {})
-        mine, peer = rows.get("deepfm"), best_peer(rows)
-        margin = AUC_MARGIN if ds["rows"] >= BIG_ROWS else 0.0
-        if mine and peer:
-            bar = rows[peer]["test_auc"] + margin
-            add(
-                "auc_vs_peers",
-                name,
-                mine["test_auc"] >= bar,
-                f"{name}: deepfm defaults' test AUC {mine['test_auc']:.4f} >= best peer ({DISPLAY[peer]}) "
-                f"{rows[peer]['test_auc']:.4f}{f' + {margin}' if margin else ''}",
-            )
-            lpeer = best_peer(rows, "test_logloss")
-            add(
-                "logloss_vs_peers",
-                name,
-                mine["test_logloss"] <= rows[lpeer]["test_logloss"],
-                f"{name}: deepfm defaults' test logloss {mine['test_logloss']:.4f} <= best peer ({DISPLAY[lpeer]}) "
-                f"{rows[lpeer]['test_logloss']:.4f}",
-            )
-        else:
-            add(
-                "auc_vs_peers",
-                name,
-                None,
-                f"{name}: deepfm defaults vs the best peer: {'no peer runs' if mine else 'no deepfm runs'}",
-            )
+        _peer_checks(add, name, rows, AUC_MARGIN if ds["rows"] >= BIG_ROWS else 0.0)
         if ds["family"] == "synth" and ds["rows"] >= 1_000_000:
             _order_check(add, name, rows)
         if ds["family"] == "synth" and ds["rows"] == BIG_ROWS:
@@ -148,22 +127,57 @@ def checks(datasets: list[dict], summaries: dict[str, dict]) -> list[dict]:
             else:
                 add("deepfm_ge_lr", name, None, f"{name}: DeepFM >= LR: runs missing")
         if ds.get("header"):
-            inf = rows.get("deepfm-inferred")
-            if mine and inf:
-                gap = inf["test_auc"] - mine["test_auc"]
-                add(
-                    "inferred_schema",
-                    name,
-                    abs(gap) <= AUC_MARGIN,
-                    f"{name}: schema inferred {inf['test_auc']:.4f} within {AUC_MARGIN} of the written schema "
-                    f"{mine['test_auc']:.4f} (difference {gap:+.4f})",
-                )
-            else:
-                add("inferred_schema", name, None, f"{name}: inferred vs written schema: runs missing")
+            _inferred_check(add, name, rows)
     return out
 
 
-def _order_check(add, name: str, rows: dict[str, dict]) -> None:
+def _peer_checks(add: _Add, name: str, rows: dict, margin: float) -> None:
+    """deepfm's defaults against the best peer: AUC (by ``margin`` more on large data), logloss."""
+    mine, peer = rows.get("deepfm"), best_peer(rows)
+    if mine and peer:
+        bar = rows[peer]["test_auc"] + margin
+        add(
+            "auc_vs_peers",
+            name,
+            mine["test_auc"] >= bar,
+            f"{name}: deepfm defaults' test AUC {mine['test_auc']:.4f} >= best peer ({DISPLAY[peer]}) "
+            f"{rows[peer]['test_auc']:.4f}{f' + {margin}' if margin else ''}",
+        )
+        lpeer = best_peer(rows, "test_logloss")
+        add(
+            "logloss_vs_peers",
+            name,
+            mine["test_logloss"] <= rows[lpeer]["test_logloss"],
+            f"{name}: deepfm defaults' test logloss {mine['test_logloss']:.4f} <= best peer ({DISPLAY[lpeer]}) "
+            f"{rows[lpeer]['test_logloss']:.4f}",
+        )
+    else:
+        add(
+            "auc_vs_peers",
+            name,
+            None,
+            f"{name}: deepfm defaults vs the best peer: {'no peer runs' if mine else 'no deepfm runs'}",
+        )
+
+
+def _inferred_check(add: _Add, name: str, rows: dict) -> None:
+    """The schema-inferred run within AUC_MARGIN of the written schema's."""
+    mine = rows.get("deepfm")
+    inf = rows.get("deepfm-inferred")
+    if mine and inf:
+        gap = inf["test_auc"] - mine["test_auc"]
+        add(
+            "inferred_schema",
+            name,
+            abs(gap) <= AUC_MARGIN,
+            f"{name}: schema inferred {inf['test_auc']:.4f} within {AUC_MARGIN} of the written schema "
+            f"{mine['test_auc']:.4f} (difference {gap:+.4f})",
+        )
+    else:
+        add("inferred_schema", name, None, f"{name}: inferred vs written schema: runs missing")
+
+
+def _order_check(add: _Add, name: str, rows: dict[str, dict]) -> None:
     """DeepFM > FM > LR, each step beyond the seed spread."""
     if not all(k in rows for k in ("deepfm", "deepfm-fm", "deepfm-lr")):
         add("deepfm_fm_lr_order", name, None, f"{name}: DeepFM > FM > LR: runs missing")
