@@ -31,24 +31,19 @@ def main() -> None:
     common.emit(result)
 
 
-def run_accuracy(args) -> dict:
-    """Train until the library's EarlyStopping ends fit(); test the best epoch's weights."""
-    import deepctr_torch
-    import torch
-    from deepctr_torch.callbacks import EarlyStopping
-    from deepctr_torch.inputs import SparseFeat
+def model_input(data, names: list[str], part: str) -> dict:
+    """fit()'s and predict()'s input: one array of ids per field name."""
+    return {name: data.x[part][:, i] for i, name in enumerate(names)}
+
+
+def deepfm(columns: list, args, **settings: float | bool):
+    """deepctr_torch.models.DeepFM over ``columns`` with the shared sizes; ``settings`` override
+    the library's defaults (L2, dropout, batch norm)."""
     from deepctr_torch.models import DeepFM
 
-    data = common.load_encoded(args.encoded)
-    columns = [
-        SparseFeat(name, vocabulary_size=size, embedding_dim=args.embedding_dim)
-        for name, size in zip(data.fields, data.vocab_sizes)
-    ]
-
-    def model_input(part: str) -> dict:
-        return {name: data.x[part][:, i] for i, name in enumerate(data.fields)}
-
-    model = DeepFM(
+    # compile('adam') is torch.optim.Adam with its default lr, 1e-3: the benchmark's lr.
+    assert args.lr == 1e-3, "compile('adam') fixes the learning rate at 1e-3"
+    return DeepFM(
         linear_feature_columns=columns,
         dnn_feature_columns=columns,
         dnn_hidden_units=tuple(args.hidden),
@@ -56,20 +51,36 @@ def run_accuracy(args) -> dict:
         seed=args.seed,
         task="binary",
         device="cpu",
+        **settings,
     )
-    assert args.lr == 1e-3, "compile('adam') fixes the learning rate at 1e-3"
+
+
+def run_accuracy(args) -> dict:
+    """Train until the library's EarlyStopping ends fit(); test the best epoch's weights."""
+    import deepctr_torch
+    import torch
+    from deepctr_torch.callbacks import EarlyStopping
+    from deepctr_torch.inputs import SparseFeat
+
+    data = common.load_encoded(args.encoded)
+    columns = [
+        SparseFeat(name, vocabulary_size=size, embedding_dim=args.embedding_dim)
+        for name, size in zip(data.fields, data.vocab_sizes)
+    ]
+
+    model = deepfm(columns, args)
     model.compile("adam", "binary_crossentropy", metrics=["auc"])
     stop = EarlyStopping(monitor="val_auc", mode="max", patience=args.patience, restore_best_weights=True)
     eval_timer = common.Timer()
     model.evaluate = eval_timer.wrap(model.evaluate)
     t_fit = time.perf_counter()
     history = model.fit(
-        model_input("train"),
+        model_input(data, data.fields, "train"),
         data.y["train"],
         batch_size=args.batch_size,
         epochs=args.max_epochs,
         verbose=0,
-        validation_data=(model_input("valid"), data.y["valid"]),
+        validation_data=(model_input(data, data.fields, "valid"), data.y["valid"]),
         shuffle=True,
         callbacks=[stop],
     )
@@ -78,7 +89,7 @@ def run_accuracy(args) -> dict:
     # allowed epoch they are put back here.
     if not stop.stopped_epoch and stop.best_weights is not None:
         model.load_state_dict(stop.best_weights)
-    scores = model.predict(model_input("test"), batch_size=args.predict_batch)
+    scores = model.predict(model_input(data, data.fields, "test"), batch_size=args.predict_batch)
     return common.accuracy_result(
         "deepctr-torch",
         deepctr_torch.__version__,
@@ -95,7 +106,6 @@ def run(args) -> dict:
     import deepctr_torch
     import torch
     from deepctr_torch.inputs import SparseFeat, get_feature_names
-    from deepctr_torch.models import DeepFM
 
     t_start = time.perf_counter()
     data = common.pandas_label_encode(args.data, args.split, args.min_count)
@@ -106,27 +116,10 @@ def run(args) -> dict:
     ]
     names = get_feature_names(columns)
 
-    def model_input(part: str) -> dict:
-        return {name: data.x[part][:, i] for i, name in enumerate(names)}
-
     # Same model as everywhere: FM + MLP 400-400-400 ReLU, no dropout, no batch norm, L2 0
     # (DeepCTR's defaults put 1e-5 on the embeddings and the linear part).
-    model = DeepFM(
-        linear_feature_columns=columns,
-        dnn_feature_columns=columns,
-        dnn_hidden_units=tuple(args.hidden),
-        dnn_activation="relu",
-        dnn_dropout=0,
-        dnn_use_bn=False,
-        l2_reg_linear=0,
-        l2_reg_embedding=0,
-        l2_reg_dnn=0,
-        seed=args.seed,
-        task="binary",
-        device="cpu",
-    )
-    # 'adam' is torch.optim.Adam with its default lr, 1e-3: the benchmark's lr.
-    assert args.lr == 1e-3, "compile('adam') fixes the learning rate at 1e-3"
+    settings = {"dnn_dropout": 0, "dnn_use_bn": False, "l2_reg_linear": 0, "l2_reg_embedding": 0, "l2_reg_dnn": 0}
+    model = deepfm(columns, args, **settings)
     model.compile("adam", "binary_crossentropy")
 
     # fit() evaluates the validation part at the end of every epoch; time that separately so
@@ -135,18 +128,18 @@ def run(args) -> dict:
     model.evaluate = eval_timer.wrap(model.evaluate)
     t_fit = time.perf_counter()
     model.fit(
-        model_input("train"),
+        model_input(data, names, "train"),
         data.y["train"],
         batch_size=args.batch_size,
         epochs=args.epochs,
         verbose=2,
-        validation_data=(model_input("valid"), data.y["valid"]),
+        validation_data=(model_input(data, names, "valid"), data.y["valid"]),
         shuffle=True,
     )
     fit_seconds = time.perf_counter() - t_fit
     train_seconds = fit_seconds - eval_timer.seconds
 
-    test_input = model_input("test")
+    test_input = model_input(data, names, "test")
     t_pred = time.perf_counter()
     scores = model.predict(test_input, batch_size=args.predict_batch)
     predict_seconds = time.perf_counter() - t_pred

@@ -166,12 +166,9 @@ def run_accuracy(args) -> dict:
     )
 
 
-def run(args) -> dict:
-    seed_everything(args.seed)
-    data_root = os.path.join(args.workdir, "data")
-    t_start = time.perf_counter()
-
-    # ---- preprocessing: raw TSV -> fitted FeatureProcessor -> encoded .npz parts
+def preprocess(args, data_root: str) -> tuple[int, dict[str, str], dict[str, np.ndarray], str, str]:
+    """Raw TSV -> fitted FeatureProcessor -> encoded .npz parts: (rows, part paths, part labels,
+    the processor's data folder, its feature map file)."""
     feature_cols = [
         {
             "name": common.NUMERIC,
@@ -209,8 +206,15 @@ def run(args) -> dict:
         paths[name] = os.path.join(processor.data_dir, f"{name}.npz")
         np.savez(paths[name], **{c: np.asarray(v) for c, v in encoded.items()})
         labels[name] = frame["label"].to_numpy()
-    feature_map = FeatureMap("criteo_synth", processor.data_dir)
-    feature_map.load(processor.json_file, {"embedding_dim": args.embedding_dim})
+    return n_rows, paths, labels, processor.data_dir, processor.json_file
+
+
+def run(args) -> dict:
+    seed_everything(args.seed)
+    t_start = time.perf_counter()
+    n_rows, paths, labels, data_dir, json_file = preprocess(args, os.path.join(args.workdir, "data"))
+    feature_map = FeatureMap("criteo_synth", data_dir)
+    feature_map.load(json_file, {"embedding_dim": args.embedding_dim})
     train_gen = NpzDataLoader(feature_map, paths["train"], batch_size=args.batch_size, shuffle=True)
     valid_gen = NpzDataLoader(feature_map, paths["valid"], batch_size=args.predict_batch, shuffle=False)
     test_gen = NpzDataLoader(feature_map, paths["test"], batch_size=args.predict_batch, shuffle=False)

@@ -33,6 +33,18 @@ EXAMPLE_DROPOUT = 0.2
 EXAMPLE_WEIGHT_DECAY = 1e-6
 
 
+def train_epoch(model, batches, criterion, optimizer) -> float:
+    """One pass of the examples' training loop over ``batches``; its seconds."""
+    t0 = time.perf_counter()
+    model.train()
+    for fields, target in batches:
+        loss = criterion(model(fields), target)
+        model.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return time.perf_counter() - t0
+
+
 def run_accuracy(args) -> dict:
     """The example's loop with its early stopper; test the best epoch's weights."""
     import copy
@@ -67,14 +79,7 @@ def run_accuracy(args) -> dict:
     valid_aucs: list[float] = []
     best_state, trials, train_seconds = None, 0, 0.0
     for epoch in range(args.max_epochs):
-        t0 = time.perf_counter()
-        model.train()
-        for fields, target in train_batches:
-            loss = criterion(model(fields), target)
-            model.zero_grad()
-            loss.backward()
-            optimizer.step()
-        train_seconds += time.perf_counter() - t0
+        train_seconds += train_epoch(model, train_batches, criterion, optimizer)
         valid_aucs.append(common.auc_logloss(data.y["valid"], predict("valid"))[0])
         print(f"epoch {epoch + 1}: valid auc {valid_aucs[-1]:.4f}")
         if valid_aucs[-1] > max(valid_aucs[:-1], default=-1.0):  # the example's EarlyStopper, kept in memory
@@ -123,14 +128,7 @@ def run(args) -> dict:
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=0.0)
     train_seconds = 0.0
     for epoch in range(args.epochs):
-        t0 = time.perf_counter()
-        model.train()
-        for fields, target in train_batches:
-            loss = criterion(model(fields), target)
-            model.zero_grad()
-            loss.backward()
-            optimizer.step()
-        train_seconds += time.perf_counter() - t0
+        train_seconds += train_epoch(model, train_batches, criterion, optimizer)
         # Validation each epoch, as the examples do (outside the timed training loop).
         valid_auc, _ = common.auc_logloss(data.y["valid"], predict(valid_batches))
         print(f"epoch {epoch + 1}: valid auc {valid_auc:.4f}")
