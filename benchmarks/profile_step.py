@@ -17,6 +17,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -50,15 +51,19 @@ def mlp_flops_per_sample(in_dim: int, hidden: list[int]) -> float:
     return 3 * sum(2 * a * b for a, b in zip(dims[:-1], dims[1:]))
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=300_000)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--batch-size", type=int, default=4096)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/deepfm-bench"))
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
-    args = ap.parse_args()
+    return ap.parse_args()
 
+
+def build(args: argparse.Namespace) -> tuple[Callable[[], None], InputLayout, ModelConfig]:
+    """Generated data, encoded and cached; the speed benchmark's DeepFM and its trainer.
+    Returns one training step as a function, the input layout and the model's settings."""
     args.workdir.mkdir(parents=True, exist_ok=True)
     data = args.workdir / f"synth-{args.rows}.tsv"
     if not data.exists():
@@ -68,11 +73,13 @@ def main() -> None:
         )
     config = RunConfig(schema=criteo_schema())
     pipeline, parts, _ = prepare_cached(config, data, default_cache_dir(), split=(0.8, 0.1, 0.1))
-    model_cfg = ModelConfig(embedding_dim=10, hidden=(400, 400, 400), dropout=0.0)
     layout = InputLayout(pipeline.num_embeddings, len(pipeline.single_fields))
+    model_cfg = ModelConfig(embedding_dim=10, hidden=(400, 400, 400), dropout=0.0, batch_norm=False).resolved(layout)
     torch.manual_seed(0)
     model = DeepFM(layout, model_cfg)
-    trainer = Trainer(model, replace(TrainConfig(), l2_embedding=1e-5, progress=False), torch.device("cpu"))
+    # the speed benchmark's fixed steps; the "auto" ones resolve from the data in a real run
+    train_cfg = replace(TrainConfig(), batch_size=args.batch_size, embedding_lr=1e-3, l2_embedding=1e-5, progress=False)
+    trainer = Trainer(model, train_cfg, torch.device("cpu"))
 
     def forever():  # epochs back to back, so any --steps fits
         epoch = 0
@@ -85,24 +92,36 @@ def main() -> None:
     def step() -> None:
         with torch.profiler.record_function("data"):
             batch = next(batches)
-        trainer._step(batch, len(batch))
+        trainer.step(batch, len(batch))
 
+    return step, layout, model_cfg
+
+
+def time_steps(step: Callable[[], None], steps: int) -> tuple[float, dict[str, float]]:
+    """Seconds per step unprofiled (after 5 warm-up steps), then each labelled range's
+    milliseconds per step under the profiler."""
     for _ in range(5):
         step()
     t0 = time.perf_counter()
-    for _ in range(args.steps):
+    for _ in range(steps):
         step()
-    step_s = (time.perf_counter() - t0) / args.steps
+    step_s = (time.perf_counter() - t0) / steps
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(args.steps):
+        for _ in range(steps):
             step()
     # Wall time of each labelled range, averaged per step.
     by_label = {k: 0.0 for k in LABELS}
     for evt in prof.events():
         if evt.name in by_label:
-            by_label[evt.name] += evt.cpu_time_total / 1e3 / args.steps  # us -> ms
-    profiled_total = sum(by_label.values())
+            by_label[evt.name] += evt.cpu_time_total / 1e3 / steps  # us -> ms
+    return step_s, by_label
 
+
+def main() -> None:
+    args = parse_args()
+    step, layout, model_cfg = build(args)
+    step_s, by_label = time_steps(step, args.steps)
+    profiled_total = sum(by_label.values())
     peak = matmul_peak()
     flops = mlp_flops_per_sample(layout.n_fields * model_cfg.embedding_dim, list(model_cfg.hidden))
     samples_s = args.batch_size / step_s
