@@ -37,10 +37,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def worker(args: argparse.Namespace) -> None:
+    """One rank under torchrun: encode the file (rank 0, once), train one epoch sharded,
+    gather what each rank held and print (and write) the result on rank 0."""
     from deepfm.config import RunConfig
     from deepfm.data.schema import PRESETS
     from deepfm.model.deepfm import DeepFM, InputLayout
-    from deepfm.training import prepare
     from deepfm.training.sharded import ShardedDeepFM, field_tables, rank_batches
 
     dist.init_process_group("gloo")
@@ -48,31 +49,17 @@ def worker(args: argparse.Namespace) -> None:
     threads = max(1, (os.cpu_count() or 1) // world)
     torch.set_num_threads(threads)
     config = RunConfig(schema=PRESETS["criteo"]())
-    encoded = args.workdir / f"encoded-{args.rows}"
-    if rank == 0 and not (encoded / "done").exists():
-        pipeline, parts = prepare(config, args.workdir / "clicks.tsv", encoded, split=(1.0, 0.0, 0.0))
-        (encoded / "pipeline").mkdir(parents=True, exist_ok=True)
-        pipeline.save(encoded / "pipeline")
-        (encoded / "done").write_text("")
-    dist.barrier()
-    from deepfm.data.encoded import EncodedDataset
-    from deepfm.features.pipeline import FeaturePipeline
-
-    pipeline = FeaturePipeline.load(encoded / "pipeline")
-    train = EncodedDataset(encoded / "train")
+    pipeline, train = _encoded(args, config, rank)
     layout = InputLayout.of(pipeline)
-    tables = field_tables(pipeline)
     torch.manual_seed(0)
-    model = ShardedDeepFM(layout, config.model, tables, row_wise_min_rows=args.row_wise_min_rows)
+    model = ShardedDeepFM(layout, config.model, field_tables(pipeline), row_wise_min_rows=args.row_wise_min_rows)
     model.load_from(DeepFM(layout, config.model))
     load_before = os.getloadavg()[0]  # other work on the machine: the epoch shares its cores
-    steps, t0 = 0, time.perf_counter()
-    rows = 0
+    steps, rows, t0 = 0, 0, time.perf_counter()
     for batch in rank_batches(train, args.batch, seed=1):
         model.step(batch, args.batch)
         steps, rows = steps + 1, rows + len(batch)
     seconds = time.perf_counter() - t0
-    width = model.width
     held = torch.zeros(world, dtype=torch.int64)
     held[rank] = model.local_rows()
     rss = torch.zeros(world, dtype=torch.float64)
@@ -92,38 +79,58 @@ def worker(args: argparse.Namespace) -> None:
             "seconds": round(seconds, 1),
             "num_embeddings": n,
             "rows_held": held.tolist(),
-            "table_mib_per_rank": [
-                round(int(h) * (width * 4 + 4) / 2**20, 1) for h in held
-            ],  # weights + row-wise Adagrad
+            # weights + row-wise Adagrad
+            "table_mib_per_rank": [round(int(h) * (model.width * 4 + 4) / 2**20, 1) for h in held],
             "data_parallel_table_mib_per_rank": round(n * d1 * 4 * 3 / 2**20, 1),  # weights + Adam's two moments
             "placement": {k: v[0] for k, v in model.placement.items() if v[0] == "row_wise"},
             "peak_rss_gib_per_rank": [round(float(x), 2) for x in rss],
         }
         print(json.dumps(result))
         if args.json is not None:
-            record = {
-                "benchmark": "sharded",
-                "date": datetime.date.today().isoformat(),
-                "command": args.command,
-                "config": {
-                    "model": dataclasses.asdict(config.model),
-                    "row_wise_min_rows": args.row_wise_min_rows,
-                    "global_batch": args.batch,
-                    "epochs": 1,
-                    "threads_per_rank": threads,
-                    "table_optimizer": "fbgemm fused row-wise Adagrad",
-                    "dense_optimizer": "Adam",
-                },
-                "deepfm_commit": _git("rev-parse", "--short", "HEAD"),
-                "deepfm_tree_dirty": bool(_git("status", "--porcelain", "--", "deepfm")),
-                "cpu_count": os.cpu_count(),
-                "load_average_before": load_before,
-                "load_average_after": os.getloadavg()[0],
-                **result,
-            }
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(record, indent=1) + "\n")
+            _write_record(args, config, threads, load_before, result)
     dist.destroy_process_group()
+
+
+def _encoded(args: argparse.Namespace, config, rank: int) -> tuple:
+    """The file encoded once into --workdir by rank 0 (the others wait): (pipeline, train part)."""
+    from deepfm.data.encoded import EncodedDataset
+    from deepfm.features.pipeline import FeaturePipeline
+    from deepfm.training import prepare
+
+    encoded = args.workdir / f"encoded-{args.rows}"
+    if rank == 0 and not (encoded / "done").exists():
+        pipeline, _ = prepare(config, args.workdir / "clicks.tsv", encoded, split=(1.0, 0.0, 0.0))
+        (encoded / "pipeline").mkdir(parents=True, exist_ok=True)
+        pipeline.save(encoded / "pipeline")
+        (encoded / "done").write_text("")
+    dist.barrier()
+    return FeaturePipeline.load(encoded / "pipeline"), EncodedDataset(encoded / "train")
+
+
+def _write_record(args: argparse.Namespace, config, threads: int, load_before: float, result: dict) -> None:
+    """--json: the result with the date, the command, the settings, the commit and the load."""
+    record = {
+        "benchmark": "sharded",
+        "date": datetime.date.today().isoformat(),
+        "command": args.command,
+        "config": {
+            "model": dataclasses.asdict(config.model),
+            "row_wise_min_rows": args.row_wise_min_rows,
+            "global_batch": args.batch,
+            "epochs": 1,
+            "threads_per_rank": threads,
+            "table_optimizer": "fbgemm fused row-wise Adagrad",
+            "dense_optimizer": "Adam",
+        },
+        "deepfm_commit": _git("rev-parse", "--short", "HEAD"),
+        "deepfm_tree_dirty": bool(_git("status", "--porcelain", "--", "deepfm")),
+        "cpu_count": os.cpu_count(),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg()[0],
+        **result,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(record, indent=1) + "\n")
 
 
 def _git(*args: str) -> str:

@@ -476,21 +476,9 @@ def test_drift_check_sees_the_simulated_days(
     capsys.readouterr()
     # Day 2: new ids in the large fields, none in the small ones; the base CTR fell.
     out = tmp_path / "d2.json"
+    thresholds = ["--fail-on", "psi>0.25", "--fail-on", "oov_change>0.05"]
     code = main(
-        [
-            "drift",
-            str(model),
-            "--data",
-            str(days[2]["test"]),
-            "--out",
-            str(out),
-            "--fail-on",
-            "psi>0.25",
-            "--fail-on",
-            "oov_change>0.05",
-            "--report",
-            "--quiet",
-        ]
+        ["drift", str(model), "--data", str(days[2]["test"]), "--out", str(out), *thresholds, "--report", "--quiet"]
     )
     assert code == 1
     assert "threshold crossed: psi>0.25" in capsys.readouterr().err
@@ -512,7 +500,16 @@ def test_drift_check_sees_the_simulated_days(
     # The report shows the last check written into the model folder (with --report above:
     # drift.json there is the day-1 check; the day-2 one went to --out).
     assert "<h2>Drift</h2>" in (model / "report.html").read_text()
-    # Rows without labels: no CTR comparison, a label threshold says why it cannot pass.
+
+
+def test_drift_check_of_rows_without_labels(
+    full_and_sampled: tuple[Bundle, Bundle], days: dict[int, dict[str, Path]], tmp_path: Path
+) -> None:
+    """No CTR comparison; a label threshold says why it cannot pass; a malformed one is a usage error."""
+    import shutil
+
+    model = tmp_path / "m"
+    shutil.copytree(full_and_sampled[0].path, model)
     unlabelled = tmp_path / "nolabel.tsv"
     unlabelled.write_text(
         "".join(line.split("\t", 1)[1] for line in days[2]["test"].read_text().splitlines(keepends=True)[:500])
