@@ -79,6 +79,25 @@ def run(cmd: list[str], log: Path) -> dict:
     }
 
 
+# one epoch with the defaults; every row preprocessed, none from a cache
+TRAIN_FLAGS = ["--preset", "criteo", "--split", "0.9,0.05,0.05", "--epochs", "1", "--no-cache", "--quiet"]
+# what the results keep of the run's metrics.json
+TRAIN_METRICS = (
+    "train_rows",
+    "preprocess_seconds",
+    "preprocess_rows_per_s",
+    "train_seconds",
+    "train_samples_per_s",
+    "valid_predict_samples_per_s",
+    "test_predict_samples_per_s",
+    "valid_auc",
+    "test_auc",
+    "test_logloss",
+    "total_seconds",
+    "batch_size",
+)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=45_000_000)
@@ -98,25 +117,8 @@ def main() -> None:
             [*deepfm, "synth", "--rows", str(args.rows), "--out", str(data), "--quiet"], work / "synth.log"
         )
     out = work / "model"
-    stages["train"] = run(
-        [
-            *deepfm,
-            "train",
-            "--data",
-            str(data),
-            "--preset",
-            "criteo",
-            "--split",
-            "0.9,0.05,0.05",
-            "--epochs",
-            "1",
-            "--no-cache",
-            "--out",
-            str(out),
-            "--quiet",
-        ],
-        work / "train.log",
-    )
+    train = ["train", "--data", str(data), "--out", str(out), *TRAIN_FLAGS]
+    stages["train"] = run([*deepfm, *train], work / "train.log")
     m = json.loads((out / "metrics.json").read_text())
     tail = work / "eval.tsv"
     with open(tail, "wb") as f:  # the last rows of the file: the test part's own rows
@@ -128,23 +130,7 @@ def main() -> None:
         "command": f"python benchmarks/scale.py --rows {args.rows}",
         "rows": args.rows,
         "stages": stages,
-        "train_metrics": {
-            k: m.get(k)
-            for k in (
-                "train_rows",
-                "preprocess_seconds",
-                "preprocess_rows_per_s",
-                "train_seconds",
-                "train_samples_per_s",
-                "valid_predict_samples_per_s",
-                "test_predict_samples_per_s",
-                "valid_auc",
-                "test_auc",
-                "test_logloss",
-                "total_seconds",
-                "batch_size",
-            )
-        },
+        "train_metrics": {k: m.get(k) for k in TRAIN_METRICS},
         # the epoch's training metrics, on the sampled rows (TRAIN_METRIC_ROWS)
         "train_epoch": {
             k: m["history"][-1].get(k) for k in ("train_loss", "train_auc", "train_logloss", "train_metric_rows")
