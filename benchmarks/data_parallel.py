@@ -72,7 +72,7 @@ def run_train(args: argparse.Namespace, data: Path, nproc: int, out: Path) -> di
     }
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--nproc", type=int, default=2)
@@ -85,6 +85,11 @@ def main() -> None:
         ap.error(f"--nproc is the processes to compare with one: at least 2, got {args.nproc}")
     if args.batch % args.nproc:
         ap.error(f"--batch {args.batch} must split evenly over --nproc {args.nproc}")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     data = args.workdir / f"clicks-{args.rows}.tsv"
     if not data.exists():
@@ -126,6 +131,11 @@ def main() -> None:
     args.results.mkdir(parents=True, exist_ok=True)
     path = args.results / f"data-parallel-{args.rows}-{result['date']}.json"
     path.write_text(json.dumps(result, indent=1) + "\n")
+    print_table(args, summary, result, path)
+
+
+def print_table(args: argparse.Namespace, summary: dict, result: dict, path: Path) -> None:
+    """The medians as a Markdown table, then the speed ratios and the machine's load."""
     print(
         "| processes | batch per process | train rows/s | valid scoring rows/s | test AUC | whole command |\n|---|---|---:|---:|---:|---:|"
     )
@@ -136,7 +146,7 @@ def main() -> None:
         )
     print(
         f"{args.nproc} processes / 1: training x{result['train_speed_ratio']:.2f}, scoring x{result['valid_speed_ratio']:.2f}; "
-        f"load average {load_before:.2f} before, {result['load_average_after']:.2f} after; {path}"
+        f"load average {result['load_average_before']:.2f} before, {result['load_average_after']:.2f} after; {path}"
     )
 
 
