@@ -386,11 +386,7 @@ def main() -> None:
             print(json.dumps(reload), file=sys.stderr)
     finally:
         if proc is not None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+            stop_server(proc)
         log.close()
         os.unlink(log.name)
         work.cleanup()
@@ -406,9 +402,23 @@ def main() -> None:
         "reload": reload,
         "offline_rows_per_s": offline,
     }
-    print(markdown(results))
-    if reload:
-        print(reload_summary(reload))
+    write_outputs(args, report)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """SIGTERM the server's process group; SIGKILL it when it has not left in 40 s."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=40)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def write_outputs(args: argparse.Namespace, report: dict) -> None:
+    """The tables on stdout; the report to --json, its section to --docs."""
+    print(markdown(report["results"]))
+    if report["reload"]:
+        print(reload_summary(report["reload"]))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1))
