@@ -24,7 +24,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
 from deepfm.errors import DataError
@@ -201,6 +200,9 @@ def _partition(above: str, rel: str) -> tuple[tuple[str, str], ...]:
     keys = [seg.split("=", 1)[0] for seg in rel.split("/")[:-1] if "=" in seg]
     if not keys:
         return ()
+    # imported here: pyarrow.dataset imports pandas, a second of start-up for every command
+    import pyarrow.dataset as ds
+
     hive = ds.HivePartitioning(pa.schema([(k, pa.string()) for k in keys]))
     found = ds.get_partition_keys(hive.parse("/" + rel))
     return tuple((k, str(found[k])) for k in keys if k in found)
