@@ -74,6 +74,7 @@ def build(args: argparse.Namespace) -> tuple[Callable[[], None], InputLayout, Mo
     config = RunConfig(schema=criteo_schema())
     pipeline, parts, _ = prepare_cached(config, data, default_cache_dir(), split=(0.8, 0.1, 0.1))
     layout = InputLayout(pipeline.num_embeddings, len(pipeline.single_fields))
+    # resolved without the training rows: init_std as for sparse data, which moves no timing
     model_cfg = ModelConfig(embedding_dim=10, hidden=(400, 400, 400), dropout=0.0, batch_norm=False).resolved(layout)
     torch.manual_seed(0)
     model = DeepFM(layout, model_cfg)

@@ -80,7 +80,7 @@ def run(cmd: list[str], log: Path) -> dict:
 
 
 # one epoch with the defaults; every row preprocessed, none from a cache
-TRAIN_FLAGS = ["--preset", "criteo", "--split", "0.9,0.05,0.05", "--epochs", "1", "--no-cache", "--quiet"]
+TRAIN_FLAGS = ["--preset", "criteo", "--split", "0.9,0.05,0.05", "--epochs", "1", "--no-cache"]
 # what the results keep of the run's metrics.json
 TRAIN_METRICS = (
     "train_rows",
@@ -117,7 +117,7 @@ def main() -> None:
             [*deepfm, "synth", "--rows", str(args.rows), "--out", str(data), "--quiet"], work / "synth.log"
         )
     out = work / "model"
-    train = ["train", "--data", str(data), "--out", str(out), *TRAIN_FLAGS]
+    train = ["train", "--data", str(data), *TRAIN_FLAGS, "--out", str(out), "--quiet"]
     stages["train"] = run([*deepfm, *train], work / "train.log")
     m = json.loads((out / "metrics.json").read_text())
     tail = work / "eval.tsv"

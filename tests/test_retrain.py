@@ -4,6 +4,7 @@ start with a growing vocabulary, drift checks. Data: the generator's simulated d
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -178,8 +179,6 @@ def test_calibrate_command_stores_and_applies(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    import shutil
-
     _, sampled = full_and_sampled
     folder = tmp_path / "m"
     shutil.copytree(sampled.path, folder)
@@ -464,8 +463,6 @@ def test_drift_check_sees_the_simulated_days(
 ) -> None:
     full, _ = full_and_sampled
     model = tmp_path / "m"
-    import shutil
-
     shutil.copytree(full.path, model)
     # Same day, held-out rows: stable, exit 0.
     assert main(["drift", str(model), "--data", str(days[1]["test"]), "--fail-on", "psi>0.25", "--quiet"]) == 0
@@ -506,8 +503,6 @@ def test_drift_check_of_rows_without_labels(
     full_and_sampled: tuple[Bundle, Bundle], days: dict[int, dict[str, Path]], tmp_path: Path
 ) -> None:
     """No CTR comparison; a label threshold says why it cannot pass; a malformed one is a usage error."""
-    import shutil
-
     model = tmp_path / "m"
     shutil.copytree(full_and_sampled[0].path, model)
     unlabelled = tmp_path / "nolabel.tsv"

@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from serving import MAX_BODY, MAX_RECORDS, OK, Server, features, free_port, start
 
 from deepfm.bundle import Bundle
 from deepfm.cli import main
 
 from helpers import REPO, SIMPLE_FIELDS, assert_scores_close, assert_scores_differ, simple_records, write_records_csv
+from serving import MAX_BODY, MAX_RECORDS, OK, Server, features, free_port, start
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from serving import MAX_BODY, MAX_RECORDS, Server, start  # noqa: E402
 from test_fuzz import FUZZ, TEXT, outcome  # noqa: E402
+
+from serving import MAX_BODY, MAX_RECORDS, Server, start  # noqa: E402
 
 TARGET = "HTTP bodies -> POST /predict"
 
@@ -60,7 +61,7 @@ BODIES = (
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:  # noqa: F811
+def fuzz_server(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     log = tmp_path_factory.mktemp("serve-fuzz-log") / "server.log"
     yield from start(model_dir, log, "--max-records", str(MAX_RECORDS), "--max-body-bytes", str(MAX_BODY))
 

@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from serving import OK, Server, copy_with_new_id, features, point, start
 
 from deepfm.bundle import Bundle
 from deepfm.errors import DataError
 
 from helpers import REPO, assert_scores_close, simple_records, simple_schema, write_records_csv
+from serving import OK, Server, copy_with_new_id, features, point, start
 
 
 def test_reload_under_load_fails_no_request(model_dir: Path, tmp_path: Path) -> None:

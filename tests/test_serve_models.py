@@ -10,13 +10,13 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from serving import point
 
 from deepfm.bundle import Bundle
 from deepfm.data.schema import Schema
 from deepfm.training import train
 
 from helpers import SIMPLE_FIELDS, simple_records, simple_schema, small_config, write_records_csv
+from serving import point
 
 pytest.importorskip("fastapi")
 
