@@ -39,6 +39,7 @@ VARIANTS: dict[str, dict] = {
     "embedding_lr 1e-3": {"train": {"embedding_lr": 1e-3}},
     "embedding_lr 2e-3": {"train": {"embedding_lr": 2e-3}},
     "embedding_lr 3e-3": {"train": {"embedding_lr": 3e-3}},
+    "lr 2e-3": {"train": {"lr": 2e-3}},
     "init_std 0.01": {"model": {"init_std": 0.01}},
     "init_std 0.1": {"model": {"init_std": 0.1}},
     "init_std 0.003": {"model": {"init_std": 0.003}},
