@@ -459,11 +459,12 @@ def _deepfm_commits(commits: dict, other: dict, ran: set, merged: list[dict]) ->
     for name in sorted({name for name, lib, _ in ran if lib == "deepfm"}):
         kept = any(r["dataset"] == name and r["library"] == "deepfm" and id(r) not in new for r in merged)
         before = commits.get(name)
-        out[name] = (
-            f"{before}, {mine}"
-            if kept and before and mine not in before.split(", ")
-            else (before if kept and before else mine)
-        )
+        if not (kept and before):
+            out[name] = mine
+        elif mine in before.split(", "):
+            out[name] = before
+        else:
+            out[name] = f"{before}, {mine}"
     return out
 
 
