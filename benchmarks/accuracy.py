@@ -50,6 +50,7 @@ from benchlib import (
     command_line,
     describe_environment,
     ensure_peer_env,
+    epoch_curve,
     log,
     read_json_line,
     run_measured,
@@ -281,7 +282,7 @@ def run_deepfm(ds: data.DataSet, prepared: data.Prepared, variant: str, seed: in
             "resolved",
         )
         if k in m
-    }
+    } | {"curve": epoch_curve(m)}
     run |= {"ok": True, "max_epochs": max_epochs, "stopped_early": m["epochs"] < max_epochs if max_epochs else None}
     _log_run(run)
     shutil.rmtree(scratch / "model", ignore_errors=True)

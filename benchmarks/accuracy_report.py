@@ -372,7 +372,7 @@ def defaults_section(study: list[Any], runs: list[dict] | None = None) -> str:
     (the same command on the same files) wherever it ran the data set."""
     import json
 
-    from defaults_study import summary_table
+    from defaults_study import curve_table, summary_table
 
     if not study:
         return DEFAULTS_TEXT + "\n(No defaults-study results file: run benchmarks/defaults_study.py.)\n"
@@ -389,7 +389,16 @@ def defaults_section(study: list[Any], runs: list[dict] | None = None) -> str:
         f'(runs in {names}; "rows per table row": the training rows x fields '
         f"over the embedding table's rows, which the auto settings read):\n"
     )
-    return DEFAULTS_TEXT + "\n" + head + "\n" + summary_table(rows) + "\n"
+    curves = curve_table(rows)
+    if curves:
+        curves = f"\n{CURVES_TEXT}\n{curves}\n"
+    return DEFAULTS_TEXT + "\n" + head + "\n" + summary_table(rows) + "\n" + curves
+
+
+CURVES_TEXT = """The study's runs that recorded their epochs (the study keeps each epoch's valid AUC and learning
+rate from `metrics.json`): where a run peaks, and what each fall back to the best epoch's weights at
+a tenth of the learning rates finds after it.
+"""
 
 
 SPEED_FLOOR = 34_000  # samples/s of the defaults at 1M rows on 2 cores before the accuracy work

@@ -145,6 +145,13 @@ def train_deepfm(
     return status, seconds, rss, stderr, model
 
 
+def epoch_curve(metrics: dict) -> list[dict]:
+    """Each epoch's dense learning rate, train and valid AUC from a run's metrics.json: where
+    the run peaked, and what each fall back to the best weights did."""
+    keys = ("epoch", "lr", "train_auc", "valid_auc")
+    return [{k: h[k] for k in keys if k in h} for h in metrics.get("history", [])]
+
+
 def read_json_line(stdout: str) -> dict:
     lines = [line for line in stdout.splitlines() if line.startswith("{")]
     if not lines:

@@ -28,7 +28,7 @@ from pathlib import Path
 import accuracy_data as data
 import numpy as np
 import yaml
-from benchlib import BENCH, check_deepfm, log, train_deepfm
+from benchlib import BENCH, check_deepfm, epoch_curve, log, train_deepfm
 
 # Each variant: the config sections it forces (and, under "flags", command-line flags for what
 # a config without fields cannot say); everything else stays at the defaults.
@@ -40,6 +40,7 @@ VARIANTS: dict[str, dict] = {
     "embedding_lr 2e-3": {"train": {"embedding_lr": 2e-3}},
     "embedding_lr 3e-3": {"train": {"embedding_lr": 3e-3}},
     "lr 2e-3": {"train": {"lr": 2e-3}},
+    "lr 5e-4": {"train": {"lr": 5e-4}},
     "init_std 0.01": {"model": {"init_std": 0.01}},
     "init_std 0.1": {"model": {"init_std": 0.1}},
     "init_std 0.003": {"model": {"init_std": 0.003}},
@@ -53,9 +54,13 @@ VARIANTS: dict[str, dict] = {
     "batch_size 512": {"train": {"batch_size": 512}},
     "batch_size 1024": {"train": {"batch_size": 1024}},
     "batch_size 2048": {"train": {"batch_size": 2048}},
+    "batch_size 8192": {"train": {"batch_size": 8192}},
     "embedding_dim 10": {"model": {"embedding_dim": 10}},
+    "embedding_dim 32": {"model": {"embedding_dim": 32}},
     "dropout 0.4": {"model": {"dropout": 0.4}},
     "min_count 5": {"flags": ["--min-count", "5"]},
+    "min_count 10": {"flags": ["--min-count", "10"]},
+    "min_count 20": {"flags": ["--min-count", "20"]},
 }
 RECORDED = (
     "test_auc",
@@ -111,7 +116,7 @@ def run_variant(ds: data.DataSet, prepared: data.Prepared, variant: str, seed: i
         log(f"  failed ({status}): {stderr[-500:]}")
         return row
     m = json.loads((model / "metrics.json").read_text())
-    row |= {k: m[k] for k in RECORDED if k in m}
+    row |= {k: m[k] for k in RECORDED if k in m} | {"curve": epoch_curve(m)}
     log(f"  test AUC {row['test_auc']:.4f}, logloss {row['test_logloss']:.4f}, {row['epochs']} epochs")
     shutil.rmtree(model, ignore_errors=True)
     return row
@@ -143,6 +148,28 @@ def summary_table(rows: list[dict]) -> str:
             f"{np.mean([r['epochs'] for r in runs]):.1f} |"
         )
     return "\n".join(lines)
+
+
+def curve_table(rows: list[dict]) -> str:
+    """Markdown: each run with a recorded curve, its valid AUC epoch by epoch; "[lr x]" marks
+    the first epoch run at a new dense learning rate (after a fall back to the best weights)."""
+    lines = [
+        "| data set | variant | seed | valid AUC by epoch | best epoch | test AUC |",
+        "|---|---|---:|---|---:|---:|",
+    ]
+    for r in sorted(rows, key=lambda r: (r["dataset"], r["variant"] != "defaults", r["variant"], r["seed"])):
+        if not r.get("ok") or not r.get("curve"):
+            continue
+        cells, lr = [], r["curve"][0].get("lr")
+        for point in r["curve"]:
+            mark = f"[lr {point['lr']:g}] " if point.get("lr") != lr else ""
+            cells.append(f"{mark}{point['valid_auc']:.4f}")
+            lr = point.get("lr")
+        lines.append(
+            f"| {r['dataset']} | {r['variant']} | {r['seed']} | {', '.join(cells)} | {r.get('best_epoch', '')} | "
+            f"{r['test_auc']:.4f} |"
+        )
+    return "\n".join(lines) if len(lines) > 2 else ""
 
 
 def _baseline(groups: dict[tuple[str, str], list[dict]], name: str, variant: str, batch: int | None) -> list[dict]:

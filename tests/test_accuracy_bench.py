@@ -210,3 +210,32 @@ def test_the_page_reports_the_defaults_speed_from_the_newest_speed_run_that_time
     assert "trains 40,000 samples/s (median of 3 runs, 1,000,000 rows" in text
     assert "2.00× the fastest peer run beside it (pytorch-fm, 20,000 samples/s" in text
     assert "No speed.py run" in speed_section(None)
+
+
+def test_defaults_study_keeps_each_epochs_curve() -> None:
+    from benchlib import epoch_curve
+
+    history = [
+        {"epoch": 1, "lr": 1e-3, "train_auc": 0.76, "valid_auc": 0.80, "seconds": 9.0},
+        {"epoch": 2, "lr": 1e-4, "train_auc": 0.84, "valid_auc": 0.79, "seconds": 9.0},
+    ]
+    assert epoch_curve({"history": history}) == [
+        {"epoch": 1, "lr": 1e-3, "train_auc": 0.76, "valid_auc": 0.80},
+        {"epoch": 2, "lr": 1e-4, "train_auc": 0.84, "valid_auc": 0.79},
+    ]
+    assert epoch_curve({}) == []  # metrics written before history existed
+
+
+def test_defaults_study_curve_table_marks_each_new_learning_rate() -> None:
+    from defaults_study import curve_table
+
+    curve = [
+        {"epoch": 1, "lr": 1e-3, "valid_auc": 0.80},
+        {"epoch": 2, "lr": 1e-3, "valid_auc": 0.79},
+        {"epoch": 3, "lr": 1e-4, "valid_auc": 0.81},
+    ]
+    run = {"dataset": "d", "variant": "defaults", "seed": 1, "ok": True, "test_auc": 0.805, "best_epoch": 3}
+    lines = curve_table([run | {"curve": curve}, run | {"seed": 2}]).splitlines()
+    assert lines[2] == "| d | defaults | 1 | 0.8000, 0.7900, [lr 0.0001] 0.8100 | 3 | 0.8050 |"
+    assert len(lines) == 3  # the run without a curve has no line
+    assert curve_table([run]) == ""  # no curves at all: no table
