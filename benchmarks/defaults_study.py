@@ -162,9 +162,11 @@ def curve_table(rows: list[dict]) -> str:
             continue
         cells, lr = [], r["curve"][0].get("lr")
         for point in r["curve"]:
-            mark = f"[lr {point['lr']:g}] " if point.get("lr") != lr else ""
-            cells.append(f"{mark}{point['valid_auc']:.4f}")
-            lr = point.get("lr")
+            new_lr = point.get("lr")
+            mark = f"[lr {new_lr:.0e}] " if new_lr is not None and new_lr != lr else ""
+            valid = point.get("valid_auc")  # none where the run had no validation part
+            cells.append(mark + ("-" if valid is None else f"{valid:.4f}"))
+            lr = new_lr if new_lr is not None else lr
         lines.append(
             f"| {r['dataset']} | {r['variant']} | {r['seed']} | {', '.join(cells)} | {r.get('best_epoch', '')} | "
             f"{r['test_auc']:.4f} |"

@@ -236,6 +236,13 @@ def test_defaults_study_curve_table_marks_each_new_learning_rate() -> None:
     ]
     run = {"dataset": "d", "variant": "defaults", "seed": 1, "ok": True, "test_auc": 0.805, "best_epoch": 3}
     lines = curve_table([run | {"curve": curve}, run | {"seed": 2}]).splitlines()
-    assert lines[2] == "| d | defaults | 1 | 0.8000, 0.7900, [lr 0.0001] 0.8100 | 3 | 0.8050 |"
+    assert lines[2] == "| d | defaults | 1 | 0.8000, 0.7900, [lr 1e-04] 0.8100 | 3 | 0.8050 |"
     assert len(lines) == 3  # the run without a curve has no line
     assert curve_table([run]) == ""  # no curves at all: no table
+    # No validation part: no valid AUC to show; a point without lr keeps the last rate.
+    blind = [{"epoch": 1, "lr": 1e-3}, {"epoch": 2}, {"epoch": 3, "lr": 1e-4, "valid_auc": 0.7}]
+    assert (
+        curve_table([run | {"curve": blind}])
+        .splitlines()[2]
+        .startswith("| d | defaults | 1 | -, -, [lr 1e-04] 0.7000 |")
+    )
