@@ -32,6 +32,16 @@ DATA: dict[str, Any] = {"nargs": "+", "action": _OneOrMany, "metavar": "PATH"}
 _Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
+def _int_or_auto(text: str) -> int | str:
+    """An integer, or "auto"."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or auto, got {text!r}") from None
+
+
 def _location(text: str) -> str | Path:
     """A model folder: a URI stays text (a Path would fold s3:// into s3:/)."""
     return text if is_uri(text) else Path(text)
@@ -430,7 +440,10 @@ def _add_training_overrides(p: argparse.ArgumentParser) -> None:
     g.add_argument("--l2-embedding", type=float)
     g.add_argument("--patience", type=int)
     g.add_argument(
-        "--min-count", type=int, help="for every field with a vocabulary (categorical, bucketized, multi-hot)"
+        "--min-count",
+        type=_int_or_auto,
+        help="for every field with a vocabulary (categorical, bucketized, multi-hot); "
+        '"auto" (the default) grows from 2 to 10 with the training rows',
     )
     g.add_argument(
         "--max-vocab",

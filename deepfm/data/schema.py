@@ -13,7 +13,7 @@ Everything here is a frozen dataclass with a JSON round trip, validated once whe
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 from deepfm.errors import ConfigError
@@ -25,6 +25,24 @@ NUMERIC_MODES: tuple[str, ...] = ("scaled", "bucketized")
 TRANSFORMS: tuple[str, ...] = ("none", "log1p", "standardize", "log1p_standardize")
 BINNINGS: tuple[str, ...] = ("quantile", "log")
 POOLINGS: tuple[str, ...] = ("mean", "sum")
+
+# min_count "auto": the count a value needs for a row of its own grows with the training rows.
+# A value seen a few times gets a vector that mostly memorizes its rows, and the more rows a
+# run has, the more such values it holds and the longer its epochs train them. At 80k training
+# rows 5 lost to 2 (-0.0066 test AUC on the noisy setting); at 240k and 800k rows 10 gained
+# +0.0007 to +0.0047 on four synthetic settings and was within the spread on a fifth.
+# docs/accuracy.md has the runs. Between the two row counts the threshold rises linearly.
+MIN_COUNT_SMALL = 2  # up to MIN_COUNT_RAMP[0] training rows
+MIN_COUNT_LARGE = 10  # from MIN_COUNT_RAMP[1] training rows on
+MIN_COUNT_RAMP = (100_000, 200_000)
+
+
+def auto_min_count(train_rows: int) -> int:
+    """min_count "auto" for ``train_rows`` training rows (see MIN_COUNT_RAMP)."""
+    lo, hi = MIN_COUNT_RAMP
+    t = min(max((train_rows - lo) / (hi - lo), 0.0), 1.0)
+    return round(MIN_COUNT_SMALL + t * (MIN_COUNT_LARGE - MIN_COUNT_SMALL))
+
 
 CRITEO_COLUMNS: tuple[str, ...] = (
     ("label",) + tuple(f"I{i}" for i in range(1, 14)) + tuple(f"C{i}" for i in range(1, 27))
@@ -41,8 +59,9 @@ class FieldSpec:
     name: str
     kind: str = "categorical"
     # categorical, bucketized numeric and multi_hot: values seen fewer times in the
-    # training part than this share the field's OOV row.
-    min_count: int = 2
+    # training part than this share the field's OOV row; "auto": by the training rows
+    # (auto_min_count), made a number when the features are fitted.
+    min_count: int | str = "auto"
     # Fields with a vocabulary: the most values it may hold (0: no cap). A fresh fit keeps the
     # most frequent; a warm start evicts by recency-weighted count (deepfm.vocab).
     max_vocab: int = 0
@@ -63,8 +82,10 @@ class FieldSpec:
         if not isinstance(self.name, str) or not self.name:
             raise ConfigError(f"{where}: name must be a non-empty string")
         _check_choice(where, "kind", self.kind, KINDS)
-        if not isinstance(self.min_count, int) or self.min_count < 1:
-            raise ConfigError(f"{where}: min_count must be an integer >= 1, got {self.min_count!r}")
+        if self.min_count != "auto" and (
+            not isinstance(self.min_count, int) or isinstance(self.min_count, bool) or self.min_count < 1
+        ):
+            raise ConfigError(f'{where}: min_count must be an integer >= 1 or "auto", got {self.min_count!r}')
         if not isinstance(self.max_vocab, int) or self.max_vocab < 0:
             raise ConfigError(f"{where}: max_vocab must be an integer >= 0 (0: no cap), got {self.max_vocab!r}")
         if not isinstance(self.hash_buckets, int) or isinstance(self.hash_buckets, bool) or self.hash_buckets < 0:
@@ -96,6 +117,12 @@ class FieldSpec:
     def has_vocabulary(self) -> bool:
         """Fields whose values index rows of the table through a fitted vocabulary."""
         return not self.is_scaled and not self.is_hashed
+
+    def resolved(self, train_rows: int) -> FieldSpec:
+        """This spec with min_count "auto" made a number for ``train_rows`` training rows."""
+        if self.min_count != "auto":
+            return self
+        return replace(self, min_count=auto_min_count(train_rows))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -153,6 +180,10 @@ class Schema:
                 return f
         raise KeyError(name)
 
+    def resolved(self, train_rows: int) -> Schema:
+        """This schema with every field's "auto" settings made concrete (FieldSpec.resolved)."""
+        return replace(self, fields=tuple(f.resolved(train_rows) for f in self.fields))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "label": self.label,
@@ -179,7 +210,7 @@ class Schema:
         )
 
 
-def criteo_schema(min_count: int = 2, numeric_mode: str = "bucketized") -> Schema:
+def criteo_schema(min_count: int | str = "auto", numeric_mode: str = "bucketized") -> Schema:
     """Criteo's 40 columns: ``label, I1..I13`` (counts) and ``C1..C26`` (hashed categoricals).
 
     The counts are bucketized with log bins by default (floor(log(x)^2), as the Criteo

@@ -72,8 +72,9 @@ class DeepFMClassifier(ClassifierMixin, BaseEstimator):
     fields : dict, optional
         Overrides of the inferred column kinds: ``{column: kind}`` or ``{column: {...}}`` with
         :class:`~deepfm.FieldSpec` options (``{"kind": "numeric", "mode": "scaled"}``).
-    min_count : int
-        Values seen fewer times in training share their field's OOV row (inferred fields).
+    min_count : int or "auto"
+        Values seen fewer times in training share their field's OOV row (inferred fields);
+        "auto" grows from 2 to 10 with the training rows (:func:`deepfm.data.schema.auto_min_count`).
     validation_fraction : float
         Without ``eval_set``, this stratified random share of the rows is held out for early
         stopping; 0 trains on every row for ``epochs`` epochs.
@@ -111,7 +112,7 @@ class DeepFMClassifier(ClassifierMixin, BaseEstimator):
         weight_decay: float = _TRAIN.weight_decay,
         patience: int = _TRAIN.patience,
         lr_decay: float = _TRAIN.lr_decay,
-        min_count: int = 2,
+        min_count: int | str = "auto",
         validation_fraction: float = 0.1,
         seed: int = _TRAIN.seed,
         device: str = _TRAIN.device,

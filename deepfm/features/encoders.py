@@ -148,7 +148,7 @@ class CategoricalEncoder(FieldEncoder):
     def finish(self, st: FieldState, fit: FieldFit) -> np.ndarray | None:
         assert fit.counter is not None
         keys, cnt = fit.counter.finish()
-        kept = np.flatnonzero(cnt >= self.spec.min_count)
+        kept = np.flatnonzero(cnt >= _min_count(self.spec))
         # Most frequent first; ties broken by the key so the order does not depend on how the
         # file was cut into chunks. max_vocab keeps the most frequent.
         order = kept[np.lexsort((_sort_keys(keys.take(pa.array(kept))), -cnt[kept]))]
@@ -165,7 +165,7 @@ class CategoricalEncoder(FieldEncoder):
         assert fit.counter is not None and old.vocab is not None and old.counts is not None
         keys, cnt = fit.counter.finish()
         st.vocab, st.counts, pos = grow_vocabulary(
-            old.vocab, old.counts, keys, cnt, self.spec.min_count, self.spec.max_vocab
+            old.vocab, old.counts, keys, cnt, _min_count(self.spec), self.spec.max_vocab
         )
         st.size = FIRST_VALUE + len(st.vocab)
         return np.where(pos >= 0, FIRST_VALUE + pos, OOV)
@@ -377,6 +377,13 @@ class QuantileEncoder(FieldEncoder):
         keys = quantile_keys(chunk.get(self.name), st.edges)
         out[:] = st.offset + np.where(np.isnan(keys), MISSING, FIRST_VALUE + np.nan_to_num(keys)).astype(np.int64)
         return None
+
+
+def _min_count(spec: FieldSpec) -> int:
+    """``spec``'s min_count; the pipeline makes "auto" a number before any encoder finishes."""
+    if not isinstance(spec.min_count, int):
+        raise RuntimeError(f"field {spec.name!r}: min_count {spec.min_count!r} was not resolved before the fit")
+    return spec.min_count
 
 
 def encoder_for(spec: FieldSpec) -> FieldEncoder:

@@ -150,6 +150,7 @@ class FeaturePipeline:
         edges stay as they were."""
         if fitter.rows_counted == 0:
             raise DataError("no training rows to fit the features on")
+        self._resolve(fitter.rows_counted)
         remaps: dict[str, np.ndarray] = {}
         offset = 0
         for spec in self.schema.fields:
@@ -163,6 +164,18 @@ class FeaturePipeline:
         self.fitted = True
         log.info("fitted %d fields on %d rows: %d embedding rows", len(self.states), fitter.rows_counted, offset)
         return remaps
+
+    def _resolve(self, train_rows: int) -> None:
+        """The schema's "auto" settings made concrete for ``train_rows`` (Schema.resolved):
+        the fitted pipeline, and the bundle that saves it, record the numbers it used."""
+        schema = self.schema.resolved(train_rows)
+        if schema == self.schema:
+            return
+        self.schema = schema
+        for f in schema.fields:
+            self.states[f.name].spec = f
+        # The encoders hold no fitted state (that is in the states and the fitter's fits).
+        self.encoders = {f.name: encoder_for(f) for f in schema.fields}
 
     # ------------------------------------------------------------ encode
     def encode(self, chunk: Chunk, with_labels: bool = True) -> EncodedChunk:

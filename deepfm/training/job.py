@@ -29,6 +29,7 @@ from deepfm.config import RunConfig, TrainConfig, rows_per_table_row
 from deepfm.data.column_split import ColumnSplit
 from deepfm.data.encoded import EncodedDataset
 from deepfm.data.sampling import downsample
+from deepfm.data.schema import Schema
 from deepfm.data.storage import DataSpec, is_dataset, list_files
 from deepfm.features.pipeline import FeaturePipeline
 from deepfm.features.profile import PROFILE_FILE, profile
@@ -285,7 +286,7 @@ class _Job:
         batch_size = int(cfg.batch_size)
         # The run's "auto" settings made concrete, in the config saved with the model: it
         # trains the same model again.
-        self.config = dataclasses.replace(self.config, model=model.config, train=cfg)
+        self.config = dataclasses.replace(self.config, schema=prepared.pipeline.schema, model=model.config, train=cfg)
         log.info(
             "training %s on %d rows (%d fields, %d embedding rows), batch %d on %s%s",
             model.config.kind,
@@ -339,6 +340,7 @@ class _Job:
                 "batch_size": batch_size,
                 "embedding_lr": config.train.embedding_lr,
                 "rows_per_table_row": rows_per_table_row(len(parts.train), trainer.model.layout),
+                "min_count": resolved_min_count(config.schema),
             },
             "valid_calibration": fitted,
             # --shard-tables: where each field's table was placed ({field: [how, ranks]})
@@ -398,6 +400,14 @@ class _Job:
             if on_trained is not None:
                 on_trained(bundle, evaluated)
         return bundle
+
+
+def resolved_min_count(schema: Schema) -> int | str | dict[str, int | str] | None:
+    """The min_count the fields with a vocabulary were fitted with: one value when they
+    share it, else each field's; None when no field has a vocabulary."""
+    counts = {f.name: f.min_count for f in schema.fields if f.has_vocabulary}
+    shared = set(counts.values())
+    return shared.pop() if len(shared) == 1 else counts or None
 
 
 def resolve_train(cfg: TrainConfig, n_train: int, layout: InputLayout, deep: bool, world: int = 1) -> TrainConfig:

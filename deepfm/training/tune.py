@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 BATCH_SIZES = ("auto", 256, 512, 1024, 2048, 4096)  # auto: see TrainConfig.resolve_batch_size
 EMBEDDING_DIMS = (8, 16, 32)
-MIN_COUNTS = (1, 2, 3, 5, 10)
+MIN_COUNTS = ("auto", 1, 2, 3, 5, 10, 20)  # auto: see deepfm.data.schema.auto_min_count
 INIT_STDS = ("auto", 0.003, 0.01, 0.03, 0.1)  # auto: see deepfm.config.auto_init_std
 EMBEDDING_LRS = ("auto", 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)  # auto: see TrainConfig.resolve_embedding_lr
 BATCH_NORMS = ("auto", True, False)  # auto: see ModelConfig.resolved
@@ -204,7 +204,7 @@ def _as_params(config: RunConfig) -> dict[str, Any]:
         return min(numbers, key=lambda c: abs(math.log(c) - math.log(max(value, 1e-12))))
 
     return {
-        "min_count": nearest(min_count, MIN_COUNTS),
+        "min_count": nearest_choice(min_count, MIN_COUNTS),
         "embedding_dim": nearest(m.embedding_dim, EMBEDDING_DIMS),
         "dropout": min(max(float(m.dropout), 0.0), 0.5),
         "lr": min(max(t.lr, 1e-4), 1e-2),
