@@ -58,6 +58,7 @@ VARIANTS: dict[str, dict] = {
     "embedding_dim 10": {"model": {"embedding_dim": 10}},
     "embedding_dim 32": {"model": {"embedding_dim": 32}},
     "dropout 0.4": {"model": {"dropout": 0.4}},
+    "min_count 2": {"flags": ["--min-count", "2"]},  # the default before min_count "auto"
     "min_count 5": {"flags": ["--min-count", "5"]},
     "min_count 10": {"flags": ["--min-count", "10"]},
     "min_count 20": {"flags": ["--min-count", "20"]},

@@ -90,6 +90,9 @@ def test_train_preset_criteo(criteo_run, capsys) -> None:
     config = json.loads((out / "config.json").read_text())
     assert config["columns"] == list(CRITEO_COLUMNS)
     assert config["train"]["epochs"] == 2
+    # min_count "auto" as the number it became for 1,600 training rows, in the saved config
+    # (it trains the same model again) and the metrics
+    assert {f["min_count"] for f in config["fields"]} == {2} and m["resolved"]["min_count"] == 2
 
 
 def test_train_prints_summary_json(tmp_path: Path, capsys) -> None:
@@ -354,8 +357,23 @@ def test_min_count_override(tmp_path: Path, capsys) -> None:
     )
     state = json.loads((out / "pipeline.json").read_text())
     assert state["schema"]["fields"][20]["min_count"] == 100000
+    assert json.loads((out / "metrics.json").read_text())["resolved"]["min_count"] == 100000
     assert all(f["vocab_size"] == 0 for f in state["fields"])  # every value is rarer than that
     assert state["num_embeddings"] == 39 * 2  # OOV + missing rows only
+
+
+@pytest.mark.parametrize("value", ["0", "few", "2.5"])
+def test_min_count_flag_takes_a_positive_integer_or_auto(tmp_path: Path, capsys, value: str) -> None:
+    data = write_criteo_tsv(tmp_path / "f.tsv", 50, seed=13)
+    argv = ["train", "--data", str(data), "--preset", "criteo", "--out", str(tmp_path / "m"), "--min-count", value]
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse refuses what is not a number
+        code = exc.code
+    assert code not in (0, None)
+    err = capsys.readouterr().err
+    assert "min_count" in err or "--min-count" in err, err
+    assert "auto" in err, err
 
 
 def test_synth_setting_flags_and_header(tmp_path: Path, capsys) -> None:

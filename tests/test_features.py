@@ -14,7 +14,7 @@ import torch
 
 from deepfm.data.encoded import Batch
 from deepfm.data.readers import open_reader
-from deepfm.data.schema import FieldSpec, Schema
+from deepfm.data.schema import FieldSpec, Schema, auto_min_count
 from deepfm.data.source import ReadOptions
 from deepfm.data.tables import TableSource, as_table
 from deepfm.features.pipeline import MISSING, OOV, FeaturePipeline
@@ -61,6 +61,25 @@ def test_min_count_threshold() -> None:
         ids = encode(pipe, pa.table({"c": ["x", "y", "z", "w"]})).ids[:, 0]
         expect = [2 + kept.index(v) if v in kept else OOV for v in ["x", "y", "z", "w"]]
         assert ids.tolist() == expect
+
+
+def test_auto_min_count_grows_with_the_training_rows() -> None:
+    assert [auto_min_count(n) for n in (1, 99_999, 100_000, 150_000, 200_000, 10**9)] == [2, 2, 2, 6, 10, 10]
+    ramp = [auto_min_count(n) for n in range(90_000, 210_000, 1_000)]
+    assert ramp == sorted(ramp)  # never falls as rows grow
+
+
+@pytest.mark.parametrize(
+    ("rows", "min_count", "kept"), [(1_000, 2, ["common", "six", "five", "two"]), (150_000, 6, ["common", "six"])]
+)
+def test_auto_min_count_is_resolved_when_fitting(rows: int, min_count: int, kept: list[str]) -> None:
+    values = ["six"] * 6 + ["five"] * 5 + ["two"] * 2 + ["once"]
+    values += ["common"] * (rows - len(values))
+    pipe = fit(cat_schema(FieldSpec("c")), pa.table({"c": values}))
+    assert FieldSpec("c").min_count == "auto"
+    assert pipe.schema.field("c").min_count == min_count  # the number used, saved with the pipeline
+    assert pipe.states["c"].spec.min_count == min_count
+    assert pipe.states["c"].vocab.to_pylist() == kept
 
 
 def test_ties_in_counts_are_deterministic() -> None:

@@ -99,6 +99,10 @@ def test_hash_buckets_only_on_categorical_and_multi_hot() -> None:
     with pytest.raises(ConfigError, match="hash_buckets must be an integer >= 0"):
         FieldSpec(name="x", hash_buckets=-1)
     spec = FieldSpec.from_dict({"name": "c", "kind": "multi_hot", "hash_buckets": 8})
+    assert FieldSpec.from_dict(FieldSpec(name="c").to_dict()).min_count == "auto"
+    for bad in (0, True, "many", 2.5):
+        with pytest.raises(ConfigError, match='min_count must be an integer >= 1 or "auto"'):
+            FieldSpec(name="x", min_count=bad)
     assert spec.is_hashed and not spec.has_vocabulary and FieldSpec.from_dict(spec.to_dict()) == spec
 
 

@@ -11,9 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from deepfm.config import TrainConfig
-from deepfm.data.schema import criteo_schema
+from deepfm.data.schema import FieldSpec, Schema, criteo_schema
 from deepfm.errors import ConfigError
 from deepfm.training import train
+from deepfm.training.job import resolved_min_count
 
 from helpers import nan_loss_at_step, simple_records, simple_schema, small_config, write_criteo_tsv, write_records_csv
 
@@ -296,3 +297,12 @@ def test_training_calibrates_on_the_validation_rows(tmp_path: Path) -> None:
         small_config(simple_schema(), epochs=1), data, tmp_path / "f", split="0.97,0.03"
     )  # 90 rows: < 50 of a class
     assert few.calibration.method == "none" and few.metrics["valid_calibration"] is None
+
+
+def test_resolved_min_count_is_one_number_or_each_fields() -> None:
+    scaled = FieldSpec("x", kind="numeric", mode="scaled")  # no vocabulary: not counted
+    shared = Schema(label="label", fields=(FieldSpec("a", min_count=3), FieldSpec("b", min_count=3), scaled))
+    assert resolved_min_count(shared) == 3
+    mixed = Schema(label="label", fields=(FieldSpec("a", min_count=3), FieldSpec("b", min_count=5), scaled))
+    assert resolved_min_count(mixed) == {"a": 3, "b": 5}
+    assert resolved_min_count(Schema(label="label", fields=(scaled,))) is None
