@@ -25,6 +25,9 @@ PEER_ROWS = ["deepctr", "fuxictr", "torchfm"]
 BIG_ROWS = 300_000  # data sets this large must give deepfm a margin over the best peer
 AUC_MARGIN = 0.005  # that margin, and how close the inferred schema must come to the written one
 SPREAD = 2.0  # "beyond the seed spread": a difference of means above SPREAD x the larger sd
+# The min_count of runs that do not record one: the peers' encoding (PEER_SETTINGS), and
+# deepfm's default before min_count "auto".
+MIN_COUNT_UNRECORDED = 2
 
 
 def row_key(run: dict) -> str:
@@ -55,6 +58,7 @@ def stats(runs: list[dict]) -> dict[str, Any]:
         "epochs": [r["epochs"] for r in runs],
         "stopped_early": all(r.get("stopped_early", True) for r in runs),
         "batch_size": sorted({r["batch_size"] for r in runs}),
+        "min_count": sorted({str(r.get("resolved", {}).get("min_count", MIN_COUNT_UNRECORDED)) for r in runs}),
         "train_seconds": statistics.fmean(r["train_seconds"] for r in runs),
         "train_samples_per_s": statistics.fmean(r["train_samples_per_s"] for r in runs),
     }
@@ -198,8 +202,8 @@ def _cell(mean: float, sd: float) -> str:
 
 
 def table(rows: dict[str, dict], truth: dict | None) -> str:
-    head = "| library / model | test AUC | test logloss | epochs | batch | train s | train samples/s |"
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|"]
+    head = "| library / model | test AUC | test logloss | epochs | batch | min count | train s | train samples/s |"
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|"]
     names = DEEPFM_ROWS | {p: DISPLAY[p] for p in PEER_ROWS}
     for key, label in names.items():
         r = rows.get(key)
@@ -209,10 +213,11 @@ def table(rows: dict[str, dict], truth: dict | None) -> str:
         batch = "/".join(str(b) for b in r["batch_size"]) + (" (chosen)" if "batch_chosen" in r else "")
         lines.append(
             f"| {label} | {_cell(r['test_auc'], r['test_auc_sd'])} | {_cell(r['test_logloss'], r['test_logloss_sd'])} "
-            f"| {epochs} | {batch} | {r['train_seconds']:,.1f} | {r['train_samples_per_s']:,.0f} |"
+            f"| {epochs} | {batch} | {'/'.join(r.get('min_count', []))} | {r['train_seconds']:,.1f} "
+            f"| {r['train_samples_per_s']:,.0f} |"
         )
     if truth:
-        lines.append(f"| Bayes-optimal (true p) | {truth['test_auc']:.4f} | {truth['test_logloss']:.4f} | | | | |")
+        lines.append(f"| Bayes-optimal (true p) | {truth['test_auc']:.4f} | {truth['test_logloss']:.4f} | | | | | |")
     return "\n".join(lines)
 
 
@@ -468,7 +473,9 @@ PROTOCOL_TEXT = """## Protocol
   size, learning rates, regularization, epochs (early stopping on validation AUC) and everything
   else. `--model lr` and `--model fm` are the same code with parts switched off. "schema
   inferred": the same file with a header, no `--preset`, only `--label label`. Numbers come from
-  the model folder's `metrics.json` (test metrics of the restored best epoch).
+  the model folder's `metrics.json` (test metrics of the restored best epoch). Its `min count`
+  column is the `min_count` `auto` resolved to (from the training rows); runs that recorded
+  none are from before `auto` and used 2.
 - **Peers**: each data set is encoded once for all three (benchmarks/peers/encode.py): every
   field categorical, vocabularies fitted on the training part, values seen fewer than
   {min_count} times there and unseen values share one OOV id per field, a missing value is a value

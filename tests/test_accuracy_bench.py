@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import accuracy_data  # noqa: E402
-from accuracy_report import beyond_spread, checks, summarize  # noqa: E402
+from accuracy_report import beyond_spread, checks, summarize, table  # noqa: E402
 
 
 def _run(
@@ -50,6 +50,14 @@ def test_summary_keeps_the_peer_batch_with_the_better_validation_auc() -> None:
     row = summarize(runs)["deepctr"]
     assert row["batch_chosen"] == 256 and row["test_auc"] == pytest.approx(0.70) and row["runs"] == 2
     assert set(row["batches_tried"]) == {"256", "2048"}
+
+
+def test_the_table_shows_the_min_count_each_run_fitted_with() -> None:
+    runs = [r | {"resolved": {"min_count": 10}} for r in _deepfm("defaults", [0.80, 0.81])]
+    runs += _deepfm("fm", [0.79, 0.79])  # a results file from before min_count "auto" records none
+    runs += [_run("fuxictr", s, 0.78) for s in (1, 2)]
+    cells = {line.split(" | ")[0]: line.split(" | ")[5] for line in table(summarize(runs), None).splitlines()[2:]}
+    assert cells == {"| deepfm (defaults)": "10", "| deepfm --model fm": "2", "| FuxiCTR": "2"}
 
 
 def test_checks_pass_and_fail_from_the_numbers() -> None:
