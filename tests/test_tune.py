@@ -25,11 +25,14 @@ def test_tune_writes_a_best_config_that_train_reproduces(tmp_path: Path, capsys:
     assert summary["trials"] == 4
     rows = summary["rows"]
     # Trial 0 is the given config: embedding 4 is mapped to the nearest choice (8), the rest
-    # are the defaults, batch size 'auto'.
-    assert rows[0]["batch_size"] == "auto" and rows[0]["min_count"] == 2 and rows[0]["lr"] == pytest.approx(1e-3)
+    # are the defaults, batch size and min_count 'auto'.
+    assert rows[0]["batch_size"] == "auto" and rows[0]["min_count"] == "auto" and rows[0]["lr"] == pytest.approx(1e-3)
     best = summary["best_trial"]
     assert summary["best_valid_auc"] == max(r["valid_auc"] for r in rows if r["state"] == "complete")
-    assert all(r["calibrated"] for r in rows if r["state"] == "complete")  # Platt on each trial's valid rows
+    # Platt on each trial's valid rows, except where a trial ranks them no better than chance
+    # (a fit there would reverse the ranking: deepfm.training.job.calibrate_on_valid)
+    assert rows[0]["calibrated"]
+    assert all(r["calibrated"] for r in rows if r["state"] == "complete" and r["valid_auc"] > 0.55)
     assert "| trial |" in (out / "trials.md").read_text()
     capsys.readouterr()
     # Training again from best.yaml gives the best trial's validation AUC exactly (same seed).

@@ -443,7 +443,7 @@ def _add_training_overrides(p: argparse.ArgumentParser) -> None:
         "--min-count",
         type=_int_or_auto,
         help="for every field with a vocabulary (categorical, bucketized, multi-hot); "
-        '"auto" (the default) grows from 2 to 10 with the training rows',
+        '"auto" (the default of a new schema) grows from 2 to 10 with the training rows',
     )
     g.add_argument(
         "--max-vocab",
