@@ -371,6 +371,17 @@ def _machine(report: dict) -> str:
 """
 
 
+def before_auto(run: dict) -> dict:
+    """A study's "defaults" run from before min_count "auto" (its resolved block names no
+    min_count), on data where "auto" now resolves to another number: a "min_count 2" run."""
+    from deepfm.data.schema import auto_min_count
+
+    old = run["variant"] == "defaults" and "min_count" not in run.get("resolved", {})
+    if old and auto_min_count(run.get("train_rows", 0)) != MIN_COUNT_UNRECORDED:
+        return run | {"variant": f"min_count {MIN_COUNT_UNRECORDED}"}
+    return run
+
+
 def defaults_section(study: list[Any], runs: list[dict] | None = None) -> str:
     """What each default is and why, with the study's table (mean ± sd over its seeds) from
     the ``study`` files' runs. The "defaults" rows are this benchmark's deepfm defaults runs
@@ -381,7 +392,7 @@ def defaults_section(study: list[Any], runs: list[dict] | None = None) -> str:
 
     if not study:
         return DEFAULTS_TEXT + "\n(No defaults-study results file: run benchmarks/defaults_study.py.)\n"
-    rows = [json.loads(line) for path in study for line in path.read_text().splitlines() if line.strip()]
+    rows = [before_auto(json.loads(line)) for path in study for line in path.read_text().splitlines() if line.strip()]
     # This benchmark's defaults runs are the defaults of today's code: they replace the study's
     # own "defaults" rows of the same data sets, which may have run under an earlier rule.
     current = [r for r in runs or [] if r["library"] == "deepfm" and r["variant"] == "defaults"

@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import accuracy_data  # noqa: E402
-from accuracy_report import beyond_spread, checks, summarize, table  # noqa: E402
+from accuracy_report import before_auto, beyond_spread, checks, summarize, table  # noqa: E402
 
 
 def _run(
@@ -58,6 +58,16 @@ def test_the_table_shows_the_min_count_each_run_fitted_with() -> None:
     runs += [_run("fuxictr", s, 0.78) for s in (1, 2)]
     cells = {line.split(" | ")[0]: line.split(" | ")[5] for line in table(summarize(runs), None).splitlines()[2:]}
     assert cells == {"| deepfm (defaults)": "10", "| deepfm --model fm": "2", "| FuxiCTR": "2"}
+
+
+def test_study_defaults_from_before_min_count_auto_become_min_count_2_where_auto_differs() -> None:
+    old = {"variant": "defaults", "train_rows": 800_000, "resolved": {"batch_size": 4096}}
+    assert before_auto(old)["variant"] == "min_count 2"  # auto is 10 there
+    small = old | {"train_rows": 80_000}
+    assert before_auto(small) == small  # auto is 2 there: still the defaults
+    new = old | {"resolved": {"min_count": 10}}
+    assert before_auto(new) == new
+    assert before_auto(old | {"variant": "min_count 5"})["variant"] == "min_count 5"
 
 
 def test_checks_pass_and_fail_from_the_numbers() -> None:
