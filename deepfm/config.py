@@ -30,7 +30,7 @@ import yaml
 from deepfm.data.schema import PRESETS, Schema
 from deepfm.data.source import ReadOptions
 from deepfm.errors import ConfigError
-from deepfm.util.validation import check_keys, coerce_numbers
+from deepfm.util.validation import Auto, check_keys, coerce_numbers
 
 ACTIVATIONS = ("gelu", "relu", "sigmoid", "silu", "tanh")  # deepfm.model.layers.ACTIVATIONS builds them
 
@@ -72,11 +72,11 @@ class ModelConfig:
     activation: str = "relu"
     dropout: float = 0.2
     # batch norm in the MLP; "auto": from the training data (DENSE_ROWS_PER_TABLE_ROW, see resolved)
-    batch_norm: bool | str = "auto"
+    batch_norm: bool | Auto = "auto"
     cross_layers: int = 3  # dcn only
     # std of the vectors' normal initialization; "auto": from the number of fields, the
     # embedding size and the data's density (auto_init_std), resolved with the data (``resolved``)
-    init_std: float | str = "auto"
+    init_std: float | Auto = "auto"
 
     def __post_init__(self) -> None:
         coerce_numbers(self, "model", floats=("dropout",), ints=("embedding_dim", "cross_layers"))
@@ -174,14 +174,14 @@ SHARD_TABLES = ("auto", "row", "table")  # train.shard_tables: how the per-field
 class TrainConfig:
     """Training settings. The defaults work untuned from ~10k to millions of rows."""
 
-    batch_size: int | str = "auto"  # auto: ~1/256 of the training rows, in [256, 4096] (resolve_batch_size)
+    batch_size: int | Auto = "auto"  # auto: ~1/256 of the training rows, in [256, 4096] (resolve_batch_size)
     # The most; early stopping ends runs well before it (interaction-heavy data such as Frappe
     # keeps improving for 10-20 epochs, Criteo-like clicks stop after 2-5).
     epochs: int = 50
     lr: float = 1e-3  # Adam, dense parameters
     # row-wise Adam on the embedding table; "auto": from how often the training rows see each
     # table row, the global batch and whether the model has an MLP (see resolve_embedding_lr)
-    embedding_lr: float | str = "auto"
+    embedding_lr: float | Auto = "auto"
     l2_embedding: float = 1e-5  # on the table rows each batch uses
     weight_decay: float = 0.0  # dense parameters
     patience: int = 2  # epochs without a better valid AUC before stopping

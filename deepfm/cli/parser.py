@@ -13,6 +13,7 @@ from deepfm.cli.score import cmd_calibrate, cmd_evaluate, cmd_export, cmd_predic
 from deepfm.cli.train import cmd_compare, cmd_schema, cmd_train, cmd_tune
 from deepfm.data.storage import is_uri
 from deepfm.data.synth_settings import SETTINGS
+from deepfm.util.validation import Auto
 
 
 class _OneOrMany(argparse.Action):
@@ -32,10 +33,10 @@ DATA: dict[str, Any] = {"nargs": "+", "action": _OneOrMany, "metavar": "PATH"}
 _Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
-def _int_or_auto(text: str) -> int | str:
+def _int_or_auto(text: str) -> int | Auto:
     """An integer, or "auto"."""
     if text == "auto":
-        return text
+        return "auto"
     try:
         return int(text)
     except ValueError:

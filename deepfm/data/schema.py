@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 from deepfm.errors import ConfigError
-from deepfm.util.validation import check_keys
+from deepfm.util.validation import Auto, check_keys
 
 Kind = Literal["categorical", "numeric", "multi_hot"]
 KINDS: tuple[str, ...] = ("categorical", "numeric", "multi_hot")
@@ -62,7 +62,7 @@ class FieldSpec:
     # categorical, bucketized numeric and multi_hot: values seen fewer times in the
     # training part than this share the field's OOV row; "auto": by the training rows
     # (auto_min_count), made a number when the features are fitted.
-    min_count: int | str = "auto"
+    min_count: int | Auto = "auto"
     # Fields with a vocabulary: the most values it may hold (0: no cap). A fresh fit keeps the
     # most frequent; a warm start evicts by recency-weighted count (deepfm.vocab).
     max_vocab: int = 0
@@ -211,7 +211,7 @@ class Schema:
         )
 
 
-def criteo_schema(min_count: int | str = "auto", numeric_mode: str = "bucketized") -> Schema:
+def criteo_schema(min_count: int | Auto = "auto", numeric_mode: str = "bucketized") -> Schema:
     """Criteo's 40 columns: ``label, I1..I13`` (counts) and ``C1..C26`` (hashed categoricals).
 
     The counts are bucketized with log bins by default (floor(log(x)^2), as the Criteo

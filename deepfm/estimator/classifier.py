@@ -53,6 +53,7 @@ from deepfm.estimator.tables import (
     write_parquet,
 )
 from deepfm.training import train
+from deepfm.util.validation import Auto
 
 ESTIMATOR_FILE = "estimator.json"  # classes, feature names and parameters, beside the bundle
 _MODEL, _TRAIN = ModelConfig(), TrainConfig()
@@ -101,18 +102,18 @@ class DeepFMClassifier(ClassifierMixin, BaseEstimator):
         hidden: tuple[int, ...] = _MODEL.hidden,
         activation: str = _MODEL.activation,
         dropout: float = _MODEL.dropout,
-        batch_norm: bool | str = _MODEL.batch_norm,
-        init_std: float | str = _MODEL.init_std,
+        batch_norm: bool | Auto = _MODEL.batch_norm,
+        init_std: float | Auto = _MODEL.init_std,
         cross_layers: int = _MODEL.cross_layers,
         epochs: int = _TRAIN.epochs,
-        batch_size: int | str = _TRAIN.batch_size,
+        batch_size: int | Auto = _TRAIN.batch_size,
         lr: float = _TRAIN.lr,
-        embedding_lr: float | str = _TRAIN.embedding_lr,
+        embedding_lr: float | Auto = _TRAIN.embedding_lr,
         l2_embedding: float = _TRAIN.l2_embedding,
         weight_decay: float = _TRAIN.weight_decay,
         patience: int = _TRAIN.patience,
         lr_decay: float = _TRAIN.lr_decay,
-        min_count: int | str = "auto",
+        min_count: int | Auto = "auto",
         validation_fraction: float = 0.1,
         seed: int = _TRAIN.seed,
         device: str = _TRAIN.device,

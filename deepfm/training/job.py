@@ -48,6 +48,7 @@ from deepfm.training.trainer import Trainer
 from deepfm.training.warm import check_compatible, warm_model_config, warm_start_weights
 from deepfm.util.files import sha256_file
 from deepfm.util.metrics import calibration, logloss, roc_curve, summary
+from deepfm.util.validation import Auto
 
 log = logging.getLogger(__name__)
 MIN_CALIBRATION_ROWS = 50  # of each class in the validation part, to fit Platt's two parameters
@@ -402,7 +403,7 @@ class _Job:
         return bundle
 
 
-def resolved_min_count(schema: Schema) -> int | str | dict[str, int | str] | None:
+def resolved_min_count(schema: Schema) -> int | Auto | dict[str, int | Auto] | None:
     """The min_count the fields with a vocabulary were fitted with: one value when they
     share it, else each field's; None when no field has a vocabulary."""
     counts = {f.name: f.min_count for f in schema.fields if f.has_vocabulary}

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from deepfm.errors import ConfigError
+
+# A setting resolved from the data when training starts (batch size, init_std, min_count, ...):
+# typed so that mypy catches a misspelt "auto" where a setting is given in code.
+Auto = Literal["auto"]
 
 
 def check_keys(where: str, data: dict[str, Any], allowed: set[str]) -> None:
