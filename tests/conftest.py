@@ -18,6 +18,7 @@ from helpers import (
     write_planted,
     write_records_csv,
 )
+from retrain_days import days, full_and_sampled  # noqa: F401  (fixtures of the retraining tests)
 
 
 @pytest.fixture(scope="session")
