@@ -49,6 +49,16 @@ VARIANTS: dict[str, dict] = {
     "no calibration": {"train": {"calibrate": False}},
     "patience 3": {"train": {"patience": 3}},
     "no lr decay": {"train": {"lr_decay": 1.0}},
+    "lr_decay 0.3": {"train": {"lr_decay": 0.3}},
+    "lr_decay 0.03": {"train": {"lr_decay": 0.03}},
+    "lr_decay 0.01": {"train": {"lr_decay": 0.01}},
+    # what batch_norm and init_std "auto" resolve to on sparse data (embedding_lr "auto" is 3e-3
+    # at batches of 4096 either way)
+    "sparse settings": {"model": {"batch_norm": False, "init_std": 0.003}},
+    "sparse settings at batch 1024": {
+        "model": {"batch_norm": False, "init_std": 0.003},
+        "train": {"embedding_lr": 2e-3},
+    },
     "dropout 0": {"model": {"dropout": 0.0}},
     "batch_size 256": {"train": {"batch_size": 256}},
     "batch_size 512": {"train": {"batch_size": 512}},
@@ -57,6 +67,7 @@ VARIANTS: dict[str, dict] = {
     "batch_size 8192": {"train": {"batch_size": 8192}},
     "embedding_dim 10": {"model": {"embedding_dim": 10}},
     "embedding_dim 32": {"model": {"embedding_dim": 32}},
+    "dropout 0.1": {"model": {"dropout": 0.1}},
     "dropout 0.4": {"model": {"dropout": 0.4}},
     "min_count 2": {"flags": ["--min-count", "2"]},  # the default before min_count "auto"
     "min_count 5": {"flags": ["--min-count", "5"]},
@@ -123,6 +134,11 @@ def run_variant(ds: data.DataSet, prepared: data.Prepared, variant: str, seed: i
     return row
 
 
+def study_order(dataset: str, variant: str) -> tuple[str, bool, str]:
+    """Where a (data set, variant) goes in the study's tables: by data set, the defaults first."""
+    return dataset, variant != "defaults", variant
+
+
 def summary_table(rows: list[dict]) -> str:
     """Markdown: one line per (data set, variant), mean ± sd over seeds, and the difference of
     the mean test AUC from the defaults' on the same data set at the same batch size: a
@@ -136,7 +152,7 @@ def summary_table(rows: list[dict]) -> str:
         "| data set | rows per table row | variant | batch | seeds | test AUC | vs defaults | test logloss | epochs |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for (name, variant), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "defaults", kv[0][1])):
+    for (name, variant), runs in sorted(groups.items(), key=lambda kv: study_order(*kv[0])):
         auc = np.array([r["test_auc"] for r in runs])
         ll = np.array([r["test_logloss"] for r in runs])
         batch = runs[0].get("batch_size")
@@ -158,7 +174,7 @@ def curve_table(rows: list[dict]) -> str:
         "| data set | variant | seed | valid AUC by epoch | best epoch | test AUC |",
         "|---|---|---:|---|---:|---:|",
     ]
-    for r in sorted(rows, key=lambda r: (r["dataset"], r["variant"] != "defaults", r["variant"], r["seed"])):
+    for r in sorted(rows, key=lambda r: (*study_order(r["dataset"], r["variant"]), r["seed"])):
         if not r.get("ok") or not r.get("curve"):
             continue
         cells, lr = [], r["curve"][0].get("lr")
