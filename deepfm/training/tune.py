@@ -29,6 +29,7 @@ from deepfm.config import RunConfig
 from deepfm.errors import ConfigError
 from deepfm.training.inputs import RunInputs
 from deepfm.training.job import run_training
+from deepfm.util.validation import Auto
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +217,7 @@ def _as_params(config: RunConfig) -> dict[str, Any]:
     }
 
 
-def nearest_choice(value: float | str, choices: tuple[Any, ...]) -> Any:
+def nearest_choice(value: float | Auto, choices: tuple[Any, ...]) -> Any:
     """ "auto" as itself, a number as the choice nearest it on a log scale."""
     if value == "auto":
         return value
