@@ -198,20 +198,14 @@ def _summary(study: Any, results: dict[int, dict[str, Any]], inputs: RunInputs, 
 def _as_params(config: RunConfig) -> dict[str, Any]:
     """A config's values as a point of the search space (nearest allowed choice)."""
     t, m = config.train, config.model
-    min_count = config.schema.fields[0].min_count
-
-    def nearest(value: float, choices: tuple[Any, ...]) -> Any:
-        numbers = [c for c in choices if isinstance(c, int)]
-        return min(numbers, key=lambda c: abs(math.log(c) - math.log(max(value, 1e-12))))
-
     return {
-        "min_count": nearest_choice(min_count, MIN_COUNTS),
-        "embedding_dim": nearest(m.embedding_dim, EMBEDDING_DIMS),
+        "min_count": nearest_choice(config.schema.fields[0].min_count, MIN_COUNTS),
+        "embedding_dim": nearest_choice(m.embedding_dim, EMBEDDING_DIMS),
         "dropout": min(max(float(m.dropout), 0.0), 0.5),
         "lr": min(max(t.lr, 1e-4), 1e-2),
         "embedding_lr": nearest_choice(t.embedding_lr, EMBEDDING_LRS),
         "l2_embedding": min(max(t.l2_embedding, 1e-7), 1e-2),
-        "batch_size": t.batch_size if t.batch_size == "auto" else nearest(float(t.batch_size), BATCH_SIZES),
+        "batch_size": nearest_choice(t.batch_size, BATCH_SIZES),
         "init_std": nearest_choice(m.init_std, INIT_STDS),
         "batch_norm": m.batch_norm,
     }
