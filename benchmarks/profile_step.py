@@ -17,7 +17,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,6 +25,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from deepfm.config import ModelConfig, RunConfig, TrainConfig
+from deepfm.data.encoded import Batch
 from deepfm.data.schema import criteo_schema
 from deepfm.model.deepfm import DeepFM, InputLayout
 from deepfm.training import Trainer, default_cache_dir, prepare_cached
@@ -82,7 +83,7 @@ def build(args: argparse.Namespace) -> tuple[Callable[[], None], InputLayout, Mo
     train_cfg = replace(TrainConfig(), batch_size=args.batch_size, embedding_lr=1e-3, l2_embedding=1e-5, progress=False)
     trainer = Trainer(model, train_cfg, torch.device("cpu"))
 
-    def forever():  # epochs back to back, so any --steps fits
+    def forever() -> Iterator[Batch]:  # epochs back to back, so any --steps fits
         epoch = 0
         while True:
             yield from parts.train.batches(args.batch_size, shuffle=True, seed=epoch, drop_last=True)

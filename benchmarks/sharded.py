@@ -29,9 +29,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
+
+if TYPE_CHECKING:  # deepfm is imported inside the functions that use it
+    from deepfm.config import RunConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,7 +95,7 @@ def worker(args: argparse.Namespace) -> None:
     dist.destroy_process_group()
 
 
-def _encoded(args: argparse.Namespace, config, rank: int) -> tuple:
+def _encoded(args: argparse.Namespace, config: RunConfig, rank: int) -> tuple:
     """The file encoded once into --workdir by rank 0 (the others wait): (pipeline, train part)."""
     from deepfm.data.encoded import EncodedDataset
     from deepfm.features.pipeline import FeaturePipeline
@@ -107,7 +111,7 @@ def _encoded(args: argparse.Namespace, config, rank: int) -> tuple:
     return FeaturePipeline.load(encoded / "pipeline"), EncodedDataset(encoded / "train")
 
 
-def _write_record(args: argparse.Namespace, config, threads: int, load_before: float, result: dict) -> None:
+def _write_record(args: argparse.Namespace, config: RunConfig, threads: int, load_before: float, result: dict) -> None:
     """--json: the result with the date, the command, the settings, the commit and the load."""
     record = {
         "benchmark": "sharded",

@@ -26,9 +26,16 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import numpy as np
+
+if TYPE_CHECKING:  # pandas is imported inside the functions that use it
+    import pandas as pd
+
+T = TypeVar("T")
 
 NUMERIC = [f"I{i}" for i in range(1, 14)]
 CATEGORICAL = [f"C{i}" for i in range(1, 27)]
@@ -115,7 +122,7 @@ def pandas_label_encode(path: str, split: list[float], min_count: int) -> Encode
     return Encoded(x, y, vocab_sizes, len(df), time.perf_counter() - t0)
 
 
-def criteo_values(df) -> list[np.ndarray]:
+def criteo_values(df: pd.DataFrame) -> list[np.ndarray]:
     """The 39 Criteo columns of a DataFrame as values to encode: I1..I13 log-bucketized
     (missing its own key), C1..C26 strings (missing as '-1')."""
     values = []
@@ -256,7 +263,7 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def emit(result: dict, stdout=sys.__stdout__) -> None:
+def emit(result: dict, stdout: TextIO = sys.__stdout__) -> None:
     """The runner's one line of output for speed.py (libraries print to stderr meanwhile)."""
     import torch
 
@@ -272,8 +279,8 @@ class Timer:
     def __init__(self) -> None:
         self.seconds = 0.0
 
-    def wrap(self, fn):
-        def timed(*args, **kwargs):
+    def wrap(self, fn: Callable[..., T]) -> Callable[..., T]:
+        def timed(*args: Any, **kwargs: Any) -> T:
             t0 = time.perf_counter()
             try:
                 return fn(*args, **kwargs)

@@ -11,16 +11,21 @@ restored).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
 # deepctr_torch asks PyPI for its newest version in a thread at import time. Send that
 # request to a closed local port so that a benchmark run makes no network traffic.
 os.environ["HTTPS_PROXY"] = os.environ["HTTP_PROXY"] = "http://127.0.0.1:9"
 
 import common  # noqa: E402
+
+if TYPE_CHECKING:  # torch is imported inside the functions that use it
+    import torch
 
 
 def main() -> None:
@@ -31,12 +36,12 @@ def main() -> None:
     common.emit(result)
 
 
-def model_input(data, names: list[str], part: str) -> dict:
+def model_input(data: common.EncodedSet, names: list[str], part: str) -> dict:
     """fit()'s and predict()'s input: one array of ids per field name."""
     return {name: data.x[part][:, i] for i, name in enumerate(names)}
 
 
-def deepfm(columns: list, args, **settings: float | bool):
+def deepfm(columns: list, args: argparse.Namespace, **settings: float | bool) -> torch.nn.Module:
     """deepctr_torch.models.DeepFM over ``columns`` with the shared sizes; ``settings`` override
     the library's defaults (L2, dropout, batch norm)."""
     from deepctr_torch.models import DeepFM
@@ -55,7 +60,7 @@ def deepfm(columns: list, args, **settings: float | bool):
     )
 
 
-def run_accuracy(args) -> dict:
+def run_accuracy(args: argparse.Namespace) -> dict:
     """Train until the library's EarlyStopping ends fit(); test the best epoch's weights."""
     import deepctr_torch
     import torch
@@ -102,7 +107,7 @@ def run_accuracy(args) -> dict:
     )
 
 
-def run(args) -> dict:
+def run(args: argparse.Namespace) -> dict:
     import deepctr_torch
     import torch
     from deepctr_torch.inputs import SparseFeat, get_feature_names

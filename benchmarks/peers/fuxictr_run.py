@@ -26,12 +26,14 @@ own early stopping on validation AUC (early_stop_patience), which reloads the be
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import logging
 import os
 import sys
 import time
+from typing import Any
 
 import common
 import fuxictr
@@ -52,21 +54,23 @@ class Processor(CustomizedFeatureProcessor):
     its own, so these columns set fill_na to None and fill nulls in their preprocess
     step instead (custom preprocess methods are FuxiCTR's extension point)."""
 
-    def bucket_keep_missing(self, col_name):
+    def bucket_keep_missing(self, col_name: str) -> pl.Expr:
         # convert_to_bucket's log bins, shifted by 100 as in common.log_bucket: unshifted,
         # log(3)^2 would floor to bin 1 and share a row with the count 1.
         x = pl.col(col_name)
         keys = pl.when(x > 2).then(self.convert_to_bucket(col_name) + 100).otherwise(x.floor().cast(pl.Int32))
         return keys.fill_null(common.MISSING_NUMBER)
 
-    def keep_missing(self, col_name):
+    def keep_missing(self, col_name: str) -> pl.Expr:
         return pl.col(col_name).fill_null(common.MISSING_STRING)
 
 
 class DeepFM(BaseModel):
     """The model zoo's DeepFM, rebuilt from fuxictr's pip-installed layers."""
 
-    def __init__(self, feature_map, embedding_dim, hidden_units, learning_rate, **kwargs):
+    def __init__(
+        self, feature_map: FeatureMap, embedding_dim: int, hidden_units: list[int], learning_rate: float, **kwargs: Any
+    ) -> None:
         super().__init__(feature_map, model_id="DeepFM", gpu=-1, **kwargs)
         self.embedding_layer = FeatureEmbedding(feature_map, embedding_dim)
         self.fm = FactorizationMachine(feature_map)
@@ -83,7 +87,7 @@ class DeepFM(BaseModel):
         self.reset_parameters()
         self.model_to_device()
 
-    def forward(self, inputs):
+    def forward(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         X = self.get_inputs(inputs)
         feature_emb = self.embedding_layer(X)
         y_pred = self.fm(X, feature_emb) + self.mlp(feature_emb.flatten(start_dim=1))
@@ -127,7 +131,7 @@ def encoded_inputs(data: common.EncodedSet, folder: str, embedding_dim: int) -> 
     return feature_map, paths
 
 
-def run_accuracy(args) -> dict:
+def run_accuracy(args: argparse.Namespace) -> dict:
     """BaseModel.fit with its early stopping; test the reloaded best checkpoint."""
     seed_everything(args.seed)
     data = common.load_encoded(args.encoded)
@@ -149,7 +153,7 @@ def run_accuracy(args) -> dict:
     valid_aucs: list[float] = []
     record = model.checkpoint_and_earlystop
 
-    def checkpoint_and_earlystop(logs, *a, **kw):
+    def checkpoint_and_earlystop(logs: dict[str, float], *a: Any, **kw: Any) -> Any:
         valid_aucs.append(float(logs["AUC"]))
         return record(logs, *a, **kw)
 
@@ -166,7 +170,7 @@ def run_accuracy(args) -> dict:
     )
 
 
-def preprocess(args, data_root: str) -> tuple[int, dict[str, str], dict[str, np.ndarray], str, str]:
+def preprocess(args: argparse.Namespace, data_root: str) -> tuple[int, dict[str, str], dict[str, np.ndarray], str, str]:
     """Raw TSV -> fitted FeatureProcessor -> encoded .npz parts: (rows, part paths, part labels,
     the processor's data folder, its feature map file)."""
     feature_cols = [
@@ -209,7 +213,7 @@ def preprocess(args, data_root: str) -> tuple[int, dict[str, str], dict[str, np.
     return n_rows, paths, labels, processor.data_dir, processor.json_file
 
 
-def run(args) -> dict:
+def run(args: argparse.Namespace) -> dict:
     seed_everything(args.seed)
     t_start = time.perf_counter()
     n_rows, paths, labels, data_dir, json_file = preprocess(args, os.path.join(args.workdir, "data"))

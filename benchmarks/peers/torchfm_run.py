@@ -14,11 +14,17 @@ without a better one (its EarlyStopper with num_trials=2), test the best.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import sys
 import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import common
+
+if TYPE_CHECKING:  # torch is imported inside the functions that use it
+    import torch
 
 
 def main() -> None:
@@ -33,7 +39,12 @@ EXAMPLE_DROPOUT = 0.2
 EXAMPLE_WEIGHT_DECAY = 1e-6
 
 
-def train_epoch(model, batches, criterion, optimizer) -> float:
+def train_epoch(
+    model: torch.nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    criterion: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+) -> float:
     """One pass of the examples' training loop over ``batches``; its seconds."""
     t0 = time.perf_counter()
     model.train()
@@ -45,7 +56,7 @@ def train_epoch(model, batches, criterion, optimizer) -> float:
     return time.perf_counter() - t0
 
 
-def run_accuracy(args) -> dict:
+def run_accuracy(args: argparse.Namespace) -> dict:
     """The example's loop with its early stopper; test the best epoch's weights."""
     import copy
 
@@ -94,7 +105,7 @@ def run_accuracy(args) -> dict:
     )
 
 
-def run(args) -> dict:
+def run(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
     from torch.utils.data import DataLoader, TensorDataset
