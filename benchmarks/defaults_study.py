@@ -60,6 +60,8 @@ VARIANTS: dict[str, dict] = {
         "train": {"embedding_lr": 2e-3},
     },
     "dropout 0": {"model": {"dropout": 0.0}},
+    # the peers' MLP in the accuracy benchmark (FuxiCTR's zoo defaults): no dropout, no batch norm
+    "dropout 0 batch_norm off": {"model": {"dropout": 0.0, "batch_norm": False}},
     "batch_size 256": {"train": {"batch_size": 256}},
     "batch_size 512": {"train": {"batch_size": 512}},
     "batch_size 1024": {"train": {"batch_size": 1024}},
