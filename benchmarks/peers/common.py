@@ -263,14 +263,17 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def emit(result: dict, stdout: TextIO = sys.__stdout__) -> None:
-    """The runner's one line of output for speed.py (libraries print to stderr meanwhile)."""
+def emit(result: dict, stdout: TextIO | None = None) -> None:
+    """The runner's one line of output for speed.py (libraries print to stderr meanwhile), on
+    the process's real stdout unless ``stdout`` is given."""
     import torch
 
+    out = stdout or sys.__stdout__
+    assert out is not None, "the runner has no stdout to print its result to"
     result.setdefault("threads", torch.get_num_threads())
     result.setdefault("self_peak_rss_mib", peak_rss_mib())
-    stdout.write(json.dumps(result) + "\n")
-    stdout.flush()
+    out.write(json.dumps(result) + "\n")
+    out.flush()
 
 
 class Timer:

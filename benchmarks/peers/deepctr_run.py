@@ -36,7 +36,7 @@ def main() -> None:
     common.emit(result)
 
 
-def model_input(data: common.EncodedSet, names: list[str], part: str) -> dict:
+def model_input(data: common.Encoded | common.EncodedSet, names: list[str], part: str) -> dict:
     """fit()'s and predict()'s input: one array of ids per field name."""
     return {name: data.x[part][:, i] for i, name in enumerate(names)}
 
