@@ -28,7 +28,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -263,12 +263,12 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def emit(result: dict, stdout: TextIO | None = None) -> None:
-    """The runner's one line of output for speed.py (libraries print to stderr meanwhile), on
-    the process's real stdout unless ``stdout`` is given."""
+def emit(result: dict) -> None:
+    """The runner's one line of output for speed.py, on the process's real stdout (the runners
+    send sys.stdout to stderr meanwhile, where the libraries print)."""
     import torch
 
-    out = stdout or sys.__stdout__
+    out = sys.__stdout__
     assert out is not None, "the runner has no stdout to print its result to"
     result.setdefault("threads", torch.get_num_threads())
     result.setdefault("self_peak_rss_mib", peak_rss_mib())
