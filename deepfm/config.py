@@ -189,6 +189,10 @@ class TrainConfig:
     # epoch at a decayed learning rate would otherwise keep a finished run going to the cap.
     min_improvement: float = 1e-4
     lr_decay: float = 0.1  # multiply both learning rates by this when valid AUC stalls
+    # Start epochs 2, 3, ... from a fresh embedding table while the last such epoch was the
+    # best so far; the MLP keeps learning across them (see deepfm.training.stopping). "auto":
+    # on for models with an MLP, off for warm starts and sharded tables (resolve_reset_embeddings).
+    reset_embeddings: bool | Auto = False
     # Fit Platt scaling (two parameters on the logit) on the validation rows' scores after
     # training, when they hold at least 50 rows of each class: early stopping picks the epoch
     # of the best AUC, which is often past the best logloss, so scores come out overconfident.
@@ -230,6 +234,8 @@ class TrainConfig:
             raise ConfigError(f"train.lr_decay must be in (0, 1], got {self.lr_decay!r}")
         if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
             raise ConfigError(f"train.checkpoint_every must be an integer >= 0, got {self.checkpoint_every!r}")
+        if self.reset_embeddings not in (True, False, "auto"):
+            raise ConfigError(f"train.reset_embeddings must be true, false or 'auto', got {self.reset_embeddings!r}")
         if not isinstance(self.calibrate, bool):
             raise ConfigError(f"train.calibrate must be true or false, got {self.calibrate!r}")
         if not isinstance(self.patience, int) or self.patience < 1:
@@ -260,6 +266,14 @@ class TrainConfig:
             return EMBEDDING_LR_SPARSE
         scaled = EMBEDDING_LR_SPARSE * math.sqrt(max(batch_size, 1) / EMBEDDING_LR_SPARSE_BATCH)
         return float(f"{min(EMBEDDING_LR_DENSE, max(EMBEDDING_LR_SPARSE, scaled)):.3g}")
+
+    def resolve_reset_embeddings(self, deep: bool, warm: bool) -> bool:
+        """'auto': on for a model with a ``deep`` part (an MLP learns across the fresh tables;
+        without one a fresh table is a fresh model), off for a ``warm`` start (it would drop
+        the table it starts from) and for sharded tables (their rows live in torchrec)."""
+        if self.reset_embeddings != "auto":
+            return bool(self.reset_embeddings)
+        return deep and not warm and self.shard_tables is None
 
     def resolve_batch_size(self, n_train: int) -> int:
         """'auto': the power of two nearest n_train / 256 (about 256 steps an epoch), kept in

@@ -67,7 +67,8 @@ class DeepFMClassifier(ClassifierMixin, BaseEstimator):
 
     Parameters mirror :class:`~deepfm.ModelConfig` (kind, embedding_dim, hidden, activation,
     dropout, batch_norm, init_std, cross_layers) and :class:`~deepfm.TrainConfig` (epochs, batch_size,
-    lr, embedding_lr, l2_embedding, weight_decay, patience, lr_decay, seed, device, threads),
+    lr, embedding_lr, l2_embedding, weight_decay, patience, lr_decay, reset_embeddings, seed, device,
+    threads),
     plus:
 
     fields : dict, optional
@@ -113,6 +114,7 @@ class DeepFMClassifier(ClassifierMixin, BaseEstimator):
         weight_decay: float = _TRAIN.weight_decay,
         patience: int = _TRAIN.patience,
         lr_decay: float = _TRAIN.lr_decay,
+        reset_embeddings: bool | Auto = _TRAIN.reset_embeddings,
         min_count: int | Auto = "auto",
         validation_fraction: float = 0.1,
         seed: int = _TRAIN.seed,
@@ -139,6 +141,7 @@ class DeepFMClassifier(ClassifierMixin, BaseEstimator):
         self.weight_decay = weight_decay
         self.patience = patience
         self.lr_decay = lr_decay
+        self.reset_embeddings = reset_embeddings
         self.min_count = min_count
         self.validation_fraction = validation_fraction
         self.seed = seed
@@ -211,6 +214,7 @@ class DeepFMClassifier(ClassifierMixin, BaseEstimator):
             weight_decay=self.weight_decay,
             patience=self.patience,
             lr_decay=self.lr_decay,
+            reset_embeddings=self.reset_embeddings,
             seed=self.seed,
             device=self.device,
             threads=self.threads,

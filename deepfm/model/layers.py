@@ -45,9 +45,11 @@ class FieldEmbedding(nn.Module):
         self.loop_free_pooling = False
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Vectors drawn from N(0, init_std^2) (from ``generator``, else torch's global one),
+        first-order weights zero."""
         with torch.no_grad():
-            nn.init.normal_(self.weight[:, : self.dim], std=self.init_std)
+            nn.init.normal_(self.weight[:, : self.dim], std=self.init_std, generator=generator)
             self.weight[:, self.dim].zero_()  # first-order weights start at zero, as in LR
 
     def forward(

@@ -82,6 +82,12 @@ class RowAdam:
         position[uniq] = torch.arange(uniq.numel(), device=ids.device)
         return uniq, position[ids]
 
+    def reset(self) -> None:
+        """Back to no steps taken (the moments zero), as for a freshly drawn table."""
+        self.exp_avg.zero_()
+        self.exp_avg_sq.zero_()
+        self.steps = 0
+
     def state_dict(self) -> dict[str, torch.Tensor | int | float]:
         return {"exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq, "steps": self.steps, "lr": self.lr}
 

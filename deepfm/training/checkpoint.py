@@ -125,7 +125,12 @@ def save_trainer(trainer: TrainerState, path: Path) -> None:
     tensors["epoch.logits"] = torch.from_numpy(p.logits[: p.filled].copy())
     progress = {name: getattr(p, name) for name in EpochProgress.scalars()}
     state = {
-        "progress": {**progress, "best_score": stopping.best_score, "bad": stopping.bad},
+        "progress": {
+            **progress,
+            "best_score": stopping.best_score,
+            "bad": stopping.bad,
+            "resetting": stopping.resetting,
+        },
         "history": dataclasses.asdict(trainer.history),
         "adam_groups": adam["param_groups"],
         **table_header,
@@ -189,6 +194,7 @@ def _restore_progress(trainer: TrainerState, tensors: dict[str, torch.Tensor], s
     metrics on fewer rows (the weights are exact)."""
     progress = dict(state["progress"])
     trainer.stopping.best_score, trainer.stopping.bad = progress.pop("best_score"), progress.pop("bad")
+    trainer.stopping.resetting = progress.pop("resetting", False)  # written before resets: none
     progress.setdefault("loss_rows", progress["filled"])  # written before the metric sample: every row held
     if trainer.ctx.main:
         labels, logits = tensors["epoch.labels"].numpy().copy(), tensors["epoch.logits"].numpy().copy()

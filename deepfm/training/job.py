@@ -283,7 +283,8 @@ class _Job:
         """Train ``model`` (from the checkpoint when resuming) and calibrate it on the valid part."""
         cfg, ctx, checkpoint, parts = self.config.train, self.ctx, self.out / CHECKPOINT, prepared.parts
         layout = model.layout
-        cfg = resolve_train(cfg, len(parts.train), layout, model.config.uses_dnn, ctx.world)
+        warm = self.inputs.warm_start is not None
+        cfg = resolve_train(cfg, len(parts.train), layout, model.config.uses_dnn, ctx.world, warm)
         batch_size = int(cfg.batch_size)
         # The run's "auto" settings made concrete, in the config saved with the model: it
         # trains the same model again.
@@ -340,6 +341,7 @@ class _Job:
                 "batch_norm": config.model.batch_norm,
                 "batch_size": batch_size,
                 "embedding_lr": config.train.embedding_lr,
+                "reset_embeddings": config.train.reset_embeddings,
                 "rows_per_table_row": rows_per_table_row(len(parts.train), trainer.model.layout),
                 "min_count": resolved_min_count(config.schema),
             },
@@ -411,15 +413,18 @@ def resolved_min_count(schema: Schema) -> int | Auto | dict[str, int | Auto] | N
     return shared.pop() if len(shared) == 1 else counts or None
 
 
-def resolve_train(cfg: TrainConfig, n_train: int, layout: InputLayout, deep: bool, world: int = 1) -> TrainConfig:
-    """``cfg`` with its "auto" batch size and embedding step made concrete for ``n_train``
-    training rows of ``layout``. The batch is per process; the embedding step follows the
-    global batch (``world`` processes' batches make one update of the table), so N processes
-    at batch B/N take the step one process takes at B."""
+def resolve_train(
+    cfg: TrainConfig, n_train: int, layout: InputLayout, deep: bool, world: int = 1, warm: bool = False
+) -> TrainConfig:
+    """``cfg`` with its "auto" settings made concrete for ``n_train`` training rows of
+    ``layout``, a model with or without a ``deep`` part, ``warm``-started or not. The batch is
+    per process; the embedding step follows the global batch (``world`` processes' batches make
+    one update of the table), so N processes at batch B/N take the step one process takes at B."""
     batch_size = cfg.resolve_batch_size(n_train)
     density = rows_per_table_row(n_train, layout)
     embedding_lr = cfg.resolve_embedding_lr(density, batch_size * world, deep)
-    return dataclasses.replace(cfg, batch_size=batch_size, embedding_lr=embedding_lr)
+    reset = cfg.resolve_reset_embeddings(deep, warm)
+    return dataclasses.replace(cfg, batch_size=batch_size, embedding_lr=embedding_lr, reset_embeddings=reset)
 
 
 def calibrate_on_valid(trainer: Trainer, valid: EncodedDataset) -> dict[str, Any] | None:

@@ -49,6 +49,11 @@ def check_sharded(config: TrainConfig) -> None:
             f"--shard-tables trains the tables with fbgemm's row-wise Adagrad, which has no L2 on the rows "
             f"a batch uses: give --l2-embedding 0 (l2_embedding: 0), got {config.l2_embedding:g}"
         )
+    if config.reset_embeddings is True:
+        raise ConfigError(
+            "--shard-tables keeps the tables' rows in torchrec, which deepfm does not reset between epochs: "
+            "give reset_embeddings: false (or auto) in the train section"
+        )
     require_torchrec()
 
 

@@ -10,6 +10,14 @@ one of:
 
 After ``patience`` epochs without a new best, training stops; it ends with the best weights.
 A loss that is no longer finite stops training at once (:func:`diverged`).
+
+With ``train.reset_embeddings`` (MEDA, Fan et al. 2024), epochs 2, 3, ... start from a freshly
+drawn embedding table while each such epoch is a new best. CTR models overfit at the second
+pass over the rows because the vectors memorize the rows they saw; a fresh table sees each row
+once more while the MLP keeps learning across the tables. The first fresh table that is not a
+new best ends the resets: training goes back to the best weights and on at the same rates,
+where a fall then decays them as usual (interaction-heavy data such as Frappe still needs many
+passes at the full rates). That epoch does not count against ``patience``.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ class Verdict(enum.Enum):
     STALL = "stall"  # not better, not much worse: go on as before
     FALL = "fall"  # worse: back to the best weights, smaller steps
     STOP = "stop"  # patience is spent
+    BACK = "back"  # a fresh table did no better: back to the best weights, the same steps
 
 
 class EarlyStopping:
@@ -60,14 +69,27 @@ class EarlyStopping:
         self.best_score = -math.inf
         self.bad = 0  # epochs since the best
         self.best_state: dict[str, torch.Tensor] | None = None
+        # Whether epochs from the second start from a fresh table (the module docstring).
+        self.resetting = config.reset_embeddings is True
+
+    def resets_table(self, epoch: int) -> bool:
+        """Whether ``epoch`` (1-based) starts from a fresh embedding table."""
+        return self.resetting and epoch >= 2
 
     def after_epoch(self, row: dict[str, float], history: History, model: torch.nn.Module) -> Verdict:
         """The verdict on an epoch's row of metrics; the history's best epoch follows it.
-        Without validation rows every epoch is the best so far."""
+        Without validation rows every epoch is the best so far, and no table is reset (no
+        score could tell whether a fresh one helped)."""
         if "valid_auc" not in row:
             history.best_epoch = int(row["epoch"])
+            self.resetting = False
             return Verdict.STALL
-        verdict = self.judge(row.get("valid_auc_for_stopping", row["valid_auc"]), model)
+        score = row.get("valid_auc_for_stopping", row["valid_auc"])
+        if self.resets_table(int(row["epoch"])) and not score > self.best_score + self.config.min_improvement:
+            self.resetting = False
+            log.info("a fresh embedding table did no better (%.4f, best %.4f): no more resets", score, self.best_score)
+            return Verdict.BACK
+        verdict = self.judge(score, model)
         if verdict is Verdict.BEST:
             history.best_epoch = int(row["epoch"])
         return verdict

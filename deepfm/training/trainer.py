@@ -84,6 +84,8 @@ class Trainer:
             restore_trainer(self, *resume)
             self._weights_restored()
         while self.progress.epoch <= self.config.epochs:
+            if self.stopping.resets_table(self.progress.epoch) and self.progress.batch == 0:
+                self._fresh_table()
             row = self.epoch(train, valid, batch_size)
             if on_epoch is not None:
                 on_epoch(row)
@@ -92,12 +94,25 @@ class Trainer:
             if verdict is Verdict.FALL:
                 self.stopping.fall_back(self.model, self.dense_opt, self.table_opt, self.history.best_epoch)
                 self._weights_restored()
+            elif verdict is Verdict.BACK:
+                self.stopping.restore_best(self.model)
+                self._weights_restored()
             self.progress.next_epoch()
             self.save_checkpoint()
             if verdict is Verdict.STOP:
                 break
         self._restore_best()
         return self.history
+
+    def _fresh_table(self) -> None:
+        """A newly drawn embedding table, and its optimizer's state cleared, for the epoch about
+        to start (train.reset_embeddings). Drawn from the seed and the epoch: the same on every
+        rank, and again after a resume."""
+        weight = self.model.embedding.weight
+        generator = torch.Generator(device=weight.device).manual_seed(self.config.seed * 1000 + self.progress.epoch)
+        self.model.embedding.reset_parameters(generator)
+        self.row_opt.reset()
+        log.info("epoch %d starts from a fresh embedding table", self.progress.epoch)
 
     def _restore_best(self) -> None:
         """At the end of fit: the best epoch's weights into the model (if there was one)."""
@@ -119,6 +134,8 @@ class Trainer:
             "seconds": p.seconds,
             "samples_per_s": len(train) / max(p.seconds, 1e-9),
         }
+        if self.config.reset_embeddings is True:  # 1: the epoch started from a fresh table
+            row["fresh_table"] = float(self.stopping.resets_table(epoch))
         if valid is not None and len(valid):
             row.update(validation_scores(valid.labels, self.predict(valid), first=epoch == 1))
         self.history.epochs.append(row)
