@@ -148,7 +148,7 @@ def train_deepfm(
 def epoch_curve(metrics: dict) -> list[dict]:
     """Each epoch's dense learning rate, train and valid AUC from a run's metrics.json: where
     the run peaked, and what each fall back to the best weights did."""
-    keys = ("epoch", "lr", "train_auc", "valid_auc")
+    keys = ("epoch", "lr", "train_auc", "valid_auc", "fresh_table")
     return [{k: h[k] for k in keys if k in h} for h in metrics.get("history", [])]
 
 

@@ -52,6 +52,8 @@ VARIANTS: dict[str, dict] = {
     "lr_decay 0.3": {"train": {"lr_decay": 0.3}},
     "lr_decay 0.03": {"train": {"lr_decay": 0.03}},
     "lr_decay 0.01": {"train": {"lr_decay": 0.01}},
+    "reset_embeddings on": {"train": {"reset_embeddings": True}},
+    "reset_embeddings on lr_decay 0.03": {"train": {"reset_embeddings": True, "lr_decay": 0.03}},
     # what batch_norm and init_std "auto" resolve to on sparse data (embedding_lr "auto" is 3e-3
     # at batches of 4096 either way)
     "sparse settings": {"model": {"batch_norm": False, "init_std": 0.003}},
@@ -171,7 +173,8 @@ def summary_table(rows: list[dict]) -> str:
 
 def curve_table(rows: list[dict]) -> str:
     """Markdown: each run with a recorded curve, its valid AUC epoch by epoch; "[lr x]" marks
-    the first epoch run at a new dense learning rate (after a fall back to the best weights)."""
+    the first epoch run at a new dense learning rate (after a fall back to the best weights),
+    "*" an epoch that started from a fresh embedding table (train.reset_embeddings)."""
     lines = [
         "| data set | variant | seed | valid AUC by epoch | best epoch | test AUC |",
         "|---|---|---:|---|---:|---:|",
@@ -184,7 +187,8 @@ def curve_table(rows: list[dict]) -> str:
             new_lr = point.get("lr")
             mark = f"[lr {new_lr:.0e}] " if new_lr is not None and new_lr != lr else ""
             valid = point.get("valid_auc")  # none where the run had no validation part
-            cells.append(mark + ("-" if valid is None else f"{valid:.4f}"))
+            fresh = "*" if point.get("fresh_table") else ""
+            cells.append(mark + ("-" if valid is None else f"{valid:.4f}") + fresh)
             lr = new_lr if new_lr is not None else lr
         lines.append(
             f"| {r['dataset']} | {r['variant']} | {r['seed']} | {', '.join(cells)} | {r.get('best_epoch', '')} | "
