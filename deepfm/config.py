@@ -191,7 +191,8 @@ class TrainConfig:
     lr_decay: float = 0.1  # multiply both learning rates by this when valid AUC stalls
     # Start epochs 2, 3, ... from a fresh embedding table while the last such epoch was the
     # best so far; the MLP keeps learning across them (see deepfm.training.stopping). "auto":
-    # on for models with an MLP, off for warm starts and sharded tables (resolve_reset_embeddings).
+    # on for models with an MLP, off for sharded tables; never for a warm start
+    # (resolve_reset_embeddings).
     reset_embeddings: bool | Auto = False
     # Fit Platt scaling (two parameters on the logit) on the validation rows' scores after
     # training, when they hold at least 50 rows of each class: early stopping picks the epoch
@@ -234,7 +235,7 @@ class TrainConfig:
             raise ConfigError(f"train.lr_decay must be in (0, 1], got {self.lr_decay!r}")
         if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
             raise ConfigError(f"train.checkpoint_every must be an integer >= 0, got {self.checkpoint_every!r}")
-        if self.reset_embeddings not in (True, False, "auto"):
+        if not isinstance(self.reset_embeddings, bool) and self.reset_embeddings != "auto":
             raise ConfigError(f"train.reset_embeddings must be true, false or 'auto', got {self.reset_embeddings!r}")
         if not isinstance(self.calibrate, bool):
             raise ConfigError(f"train.calibrate must be true or false, got {self.calibrate!r}")
@@ -269,11 +270,14 @@ class TrainConfig:
 
     def resolve_reset_embeddings(self, deep: bool, warm: bool) -> bool:
         """'auto': on for a model with a ``deep`` part (an MLP learns across the fresh tables;
-        without one a fresh table is a fresh model), off for a ``warm`` start (it would drop
-        the table it starts from) and for sharded tables (their rows live in torchrec)."""
+        without one a fresh table is a fresh model), off for sharded tables (their rows live in
+        torchrec). Off for a ``warm`` start whatever the setting: a fresh table would drop the
+        one it starts from, and a warm start's config is its base model's, resolved value and all."""
+        if warm:
+            return False
         if self.reset_embeddings != "auto":
             return bool(self.reset_embeddings)
-        return deep and not warm and self.shard_tables is None
+        return deep and self.shard_tables is None
 
     def resolve_batch_size(self, n_train: int) -> int:
         """'auto': the power of two nearest n_train / 256 (about 256 steps an epoch), kept in

@@ -57,11 +57,14 @@ def test_auto_and_bad_values() -> None:
     auto = TrainConfig(reset_embeddings="auto")
     assert auto.resolve_reset_embeddings(deep=True, warm=False)
     assert not auto.resolve_reset_embeddings(deep=False, warm=False)  # FM, LR: a fresh table is a fresh model
-    assert not auto.resolve_reset_embeddings(deep=True, warm=True)  # would drop the table it starts from
     assert not TrainConfig(reset_embeddings="auto", shard_tables="row").resolve_reset_embeddings(True, False)
-    assert TrainConfig(reset_embeddings=True).resolve_reset_embeddings(deep=False, warm=True)  # as given
-    with pytest.raises(ConfigError, match="reset_embeddings must be true, false or 'auto'"):
-        TrainConfig(reset_embeddings="sometimes")  # type: ignore[arg-type]
+    assert TrainConfig(reset_embeddings=True).resolve_reset_embeddings(deep=False, warm=False)  # as given
+    # never for a warm start: it would drop the table it starts from, even where its base
+    # model's config (which a warm start takes) says true
+    assert not TrainConfig(reset_embeddings=True).resolve_reset_embeddings(deep=True, warm=True)
+    for bad in ("sometimes", 1, 0.0):
+        with pytest.raises(ConfigError, match="reset_embeddings must be true, false or 'auto'"):
+            TrainConfig(reset_embeddings=bad)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="reset_embeddings"):
         check_sharded(TrainConfig(shard_tables="row", l2_embedding=0.0, reset_embeddings=True))
 
@@ -118,27 +121,44 @@ def test_a_fresh_table_each_epoch_then_back_to_the_best(tmp_path: Path, monkeypa
     assert not torch.equal(starts[3]["table"], starts[2]["table"])
 
 
-def test_resume_with_resets_gives_identical_weights(tmp_path: Path) -> None:
-    """A run stopped after epoch 2 (its checkpoint saying resets go on) and resumed ends with
-    the weights of one never stopped: epoch 3 draws the same fresh table."""
+@pytest.mark.parametrize("where", ["at the end of epoch 2", "inside epoch 3"])
+def test_resume_with_resets_gives_identical_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """A run stopped with resets still on (its checkpoint from the end of epoch 2, or from
+    inside epoch 3, which started from a fresh table) and resumed gives every epoch's figures
+    and the final weights of one never stopped: epoch 3 draws the same table, once."""
+    from deepfm.errors import TrainingError
     from deepfm.training import resume
 
+    from helpers import nan_loss_at_step
+
     data = write_records_csv(tmp_path / "d.csv", simple_records(1500, seed=3))
-    config = small_config(simple_schema(), seed=5, epochs=4, patience=4, reset_embeddings=True, checkpoint_every=0)
+    # batches of 100: 12 steps an epoch; a checkpoint every 5 steps (and at each epoch's end)
+    config = small_config(
+        simple_schema(), seed=5, epochs=4, patience=4, batch_size=100, reset_embeddings=True, checkpoint_every=5
+    )
     ref = train(config, data, tmp_path / "ref", split="0.8,0.2", cache=False)
-    assert ref.metrics["history"][1]["fresh_table"] == 1.0
+    want_history = ref.metrics["history"]
+    assert [h["fresh_table"] for h in want_history][:3] == [0.0, 1.0, 1.0]  # epochs 2, 3 start fresh
 
-    class Crash(Exception):
-        pass
+    if where == "at the end of epoch 2":
 
-    def crash_in_epoch_3(row: dict[str, float]) -> None:
-        if row["epoch"] == 3:
-            raise Crash
+        class Crash(Exception):
+            pass
 
-    with pytest.raises(Crash):
-        train(config, data, tmp_path / "run", split="0.8,0.2", cache=False, on_epoch=crash_in_epoch_3)
+        def crash_in_epoch_3(row: dict[str, float]) -> None:
+            if row["epoch"] == 3:
+                raise Crash
+
+        with pytest.raises(Crash):
+            train(config, data, tmp_path / "run", split="0.8,0.2", cache=False, on_epoch=crash_in_epoch_3)
+    else:
+        real_step = nan_loss_at_step(monkeypatch, 24 + 8)  # epoch 3's 8th step; its last checkpoint: step 30
+        with pytest.raises(TrainingError):
+            train(config, data, tmp_path / "run", split="0.8,0.2", cache=False)
+        monkeypatch.setattr(Trainer, "step", real_step)
     got = resume(tmp_path / "run")
-    assert [h["fresh_table"] for h in got.metrics["history"]] == [h["fresh_table"] for h in ref.metrics["history"]]
+    for key in ("fresh_table", "train_loss", "valid_auc", "lr"):
+        assert [h[key] for h in got.metrics["history"]] == [h[key] for h in want_history], key
     want, have = load_file(tmp_path / "ref" / "model.safetensors"), load_file(tmp_path / "run" / "model.safetensors")
     for k in want:
         assert torch.equal(have[k], want[k]), k

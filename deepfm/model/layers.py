@@ -46,10 +46,16 @@ class FieldEmbedding(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Vectors drawn from N(0, init_std^2) (from ``generator``, else torch's global one),
-        first-order weights zero."""
+        """Vectors drawn from N(0, init_std^2) (from a CPU ``generator``, else torch's global
+        one), first-order weights zero. A table on a GPU is drawn on the CPU and copied, so the
+        draw is the same on any device (the ranks of a run may differ in theirs)."""
         with torch.no_grad():
-            nn.init.normal_(self.weight[:, : self.dim], std=self.init_std, generator=generator)
+            if generator is not None and not self.weight.is_cpu:
+                drawn = torch.empty(self.weight.shape)
+                nn.init.normal_(drawn[:, : self.dim], std=self.init_std, generator=generator)
+                self.weight[:, : self.dim].copy_(drawn[:, : self.dim])
+            else:
+                nn.init.normal_(self.weight[:, : self.dim], std=self.init_std, generator=generator)
             self.weight[:, self.dim].zero_()  # first-order weights start at zero, as in LR
 
     def forward(

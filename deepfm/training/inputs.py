@@ -33,7 +33,16 @@ log = logging.getLogger(__name__)
 RUN = "run.json"  # how the run was started: what `deepfm train --resume` starts again
 DEFAULT_SPLIT = (0.9, 0.1, 0.0)  # without --valid or --split: the last 10% validate
 # Training settings a resumed run must keep: they shape the steps it has taken.
-FIXED_ON_RESUME = ("seed", "batch_size", "l2_embedding", "weight_decay", "lr_decay", "checkpoint_every", "shard_tables")
+FIXED_ON_RESUME = (
+    "seed",
+    "batch_size",
+    "l2_embedding",
+    "weight_decay",
+    "lr_decay",
+    "checkpoint_every",
+    "shard_tables",
+    "reset_embeddings",
+)
 
 
 def parse_split(text: str | tuple[float, ...] | list[float] | None) -> tuple[float, float, float] | None:

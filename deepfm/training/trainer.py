@@ -95,6 +95,8 @@ class Trainer:
                 self.stopping.fall_back(self.model, self.dense_opt, self.table_opt, self.history.best_epoch)
                 self._weights_restored()
             elif verdict is Verdict.BACK:
+                # The weights only, as after a fall: the table's optimizer keeps its moments
+                # (the setting was measured so, docs/accuracy.md).
                 self.stopping.restore_best(self.model)
                 self._weights_restored()
             self.progress.next_epoch()
@@ -107,9 +109,8 @@ class Trainer:
     def _fresh_table(self) -> None:
         """A newly drawn embedding table, and its optimizer's state cleared, for the epoch about
         to start (train.reset_embeddings). Drawn from the seed and the epoch: the same on every
-        rank, and again after a resume."""
-        weight = self.model.embedding.weight
-        generator = torch.Generator(device=weight.device).manual_seed(self.config.seed * 1000 + self.progress.epoch)
+        rank and device, and again after a resume."""
+        generator = torch.Generator().manual_seed(self.config.seed * 1000 + self.progress.epoch)
         self.model.embedding.reset_parameters(generator)
         self.row_opt.reset()
         log.info("epoch %d starts from a fresh embedding table", self.progress.epoch)
