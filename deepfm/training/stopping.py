@@ -85,7 +85,7 @@ class EarlyStopping:
             self.resetting = False
             return Verdict.STALL
         score = row.get("valid_auc_for_stopping", row["valid_auc"])
-        if self.resets_table(int(row["epoch"])) and not score > self.best_score + self.config.min_improvement:
+        if self.resets_table(int(row["epoch"])) and not self.improves(score):
             self.resetting = False
             log.info("a fresh embedding table did no better (%.4f, best %.4f): no more resets", score, self.best_score)
             return Verdict.BACK
@@ -94,9 +94,13 @@ class EarlyStopping:
             history.best_epoch = int(row["epoch"])
         return verdict
 
+    def improves(self, score: float) -> bool:
+        """Whether ``score`` beats the best so far by more than ``min_improvement``."""
+        return score > self.best_score + self.config.min_improvement
+
     def judge(self, score: float, model: torch.nn.Module) -> Verdict:
         """The verdict on an epoch's validation ``score``; keeps ``model``'s weights when best."""
-        if score > self.best_score + self.config.min_improvement:
+        if self.improves(score):
             self.best_score, self.bad = score, 0
             self.best_state = copy.deepcopy(model.state_dict())
             return Verdict.BEST
