@@ -50,10 +50,13 @@ VARIANTS: dict[str, dict] = {
     "patience 3": {"train": {"patience": 3}},
     "no lr decay": {"train": {"lr_decay": 1.0}},
     "lr_decay 0.3": {"train": {"lr_decay": 0.3}},
-    "lr_decay 0.03": {"train": {"lr_decay": 0.03}},
-    "lr_decay 0.01": {"train": {"lr_decay": 0.01}},
-    "reset_embeddings on": {"train": {"reset_embeddings": True}},
+    # measured before lr_decay 0.03 and fresh tables were the defaults: pinned to what they ran
+    "lr_decay 0.03": {"train": {"lr_decay": 0.03, "reset_embeddings": False}},
+    "lr_decay 0.01": {"train": {"lr_decay": 0.01, "reset_embeddings": False}},
+    "reset_embeddings on": {"train": {"reset_embeddings": True, "lr_decay": 0.1}},
     "reset_embeddings on lr_decay 0.03": {"train": {"reset_embeddings": True, "lr_decay": 0.03}},
+    "lr_decay 0.1": {"train": {"lr_decay": 0.1}},
+    "reset_embeddings off": {"train": {"reset_embeddings": False}},
     # what batch_norm and init_std "auto" resolve to on sparse data (embedding_lr "auto" is 3e-3
     # at batches of 4096 either way)
     "sparse settings": {"model": {"batch_norm": False, "init_std": 0.003}},

@@ -188,12 +188,12 @@ class TrainConfig:
     # A valid AUC counts as better when it beats the best by more than this: gains of 1e-5 an
     # epoch at a decayed learning rate would otherwise keep a finished run going to the cap.
     min_improvement: float = 1e-4
-    lr_decay: float = 0.1  # multiply both learning rates by this when valid AUC stalls
+    lr_decay: float = 0.03  # multiply both learning rates by this when valid AUC falls
     # Start epochs 2, 3, ... from a fresh embedding table while the last such epoch was the
     # best so far; the MLP keeps learning across them (see deepfm.training.stopping). "auto":
     # on for models with an MLP, off for sharded tables; never for a warm start
     # (resolve_reset_embeddings).
-    reset_embeddings: bool | Auto = False
+    reset_embeddings: bool | Auto = "auto"
     # Fit Platt scaling (two parameters on the logit) on the validation rows' scores after
     # training, when they hold at least 50 rows of each class: early stopping picks the epoch
     # of the best AUC, which is often past the best logloss, so scores come out overconfident.

@@ -43,8 +43,11 @@ def test_resets_last_while_each_fresh_table_is_a_new_best() -> None:
     ]
     # a miss of a fresh table does not count against patience: with patience 1 it is not a stop
     assert verdicts(TrainConfig(reset_embeddings=True, patience=1), [0.70, 0.69])[1] == (Verdict.BACK, False)
-    # off (the default): never a fresh table, and the same scores fall instead
-    assert verdicts(TrainConfig(), [0.70, 0.69])[1] == (Verdict.FALL, False)
+    # off: never a fresh table, and the same scores fall instead
+    assert verdicts(TrainConfig(reset_embeddings=False), [0.70, 0.69])[1] == (Verdict.FALL, False)
+    # never the last epoch the cap allows: it trains the best table on
+    capped = verdicts(TrainConfig(reset_embeddings=True, epochs=3), [0.70, 0.71, 0.72])
+    assert capped == [(Verdict.BEST, True), (Verdict.BEST, False), (Verdict.BEST, False)]
 
 
 def test_no_resets_without_validation_rows() -> None:

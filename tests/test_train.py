@@ -90,6 +90,7 @@ def test_early_stopping_patience(tmp_path: Path) -> None:
         embedding_lr=0.05,
         seed=1,
         batch_size=16,
+        reset_embeddings=False,  # patience alone (tests/test_reset_embeddings.py has the resets)
         model={"hidden": (64, 64)},
     )
     m = train(config, data, tmp_path / "m", split="0.7,0.3").metrics
