@@ -44,6 +44,15 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def fresh_tables(run: dict) -> str:
+    """How a deepfm run resolved train.reset_embeddings: "on", "off", or "–" for a run from
+    before it was a default (no fresh tables, lr_decay 0.1); "" for a peer."""
+    if run["library"] != "deepfm":
+        return ""
+    value = run.get("resolved", {}).get("reset_embeddings")
+    return "–" if value is None else ("on" if value else "off")
+
+
 def stats(runs: list[dict]) -> dict[str, Any]:
     """Mean and sample sd over seeds of one row's successful runs."""
     auc, auc_sd = _mean_sd([r["test_auc"] for r in runs])
@@ -60,6 +69,7 @@ def stats(runs: list[dict]) -> dict[str, Any]:
         "stopped_early": all(r.get("stopped_early", True) for r in runs),
         "batch_size": sorted({r["batch_size"] for r in runs}),
         "min_count": sorted({str(r.get("resolved", {}).get("min_count", MIN_COUNT_UNRECORDED)) for r in runs}),
+        "fresh_tables": sorted({fresh_tables(r) for r in runs}),
         "train_seconds": statistics.fmean(r["train_seconds"] for r in runs),
         "train_samples_per_s": statistics.fmean(r["train_samples_per_s"] for r in runs),
     }
@@ -203,8 +213,11 @@ def _cell(mean: float, sd: float) -> str:
 
 
 def table(rows: dict[str, dict], truth: dict | None) -> str:
-    head = "| library / model | test AUC | test logloss | epochs | batch | min count | train s | train samples/s |"
-    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    head = (
+        "| library / model | test AUC | test logloss | epochs | batch | min count | fresh tables | train s "
+        "| train samples/s |"
+    )
+    lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     names = DEEPFM_ROWS | {p: DISPLAY[p] for p in PEER_ROWS}
     for key, label in names.items():
         r = rows.get(key)
@@ -214,11 +227,12 @@ def table(rows: dict[str, dict], truth: dict | None) -> str:
         batch = "/".join(str(b) for b in r["batch_size"]) + (" (chosen)" if "batch_chosen" in r else "")
         lines.append(
             f"| {label} | {_cell(r['test_auc'], r['test_auc_sd'])} | {_cell(r['test_logloss'], r['test_logloss_sd'])} "
-            f"| {epochs} | {batch} | {'/'.join(r.get('min_count', []))} | {r['train_seconds']:,.1f} "
+            f"| {epochs} | {batch} | {'/'.join(r.get('min_count', []))} | {'/'.join(r.get('fresh_tables', []))} "
+            f"| {r['train_seconds']:,.1f} "
             f"| {r['train_samples_per_s']:,.0f} |"
         )
     if truth:
-        lines.append(f"| Bayes-optimal (true p) | {truth['test_auc']:.4f} | {truth['test_logloss']:.4f} | | | | | |")
+        lines.append(f"| Bayes-optimal (true p) | {truth['test_auc']:.4f} | {truth['test_logloss']:.4f} | | | | | | |")
     return "\n".join(lines)
 
 

@@ -41,7 +41,9 @@ PROTOCOL_TEXT = """## Protocol
   inferred": the same file with a header, no `--preset`, only `--label label`. Numbers come from
   the model folder's `metrics.json` (test metrics of the restored best epoch). Its `min count`
   column is the `min_count` `auto` resolved to (from the training rows); runs that recorded
-  none are from before `auto` and used 2.
+  none are from before `auto` and used 2. Its `fresh tables` column says whether
+  `reset_embeddings` resolved on; "–" marks runs from before it and `lr_decay` 0.03 were
+  defaults, which trained without fresh tables at `lr_decay` 0.1.
 - **Peers**: each data set is encoded once for all three (benchmarks/peers/encode.py): every
   field categorical, vocabularies fitted on the training part, values seen fewer than
   {min_count} times there and unseen values share one OOV id per field, a missing value is a value

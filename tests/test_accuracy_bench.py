@@ -60,6 +60,20 @@ def test_the_table_shows_the_min_count_each_run_fitted_with() -> None:
     assert cells == {"| deepfm (defaults)": "10", "| deepfm --model fm": "2", "| FuxiCTR": "2"}
 
 
+def test_the_table_shows_whether_each_run_drew_fresh_tables() -> None:
+    runs = [r | {"resolved": {"reset_embeddings": True}} for r in _deepfm("defaults", [0.80, 0.81])]
+    runs += [r | {"resolved": {"reset_embeddings": False}} for r in _deepfm("fm", [0.79, 0.79])]
+    runs += _deepfm("lr", [0.78, 0.78])  # a results file from before fresh tables records none
+    runs += [_run("fuxictr", s, 0.78) for s in (1, 2)]
+    cells = {line.split(" | ")[0]: line.split(" | ")[6] for line in table(summarize(runs), None).splitlines()[2:]}
+    assert cells == {
+        "| deepfm (defaults)": "on",
+        "| deepfm --model fm": "off",
+        "| deepfm --model lr": "–",
+        "| FuxiCTR": "",
+    }
+
+
 def test_study_defaults_from_before_min_count_auto_become_min_count_2_where_auto_differs() -> None:
     old = {"variant": "defaults", "train_rows": 800_000, "resolved": {"batch_size": 4096}}
     assert before_auto(old)["variant"] == "min_count 2"  # auto is 10 there
