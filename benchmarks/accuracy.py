@@ -434,6 +434,10 @@ def merge_results(reports: list[dict]) -> dict:
             if d["name"] in earlier and earlier[d["name"]]["fingerprint"] != d["fingerprint"]:
                 raise SystemExit(f"--render: {d['name']} has other data in {other['command']!r}; run it again")
         ran = {(r["dataset"], r["library"], r.get("variant")) for r in other["runs"]}
+        # kept for the study's table, which sets runs of earlier defaults against them
+        out["superseded"] = out.get("superseded", []) + [
+            r for r in out["runs"] if (r["dataset"], r["library"], r.get("variant")) in ran
+        ]
         names = {d["name"] for d in other["datasets"]}
         out["datasets"] = [d for d in out["datasets"] if d["name"] not in names] + other["datasets"]
         out["runs"] = [r for r in out["runs"] if (r["dataset"], r["library"], r.get("variant")) not in ran] + other[

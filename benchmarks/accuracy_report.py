@@ -11,6 +11,7 @@ from typing import Any
 
 from accuracy_texts import CURVES_TEXT, DEFAULTS_TEXT, PROTOCOL_TEXT
 from benchlib import DISPLAY
+from study_eras import MIN_COUNT_UNRECORDED, before_auto, by_era
 
 # how a check records its outcome: add(check, dataset, PASS/FAIL/None for n/a, line)
 _Add = Callable[[str, str, "bool | None", str], None]
@@ -26,9 +27,6 @@ PEER_ROWS = ["deepctr", "fuxictr", "torchfm"]
 BIG_ROWS = 300_000  # data sets this large must give deepfm a margin over the best peer
 AUC_MARGIN = 0.005  # that margin, and how close the inferred schema must come to the written one
 SPREAD = 2.0  # "beyond the seed spread": a difference of means above SPREAD x the larger sd
-# The min_count of runs that do not record one: the peers' encoding (PEER_SETTINGS), and
-# deepfm's default before min_count "auto".
-MIN_COUNT_UNRECORDED = 2
 
 
 def row_key(run: dict) -> str:
@@ -296,7 +294,7 @@ def render(report: dict, results: Any, study: list[Any] | None = None, speed: An
         notes = batch_notes(rows)
         if notes:
             parts.append(notes + "\n")
-    parts.append(defaults_section([Path(p) for p in study or []], report["runs"]))
+    parts.append(defaults_section([Path(p) for p in study or []], report["runs"], report.get("superseded")))
     parts.append(speed_section(speed))
     settings = report["peer_settings"]
     parts.append(
@@ -386,21 +384,11 @@ def _machine(report: dict) -> str:
 """
 
 
-def before_auto(run: dict) -> dict:
-    """A study's "defaults" run from before min_count "auto" (its resolved block names no
-    min_count), on data where "auto" now resolves to another number: a "min_count 2" run."""
-    from deepfm.data.schema import auto_min_count
-
-    old = run["variant"] == "defaults" and "min_count" not in run.get("resolved", {})
-    if old and auto_min_count(run.get("train_rows", 0)) != MIN_COUNT_UNRECORDED:
-        return run | {"variant": f"min_count {MIN_COUNT_UNRECORDED}"}
-    return run
-
-
-def defaults_section(study: list[Any], runs: list[dict] | None = None) -> str:
+def defaults_section(study: list[Any], runs: list[dict] | None = None, superseded: list[dict] | None = None) -> str:
     """What each default is and why, with the study's table (mean ± sd over its seeds) from
     the ``study`` files' runs. The "defaults" rows are this benchmark's deepfm defaults runs
-    (the same command on the same files) wherever it ran the data set."""
+    (the same command on the same files) wherever it ran the data set; ``superseded``: its
+    runs that later files replaced (study_eras.by_era)."""
     import json
 
     from defaults_study import curve_table, summary_table
@@ -412,11 +400,10 @@ def defaults_section(study: list[Any], runs: list[dict] | None = None) -> str:
     # own "defaults" rows of the same data sets, which may have run under an earlier rule.
     current = [r for r in runs or [] if r["library"] == "deepfm" and r["variant"] == "defaults"
                and r["dataset"] in {r["dataset"] for r in rows}]  # fmt: skip
-    replaced = {r["dataset"] for r in current}
     # The curves table keeps every run with a curve, the study's replaced defaults runs too:
     # each curve is one run's own record, whatever the summary's means are made of.
     curves = curve_table(rows + current)
-    rows = [r for r in rows if not (r["variant"] == "defaults" and r["dataset"] in replaced)] + current
+    rows = by_era(rows, current, [r for r in superseded or [] if r["library"] == "deepfm"])
     names = ", ".join(f"`benchmarks/results/{path.name}`" for path in study)
     head = (
         f"Each setting forced to a fixed value beside the defaults, by `benchmarks/defaults_study.py` "

@@ -201,11 +201,12 @@ def curve_table(rows: list[dict]) -> str:
 
 
 def _baseline(groups: dict[tuple[str, str], list[dict]], name: str, variant: str, batch: int | None) -> list[dict]:
-    """The runs a variant is compared with: the defaults', or where they ran at another batch
-    size than the variant, the ``batch_size <batch>`` runs; none for a baseline itself."""
-    defaults = groups.get((name, "defaults"), [])
+    """The runs a variant is compared with: the defaults' (those of its own time where its runs
+    name a ``baseline``), or where they ran at another batch size than the variant, the
+    ``batch_size <batch>`` runs; none for a baseline itself."""
     if variant == "defaults":
         return []
+    defaults = groups.get((name, groups[(name, variant)][0].get("baseline", "defaults")), [])
     if variant.startswith("batch_size ") or not defaults or defaults[0].get("batch_size") == batch:
         return defaults
     return groups.get((name, f"batch_size {batch}"), [])

@@ -11,7 +11,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import accuracy_data  # noqa: E402
-from accuracy_report import before_auto, beyond_spread, checks, summarize, table  # noqa: E402
+from accuracy_report import beyond_spread, checks, summarize, table  # noqa: E402
+from defaults_study import summary_table  # noqa: E402
+from study_eras import BEFORE_FRESH, before_auto, by_era  # noqa: E402
 
 
 def _run(
@@ -82,6 +84,30 @@ def test_study_defaults_from_before_min_count_auto_become_min_count_2_where_auto
     new = old | {"resolved": {"min_count": 10}}
     assert before_auto(new) == new
     assert before_auto(old | {"variant": "min_count 5"})["variant"] == "min_count 5"
+
+
+def test_study_runs_of_earlier_defaults_are_set_against_the_defaults_of_their_time() -> None:
+    def era(runs: list[dict], fresh: bool | None) -> list[dict]:
+        resolved = {"min_count": 10} | ({} if fresh is None else {"reset_embeddings": fresh})
+        return [r | {"resolved": resolved} for r in runs]
+
+    current = era(_deepfm("defaults", [0.810, 0.812]), fresh=True)  # today's: fresh tables
+    superseded = era(_deepfm("defaults", [0.800, 0.802]), fresh=None)  # the page's, before
+    study = era(_deepfm("defaults", [0.790]), fresh=None)  # the study's own, replaced by the page's
+    study += era(_deepfm("lr 5e-4", [0.797, 0.799]), fresh=None) + era(_deepfm("reset_embeddings on", [0.808]), True)
+    study += [r | {"dataset": "e"} for r in era(_deepfm("lr 5e-4", [0.7]), fresh=None)]  # not measured again
+    rows = by_era(study, current, superseded)
+    delta = {
+        (cells[0], cells[2]): cells[6]
+        for cells in (line.strip("| ").split(" | ") for line in summary_table(rows).splitlines()[2:])
+    }
+    assert delta == {
+        ("d", "defaults"): "",
+        ("d", BEFORE_FRESH): "-0.0100",  # the page's earlier runs, not the study's own
+        ("d", "lr 5e-4"): "-0.0030",  # against the defaults it ran beside, not today's
+        ("d", "reset_embeddings on lr_decay 0.1"): "-0.0030",
+        ("e", "lr 5e-4"): "",
+    }
 
 
 def test_checks_pass_and_fail_from_the_numbers() -> None:
