@@ -73,10 +73,8 @@ class EarlyStopping:
         self.resetting = config.reset_embeddings is True
 
     def resets_table(self, epoch: int) -> bool:
-        """Whether ``epoch`` (1-based) starts from a fresh embedding table. Never the last epoch
-        ``epochs`` allows: a table drawn then would end the run after one pass, where going on
-        with the best table gains (with ``epochs: 3``, epoch 2 is fresh and epoch 3 trains it on)."""
-        return self.resetting and 2 <= epoch < self.config.epochs
+        """Whether ``epoch`` (1-based) starts from a fresh embedding table."""
+        return self.resetting and epoch >= 2
 
     def after_epoch(self, row: dict[str, float], history: History, model: torch.nn.Module) -> Verdict:
         """The verdict on an epoch's row of metrics; the history's best epoch follows it.
