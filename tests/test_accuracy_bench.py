@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import accuracy_data  # noqa: E402
-from accuracy_report import beyond_spread, checks, summarize, table  # noqa: E402
+from accuracy_report import beyond_spread, checks, earlier_defaults_note, summarize, table  # noqa: E402
 from defaults_study import summary_table  # noqa: E402
 from study_eras import BEFORE_FRESH, before_auto, by_era  # noqa: E402
 
@@ -86,7 +86,18 @@ def test_study_defaults_from_before_min_count_auto_become_min_count_2_where_auto
     assert before_auto(old | {"variant": "min_count 5"})["variant"] == "min_count 5"
 
 
-def test_study_runs_of_earlier_defaults_are_set_against_the_defaults_of_their_time() -> None:
+def test_the_page_names_the_data_sets_measured_underearlier_defaults_note() -> None:
+    today = [r | {"resolved": {"reset_embeddings": True}} for r in _deepfm("defaults", [0.80, 0.81])]
+    earlier = [r | {"dataset": "e"} for r in _deepfm("defaults", [0.80, 0.81])]  # records no reset_embeddings
+    report = {
+        "datasets": [{"name": "d"}, {"name": "e"}],
+        "summary": {"d": summarize(today), "e": summarize(earlier)},
+    }
+    assert earlier_defaults_note(report).endswith("so their checks judge those: e.")
+    assert earlier_defaults_note(report | {"datasets": [{"name": "d"}]}) == ""
+
+
+def test_study_runs_ofearlier_defaults_note_are_set_against_the_defaults_of_their_time() -> None:
     def era(runs: list[dict], fresh: bool | None) -> list[dict]:
         resolved = {"min_count": 10} | ({} if fresh is None else {"reset_embeddings": fresh})
         return [r | {"resolved": resolved} for r in runs]
