@@ -307,19 +307,23 @@ def render(report: dict, results: Any, study: list[Any] | None = None, speed: An
 
 
 def earlier_defaults_note(report: dict) -> str:
-    """A sentence naming the data sets whose deepfm rows ran under earlier defaults ("–" in
-    their fresh tables column), whose checks therefore do not judge today's defaults."""
+    """A sentence naming the data sets with deepfm rows that ran under earlier defaults ("–" in
+    their fresh tables column), whose checks therefore do not judge today's defaults alone."""
     rows = report["summary"]
     old = [
         d["name"]
         for d in report["datasets"]
-        if "–" in rows.get(d["name"], {}).get("deepfm", {}).get("fresh_tables", [])
+        if any(
+            "–" in row.get("fresh_tables", [])
+            for key, row in rows.get(d["name"], {}).items()
+            if key.startswith("deepfm")
+        )
     ]
     if not old:
         return ""
     return (
-        f" **{len(old)} of {len(report['datasets'])} data sets' deepfm rows ran under the defaults before fresh"
-        f' tables and `lr_decay` 0.03** ("–" in their fresh tables column), so their checks judge those: {", ".join(old)}.'
+        f" **{len(old)} of {len(report['datasets'])} data sets have deepfm rows that ran under the defaults before"
+        f' fresh tables and `lr_decay` 0.03** ("–" in their fresh tables column), so their checks judge those: {", ".join(old)}.'
     )
 
 

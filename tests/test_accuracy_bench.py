@@ -95,6 +95,8 @@ def test_the_page_names_the_data_sets_measured_underearlier_defaults_note() -> N
     }
     assert earlier_defaults_note(report).endswith("so their checks judge those: e.")
     assert earlier_defaults_note(report | {"datasets": [{"name": "d"}]}) == ""
+    report["summary"]["d"] |= summarize(_deepfm("inferred", [0.79, 0.80]))  # another row, run before
+    assert earlier_defaults_note(report).endswith("so their checks judge those: d, e.")
 
 
 def test_study_runs_ofearlier_defaults_note_are_set_against_the_defaults_of_their_time() -> None:
