@@ -434,15 +434,12 @@ def merge_results(reports: list[dict]) -> dict:
             if d["name"] in earlier and earlier[d["name"]]["fingerprint"] != d["fingerprint"]:
                 raise SystemExit(f"--render: {d['name']} has other data in {other['command']!r}; run it again")
         ran = {(r["dataset"], r["library"], r.get("variant")) for r in other["runs"]}
+        replaced = [(r["dataset"], r["library"], r.get("variant")) in ran for r in out["runs"]]
         # kept for the study's table, which sets runs of earlier defaults against them
-        out["superseded"] = out.get("superseded", []) + [
-            r for r in out["runs"] if (r["dataset"], r["library"], r.get("variant")) in ran
-        ]
+        out["superseded"] = out.get("superseded", []) + [r for r, old in zip(out["runs"], replaced) if old]
         names = {d["name"] for d in other["datasets"]}
         out["datasets"] = [d for d in out["datasets"] if d["name"] not in names] + other["datasets"]
-        out["runs"] = [r for r in out["runs"] if (r["dataset"], r["library"], r.get("variant")) not in ran] + other[
-            "runs"
-        ]
+        out["runs"] = [r for r, old in zip(out["runs"], replaced) if not old] + other["runs"]
         commits |= _deepfm_commits(commits, other, ran, out["runs"])
         out["command"] = f"{out['command']}\n{other['command']}"
         out["date"] = max(out["date"], other["date"])
